@@ -1,0 +1,139 @@
+//! The application: state, the HTTP server and the worker, started and stopped together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::delivery::Worker;
+use crate::delivery::client::Sender;
+use crate::graphql::{self, HeraldSchema, Limits, TokenKeys};
+use crate::metrics::Metrics;
+use crate::payload::outbox::Outbox;
+use crate::store;
+
+/// Everything a request or the worker needs; clones are cheap and share the same handles.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: DatabaseConnection,
+    pub keys: TokenKeys,
+    pub schema: HeraldSchema,
+    pub outbox: Outbox,
+    pub sender: Sender,
+    pub metrics: Metrics,
+    /// Woken by the outbox when deliveries are committed.
+    pub wake: Arc<Notify>,
+}
+
+impl AppState {
+    /// Connects to the database, applies migrations and loads the token key.
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        // Certificate checks use ring; installing it twice (tests) is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let db = store::connect(&config.database.database_url).await?;
+        let keys = TokenKeys::new(&token_secret(&db).await?);
+        let metrics = Metrics::default();
+        let wake = Arc::new(Notify::new());
+        let limits = Limits { introspection: config.graphiql, ..Limits::API };
+        Ok(Self {
+            sender: Sender::new(config.delivery_timeout, config.allow_private_targets)
+                .context("building the outbound HTTP client")?,
+            schema: graphql::build_schema(limits),
+            outbox: Outbox::new(wake.clone(), metrics.clone()),
+            config: Arc::new(config),
+            db,
+            keys,
+            metrics,
+            wake,
+        })
+    }
+}
+
+/// The HS256 secret: `HERALD_JWT_SECRET` when set, else the key kept in the database.
+pub async fn token_secret(db: &DatabaseConnection) -> anyhow::Result<String> {
+    match std::env::var("HERALD_JWT_SECRET") {
+        Ok(secret) if !secret.is_empty() => Ok(secret),
+        _ => store::orgs::jwt_key(db).await.map_err(|err| anyhow::anyhow!("{err}")).context("loading the token key"),
+    }
+}
+
+/// What runs in this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// API, console and worker.
+    All,
+    /// API and console only (`serve --no-worker`).
+    ApiOnly,
+}
+
+/// A built application, bound to its listener, ready to run.
+pub struct App {
+    state: AppState,
+    listener: TcpListener,
+    role: Role,
+}
+
+impl App {
+    /// Builds the application on a listener the caller bound (tests bind port 0).
+    pub async fn build(config: Config, listener: TcpListener, role: Role) -> anyhow::Result<Self> {
+        Ok(Self { state: AppState::new(config).await?, listener, role })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The application's state (tests mint tokens with its keys).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown`, then finishes in-flight requests and attempts.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let worker = (self.role == Role::All).then(|| {
+            let worker = Worker::new(self.state.clone());
+            tokio::spawn(worker.run(shutdown.clone()))
+        });
+        let router = crate::http::router(self.state.clone());
+        let stop = shutdown.clone();
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("serving HTTP")?;
+        if let Some(worker) = worker {
+            worker.await.context("joining the delivery worker")?;
+        }
+        Ok(())
+    }
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate => {}
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}

@@ -1,0 +1,105 @@
+//! One typed configuration for `serve` and `worker`: defaults < environment < flags.
+//!
+//! clap reads both the flags and the `HERALD_*` variables, so `--help` shows every option with
+//! its variable and default. Values are parsed into their types here, so a bad one stops Herald
+//! at start with one sentence naming the option.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::domain::RetrySchedule;
+use crate::domain::retry::parse_duration;
+
+/// The embedded default database.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://herald.db?mode=rwc";
+
+/// Where the data lives; shared by every command that touches the database.
+#[derive(clap::Args, Clone)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` (embedded) or `postgres://…`.
+    #[arg(long, env = "HERALD_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("database_url", &redact_url(&self.database_url))
+            .finish()
+    }
+}
+
+/// Everything `serve` and `worker` need.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// HTTP address of the API and console.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Allow deliveries to loopback, private and link-local addresses (`true`/`1` = on).
+    #[arg(long, env = "HERALD_ALLOW_PRIVATE_TARGETS")]
+    pub allow_private_targets: bool,
+
+    /// Delays between attempts after the first (N delays = N+1 attempts); ms, s, m, h units.
+    #[arg(long, env = "HERALD_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = RetrySchedule::parse)]
+    pub retry_schedule: RetrySchedule,
+
+    /// Whole-request timeout for one delivery attempt.
+    #[arg(long, env = "HERALD_DELIVERY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub delivery_timeout: Duration,
+
+    /// How long a claimed delivery stays claimed; a crashed worker's claims are free after it.
+    #[arg(long, env = "HERALD_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub lease: Duration,
+
+    /// How many deliveries one worker sends at once.
+    #[arg(long, env = "HERALD_WORKER_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub worker_concurrency: u32,
+
+    /// How many deliveries to one endpoint one worker sends at once.
+    #[arg(long, env = "HERALD_ENDPOINT_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub endpoint_concurrency: u32,
+
+    /// On shutdown, how long in-flight attempts may take before they are abandoned (their
+    /// leases expire and another worker sends them again).
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Serve GraphiQL at `GET /graphql` and answer introspection queries.
+    #[arg(long, env = "HERALD_GRAPHIQL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub graphiql: bool,
+}
+
+impl Config {
+    /// The configuration with every default and no environment, for tests and embedding.
+    pub fn defaults(database_url: impl Into<String>) -> Self {
+        use clap::{FromArgMatches, Args};
+        let command = Config::augment_args(clap::Command::new("herald").no_binary_name(true));
+        let matches = command.get_matches_from(["--database-url", &database_url.into()]);
+        Config::from_arg_matches(&matches).expect("the defaults parse")
+    }
+}
+
+/// A secret value whose `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A database URL with its password hidden, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

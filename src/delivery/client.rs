@@ -1,0 +1,183 @@
+//! The outbound client: one reqwest client per TLS mode, redirects off, proxies off, the SSRF
+//! guard as its resolver, every attempt bounded by the delivery timeout, responses read only up
+//! to a cap.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
+
+use super::guard::{BLOCKED, GuardedResolver, is_blocked};
+use crate::domain::EndpointUrl;
+use crate::signing;
+
+/// How much of a response body is kept.
+pub const RESPONSE_CAP: usize = 64 * 1024;
+
+/// The `User-Agent` of every delivery.
+pub const AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
+
+/// One request to send.
+pub struct Outgoing<'a> {
+    pub url: &'a EndpointUrl,
+    pub insecure_ssl: bool,
+    /// `build`, `task` or `ping`.
+    pub event: &'a str,
+    pub delivery_id: &'a str,
+    /// The event's time, ms since the epoch.
+    pub event_timestamp: i64,
+    pub secret: Option<&'a str>,
+    pub body: &'a str,
+}
+
+/// What came back, or why nothing did.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: Option<u16>,
+    pub headers: HeaderMap,
+    pub body: String,
+    /// One sentence, when no HTTP answer came.
+    pub error: Option<String>,
+    pub duration: Duration,
+}
+
+/// Sends deliveries.
+#[derive(Clone)]
+pub struct Sender {
+    verified: reqwest::Client,
+    insecure: reqwest::Client,
+    timeout: Duration,
+    allow_private: bool,
+}
+
+impl Sender {
+    pub fn new(timeout: Duration, allow_private: bool) -> anyhow::Result<Self> {
+        let build = |insecure: bool| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .pool_idle_timeout(Duration::from_secs(60))
+                .tls_danger_accept_invalid_certs(insecure)
+                .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+                .build()
+        };
+        Ok(Self { verified: build(false)?, insecure: build(true)?, timeout, allow_private })
+    }
+
+    /// Sends one attempt; never takes longer than the delivery timeout.
+    pub async fn send(&self, out: Outgoing<'_>) -> Answer {
+        let started = Instant::now();
+        let failed = |error: &str| Answer {
+            status: None,
+            headers: HeaderMap::new(),
+            body: String::new(),
+            error: Some(error.to_owned()),
+            duration: started.elapsed(),
+        };
+        if !self.allow_private && out.url.literal_ip().is_some_and(is_blocked) {
+            return failed(BLOCKED);
+        }
+        let client = if out.insecure_ssl { &self.insecure } else { &self.verified };
+        let request = build_request(client, &out);
+        let exchange = async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = read_capped(response).await;
+            Ok::<_, reqwest::Error>((status, headers, body))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => failed(&format!("the receiver did not answer within {}", humantime(self.timeout))),
+            Ok(Err(err)) => failed(&describe(&err, self.timeout)),
+            Ok(Ok((status, headers, body))) => Answer {
+                status: Some(status),
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+                error: None,
+                duration: started.elapsed(),
+            },
+        }
+    }
+}
+
+fn build_request(client: &reqwest::Client, out: &Outgoing<'_>) -> reqwest::RequestBuilder {
+    let attempt_seconds = crate::now_ms() / 1000;
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    put("x-cirrus-event", out.event.to_owned());
+    put("x-cirrus-delivery", out.delivery_id.to_owned());
+    put("x-cirrus-timestamp", out.event_timestamp.to_string());
+    put("webhook-id", out.delivery_id.to_owned());
+    put("webhook-timestamp", attempt_seconds.to_string());
+    if let Some(secret) = out.secret {
+        put("x-cirrus-signature", signing::cirrus_signature(secret, out.body.as_bytes()));
+        put(
+            "webhook-signature",
+            signing::standard_signature(secret, out.delivery_id, attempt_seconds, out.body.as_bytes()),
+        );
+    }
+    let mut request = client.post(out.url.target()).headers(headers).body(out.body.to_owned());
+    if let Some((user, password)) = out.url.credentials() {
+        request = request.basic_auth(user, password);
+    }
+    request
+}
+
+/// Reads a body up to [`RESPONSE_CAP`] bytes and drops the rest unread. Bodies are not
+/// decompressed (the client asks for none), so a small compressed body cannot inflate.
+async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < RESPONSE_CAP {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = RESPONSE_CAP - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    body
+}
+
+/// One sentence for a failed request; it names no address.
+fn describe(err: &reqwest::Error, timeout: Duration) -> String {
+    let chain = {
+        let mut text = String::new();
+        let mut source: Option<&dyn std::error::Error> = Some(err);
+        while let Some(current) = source {
+            text.push_str(&current.to_string().to_lowercase());
+            text.push(' ');
+            source = current.source();
+        }
+        text
+    };
+    if chain.contains(BLOCKED) {
+        BLOCKED.to_owned()
+    } else if err.is_timeout() {
+        format!("the receiver did not answer within {}", humantime(timeout))
+    } else if chain.contains("dns") || chain.contains("failed to lookup") || chain.contains("name or service not known") {
+        "the receiver's host name could not be resolved".to_owned()
+    } else if chain.contains("certificate") || chain.contains("tls") {
+        "the TLS handshake with the receiver failed (its certificate was not accepted)".to_owned()
+    } else if chain.contains("connection refused") {
+        "the receiver refused the connection".to_owned()
+    } else if err.is_connect() {
+        "the connection to the receiver could not be established".to_owned()
+    } else if err.is_body() || err.is_decode() {
+        "the receiver's response could not be read".to_owned()
+    } else {
+        "the receiver closed the connection or sent a malformed HTTP response".to_owned()
+    }
+}
+
+fn humantime(duration: Duration) -> String {
+    crate::domain::retry::format_duration(duration)
+}

@@ -1,0 +1,24 @@
+//! Plain types and rules, free of I/O: statuses, permissions, endpoint URLs, retry policy.
+
+pub mod endpoint;
+pub mod retry;
+pub mod status;
+
+pub use endpoint::{EndpointUrl, mask_secret};
+pub use retry::RetrySchedule;
+pub use status::{
+    BuildStatus, DeliveryState, EventKind, NotificationLevel, PayloadFormat, Permission, TaskStatus,
+};
+
+/// A note attached to a task, such as "Instances got rescheduled".
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, async_graphql::SimpleObject)]
+pub struct Notification {
+    pub level: NotificationLevel,
+    pub message: String,
+    pub link: Option<String>,
+}
+
+/// Seconds between a start and an end in milliseconds, never negative.
+pub fn seconds_between(start_ms: i64, end_ms: i64) -> i64 {
+    (end_ms - start_ms).max(0) / 1000
+}

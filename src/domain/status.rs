@@ -1,0 +1,176 @@
+//! The enums of the API, each with the exact names of Cirrus CI's schema, stored as those names.
+
+use async_graphql::Enum;
+use serde::{Deserialize, Serialize};
+
+/// Declares a GraphQL enum whose values are stored in the database as their GraphQL names.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        $(#[$meta])*
+        pub enum $name {
+            $($(#[$vmeta])* #[graphql(name = $text)] #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in schema order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The value's name in the schema and in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// The value with this name, if there is one.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// A build's status, recorded as the CI engine sends it.
+    BuildStatus {
+        Created = "CREATED",
+        NeedsApproval = "NEEDS_APPROVAL",
+        Triggered = "TRIGGERED",
+        Executing = "EXECUTING",
+        Failed = "FAILED",
+        Completed = "COMPLETED",
+        Aborted = "ABORTED",
+        Errored = "ERRORED",
+    }
+);
+
+named_enum!(
+    /// A task's status, recorded as the CI engine sends it.
+    TaskStatus {
+        Created = "CREATED",
+        Triggered = "TRIGGERED",
+        Scheduled = "SCHEDULED",
+        Executing = "EXECUTING",
+        Aborted = "ABORTED",
+        Failed = "FAILED",
+        Completed = "COMPLETED",
+        Skipped = "SKIPPED",
+        Paused = "PAUSED",
+    }
+);
+
+named_enum!(
+    /// What a token may do; each level includes the ones before it.
+    #[derive(PartialOrd, Ord)]
+    Permission {
+        None = "NONE",
+        Read = "READ",
+        Write = "WRITE",
+        Admin = "ADMIN",
+    }
+);
+
+named_enum!(
+    /// The level of a task notification.
+    NotificationLevel {
+        Info = "INFO",
+        Warning = "WARNING",
+        Error = "ERROR",
+    }
+);
+
+named_enum!(
+    /// The kinds of event an endpoint can subscribe to.
+    #[graphql(name = "WebHookEventType")]
+    EventKind {
+        Build = "BUILD",
+        Task = "TASK",
+    }
+);
+
+named_enum!(
+    /// The shape of a delivery's body.
+    #[graphql(name = "WebHookPayloadFormat")]
+    PayloadFormat {
+        /// `{action, old_status?, data}`: the documented Cirrus envelope.
+        Data = "DATA",
+        /// `{action, old_status?, repository, build, task}`: what Cirrus sends on the wire.
+        Flat = "FLAT",
+    }
+);
+
+named_enum!(
+    /// Where a delivery stands.
+    #[graphql(name = "WebHookDeliveryState")]
+    DeliveryState {
+        /// Waiting for its first attempt (or a redelivery).
+        Pending = "PENDING",
+        /// An attempt failed; another is scheduled.
+        Retrying = "RETRYING",
+        /// A receiver answered 2xx.
+        Delivered = "DELIVERED",
+        /// The schedule is spent, or the endpoint answered 410 Gone.
+        Failed = "FAILED",
+    }
+);
+
+impl BuildStatus {
+    /// A final status ends the build: it sets the final timestamp and the duration.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Failed | Self::Completed | Self::Aborted | Self::Errored)
+    }
+}
+
+impl TaskStatus {
+    /// A final status ends the task: it sets the final timestamp and the duration.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Aborted | Self::Failed | Self::Completed | Self::Skipped)
+    }
+}
+
+impl EventKind {
+    /// The `X-Cirrus-Event` value of this kind of event.
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Self::Build => "build",
+            Self::Task => "task",
+        }
+    }
+}
+
+impl DeliveryState {
+    /// Whether the worker is done with a delivery in this state.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Delivered | Self::Failed)
+    }
+}
+
+/// A status as stored; an unknown name means the database was edited by hand.
+pub fn parse_stored<T>(text: &str, parse: fn(&str) -> Option<T>) -> crate::Result<T> {
+    parse(text).ok_or_else(|| crate::Error::internal(format!("unknown stored value {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for status in TaskStatus::ALL {
+            assert_eq!(TaskStatus::parse(status.as_str()), Some(*status));
+        }
+        assert_eq!(BuildStatus::parse("NEEDS_APPROVAL"), Some(BuildStatus::NeedsApproval));
+        assert_eq!(BuildStatus::parse("needs_approval"), None);
+    }
+
+    #[test]
+    fn permissions_are_ordered() {
+        assert!(Permission::Read < Permission::Write && Permission::Write < Permission::Admin);
+        assert!(Permission::None < Permission::Read);
+    }
+}

@@ -1,0 +1,93 @@
+//! One error type for everything a request can run into.
+//!
+//! Each variant names an outcome; its `Display` is the one sentence a client sees. Internal
+//! causes are logged where they are converted and never returned.
+
+/// What went wrong, as the client may learn it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No valid token accompanied a request that needs one.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The token is valid but its permission is too low.
+    #[error("This operation needs {0} permission.")]
+    Forbidden(&'static str),
+    /// The thing does not exist, or belongs to another organization.
+    #[error("No {what} {id} exists.")]
+    NotFound { what: &'static str, id: String },
+    /// The change collides with something that exists.
+    #[error("{0}")]
+    Conflict(String),
+    /// The input is wrong; the sentence says what.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database could not be reached; nothing was changed.
+    #[error("The database is unavailable right now; nothing was changed, try again.")]
+    Unavailable,
+    /// Anything else; the cause is in the log.
+    #[error("Herald hit an internal error; nothing was changed and the cause was logged.")]
+    Internal,
+}
+
+/// Results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A `NotFound` for the given kind of thing and id.
+    pub fn not_found(what: &'static str, id: impl ToString) -> Self {
+        Self::NotFound { what, id: id.to_string() }
+    }
+
+    /// Logs an internal cause and returns the opaque error that is shown instead.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::Internal
+    }
+
+    /// The GraphQL `extensions.code` of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::Forbidden(_) => "FORBIDDEN",
+            Self::NotFound { .. } => "NOT_FOUND",
+            Self::Conflict(_) => "CONFLICT",
+            Self::Invalid(_) => "BAD_USER_INPUT",
+            Self::Unavailable | Self::Internal => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status used where this error ends a plain HTTP request.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::Unauthenticated(_) => 401,
+            Self::Forbidden(_) => 403,
+            Self::NotFound { .. } => 404,
+            Self::Conflict(_) => 409,
+            Self::Invalid(_) => 400,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for Error {
+    fn from(err: sea_orm::DbErr) -> Self {
+        use sea_orm::DbErr;
+        match &err {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Self::Unavailable
+            }
+            _ => Self::internal(err),
+        }
+    }
+}
+
+impl From<sea_orm::TransactionError<Error>> for Error {
+    fn from(err: sea_orm::TransactionError<Error>) -> Self {
+        match err {
+            sea_orm::TransactionError::Connection(db) => db.into(),
+            sea_orm::TransactionError::Transaction(err) => err,
+        }
+    }
+}

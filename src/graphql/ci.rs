@@ -1,0 +1,250 @@
+//! Queries and mutations of the CI engine: repositories, builds, tasks.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+
+use super::auth::require;
+use super::types::{Build, OwnerInfo, Repository, Task};
+use super::{db, state};
+use crate::domain::{BuildStatus, Notification, NotificationLevel, Permission, TaskStatus};
+use crate::payload::outbox::Change;
+use crate::store::{self, parse_id};
+use crate::{Error, Result};
+
+#[derive(Default)]
+pub struct CiQuery;
+
+#[Object]
+impl CiQuery {
+    /// The organization of the token asking.
+    async fn viewer(&self, ctx: &Context<'_>) -> Result<OwnerInfo> {
+        let viewer = require(ctx, Permission::Read)?;
+        owner(ctx, viewer.org_id, &viewer.org_id.to_string()).await
+    }
+
+    /// An organization by uid; only the token's own exists for it.
+    async fn owner_info(&self, ctx: &Context<'_>, uid: ID) -> Result<Option<OwnerInfo>> {
+        let viewer = require(ctx, Permission::Read)?;
+        if parse_id("organization", &uid)? != viewer.org_id {
+            return Err(Error::not_found("organization", uid.as_str()));
+        }
+        owner(ctx, viewer.org_id, &uid).await.map(Some)
+    }
+
+    /// An organization by name; only the token's own exists for it.
+    async fn owner_info_by_name(&self, ctx: &Context<'_>, name: String) -> Result<Option<OwnerInfo>> {
+        let viewer = require(ctx, Permission::Read)?;
+        let org = store::orgs::find_by_name(&db(ctx)?.conn(), &name).await?;
+        match org {
+            Some(org) if org.id == viewer.org_id => Ok(Some(OwnerInfo(org))),
+            _ => Err(Error::not_found("organization", format!("{name:?}"))),
+        }
+    }
+
+    async fn repository(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Repository>> {
+        let viewer = require(ctx, Permission::Read)?;
+        let id = parse_id("repository", &id)?;
+        Ok(Some(Repository(store::ci::repository(&db(ctx)?.conn(), viewer.org_id, id).await?)))
+    }
+
+    async fn build(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Build>> {
+        let viewer = require(ctx, Permission::Read)?;
+        let id = parse_id("build", &id)?;
+        Ok(Some(Build(store::ci::build(&db(ctx)?.conn(), viewer.org_id, id).await?)))
+    }
+
+    /// A task; null for a null id, so one payload selection serves build and task events.
+    async fn task(&self, ctx: &Context<'_>, id: Option<ID>) -> Result<Option<Task>> {
+        let viewer = require(ctx, Permission::Read)?;
+        let Some(id) = id else { return Ok(None) };
+        let id = parse_id("task", &id)?;
+        Ok(Some(Task(store::ci::task(&db(ctx)?.conn(), viewer.org_id, id).await?)))
+    }
+}
+
+async fn owner(ctx: &Context<'_>, org_id: i64, uid: &str) -> Result<OwnerInfo> {
+    store::orgs::find(&db(ctx)?.conn(), org_id)
+        .await?
+        .map(OwnerInfo)
+        .ok_or_else(|| Error::not_found("organization", uid))
+}
+
+#[derive(InputObject)]
+pub struct CreateRepositoryInput {
+    pub owner_uid: ID,
+    pub name: String,
+    pub is_private: Option<bool>,
+    pub default_branch: Option<String>,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct CreateRepositoryPayload {
+    pub repository: Repository,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct CreateBuildInput {
+    pub repository_id: ID,
+    pub branch: String,
+    pub change_id_in_repo: String,
+    pub change_message_title: Option<String>,
+    pub change_message: Option<String>,
+    pub tag: Option<String>,
+    pub pull_request: Option<i64>,
+    pub pull_request_draft: Option<bool>,
+    /// When the change was made (ms since the epoch); now when absent.
+    pub change_timestamp: Option<i64>,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateBuildStatusInput {
+    pub build_id: ID,
+    pub status: BuildStatus,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct BuildPayload {
+    pub build: Build,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct CreateTaskInput {
+    pub build_id: ID,
+    pub name: String,
+    pub name_alias: Option<String>,
+    pub labels: Option<Vec<String>>,
+    pub instance_type: Option<String>,
+    pub local_group_id: Option<i64>,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct NotificationInput {
+    pub level: NotificationLevel,
+    pub message: String,
+    pub link: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct UpdateTaskStatusInput {
+    pub task_id: ID,
+    pub status: TaskStatus,
+    /// Notes to attach to the task with this change.
+    pub notifications: Option<Vec<NotificationInput>>,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct TaskPayload {
+    pub task: Task,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(Default)]
+pub struct CiMutation;
+
+#[Object]
+impl CiMutation {
+    /// Records a repository (WRITE).
+    async fn create_repository(&self, ctx: &Context<'_>, input: CreateRepositoryInput) -> Result<CreateRepositoryPayload> {
+        let viewer = require(ctx, Permission::Write)?;
+        if parse_id("organization", &input.owner_uid)? != viewer.org_id {
+            return Err(Error::not_found("organization", input.owner_uid.as_str()));
+        }
+        let new = store::ci::NewRepository {
+            name: input.name,
+            is_private: input.is_private.unwrap_or(false),
+            default_branch: input.default_branch.unwrap_or_else(|| "main".into()),
+        };
+        let repository = store::ci::create_repository(&state(ctx)?.db, viewer.org_id, new).await?;
+        Ok(CreateRepositoryPayload { repository: Repository(repository), client_mutation_id: input.client_mutation_id })
+    }
+
+    /// Records a build in status CREATED and emits its `created` event (WRITE).
+    async fn create_build(&self, ctx: &Context<'_>, input: CreateBuildInput) -> Result<BuildPayload> {
+        let viewer = require(ctx, Permission::Write)?;
+        let state = state(ctx)?;
+        let repository_id = parse_id("repository", &input.repository_id)?;
+        let tx = Arc::new(store::begin_write(&state.db).await?);
+        let repository = store::ci::repository(&*tx, viewer.org_id, repository_id).await?;
+        let now = crate::now_ms();
+        let new = store::ci::NewBuild {
+            branch: input.branch,
+            tag: input.tag,
+            change_id_in_repo: input.change_id_in_repo,
+            change_message_title: input.change_message_title.unwrap_or_default(),
+            change_message: input.change_message.unwrap_or_default(),
+            pull_request: input.pull_request,
+            pull_request_draft: input.pull_request_draft,
+            change_timestamp: input.change_timestamp,
+        };
+        let build = store::ci::create_build(&*tx, &repository, new, now).await?;
+        state.outbox.record(&tx, Change::build_created(&build)).await?;
+        state.outbox.commit(tx).await?;
+        Ok(BuildPayload { build: Build(build), client_mutation_id: input.client_mutation_id })
+    }
+
+    /// Records a build's new status; emits an `updated` event unless the status is unchanged (WRITE).
+    async fn update_build_status(&self, ctx: &Context<'_>, input: UpdateBuildStatusInput) -> Result<BuildPayload> {
+        let viewer = require(ctx, Permission::Write)?;
+        let state = state(ctx)?;
+        let id = parse_id("build", &input.build_id)?;
+        let tx = Arc::new(store::begin_write(&state.db).await?);
+        let before = store::ci::build(&*tx, viewer.org_id, id).await?;
+        let Some(after) = store::ci::set_build_status(&*tx, before.clone(), input.status, crate::now_ms()).await? else {
+            return Ok(BuildPayload { build: Build(before), client_mutation_id: input.client_mutation_id });
+        };
+        state.outbox.record(&tx, Change::build_updated(&before, &after)?).await?;
+        state.outbox.commit(tx).await?;
+        Ok(BuildPayload { build: Build(after), client_mutation_id: input.client_mutation_id })
+    }
+
+    /// Records a task in status CREATED and emits its `created` event (WRITE).
+    async fn create_task(&self, ctx: &Context<'_>, input: CreateTaskInput) -> Result<TaskPayload> {
+        let viewer = require(ctx, Permission::Write)?;
+        let state = state(ctx)?;
+        let build_id = parse_id("build", &input.build_id)?;
+        let tx = Arc::new(store::begin_write(&state.db).await?);
+        let build = store::ci::build(&*tx, viewer.org_id, build_id).await?;
+        let new = store::ci::NewTask {
+            name: input.name,
+            name_alias: input.name_alias,
+            labels: input.labels.unwrap_or_default(),
+            instance_type: input.instance_type,
+            local_group_id: input.local_group_id,
+        };
+        let task = store::ci::create_task(&*tx, &build, new, crate::now_ms()).await?;
+        state.outbox.record(&tx, Change::task_created(&task)).await?;
+        state.outbox.commit(tx).await?;
+        Ok(TaskPayload { task: Task(task), client_mutation_id: input.client_mutation_id })
+    }
+
+    /// Records a task's new status; emits an `updated` event unless the status is unchanged (WRITE).
+    async fn update_task_status(&self, ctx: &Context<'_>, input: UpdateTaskStatusInput) -> Result<TaskPayload> {
+        let viewer = require(ctx, Permission::Write)?;
+        let state = state(ctx)?;
+        let id = parse_id("task", &input.task_id)?;
+        let notifications = input
+            .notifications
+            .unwrap_or_default()
+            .into_iter()
+            .map(|NotificationInput { level, message, link }| Notification { level, message, link })
+            .collect();
+        let tx = Arc::new(store::begin_write(&state.db).await?);
+        let before = store::ci::task(&*tx, viewer.org_id, id).await?;
+        let Some(after) =
+            store::ci::set_task_status(&*tx, before.clone(), input.status, notifications, crate::now_ms()).await?
+        else {
+            return Ok(TaskPayload { task: Task(before), client_mutation_id: input.client_mutation_id });
+        };
+        state.outbox.record(&tx, Change::task_updated(&before, &after)?).await?;
+        state.outbox.commit(tx).await?;
+        Ok(TaskPayload { task: Task(after), client_mutation_id: input.client_mutation_id })
+    }
+}

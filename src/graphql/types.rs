@@ -1,0 +1,297 @@
+//! The CI records as GraphQL objects: OwnerInfo, Repository, Build, Task.
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, ID, Object, OutputType};
+
+use super::auth::require;
+use super::{db, deliveries::WebHookDelivery, webhooks::WebHookSettings};
+use crate::domain::status::parse_stored;
+use crate::domain::{BuildStatus, DeliveryState, Notification, Permission, TaskStatus, seconds_between};
+use crate::store::entities::{build, organization, repository, task};
+use crate::store::{self, Page, parse_id};
+use crate::Result;
+
+/// Turns a fetched page (one row more than asked for) into a Relay connection.
+pub(crate) fn connection<R, N: OutputType>(
+    mut rows: Vec<R>,
+    page: Page,
+    id: impl Fn(&R) -> i64,
+    node: impl Fn(R) -> N,
+) -> Connection<String, N> {
+    let has_next = rows.len() as u64 > page.limit;
+    rows.truncate(page.limit as usize);
+    let mut connection = Connection::new(page.after.is_some(), has_next);
+    connection.edges.extend(rows.into_iter().map(|row| Edge::new(id(&row).to_string(), node(row))));
+    connection
+}
+
+/// An organization: its repositories and its webhook settings.
+pub struct OwnerInfo(pub organization::Model);
+
+#[Object]
+impl OwnerInfo {
+    async fn uid(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The permission of the token asking.
+    async fn viewer_permission(&self, ctx: &Context<'_>) -> Result<Permission> {
+        Ok(require(ctx, Permission::Read)?.permission)
+    }
+
+    /// The webhook endpoints (ADMIN).
+    async fn webhook_settings(&self, ctx: &Context<'_>) -> Result<WebHookSettings> {
+        require(ctx, Permission::Admin)?;
+        WebHookSettings::load(db(ctx)?, &self.0).await
+    }
+
+    /// Deliveries, newest first, optionally of one endpoint and one state (ADMIN).
+    async fn webhook_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        endpoint_id: Option<ID>,
+        state: Option<DeliveryState>,
+    ) -> Result<Connection<String, WebHookDelivery>> {
+        require(ctx, Permission::Admin)?;
+        let page = Page::new(first, after)?;
+        let endpoint_id = endpoint_id.map(|id| parse_id("webhook endpoint", &id)).transpose()?;
+        let rows = store::deliveries::list(&db(ctx)?.conn(), self.0.id, endpoint_id, state, page).await?;
+        Ok(connection(rows, page, |row| row.id, WebHookDelivery))
+    }
+
+    /// Repositories, oldest first.
+    async fn repositories(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, Repository>> {
+        require(ctx, Permission::Read)?;
+        let page = Page::new(first, after)?;
+        let rows = store::ci::repositories(&db(ctx)?.conn(), self.0.id, page).await?;
+        Ok(connection(rows, page, |row| row.id, Repository))
+    }
+}
+
+/// A repository whose builds Herald records.
+pub struct Repository(pub repository::Model);
+
+#[Object]
+impl Repository {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    /// The owning organization's name.
+    async fn owner(&self, ctx: &Context<'_>) -> Result<String> {
+        let org = store::orgs::find(&db(ctx)?.conn(), self.0.org_id).await?;
+        Ok(org.map(|org| org.name).unwrap_or_default())
+    }
+
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    async fn is_private(&self) -> bool {
+        self.0.is_private
+    }
+
+    async fn default_branch(&self) -> &str {
+        &self.0.default_branch
+    }
+
+    /// Builds, newest first, optionally of one status.
+    async fn builds(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<BuildStatus>,
+    ) -> Result<Connection<String, Build>> {
+        let page = Page::new(first, after)?;
+        let rows = store::ci::builds(&db(ctx)?.conn(), self.0.org_id, self.0.id, status, page).await?;
+        Ok(connection(rows, page, |row| row.id, Build))
+    }
+}
+
+/// One build of a repository: a change, and the tasks that check it.
+pub struct Build(pub build::Model);
+
+#[Object]
+impl Build {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn repository_id(&self) -> ID {
+        ID(self.0.repository_id.to_string())
+    }
+
+    async fn repository(&self, ctx: &Context<'_>) -> Result<Repository> {
+        Ok(Repository(store::ci::repository(&db(ctx)?.conn(), self.0.org_id, self.0.repository_id).await?))
+    }
+
+    async fn branch(&self) -> &str {
+        &self.0.branch
+    }
+
+    async fn tag(&self) -> Option<&str> {
+        self.0.tag.as_deref()
+    }
+
+    async fn change_id_in_repo(&self) -> &str {
+        &self.0.change_id_in_repo
+    }
+
+    async fn change_message_title(&self) -> &str {
+        &self.0.change_message_title
+    }
+
+    async fn change_message(&self) -> &str {
+        &self.0.change_message
+    }
+
+    async fn pull_request(&self) -> Option<i64> {
+        self.0.pull_request
+    }
+
+    async fn pull_request_draft(&self) -> Option<bool> {
+        self.0.pull_request_draft
+    }
+
+    /// When the change was made (ms since the epoch).
+    async fn change_timestamp(&self) -> i64 {
+        self.0.change_timestamp
+    }
+
+    /// When Herald recorded the build (ms since the epoch).
+    async fn build_created_timestamp(&self) -> i64 {
+        self.0.created_at
+    }
+
+    /// From the start of execution (or creation) to the final status; null until then.
+    async fn duration_in_seconds(&self) -> Option<i64> {
+        let start = self.0.executing_timestamp.unwrap_or(self.0.created_at);
+        self.0.final_status_timestamp.map(|end| seconds_between(start, end))
+    }
+
+    async fn status(&self) -> Result<BuildStatus> {
+        parse_stored(&self.0.status, BuildStatus::parse)
+    }
+
+    async fn tasks(&self, ctx: &Context<'_>) -> Result<Vec<Task>> {
+        let rows = store::ci::tasks_of_build(&db(ctx)?.conn(), self.0.org_id, self.0.id).await?;
+        Ok(rows.into_iter().map(Task).collect())
+    }
+}
+
+/// One task of a build.
+pub struct Task(pub task::Model);
+
+#[Object]
+impl Task {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn build_id(&self) -> ID {
+        ID(self.0.build_id.to_string())
+    }
+
+    async fn repository_id(&self) -> ID {
+        ID(self.0.repository_id.to_string())
+    }
+
+    async fn build(&self, ctx: &Context<'_>) -> Result<Build> {
+        Ok(Build(store::ci::build(&db(ctx)?.conn(), self.0.org_id, self.0.build_id).await?))
+    }
+
+    async fn repository(&self, ctx: &Context<'_>) -> Result<Repository> {
+        Ok(Repository(store::ci::repository(&db(ctx)?.conn(), self.0.org_id, self.0.repository_id).await?))
+    }
+
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    async fn name_alias(&self) -> Option<&str> {
+        self.0.name_alias.as_deref()
+    }
+
+    async fn local_group_id(&self) -> i64 {
+        self.0.local_group_id
+    }
+
+    async fn status(&self) -> Result<TaskStatus> {
+        parse_stored(&self.0.status, TaskStatus::parse)
+    }
+
+    /// When the task last changed status (ms since the epoch).
+    async fn status_timestamp(&self) -> i64 {
+        self.0.status_timestamp
+    }
+
+    async fn creation_timestamp(&self) -> i64 {
+        self.0.creation_timestamp
+    }
+
+    /// When the task reached a final status; null until then.
+    async fn final_status_timestamp(&self) -> Option<i64> {
+        self.0.final_status_timestamp
+    }
+
+    /// From the start of execution to the final status, or to now while it runs; 0 before.
+    async fn duration_in_seconds(&self) -> i64 {
+        match (self.0.executing_timestamp, self.0.final_status_timestamp) {
+            (Some(start), Some(end)) => seconds_between(start, end),
+            (None, Some(end)) => seconds_between(self.0.creation_timestamp, end),
+            (Some(start), None) => seconds_between(start, crate::now_ms()),
+            (None, None) => 0,
+        }
+    }
+
+    async fn labels(&self) -> Result<Vec<String>> {
+        store::ci::labels_or_notes(&self.0.labels)
+    }
+
+    /// The labels that tell this task apart from other tasks of its build with the same name
+    /// (a matrix); all its labels when its name is unique.
+    async fn unique_labels(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
+        let own: Vec<String> = store::ci::labels_or_notes(&self.0.labels)?;
+        let siblings = store::ci::tasks_of_build(&db(ctx)?.conn(), self.0.org_id, self.0.build_id).await?;
+        let mut others = Vec::new();
+        for sibling in siblings.iter().filter(|t| t.name == self.0.name && t.id != self.0.id) {
+            others.push(store::ci::labels_or_notes::<String>(&sibling.labels)?);
+        }
+        if others.is_empty() {
+            return Ok(own);
+        }
+        Ok(own.into_iter().filter(|label| !others.iter().all(|labels| labels.contains(label))).collect())
+    }
+
+    async fn automatic_re_run(&self) -> bool {
+        self.0.automatic_re_run
+    }
+
+    async fn automatically_re_runnable(&self) -> bool {
+        self.0.automatically_re_runnable
+    }
+
+    async fn manual_rerun_count(&self) -> i64 {
+        self.0.manual_rerun_count
+    }
+
+    async fn instance_type(&self) -> &str {
+        &self.0.instance_type
+    }
+
+    async fn notifications(&self) -> Result<Vec<Notification>> {
+        store::ci::labels_or_notes(&self.0.notifications)
+    }
+}

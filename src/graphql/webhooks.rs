@@ -1,0 +1,336 @@
+//! Webhook settings: each organization's endpoints (ADMIN).
+
+use std::collections::HashSet;
+
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+
+use super::auth::require;
+use super::deliveries::WebHookDelivery;
+use super::{db, state};
+use crate::app::AppState;
+use crate::domain::{EndpointUrl, EventKind, PayloadFormat, Permission, mask_secret};
+use crate::store::endpoints::{EndpointFields, fields_of};
+use crate::store::entities::{organization, webhook_endpoint};
+use crate::store::{self, Db, parse_id};
+use crate::{Error, Result};
+
+/// An organization's webhook endpoints.
+pub struct WebHookSettings {
+    owner_uid: i64,
+    endpoints: Vec<webhook_endpoint::Model>,
+}
+
+impl WebHookSettings {
+    pub(crate) async fn load(db: &Db, org: &organization::Model) -> Result<Self> {
+        Ok(Self { owner_uid: org.id, endpoints: store::endpoints::list(&db.conn(), org.id).await? })
+    }
+}
+
+#[Object]
+impl WebHookSettings {
+    async fn owner_uid(&self) -> ID {
+        ID(self.owner_uid.to_string())
+    }
+
+    async fn endpoints(&self) -> Vec<WebHookDeliveryEndpoint> {
+        self.endpoints.iter().cloned().map(WebHookDeliveryEndpoint).collect()
+    }
+}
+
+/// One endpoint. Its secret is never shown, only whether one is set; URL credentials are masked.
+pub struct WebHookDeliveryEndpoint(pub webhook_endpoint::Model);
+
+#[Object]
+impl WebHookDeliveryEndpoint {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    /// The URL, with any credentials replaced by `***`.
+    #[graphql(name = "webhookURL")]
+    async fn webhook_url(&self) -> Result<String> {
+        Ok(EndpointUrl::parse(&self.0.url)?.masked())
+    }
+
+    /// The secret's mask (at most its last four characters); null when no secret is set.
+    async fn masked_secret_token(&self) -> Option<String> {
+        self.0.secret.as_deref().map(mask_secret)
+    }
+
+    /// The event types sent; empty means all.
+    async fn events(&self) -> Result<Vec<EventKind>> {
+        store::endpoints::event_kinds(&self.0)
+    }
+
+    /// The stored selection; null means Cirrus's default.
+    async fn payload_query(&self) -> Option<&str> {
+        self.0.payload_query.as_deref()
+    }
+
+    async fn payload_format(&self) -> Result<PayloadFormat> {
+        crate::domain::status::parse_stored(&self.0.payload_format, PayloadFormat::parse)
+    }
+
+    async fn enabled(&self) -> bool {
+        self.0.enabled
+    }
+
+    async fn insecure_ssl(&self) -> bool {
+        self.0.insecure_ssl
+    }
+
+    /// The newest delivery to this endpoint.
+    async fn last_delivery(&self, ctx: &Context<'_>) -> Result<Option<WebHookDelivery>> {
+        let row = store::deliveries::last_of_endpoint(&db(ctx)?.conn(), self.0.id).await?;
+        Ok(row.map(WebHookDelivery))
+    }
+}
+
+#[derive(Default)]
+pub struct WebhookQuery;
+
+#[Object]
+impl WebhookQuery {
+    /// One endpoint of the token's organization (ADMIN).
+    async fn webhook_endpoint(&self, ctx: &Context<'_>, id: ID) -> Result<Option<WebHookDeliveryEndpoint>> {
+        let viewer = require(ctx, Permission::Admin)?;
+        let id = parse_id("webhook endpoint", &id)?;
+        Ok(Some(WebHookDeliveryEndpoint(store::endpoints::find(&db(ctx)?.conn(), viewer.org_id, id).await?)))
+    }
+}
+
+/// An endpoint in the whole-list `saveWebHookSettings`.
+#[derive(InputObject)]
+pub struct WebHookDeliveryEndpointInput {
+    #[graphql(name = "webhookURL")]
+    pub webhook_url: String,
+    /// The signing secret; the masked value keeps the stored one, empty means none.
+    pub secret_token: Option<String>,
+    pub events: Option<Vec<EventKind>>,
+    pub payload_query: Option<String>,
+    pub payload_format: Option<PayloadFormat>,
+    pub enabled: Option<bool>,
+    pub insecure_ssl: Option<bool>,
+}
+
+#[derive(InputObject)]
+pub struct SaveWebHookSettingsInput {
+    pub owner_uid: ID,
+    pub delivery_endpoints: Vec<WebHookDeliveryEndpointInput>,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct SaveWebHookSettingsPayload {
+    pub settings: WebHookSettings,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct CreateWebHookEndpointInput {
+    pub owner_uid: ID,
+    #[graphql(name = "webhookURL")]
+    pub webhook_url: String,
+    pub secret_token: Option<String>,
+    pub events: Option<Vec<EventKind>>,
+    pub payload_query: Option<String>,
+    pub payload_format: Option<PayloadFormat>,
+    pub enabled: Option<bool>,
+    pub insecure_ssl: Option<bool>,
+    pub client_mutation_id: Option<String>,
+}
+
+/// Changes to an endpoint; absent fields keep their values.
+#[derive(InputObject)]
+pub struct UpdateWebHookEndpointInput {
+    pub id: ID,
+    #[graphql(name = "webhookURL")]
+    pub webhook_url: Option<String>,
+    /// A new secret; the masked value keeps the stored one, empty removes it.
+    pub secret_token: Option<String>,
+    pub events: Option<Vec<EventKind>>,
+    /// A new selection; empty returns to Cirrus's default.
+    pub payload_query: Option<String>,
+    pub payload_format: Option<PayloadFormat>,
+    pub enabled: Option<bool>,
+    pub insecure_ssl: Option<bool>,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct EndpointPayload {
+    pub endpoint: WebHookDeliveryEndpoint,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct DeleteWebHookEndpointInput {
+    pub id: ID,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct DeleteWebHookEndpointPayload {
+    pub deleted_id: ID,
+    pub client_mutation_id: Option<String>,
+}
+
+/// An endpoint's settings as a client sent them, before they are checked.
+struct Draft {
+    url: String,
+    secret: Option<String>,
+    events: Vec<EventKind>,
+    payload_query: Option<String>,
+    payload_format: PayloadFormat,
+    enabled: bool,
+    insecure_ssl: bool,
+}
+
+/// Checks a draft against the stored endpoint it replaces (if any): the URL parses and may be
+/// delivered to, the selection validates, and masked values keep what is stored.
+async fn check(state: &AppState, draft: Draft, current: Option<&webhook_endpoint::Model>) -> Result<EndpointFields> {
+    let Draft { url, secret, events, payload_query, payload_format, enabled, insecure_ssl } = draft;
+    let stored = current.map(fields_of).transpose()?;
+    let url = match &stored {
+        Some(stored) if url.trim() == stored.url.masked() => stored.url.clone(),
+        _ => EndpointUrl::parse(&url)?,
+    };
+    crate::delivery::guard::check_url(&url, state.config.allow_private_targets)?;
+    let secret = match (secret, &stored) {
+        (Some(secret), Some(stored)) if stored.secret.as_deref().map(mask_secret).as_deref() == Some(secret.as_str()) => {
+            stored.secret.clone()
+        }
+        (Some(secret), _) if secret.is_empty() => None,
+        (secret, _) => secret,
+    };
+    let payload_query = payload_query.filter(|query| !query.trim().is_empty());
+    if let Some(query) = &payload_query {
+        state.outbox.renderer().check(query, &state.db).await?;
+    }
+    let mut unique = Vec::new();
+    for kind in events {
+        if !unique.contains(&kind) {
+            unique.push(kind);
+        }
+    }
+    Ok(EndpointFields { url, secret, events: unique, payload_query, payload_format, enabled, insecure_ssl })
+}
+
+fn owner_of(viewer_org: i64, uid: &ID) -> Result<i64> {
+    match parse_id("organization", uid)? {
+        id if id == viewer_org => Ok(id),
+        _ => Err(Error::not_found("organization", uid.as_str())),
+    }
+}
+
+#[derive(Default)]
+pub struct WebhookMutation;
+
+#[Object]
+impl WebhookMutation {
+    /// Adds an endpoint (ADMIN); `CONFLICT` when the organization already has its URL.
+    async fn create_web_hook_endpoint(&self, ctx: &Context<'_>, input: CreateWebHookEndpointInput) -> Result<EndpointPayload> {
+        let viewer = require(ctx, Permission::Admin)?;
+        let state = state(ctx)?;
+        let org_id = owner_of(viewer.org_id, &input.owner_uid)?;
+        let draft = Draft {
+            url: input.webhook_url,
+            secret: input.secret_token,
+            events: input.events.unwrap_or_default(),
+            payload_query: input.payload_query,
+            payload_format: input.payload_format.unwrap_or(PayloadFormat::Data),
+            enabled: input.enabled.unwrap_or(true),
+            insecure_ssl: input.insecure_ssl.unwrap_or(false),
+        };
+        let fields = check(state, draft, None).await?;
+        let endpoint = store::endpoints::create(&state.db, org_id, fields).await?;
+        Ok(EndpointPayload { endpoint: WebHookDeliveryEndpoint(endpoint), client_mutation_id: input.client_mutation_id })
+    }
+
+    /// Changes an endpoint (ADMIN); absent fields keep their values.
+    async fn update_web_hook_endpoint(&self, ctx: &Context<'_>, input: UpdateWebHookEndpointInput) -> Result<EndpointPayload> {
+        let viewer = require(ctx, Permission::Admin)?;
+        let state = state(ctx)?;
+        let id = parse_id("webhook endpoint", &input.id)?;
+        let current = store::endpoints::find(&state.db, viewer.org_id, id).await?;
+        let stored = fields_of(&current)?;
+        let draft = Draft {
+            url: input.webhook_url.unwrap_or_else(|| stored.url.masked()),
+            secret: match input.secret_token {
+                Some(secret) => Some(secret),
+                None => stored.secret.as_deref().map(mask_secret),
+            },
+            events: input.events.unwrap_or(stored.events),
+            payload_query: match input.payload_query {
+                Some(query) => Some(query),
+                None => stored.payload_query,
+            },
+            payload_format: input.payload_format.unwrap_or(stored.payload_format),
+            enabled: input.enabled.unwrap_or(stored.enabled),
+            insecure_ssl: input.insecure_ssl.unwrap_or(stored.insecure_ssl),
+        };
+        let fields = check(state, draft, Some(&current)).await?;
+        let endpoint = store::endpoints::update(&state.db, current, fields).await?;
+        Ok(EndpointPayload { endpoint: WebHookDeliveryEndpoint(endpoint), client_mutation_id: input.client_mutation_id })
+    }
+
+    /// Deletes an endpoint and its delivery log (ADMIN).
+    async fn delete_web_hook_endpoint(&self, ctx: &Context<'_>, input: DeleteWebHookEndpointInput) -> Result<DeleteWebHookEndpointPayload> {
+        let viewer = require(ctx, Permission::Admin)?;
+        let state = state(ctx)?;
+        let id = parse_id("webhook endpoint", &input.id)?;
+        let tx = store::begin_write(&state.db).await?;
+        let endpoint = store::endpoints::find(&tx, viewer.org_id, id).await?;
+        store::endpoints::delete(&tx, &endpoint).await?;
+        tx.commit().await?;
+        Ok(DeleteWebHookEndpointPayload { deleted_id: input.id, client_mutation_id: input.client_mutation_id })
+    }
+
+    /// Replaces the whole list of endpoints, keyed by URL (ADMIN). An endpoint whose URL stays
+    /// keeps its id and delivery log; fields omitted for it take their defaults.
+    async fn save_web_hook_settings(&self, ctx: &Context<'_>, input: SaveWebHookSettingsInput) -> Result<SaveWebHookSettingsPayload> {
+        let viewer = require(ctx, Permission::Admin)?;
+        let state = state(ctx)?;
+        let org_id = owner_of(viewer.org_id, &input.owner_uid)?;
+        let existing = store::endpoints::list(&state.db, org_id).await?;
+        let mut checked = Vec::new();
+        let mut seen = HashSet::new();
+        for item in input.delivery_endpoints {
+            let current = existing.iter().find(|row| {
+                EndpointUrl::parse(&row.url)
+                    .map(|url| url.as_stored() == item.webhook_url.trim() || url.masked() == item.webhook_url.trim())
+                    .unwrap_or(false)
+            });
+            let draft = Draft {
+                url: item.webhook_url,
+                secret: item.secret_token,
+                events: item.events.unwrap_or_default(),
+                payload_query: item.payload_query,
+                payload_format: item.payload_format.unwrap_or(PayloadFormat::Data),
+                enabled: item.enabled.unwrap_or(true),
+                insecure_ssl: item.insecure_ssl.unwrap_or(false),
+            };
+            let fields = check(state, draft, current).await?;
+            if !seen.insert(fields.url.as_stored().to_owned()) {
+                return Err(Error::Invalid(format!("The URL {} is listed twice.", fields.url.masked())));
+            }
+            checked.push((current.cloned(), fields));
+        }
+        let tx = store::begin_write(&state.db).await?;
+        for row in &existing {
+            if !checked.iter().any(|(current, _)| current.as_ref().map(|c| c.id) == Some(row.id)) {
+                store::endpoints::delete(&tx, row).await?;
+            }
+        }
+        for (current, fields) in checked {
+            match current {
+                Some(current) => store::endpoints::update(&tx, current, fields).await?,
+                None => store::endpoints::create(&tx, org_id, fields).await?,
+            };
+        }
+        tx.commit().await?;
+        let org = store::orgs::find(&state.db, org_id).await?.ok_or_else(|| Error::not_found("organization", org_id))?;
+        let settings = WebHookSettings::load(&Db::Pool(state.db.clone()), &org).await?;
+        Ok(SaveWebHookSettingsPayload { settings, client_mutation_id: input.client_mutation_id })
+    }
+}

@@ -1,0 +1,73 @@
+//! HTTP: `/graphql` (POST, and GraphiQL on GET), `/healthz`, `/readyz`, `/metrics`.
+
+use async_graphql::http::GraphiQLSource;
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use sea_orm::ConnectionTrait;
+
+use crate::app::AppState;
+use crate::graphql::{self, Viewer};
+use crate::store::Db;
+
+/// The largest GraphQL request body accepted.
+const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// Every route.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/graphql", get(graphiql).post(graphql_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(state)
+}
+
+async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, request: GraphQLRequest) -> Response {
+    let mut request = request.into_inner().data(Db::Pool(state.db.clone())).data(state.clone());
+    match bearer(&headers).map(|token| state.keys.verify(token)) {
+        None => {}
+        Some(Ok(viewer)) => request = request.data::<Viewer>(viewer),
+        Some(Err(err)) => {
+            let mut error = async_graphql::ServerError::new(err.to_string(), None);
+            error.extensions.get_or_insert_with(Default::default).set("code", err.code());
+            return GraphQLResponse::from(async_graphql::Response::from_errors(vec![error])).into_response();
+        }
+    }
+    GraphQLResponse::from(graphql::execute(&state.schema, request).await).into_response()
+}
+
+/// The bearer token of a request, if it sent one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn graphiql(State(state): State<AppState>) -> Response {
+    if !state.config.graphiql {
+        return (StatusCode::NOT_FOUND, "GraphiQL is turned off.").into_response();
+    }
+    Html(GraphiQLSource::build().endpoint("/graphql").title("Herald GraphiQL").finish()).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.db.execute_unprepared("SELECT 1").await {
+        Ok(_) => "ready".into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "the database is unreachable").into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    if let Ok(depth) = crate::store::deliveries::queue_depth(&state.db).await {
+        state.metrics.queue_depth.set(depth as i64);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+}

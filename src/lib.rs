@@ -1,0 +1,41 @@
+//! Herald: webhook notifications for CI, configured through GraphQL and wire-compatible with
+//! Cirrus CI's webhooks.
+//!
+//! Every build or task change takes one path: the mutation writes the change, its event and one
+//! rendered delivery per matching endpoint in a single transaction; the worker claims due
+//! deliveries with a lease, signs and POSTs them, and records each attempt.
+
+/// AppState and App::build/run: the server, the worker and shutdown.
+pub mod app;
+/// The command line: serve, worker, migrate, schema, org, token, verify.
+pub mod cli;
+/// One typed configuration: defaults < environment < flags.
+pub mod config;
+/// The delivery worker, its outbound client and the outcome of each attempt.
+pub mod delivery;
+/// Plain types and rules: statuses, permissions, endpoint URLs, retry policy.
+pub mod domain;
+/// One error type, mapped to GraphQL `extensions.code` and HTTP status.
+pub mod error;
+/// The GraphQL schema by area, with authentication and permission guards.
+pub mod graphql;
+/// axum routes: /graphql, GraphiQL, /healthz, /readyz, /metrics.
+pub mod http;
+/// Prometheus metrics.
+pub mod metrics;
+/// Stored payload selections: validation, caching, rendering and envelopes.
+pub mod payload;
+/// X-Cirrus-Signature and Standard Webhooks signatures.
+pub mod signing;
+/// sea-orm entities and every query; org-scoped finders start from the organization.
+pub mod store;
+
+pub use error::{Error, Result};
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp Herald stores and serves.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

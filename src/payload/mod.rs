@@ -1,0 +1,12 @@
+//! Payloads: the stored GraphQL selections that decide what each delivery contains.
+//!
+//! A selection is checked when it is saved ([`selection::prepare`] and [`Renderer::check`]),
+//! parsed once and cached, and run inside the transaction of the change it describes, so the
+//! body shows the state at the event and every attempt sends the same bytes.
+
+pub mod outbox;
+pub mod render;
+pub mod selection;
+
+pub use render::{Renderer, envelope};
+pub use selection::DEFAULT_SELECTION;

@@ -1,0 +1,189 @@
+//! The transactional outbox: an event and its deliveries are written in the transaction of the
+//! change they describe, and the worker is woken once it commits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::Renderer;
+use crate::domain::status::parse_stored;
+use crate::domain::{BuildStatus, EventKind, PayloadFormat, TaskStatus};
+use crate::metrics::Metrics;
+use crate::store::deliveries::{NewDelivery, NewEvent};
+use crate::store::entities::{build, delivery, task, webhook_endpoint};
+use crate::store::{self, Db};
+use crate::{Error, Result};
+
+/// A build or task change, as an event.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub org_id: i64,
+    pub kind: EventKind,
+    /// `created` or `updated`.
+    pub action: &'static str,
+    pub old_status: Option<&'static str>,
+    pub repository_id: i64,
+    pub build_id: i64,
+    pub task_id: Option<i64>,
+    pub timestamp: i64,
+}
+
+impl Change {
+    pub fn build_created(build: &build::Model) -> Self {
+        Self {
+            org_id: build.org_id,
+            kind: EventKind::Build,
+            action: "created",
+            old_status: None,
+            repository_id: build.repository_id,
+            build_id: build.id,
+            task_id: None,
+            timestamp: build.created_at,
+        }
+    }
+
+    pub fn build_updated(before: &build::Model, after: &build::Model) -> Result<Self> {
+        Ok(Self {
+            action: "updated",
+            old_status: Some(parse_stored(&before.status, BuildStatus::parse)?.as_str()),
+            timestamp: after.status_timestamp,
+            ..Self::build_created(after)
+        })
+    }
+
+    pub fn task_created(task: &task::Model) -> Self {
+        Self {
+            org_id: task.org_id,
+            kind: EventKind::Task,
+            action: "created",
+            old_status: None,
+            repository_id: task.repository_id,
+            build_id: task.build_id,
+            task_id: Some(task.id),
+            timestamp: task.creation_timestamp,
+        }
+    }
+
+    pub fn task_updated(before: &task::Model, after: &task::Model) -> Result<Self> {
+        Ok(Self {
+            action: "updated",
+            old_status: Some(parse_stored(&before.status, TaskStatus::parse)?.as_str()),
+            timestamp: after.status_timestamp,
+            ..Self::task_created(after)
+        })
+    }
+}
+
+/// Records events with their deliveries and wakes the worker after commit.
+#[derive(Clone)]
+pub struct Outbox {
+    renderer: Arc<Renderer>,
+    wake: Arc<Notify>,
+    metrics: Metrics,
+}
+
+impl Outbox {
+    pub fn new(wake: Arc<Notify>, metrics: Metrics) -> Self {
+        Self { renderer: Arc::new(Renderer::default()), wake, metrics }
+    }
+
+    /// The payload renderer.
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+
+    /// Writes the event of `change` and one delivery per enabled endpoint that subscribes to
+    /// its kind, each body rendered inside `tx`. Endpoints sharing a selection and format share
+    /// one rendering.
+    pub async fn record(&self, tx: &Arc<DatabaseTransaction>, change: Change) -> Result<()> {
+        let conn = &**tx;
+        let event = store::deliveries::insert_event(
+            conn,
+            NewEvent {
+                org_id: change.org_id,
+                kind: change.kind.header_value(),
+                action: change.action,
+                old_status: change.old_status,
+                repository_id: change.repository_id,
+                build_id: change.build_id,
+                task_id: change.task_id,
+                timestamp: change.timestamp,
+            },
+        )
+        .await?;
+        let endpoints = store::endpoints::subscribed(conn, change.org_id, change.kind).await?;
+        let mut bodies: HashMap<(Option<String>, PayloadFormat), String> = HashMap::new();
+        let mut deliveries = Vec::with_capacity(endpoints.len());
+        for endpoint in endpoints {
+            let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
+            let key = (endpoint.payload_query.clone(), format);
+            let body = match bodies.get(&key) {
+                Some(body) => body.clone(),
+                None => {
+                    let body = self
+                        .renderer
+                        .render(Db::Tx(tx.clone()), &change, endpoint.payload_query.as_deref(), format)
+                        .await?;
+                    bodies.insert(key, body.clone());
+                    body
+                }
+            };
+            deliveries.push(NewDelivery {
+                org_id: change.org_id,
+                endpoint_id: endpoint.id,
+                event_id: Some(event.id),
+                build_id: Some(change.build_id),
+                event: change.kind.header_value().into(),
+                action: change.action.into(),
+                body,
+                timestamp: change.timestamp,
+            });
+        }
+        store::deliveries::insert(conn, deliveries).await?;
+        Ok(())
+    }
+
+    /// Commits the transaction of a recorded event and wakes the worker.
+    pub async fn commit(&self, tx: Arc<DatabaseTransaction>) -> Result<()> {
+        let tx = Arc::try_unwrap(tx).map_err(|_| Error::internal("the event's transaction is still shared at commit"))?;
+        tx.commit().await?;
+        self.metrics.events_recorded.inc();
+        self.wake();
+        Ok(())
+    }
+
+    /// Wakes the worker: deliveries are due.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Queues a `ping` to one endpoint.
+    pub async fn queue_ping(
+        &self,
+        conn: &impl ConnectionTrait,
+        endpoint: &webhook_endpoint::Model,
+    ) -> Result<delivery::Model> {
+        let now = crate::now_ms();
+        let body = json!({
+            "action": "ping",
+            "data": { "ownerUid": endpoint.org_id.to_string(), "endpointId": endpoint.id.to_string(), "timestamp": now },
+        });
+        let new = NewDelivery {
+            org_id: endpoint.org_id,
+            endpoint_id: endpoint.id,
+            event_id: None,
+            build_id: None,
+            event: "ping".into(),
+            action: "ping".into(),
+            body: serde_json::to_string(&body).map_err(Error::internal)?,
+            timestamp: now,
+        };
+        store::deliveries::insert(conn, vec![new])
+            .await?
+            .pop()
+            .ok_or_else(|| Error::internal("a queued ping came back empty"))
+    }
+}

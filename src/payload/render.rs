@@ -1,0 +1,135 @@
+//! Running a selection for an event, and wrapping the result in its envelope.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_graphql::{Request, Variables};
+use sea_orm::DatabaseConnection;
+use serde_json::{Map, Value as Json, json};
+
+use super::outbox::Change;
+use super::selection::{self, DEFAULT_SELECTION, Prepared};
+use crate::domain::{PayloadFormat, Permission};
+use crate::graphql::{self, HeraldSchema, Limits, Viewer};
+use crate::store::Db;
+use crate::{Error, Result};
+
+/// How many distinct selections the cache keeps before it starts over.
+const CACHE_CAPACITY: usize = 1024;
+
+/// Renders payloads with Herald's own schema; parsed selections are cached by their text.
+pub struct Renderer {
+    schema: HeraldSchema,
+    cache: Mutex<HashMap<String, Arc<Prepared>>>,
+}
+
+impl Default for Renderer {
+    fn default() -> Self {
+        Self { schema: graphql::build_schema(Limits::PAYLOAD), cache: Mutex::default() }
+    }
+}
+
+impl Renderer {
+    fn prepared(&self, source: &str) -> Result<Arc<Prepared>> {
+        let mut cache = self.cache.lock().map_err(|_| Error::internal("the selection cache is poisoned"))?;
+        if let Some(prepared) = cache.get(source) {
+            return Ok(prepared.clone());
+        }
+        let prepared = Arc::new(selection::prepare(source)?);
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(source.to_owned(), prepared.clone());
+        Ok(prepared)
+    }
+
+    /// Checks a selection before it is saved: it parses, is one query, uses only the three
+    /// variables, stays within the limits, and validates against the schema. The error names
+    /// the problem and its position in the selection.
+    pub async fn check(&self, source: &str, db: &DatabaseConnection) -> Result<()> {
+        let prepared = self.prepared(source)?;
+        // Run against ids that name nothing: validation happens before any resolver, and the
+        // resolvers then find nothing. Errors without a path are validation errors.
+        let viewer = Viewer { org_id: -1, permission: Permission::Read };
+        let variables = json!({ "repositoryId": "0", "buildId": "0", "taskId": null });
+        let response = self.run(&prepared, Db::Pool(db.clone()), viewer, variables).await;
+        match response.errors.iter().find(|error| error.path.is_empty()) {
+            None => Ok(()),
+            Some(error) => {
+                let at = error.locations.first().map(|pos| format!(" at {}", prepared.locate(*pos))).unwrap_or_default();
+                Err(Error::Invalid(format!(
+                    "The payload selection is not valid{at}: {}.",
+                    error.message.trim_end_matches('.')
+                )))
+            }
+        }
+    }
+
+    /// Renders the body of `change` for an endpoint's selection (the default when `None`),
+    /// reading through `db`: the change's own transaction when the event is recorded.
+    pub async fn render(&self, db: Db, change: &Change, source: Option<&str>, format: PayloadFormat) -> Result<String> {
+        let prepared = self.prepared(source.unwrap_or(DEFAULT_SELECTION))?;
+        let viewer = Viewer { org_id: change.org_id, permission: Permission::Read };
+        let variables = json!({
+            "repositoryId": change.repository_id.to_string(),
+            "buildId": change.build_id.to_string(),
+            "taskId": change.task_id.map(|id| id.to_string()),
+        });
+        let response = self.run(&prepared, db, viewer, variables).await;
+        for error in &response.errors {
+            tracing::warn!(org = change.org_id, error = %error.message, "payload selection reported an error");
+        }
+        let data = response.data.into_json().map_err(Error::internal)?;
+        envelope(format, change.action, change.old_status, data)
+    }
+
+    async fn run(&self, prepared: &Prepared, db: Db, viewer: Viewer, variables: Json) -> async_graphql::Response {
+        let mut request = Request::new(prepared.text.clone())
+            .variables(Variables::from_json(variables))
+            .data(db)
+            .data(viewer);
+        request.set_parsed_query(prepared.doc.clone());
+        graphql::execute(&self.schema, request).await
+    }
+}
+
+/// Wraps a selection's result: `{action, old_status?, data}` (DATA) or
+/// `{action, old_status?, …data's fields}` (FLAT, where a null field becomes `{}` as Cirrus
+/// sends `"task": {}` for build events).
+pub fn envelope(format: PayloadFormat, action: &str, old_status: Option<&str>, data: Json) -> Result<String> {
+    let mut body = Map::new();
+    body.insert("action".into(), action.into());
+    if let Some(old_status) = old_status {
+        body.insert("old_status".into(), old_status.into());
+    }
+    match format {
+        PayloadFormat::Data => {
+            body.insert("data".into(), data);
+        }
+        PayloadFormat::Flat => {
+            if let Json::Object(fields) = data {
+                for (key, value) in fields {
+                    body.insert(key, if value.is_null() { json!({}) } else { value });
+                }
+            }
+        }
+    }
+    serde_json::to_string(&body).map_err(Error::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_envelope_puts_action_first() {
+        let body = envelope(PayloadFormat::Data, "updated", Some("EXECUTING"), json!({"build": {"id": "1"}})).unwrap();
+        assert_eq!(body, r#"{"action":"updated","old_status":"EXECUTING","data":{"build":{"id":"1"}}}"#);
+    }
+
+    #[test]
+    fn flat_envelope_spreads_data_and_empties_nulls() {
+        let body = envelope(PayloadFormat::Flat, "created", None, json!({"build": {"id": "1"}, "task": null})).unwrap();
+        assert_eq!(body, r#"{"action":"created","build":{"id":"1"},"task":{}}"#);
+    }
+}

@@ -1,0 +1,285 @@
+//! Parsing and checking stored selections (CONTRACT §5).
+
+use std::collections::BTreeSet;
+
+use async_graphql::parser::types::{
+    DocumentOperations, ExecutableDocument, OperationType, Selection, SelectionSet,
+};
+use async_graphql::parser::{Pos, Positioned};
+use async_graphql::Name;
+use async_graphql_value::Value;
+
+use crate::{Error, Result};
+
+/// Cirrus CI's default selection, used when an endpoint has none.
+pub const DEFAULT_SELECTION: &str = "query WebhookPayload($repositoryId: ID!, $buildId: ID!, $taskId: ID) {
+  repository(id: $repositoryId) { id owner name isPrivate }
+  build(id: $buildId) { id branch pullRequest pullRequestDraft durationInSeconds changeIdInRepo changeTimestamp status }
+  task(id: $taskId) { id name nameAlias status statusTimestamp creationTimestamp durationInSeconds uniqueLabels automaticReRun automaticallyReRunnable manualRerunCount notifications { level message link } }
+}";
+
+/// The variables a selection may use, with their types.
+pub const VARIABLES: [(&str, &str); 3] = [("repositoryId", "ID!"), ("buildId", "ID!"), ("taskId", "ID")];
+
+/// The deepest a selection may nest.
+pub const MAX_DEPTH: usize = 15;
+
+/// The longest selection Herald stores.
+pub const MAX_LEN: usize = 16 * 1024;
+
+/// A selection that parsed and passed the checks that need no schema, ready to run.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// The whole operation: the stored text, or a bare selection wrapped in one.
+    pub text: String,
+    pub doc: ExecutableDocument,
+    /// Columns the wrapper added before the stored text on its first line.
+    shift: usize,
+}
+
+impl Prepared {
+    /// Where `pos` in the prepared text stands in the stored text, as "line L, column C".
+    pub fn locate(&self, pos: Pos) -> String {
+        locate(pos, self.shift)
+    }
+}
+
+fn locate(pos: Pos, shift: usize) -> String {
+    let column = if pos.line == 1 { pos.column.saturating_sub(shift).max(1) } else { pos.column };
+    format!("line {}, column {column}", pos.line)
+}
+
+/// Parses a stored selection: a whole query operation, or a bare selection set that is wrapped
+/// in one declaring the variables it uses.
+pub fn prepare(source: &str) -> Result<Prepared> {
+    if source.len() > MAX_LEN {
+        return Err(Error::Invalid(format!("The payload selection is longer than {MAX_LEN} bytes.")));
+    }
+    if source.trim().is_empty() {
+        return Err(Error::Invalid("The payload selection is empty.".into()));
+    }
+    let prepared = if is_whole_document(source) {
+        parse(source.to_owned(), 0)?
+    } else {
+        // First with every variable declared, to learn which ones the selection uses; then
+        // with just those, since an unused declaration is itself a validation error.
+        let probe = parse_wrapped(source, &VARIABLES.iter().map(|(name, _)| *name).collect())?;
+        let used = used_variables(&probe.doc);
+        if let Some(other) = used.iter().find(|name| !VARIABLES.iter().any(|(allowed, _)| allowed == name)) {
+            return Err(unknown_variable(other));
+        }
+        parse_wrapped(source, &used.iter().map(String::as_str).collect())?
+    };
+    check_operation(&prepared)?;
+    Ok(prepared)
+}
+
+fn parse_wrapped(source: &str, variables: &BTreeSet<&str>) -> Result<Prepared> {
+    let declared: Vec<String> = VARIABLES
+        .iter()
+        .filter(|(name, _)| variables.contains(name))
+        .map(|(name, ty)| format!("${name}: {ty}"))
+        .collect();
+    let declarations = if declared.is_empty() { String::new() } else { format!("({})", declared.join(", ")) };
+    let trimmed = source.trim_start();
+    let head = &source[..source.len() - trimmed.len()];
+    if trimmed.starts_with('{') {
+        let prefix = format!("query WebhookPayload{declarations} ");
+        parse(format!("{prefix}{head}{trimmed}"), prefix.len())
+    } else {
+        let prefix = format!("query WebhookPayload{declarations} {{ ");
+        parse(format!("{prefix}{source}\n}}"), prefix.len())
+    }
+}
+
+fn parse(text: String, shift: usize) -> Result<Prepared> {
+    match async_graphql::parser::parse_query(&text) {
+        Ok(doc) => Ok(Prepared { text, doc, shift }),
+        Err(err) => {
+            let position = err.positions().next().map(|pos| locate(pos, shift));
+            let message = err.to_string();
+            let reason = message
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("= "))
+                .unwrap_or_else(|| message.lines().next().unwrap_or("syntax error"))
+                .trim_end_matches('.');
+            Err(Error::Invalid(match position {
+                Some(position) => format!("The payload selection does not parse at {position}: {reason}."),
+                None => format!("The payload selection does not parse: {reason}."),
+            }))
+        }
+    }
+}
+
+/// Whether the text starts with a keyword of a whole document rather than a selection.
+fn is_whole_document(source: &str) -> bool {
+    let mut rest = source;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ',' || c == '\u{feff}');
+        match rest.strip_prefix('#') {
+            Some(comment) => rest = comment.split_once('\n').map(|(_, after)| after).unwrap_or(""),
+            None => break,
+        }
+    }
+    let word: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    matches!(word.as_str(), "query" | "mutation" | "subscription" | "fragment")
+}
+
+fn unknown_variable(name: &str) -> Error {
+    Error::Invalid(format!(
+        "The payload selection uses ${name}; only $repositoryId, $buildId and $taskId are available."
+    ))
+}
+
+fn check_operation(prepared: &Prepared) -> Result<()> {
+    let doc = &prepared.doc;
+    let operation = match &doc.operations {
+        DocumentOperations::Single(operation) => operation,
+        DocumentOperations::Multiple(operations) if operations.len() == 1 => {
+            operations.values().next().expect("one operation")
+        }
+        DocumentOperations::Multiple(operations) => {
+            return Err(Error::Invalid(format!(
+                "The payload selection must hold exactly one operation; it has {}.",
+                operations.len()
+            )));
+        }
+    };
+    if operation.node.ty != OperationType::Query {
+        return Err(Error::Invalid(format!(
+            "The payload selection must be a query, not a {} (at {}).",
+            operation.node.ty,
+            prepared.locate(operation.pos)
+        )));
+    }
+    for variable in &operation.node.variable_definitions {
+        let name = variable.node.name.node.as_str();
+        if !VARIABLES.iter().any(|(allowed, _)| *allowed == name) {
+            return Err(unknown_variable(name));
+        }
+    }
+    let depth = depth_of(&operation.node.selection_set, doc, 0);
+    if depth > MAX_DEPTH {
+        return Err(Error::Invalid(format!(
+            "The payload selection nests {depth} levels deep; at most {MAX_DEPTH} are allowed."
+        )));
+    }
+    Ok(())
+}
+
+/// How deep a selection set nests, following fragments (a cycle stops at the depth limit).
+fn depth_of(set: &Positioned<SelectionSet>, doc: &ExecutableDocument, level: usize) -> usize {
+    if level > MAX_DEPTH {
+        return level;
+    }
+    set.node
+        .items
+        .iter()
+        .map(|item| match &item.node {
+            Selection::Field(field) if field.node.selection_set.node.items.is_empty() => level + 1,
+            Selection::Field(field) => depth_of(&field.node.selection_set, doc, level + 1),
+            Selection::InlineFragment(fragment) => depth_of(&fragment.node.selection_set, doc, level),
+            Selection::FragmentSpread(spread) => doc
+                .fragments
+                .get(&spread.node.fragment_name.node)
+                .map(|fragment| depth_of(&fragment.node.selection_set, doc, level))
+                .unwrap_or(level),
+        })
+        .max()
+        .unwrap_or(level)
+}
+
+/// Every variable a document's operations and fragments refer to.
+fn used_variables(doc: &ExecutableDocument) -> BTreeSet<String> {
+    let mut used = BTreeSet::new();
+    for (_, operation) in doc.operations.iter() {
+        collect_set(&operation.node.selection_set, &mut used);
+    }
+    for fragment in doc.fragments.values() {
+        collect_set(&fragment.node.selection_set, &mut used);
+    }
+    used
+}
+
+fn collect_set(set: &Positioned<SelectionSet>, used: &mut BTreeSet<String>) {
+    for item in &set.node.items {
+        match &item.node {
+            Selection::Field(field) => {
+                for (_, value) in &field.node.arguments {
+                    collect_value(&value.node, used);
+                }
+                for directive in &field.node.directives {
+                    for (_, value) in &directive.node.arguments {
+                        collect_value(&value.node, used);
+                    }
+                }
+                collect_set(&field.node.selection_set, used);
+            }
+            Selection::InlineFragment(fragment) => collect_set(&fragment.node.selection_set, used),
+            Selection::FragmentSpread(_) => {}
+        }
+    }
+}
+
+fn collect_value(value: &Value, used: &mut BTreeSet<String>) {
+    match value {
+        Value::Variable(name) => {
+            used.insert(Name::as_str(name).to_owned());
+        }
+        Value::List(items) => items.iter().for_each(|item| collect_value(item, used)),
+        Value::Object(fields) => fields.values().for_each(|item| collect_value(item, used)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_selection_prepares() {
+        let prepared = prepare(DEFAULT_SELECTION).unwrap();
+        assert_eq!(prepared.text, DEFAULT_SELECTION);
+    }
+
+    #[test]
+    fn a_bare_selection_declares_only_what_it_uses() {
+        let prepared = prepare("build(id: $buildId) { id status }").unwrap();
+        assert!(prepared.text.starts_with("query WebhookPayload($buildId: ID!) {"), "{}", prepared.text);
+        let braced = prepare("{ task(id: $taskId) { id } }").unwrap();
+        assert!(braced.text.starts_with("query WebhookPayload($taskId: ID) {"), "{}", braced.text);
+    }
+
+    #[test]
+    fn syntax_errors_name_the_position_in_the_stored_text() {
+        let err = prepare("build(id: $buildId) { id status").unwrap_err().to_string();
+        assert!(err.contains("does not parse at line"), "{err}");
+        let err = prepare("query Q { build(id: \"1\") { id } ").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn refuses_other_operations_and_variables() {
+        let mutation = prepare("mutation M { createBuild { build { id } } }").unwrap_err().to_string();
+        assert!(mutation.contains("must be a query"), "{mutation}");
+        let two = prepare("query A { viewer { uid } } query B { viewer { uid } }").unwrap_err().to_string();
+        assert!(two.contains("exactly one operation"), "{two}");
+        let other = prepare("build(id: $other) { id }").unwrap_err().to_string();
+        assert!(other.contains("$other"), "{other}");
+        let declared = prepare("query Q($x: ID!) { build(id: $x) { id } }").unwrap_err().to_string();
+        assert!(declared.contains("$x"), "{declared}");
+    }
+
+    #[test]
+    fn refuses_deep_selections() {
+        let mut deep = String::from("build(id: $buildId) { ");
+        for _ in 0..8 {
+            deep.push_str("repository { builds { edges { node { ");
+        }
+        deep.push_str("id");
+        deep.push_str(&" } } } }".repeat(8));
+        deep.push_str(" }");
+        let err = prepare(&deep).unwrap_err().to_string();
+        assert!(err.contains("levels deep"), "{err}");
+    }
+}

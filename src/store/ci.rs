@@ -1,0 +1,262 @@
+//! What the CI engine records: repositories, builds and tasks.
+
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, SqlErr,
+};
+
+use super::Page;
+use super::entities::{build, repository, task};
+use crate::domain::{BuildStatus, Notification, TaskStatus};
+use crate::{Error, Result};
+
+/// A repository as the CI engine announces it.
+pub struct NewRepository {
+    pub name: String,
+    pub is_private: bool,
+    pub default_branch: String,
+}
+
+/// Creates a repository; names are unique within an organization.
+pub async fn create_repository(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+    new: NewRepository,
+) -> Result<repository::Model> {
+    let NewRepository { name, is_private, default_branch } = new;
+    let name = name.trim().to_owned();
+    if name.is_empty() || name.len() > 200 {
+        return Err(Error::Invalid("A repository name must have between 1 and 200 characters.".into()));
+    }
+    let row = repository::ActiveModel {
+        org_id: Set(org_id),
+        name: Set(name.clone()),
+        is_private: Set(is_private),
+        default_branch: Set(default_branch),
+        created_at: Set(crate::now_ms()),
+        ..Default::default()
+    };
+    repository::Entity::insert(row).exec_with_returning(conn).await.map_err(|err| {
+        match err.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(_)) => {
+                Error::Conflict(format!("A repository named {name:?} already exists."))
+            }
+            _ => err.into(),
+        }
+    })
+}
+
+/// The organization's repository with this id.
+pub async fn repository(conn: &impl ConnectionTrait, org_id: i64, id: i64) -> Result<repository::Model> {
+    repository::Entity::find_by_id(id)
+        .filter(repository::Column::OrgId.eq(org_id))
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found("repository", id))
+}
+
+/// The organization's repositories, oldest first.
+pub async fn repositories(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+    page: Page,
+) -> Result<Vec<repository::Model>> {
+    let mut query = repository::Entity::find().filter(repository::Column::OrgId.eq(org_id));
+    if let Some(after) = page.after {
+        query = query.filter(repository::Column::Id.gt(after));
+    }
+    Ok(query.order_by_asc(repository::Column::Id).limit(page.limit + 1).all(conn).await?)
+}
+
+/// A build as the CI engine announces it.
+pub struct NewBuild {
+    pub branch: String,
+    pub tag: Option<String>,
+    pub change_id_in_repo: String,
+    pub change_message_title: String,
+    pub change_message: String,
+    pub pull_request: Option<i64>,
+    pub pull_request_draft: Option<bool>,
+    pub change_timestamp: Option<i64>,
+}
+
+/// Records a new build of a repository, in status `CREATED`.
+pub async fn create_build(
+    conn: &impl ConnectionTrait,
+    repo: &repository::Model,
+    new: NewBuild,
+    now: i64,
+) -> Result<build::Model> {
+    let NewBuild {
+        branch,
+        tag,
+        change_id_in_repo,
+        change_message_title,
+        change_message,
+        pull_request,
+        pull_request_draft,
+        change_timestamp,
+    } = new;
+    let row = build::ActiveModel {
+        org_id: Set(repo.org_id),
+        repository_id: Set(repo.id),
+        branch: Set(branch),
+        tag: Set(tag),
+        change_id_in_repo: Set(change_id_in_repo),
+        change_message_title: Set(change_message_title),
+        change_message: Set(change_message),
+        pull_request: Set(pull_request),
+        pull_request_draft: Set(pull_request_draft),
+        change_timestamp: Set(change_timestamp.unwrap_or(now)),
+        created_at: Set(now),
+        status: Set(BuildStatus::Created.as_str().into()),
+        status_timestamp: Set(now),
+        executing_timestamp: Set(None),
+        final_status_timestamp: Set(None),
+        ..Default::default()
+    };
+    Ok(build::Entity::insert(row).exec_with_returning(conn).await?)
+}
+
+/// The organization's build with this id.
+pub async fn build(conn: &impl ConnectionTrait, org_id: i64, id: i64) -> Result<build::Model> {
+    build::Entity::find_by_id(id)
+        .filter(build::Column::OrgId.eq(org_id))
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found("build", id))
+}
+
+/// A repository's builds, newest first, optionally of one status.
+pub async fn builds(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+    repository_id: i64,
+    status: Option<BuildStatus>,
+    page: Page,
+) -> Result<Vec<build::Model>> {
+    let mut query = build::Entity::find()
+        .filter(build::Column::OrgId.eq(org_id))
+        .filter(build::Column::RepositoryId.eq(repository_id));
+    if let Some(status) = status {
+        query = query.filter(build::Column::Status.eq(status.as_str()));
+    }
+    if let Some(after) = page.after {
+        query = query.filter(build::Column::Id.lt(after));
+    }
+    Ok(query.order_by_desc(build::Column::Id).limit(page.limit + 1).all(conn).await?)
+}
+
+/// Moves a build to `status`; `None` when it already had that status (nothing changes).
+pub async fn set_build_status(
+    conn: &impl ConnectionTrait,
+    current: build::Model,
+    status: BuildStatus,
+    now: i64,
+) -> Result<Option<build::Model>> {
+    if current.status == status.as_str() {
+        return Ok(None);
+    }
+    let executing = current.executing_timestamp;
+    let mut row: build::ActiveModel = current.into();
+    row.status = Set(status.as_str().into());
+    row.status_timestamp = Set(now);
+    if status == BuildStatus::Executing && executing.is_none() {
+        row.executing_timestamp = Set(Some(now));
+    }
+    row.final_status_timestamp = Set(status.is_final().then_some(now));
+    Ok(Some(row.update(conn).await?))
+}
+
+/// A task as the CI engine announces it.
+pub struct NewTask {
+    pub name: String,
+    pub name_alias: Option<String>,
+    pub labels: Vec<String>,
+    pub instance_type: Option<String>,
+    pub local_group_id: Option<i64>,
+}
+
+/// Records a new task of a build, in status `CREATED`.
+pub async fn create_task(
+    conn: &impl ConnectionTrait,
+    build: &build::Model,
+    new: NewTask,
+    now: i64,
+) -> Result<task::Model> {
+    let NewTask { name, name_alias, labels, instance_type, local_group_id } = new;
+    if name.trim().is_empty() {
+        return Err(Error::Invalid("A task needs a name.".into()));
+    }
+    let row = task::ActiveModel {
+        org_id: Set(build.org_id),
+        repository_id: Set(build.repository_id),
+        build_id: Set(build.id),
+        name: Set(name),
+        name_alias: Set(name_alias),
+        local_group_id: Set(local_group_id.unwrap_or(0)),
+        status: Set(TaskStatus::Created.as_str().into()),
+        status_timestamp: Set(now),
+        creation_timestamp: Set(now),
+        executing_timestamp: Set(None),
+        final_status_timestamp: Set(None),
+        labels: Set(serde_json::to_string(&labels).map_err(Error::internal)?),
+        automatic_re_run: Set(false),
+        automatically_re_runnable: Set(false),
+        manual_rerun_count: Set(0),
+        instance_type: Set(instance_type.unwrap_or_else(|| "container".into())),
+        notifications: Set("[]".into()),
+        ..Default::default()
+    };
+    Ok(task::Entity::insert(row).exec_with_returning(conn).await?)
+}
+
+/// The organization's task with this id.
+pub async fn task(conn: &impl ConnectionTrait, org_id: i64, id: i64) -> Result<task::Model> {
+    task::Entity::find_by_id(id)
+        .filter(task::Column::OrgId.eq(org_id))
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found("task", id))
+}
+
+/// A build's tasks, in creation order.
+pub async fn tasks_of_build(conn: &impl ConnectionTrait, org_id: i64, build_id: i64) -> Result<Vec<task::Model>> {
+    Ok(task::Entity::find()
+        .filter(task::Column::OrgId.eq(org_id))
+        .filter(task::Column::BuildId.eq(build_id))
+        .order_by_asc(task::Column::Id)
+        .all(conn)
+        .await?)
+}
+
+/// Moves a task to `status` and appends `notifications`; `None` when it already had that status
+/// (nothing changes, not even the notifications).
+pub async fn set_task_status(
+    conn: &impl ConnectionTrait,
+    current: task::Model,
+    status: TaskStatus,
+    notifications: Vec<Notification>,
+    now: i64,
+) -> Result<Option<task::Model>> {
+    if current.status == status.as_str() {
+        return Ok(None);
+    }
+    let mut all = labels_or_notes::<Notification>(&current.notifications)?;
+    all.extend(notifications);
+    let executing = current.executing_timestamp;
+    let mut row: task::ActiveModel = current.into();
+    row.status = Set(status.as_str().into());
+    row.status_timestamp = Set(now);
+    if status == TaskStatus::Executing && executing.is_none() {
+        row.executing_timestamp = Set(Some(now));
+    }
+    row.final_status_timestamp = Set(status.is_final().then_some(now));
+    row.notifications = Set(serde_json::to_string(&all).map_err(Error::internal)?);
+    Ok(Some(row.update(conn).await?))
+}
+
+/// Reads a stored JSON list (labels or notifications).
+pub fn labels_or_notes<T: serde::de::DeserializeOwned>(json: &str) -> Result<Vec<T>> {
+    serde_json::from_str(json).map_err(Error::internal)
+}

@@ -1,0 +1,160 @@
+//! Webhook endpoints: each organization's list of URLs, secrets, filters and selections.
+
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, SqlErr,
+};
+
+use super::entities::{delivery, delivery_attempt, webhook_endpoint};
+use crate::domain::{EndpointUrl, EventKind, PayloadFormat};
+use crate::{Error, Result};
+
+/// An endpoint's settings, checked and complete.
+#[derive(Clone)]
+pub struct EndpointFields {
+    pub url: EndpointUrl,
+    pub secret: Option<String>,
+    pub events: Vec<EventKind>,
+    pub payload_query: Option<String>,
+    pub payload_format: PayloadFormat,
+    pub enabled: bool,
+    pub insecure_ssl: bool,
+}
+
+impl EndpointFields {
+    fn apply(self, row: &mut webhook_endpoint::ActiveModel, now: i64) -> Result<()> {
+        let EndpointFields { url, secret, events, payload_query, payload_format, enabled, insecure_ssl } = self;
+        row.url = Set(url.as_stored().to_owned());
+        row.secret = Set(secret);
+        row.events = Set(serde_json::to_string(&events).map_err(Error::internal)?);
+        row.payload_query = Set(payload_query);
+        row.payload_format = Set(payload_format.as_str().into());
+        row.enabled = Set(enabled);
+        row.insecure_ssl = Set(insecure_ssl);
+        row.updated_at = Set(now);
+        Ok(())
+    }
+}
+
+/// Reads a stored endpoint back into its fields.
+pub fn fields_of(row: &webhook_endpoint::Model) -> Result<EndpointFields> {
+    Ok(EndpointFields {
+        url: EndpointUrl::parse(&row.url)?,
+        secret: row.secret.clone(),
+        events: event_kinds(row)?,
+        payload_query: row.payload_query.clone(),
+        payload_format: super::super::domain::status::parse_stored(&row.payload_format, PayloadFormat::parse)?,
+        enabled: row.enabled,
+        insecure_ssl: row.insecure_ssl,
+    })
+}
+
+/// The kinds of event an endpoint subscribed to; empty means all.
+pub fn event_kinds(row: &webhook_endpoint::Model) -> Result<Vec<EventKind>> {
+    serde_json::from_str(&row.events).map_err(Error::internal)
+}
+
+fn conflict(url: &EndpointUrl) -> impl FnOnce(sea_orm::DbErr) -> Error + '_ {
+    move |err| match err.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => Error::Conflict(format!(
+            "The organization already has an endpoint for {}.",
+            url.masked()
+        )),
+        _ => err.into(),
+    }
+}
+
+/// Adds an endpoint; its URL must be new to the organization.
+pub async fn create(conn: &impl ConnectionTrait, org_id: i64, fields: EndpointFields) -> Result<webhook_endpoint::Model> {
+    let now = crate::now_ms();
+    let url = fields.url.clone();
+    let mut row = webhook_endpoint::ActiveModel {
+        org_id: Set(org_id),
+        created_at: Set(now),
+        ..Default::default()
+    };
+    fields.apply(&mut row, now)?;
+    webhook_endpoint::Entity::insert(row).exec_with_returning(conn).await.map_err(conflict(&url))
+}
+
+/// Replaces an endpoint's settings.
+pub async fn update(
+    conn: &impl ConnectionTrait,
+    current: webhook_endpoint::Model,
+    fields: EndpointFields,
+) -> Result<webhook_endpoint::Model> {
+    let url = fields.url.clone();
+    let mut row: webhook_endpoint::ActiveModel = current.into();
+    fields.apply(&mut row, crate::now_ms())?;
+    row.update(conn).await.map_err(conflict(&url))
+}
+
+/// The organization's endpoint with this id.
+pub async fn find(conn: &impl ConnectionTrait, org_id: i64, id: i64) -> Result<webhook_endpoint::Model> {
+    webhook_endpoint::Entity::find_by_id(id)
+        .filter(webhook_endpoint::Column::OrgId.eq(org_id))
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found("webhook endpoint", id))
+}
+
+/// The organization's endpoints, oldest first.
+pub async fn list(conn: &impl ConnectionTrait, org_id: i64) -> Result<Vec<webhook_endpoint::Model>> {
+    Ok(webhook_endpoint::Entity::find()
+        .filter(webhook_endpoint::Column::OrgId.eq(org_id))
+        .order_by_asc(webhook_endpoint::Column::Id)
+        .all(conn)
+        .await?)
+}
+
+/// The organization's enabled endpoints that subscribe to `kind`.
+pub async fn subscribed(conn: &impl ConnectionTrait, org_id: i64, kind: EventKind) -> Result<Vec<webhook_endpoint::Model>> {
+    let mut matching = Vec::new();
+    for row in webhook_endpoint::Entity::find()
+        .filter(webhook_endpoint::Column::OrgId.eq(org_id))
+        .filter(webhook_endpoint::Column::Enabled.eq(true))
+        .order_by_asc(webhook_endpoint::Column::Id)
+        .all(conn)
+        .await?
+    {
+        let kinds = event_kinds(&row)?;
+        if kinds.is_empty() || kinds.contains(&kind) {
+            matching.push(row);
+        }
+    }
+    Ok(matching)
+}
+
+/// Deletes an endpoint with its deliveries and their attempts.
+pub async fn delete(conn: &impl ConnectionTrait, endpoint: &webhook_endpoint::Model) -> Result<()> {
+    let deliveries: Vec<i64> = delivery::Entity::find()
+        .filter(delivery::Column::EndpointId.eq(endpoint.id))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|row| row.id)
+        .collect();
+    for chunk in deliveries.chunks(500) {
+        delivery_attempt::Entity::delete_many()
+            .filter(delivery_attempt::Column::DeliveryId.is_in(chunk.iter().copied()))
+            .exec(conn)
+            .await?;
+    }
+    delivery::Entity::delete_many()
+        .filter(delivery::Column::EndpointId.eq(endpoint.id))
+        .exec(conn)
+        .await?;
+    webhook_endpoint::Entity::delete_by_id(endpoint.id).exec(conn).await?;
+    Ok(())
+}
+
+/// Turns an endpoint off (a receiver answered 410 Gone).
+pub async fn disable(conn: &impl ConnectionTrait, id: i64) -> Result<()> {
+    webhook_endpoint::Entity::update_many()
+        .col_expr(webhook_endpoint::Column::Enabled, false.into())
+        .col_expr(webhook_endpoint::Column::UpdatedAt, crate::now_ms().into())
+        .filter(webhook_endpoint::Column::Id.eq(id))
+        .exec(conn)
+        .await?;
+    Ok(())
+}

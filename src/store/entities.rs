@@ -1,0 +1,227 @@
+//! sea-orm entities, one module per table. These are storage types, not API types: the
+//! GraphQL layer wraps them, and conversions name every field.
+
+macro_rules! no_relations {
+    () => {
+        #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+        pub enum Relation {}
+
+        impl ActiveModelBehavior for ActiveModel {}
+    };
+}
+
+pub mod setting {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "settings")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key: String,
+        pub value: String,
+    }
+    no_relations!();
+}
+
+pub mod organization {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "organizations")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub name: String,
+        pub created_at: i64,
+    }
+    no_relations!();
+}
+
+pub mod repository {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "repositories")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub org_id: i64,
+        pub name: String,
+        pub is_private: bool,
+        pub default_branch: String,
+        pub created_at: i64,
+    }
+    no_relations!();
+}
+
+pub mod build {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "builds")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub org_id: i64,
+        pub repository_id: i64,
+        pub branch: String,
+        pub tag: Option<String>,
+        pub change_id_in_repo: String,
+        pub change_message_title: String,
+        pub change_message: String,
+        pub pull_request: Option<i64>,
+        pub pull_request_draft: Option<bool>,
+        pub change_timestamp: i64,
+        pub created_at: i64,
+        pub status: String,
+        pub status_timestamp: i64,
+        pub executing_timestamp: Option<i64>,
+        pub final_status_timestamp: Option<i64>,
+    }
+    no_relations!();
+}
+
+pub mod task {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tasks")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub org_id: i64,
+        pub repository_id: i64,
+        pub build_id: i64,
+        pub name: String,
+        pub name_alias: Option<String>,
+        pub local_group_id: i64,
+        pub status: String,
+        pub status_timestamp: i64,
+        pub creation_timestamp: i64,
+        pub executing_timestamp: Option<i64>,
+        pub final_status_timestamp: Option<i64>,
+        /// A JSON array of strings.
+        pub labels: String,
+        pub automatic_re_run: bool,
+        pub automatically_re_runnable: bool,
+        pub manual_rerun_count: i64,
+        pub instance_type: String,
+        /// A JSON array of `{level, message, link}`.
+        pub notifications: String,
+    }
+    no_relations!();
+}
+
+pub mod webhook_endpoint {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_endpoints")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub org_id: i64,
+        /// The URL as entered, credentials included; shown only masked.
+        pub url: String,
+        /// The signing secret; write-only in the API.
+        pub secret: Option<String>,
+        /// A JSON array of event kinds; empty means every kind.
+        pub events: String,
+        pub payload_query: Option<String>,
+        pub payload_format: String,
+        pub enabled: bool,
+        pub insecure_ssl: bool,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+    no_relations!();
+
+    impl std::fmt::Debug for Model {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("WebhookEndpoint")
+                .field("id", &self.id)
+                .field("org_id", &self.org_id)
+                .field("enabled", &self.enabled)
+                .finish_non_exhaustive()
+        }
+    }
+}
+
+pub mod event {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "events")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub org_id: i64,
+        pub kind: String,
+        pub action: String,
+        pub old_status: Option<String>,
+        pub repository_id: i64,
+        pub build_id: i64,
+        pub task_id: Option<i64>,
+        pub timestamp: i64,
+    }
+    no_relations!();
+}
+
+pub mod delivery {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "deliveries")]
+    pub struct Model {
+        /// Orders deliveries: a chain (endpoint, build) is sent in id order.
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// The public delivery id: `X-Cirrus-Delivery` and `webhook-id`.
+        pub uid: String,
+        pub org_id: i64,
+        pub endpoint_id: i64,
+        pub event_id: Option<i64>,
+        pub build_id: Option<i64>,
+        /// `build`, `task` or `ping`.
+        pub event: String,
+        pub action: String,
+        /// The exact bytes every attempt sends.
+        pub body: String,
+        pub state: String,
+        pub attempts: i32,
+        /// Attempts since the delivery was created or last redelivered; drives the schedule.
+        pub round_attempts: i32,
+        pub next_attempt_at: i64,
+        pub lease_until: Option<i64>,
+        /// The fencing token of the current claim; only its holder may record an outcome.
+        pub lease_token: Option<String>,
+        /// The event's time: `X-Cirrus-Timestamp`.
+        pub created_at: i64,
+        pub last_status: Option<i32>,
+        pub last_duration: Option<i64>,
+        pub last_response: Option<String>,
+        pub updated_at: i64,
+    }
+    no_relations!();
+}
+
+pub mod delivery_attempt {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "delivery_attempts")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub delivery_id: i64,
+        pub number: i32,
+        pub timestamp: i64,
+        pub status: Option<i32>,
+        pub duration: i64,
+        pub error: Option<String>,
+        /// A JSON object of the response's headers.
+        pub response_headers: String,
+        pub response_body: String,
+    }
+    no_relations!();
+}

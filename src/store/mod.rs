@@ -1,0 +1,116 @@
+//! Storage: sea-orm over SQLite or PostgreSQL, one code path.
+//!
+//! Every finder of an organization-owned row takes the organization id first, so a query can
+//! never reach another organization's data. Storage errors are translated here, so callers only
+//! use `?` (a unique violation becomes `Conflict` in the store, not in a resolver).
+
+pub mod ci;
+pub mod deliveries;
+pub mod endpoints;
+pub mod entities;
+pub mod orgs;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use herald_migrations::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbBackend,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+
+use crate::{Error, Result};
+
+/// Opens the database at `url`, creating an SQLite file if needed, and applies migrations.
+pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    let sqlite = url.starts_with("sqlite:");
+    options
+        .max_connections(if sqlite { 8 } else { 16 })
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            // WAL lets readers run beside the one writer; the busy timeout makes a second
+            // writer wait instead of failing.
+            opts.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+        });
+    let db = Database::connect(options)
+        .await
+        .with_context(|| format!("connecting to the database at {}", crate::config::redact_url(url)))?;
+    Migrator::up(&db, None).await.context("applying database migrations")?;
+    Ok(db)
+}
+
+/// Begins a transaction that will write. On SQLite it takes the write lock at once
+/// (`BEGIN IMMEDIATE`), so two writers queue on the busy timeout instead of one failing when
+/// it upgrades from reading to writing.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
+    let options = match db.get_database_backend() {
+        DbBackend::Sqlite => TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        },
+        _ => TransactionOptions::default(),
+    };
+    Ok(db.begin_with_options(options).await?)
+}
+
+/// Where a query runs: the pool, or the transaction of the change being recorded (payloads are
+/// rendered inside it, so they show the state at the event).
+#[derive(Clone)]
+pub enum Db {
+    /// Any pooled connection.
+    Pool(DatabaseConnection),
+    /// The open transaction of a mutation.
+    Tx(Arc<DatabaseTransaction>),
+}
+
+impl Db {
+    /// An executor for sea-orm queries.
+    pub fn conn(&self) -> DatabaseExecutor<'_> {
+        match self {
+            Db::Pool(pool) => pool.into(),
+            Db::Tx(tx) => (&**tx).into(),
+        }
+    }
+}
+
+/// Parses an API id; an id that is not a number names nothing, so it is `NotFound`.
+pub fn parse_id(what: &'static str, id: &str) -> Result<i64> {
+    id.parse::<i64>().map_err(|_| Error::not_found(what, id))
+}
+
+/// A page request: rows after the cursor, at most `limit` of them plus one to tell whether
+/// there is a next page.
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    pub after: Option<i64>,
+    pub limit: u64,
+}
+
+impl Page {
+    /// The largest page a client may ask for.
+    pub const MAX: i32 = 100;
+
+    /// Reads `first` and `after` as GraphQL passes them.
+    pub fn new(first: Option<i32>, after: Option<String>) -> Result<Self> {
+        let first = first.unwrap_or(20);
+        if !(0..=Self::MAX).contains(&first) {
+            return Err(Error::Invalid(format!("first must be between 0 and {}.", Self::MAX)));
+        }
+        let after = after
+            .map(|cursor| {
+                cursor
+                    .parse::<i64>()
+                    .map_err(|_| Error::Invalid(format!("The cursor {cursor:?} is not valid.")))
+            })
+            .transpose()?;
+        Ok(Self { after, limit: first as u64 })
+    }
+}
