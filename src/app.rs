@@ -40,7 +40,10 @@ impl AppState {
         let keys = TokenKeys::new(&token_secret(&db).await?);
         let metrics = Metrics::default();
         let wake = Arc::new(Notify::new());
-        let limits = Limits { introspection: config.graphiql, ..Limits::API };
+        let limits = Limits {
+            introspection: config.graphiql,
+            ..Limits::API
+        };
         Ok(Self {
             sender: Sender::new(config.delivery_timeout, config.allow_private_targets)
                 .context("building the outbound HTTP client")?,
@@ -59,7 +62,10 @@ impl AppState {
 pub async fn token_secret(db: &DatabaseConnection) -> anyhow::Result<String> {
     match std::env::var("HERALD_JWT_SECRET") {
         Ok(secret) if !secret.is_empty() => Ok(secret),
-        _ => store::orgs::jwt_key(db).await.map_err(|err| anyhow::anyhow!("{err}")).context("loading the token key"),
+        _ => store::orgs::jwt_key(db)
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}"))
+            .context("loading the token key"),
     }
 }
 
@@ -82,7 +88,11 @@ pub struct App {
 impl App {
     /// Builds the application on a listener the caller bound (tests bind port 0).
     pub async fn build(config: Config, listener: TcpListener, role: Role) -> anyhow::Result<Self> {
-        Ok(Self { state: AppState::new(config).await?, listener, role })
+        Ok(Self {
+            state: AppState::new(config).await?,
+            listener,
+            role,
+        })
     }
 
     /// The address the server listens on.

@@ -134,30 +134,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::graphql::sdl());
             Ok(())
         }
-        Command::Org { command: OrgCommand::Create { name, database } } => {
+        Command::Org {
+            command: OrgCommand::Create { name, database },
+        } => {
             let db = store::connect(&database.database_url).await?;
-            let org = store::orgs::create(&db, &name).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+            let org = store::orgs::create(&db, &name)
+                .await
+                .map_err(|err| anyhow::anyhow!("{err}"))?;
             println!("{}", org.id);
             Ok(())
         }
-        Command::Token { command: TokenCommand::Issue { org, permission, ttl, database } } => {
+        Command::Token {
+            command:
+                TokenCommand::Issue {
+                    org,
+                    permission,
+                    ttl,
+                    database,
+                },
+        } => {
             let db = store::connect(&database.database_url).await?;
-            let Some(found) = store::orgs::find_by_name(&db, &org).await.map_err(|err| anyhow::anyhow!("{err}"))? else {
+            let Some(found) = store::orgs::find_by_name(&db, &org)
+                .await
+                .map_err(|err| anyhow::anyhow!("{err}"))?
+            else {
                 bail!("no organization named {org:?} exists");
             };
             let keys = TokenKeys::new(&crate::app::token_secret(&db).await?);
             let token = keys
-                .issue(&found.id.to_string(), &format!("cli:{}", found.name), permission, ttl)
+                .issue(
+                    &found.id.to_string(),
+                    &format!("cli:{}", found.name),
+                    permission,
+                    ttl,
+                )
                 .map_err(|err| anyhow::anyhow!("{err}"))?;
             println!("{token}");
             Ok(())
         }
-        Command::Verify { secret, signature, file } => {
+        Command::Verify {
+            secret,
+            signature,
+            file,
+        } => {
             let body = match file {
-                Some(path) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                Some(path) => {
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+                }
                 None => {
                     let mut body = Vec::new();
-                    std::io::stdin().read_to_end(&mut body).context("reading the body from stdin")?;
+                    std::io::stdin()
+                        .read_to_end(&mut body)
+                        .context("reading the body from stdin")?;
                     body
                 }
             };

@@ -76,7 +76,7 @@ pub struct Config {
 impl Config {
     /// The configuration with every default and no environment, for tests and embedding.
     pub fn defaults(database_url: impl Into<String>) -> Self {
-        use clap::{FromArgMatches, Args};
+        use clap::{Args, FromArgMatches};
         let command = Config::augment_args(clap::Command::new("herald").no_binary_name(true));
         let matches = command.get_matches_from(["--database-url", &database_url.into()]);
         Config::from_arg_matches(&matches).expect("the defaults parse")

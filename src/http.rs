@@ -27,15 +27,26 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn graphql_handler(State(state): State<AppState>, headers: HeaderMap, request: GraphQLRequest) -> Response {
-    let mut request = request.into_inner().data(Db::Pool(state.db.clone())).data(state.clone());
+async fn graphql_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> Response {
+    let mut request = request
+        .into_inner()
+        .data(Db::Pool(state.db.clone()))
+        .data(state.clone());
     match bearer(&headers).map(|token| state.keys.verify(token)) {
         None => {}
         Some(Ok(viewer)) => request = request.data::<Viewer>(viewer),
         Some(Err(err)) => {
             let mut error = async_graphql::ServerError::new(err.to_string(), None);
-            error.extensions.get_or_insert_with(Default::default).set("code", err.code());
-            return GraphQLResponse::from(async_graphql::Response::from_errors(vec![error])).into_response();
+            error
+                .extensions
+                .get_or_insert_with(Default::default)
+                .set("code", err.code());
+            return GraphQLResponse::from(async_graphql::Response::from_errors(vec![error]))
+                .into_response();
         }
     }
     GraphQLResponse::from(graphql::execute(&state.schema, request).await).into_response()
@@ -52,7 +63,13 @@ async fn graphiql(State(state): State<AppState>) -> Response {
     if !state.config.graphiql {
         return (StatusCode::NOT_FOUND, "GraphiQL is turned off.").into_response();
     }
-    Html(GraphiQLSource::build().endpoint("/graphql").title("Herald GraphiQL").finish()).into_response()
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .title("Herald GraphiQL")
+            .finish(),
+    )
+    .into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -60,7 +77,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Ok(_) => "ready".into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "the database is unreachable").into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unreachable",
+            )
+                .into_response()
         }
     }
 }
@@ -69,5 +90,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok(depth) = crate::store::deliveries::queue_depth(&state.db).await {
         state.metrics.queue_depth.set(depth as i64);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }

@@ -30,18 +30,42 @@ impl Default for Metrics {
         let attempts = Family::<Vec<(String, String)>, Counter>::default();
         let attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let queue_depth = Gauge::default();
-        registry.register("events_recorded", "Build and task events committed", events_recorded.clone());
-        registry.register("delivery_attempts", "Delivery attempts by outcome", attempts.clone());
-        registry.register("attempt_duration_seconds", "Time from request to outcome of one attempt", attempt_seconds.clone());
-        registry.register("queue_depth", "Deliveries waiting for an attempt", queue_depth.clone());
-        Self { registry: Arc::new(registry), events_recorded, attempts, attempt_seconds, queue_depth }
+        registry.register(
+            "events_recorded",
+            "Build and task events committed",
+            events_recorded.clone(),
+        );
+        registry.register(
+            "delivery_attempts",
+            "Delivery attempts by outcome",
+            attempts.clone(),
+        );
+        registry.register(
+            "attempt_duration_seconds",
+            "Time from request to outcome of one attempt",
+            attempt_seconds.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Deliveries waiting for an attempt",
+            queue_depth.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            events_recorded,
+            attempts,
+            attempt_seconds,
+            queue_depth,
+        }
     }
 }
 
 impl Metrics {
     /// Counts one attempt's outcome.
     pub fn attempt(&self, outcome: &str, seconds: f64) {
-        self.attempts.get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())]).inc();
+        self.attempts
+            .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+            .inc();
         self.attempt_seconds.observe(seconds);
     }
 

@@ -72,10 +72,25 @@ mod tests {
     fn cirrus_signature_matches_a_known_vector() {
         // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
         let signature = cirrus_signature("Jefe", b"what do ya want for nothing?");
-        assert_eq!(signature, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-        assert!(verify_cirrus("Jefe", b"what do ya want for nothing?", &signature));
-        assert!(verify_cirrus("Jefe", b"what do ya want for nothing?", &signature.to_uppercase()));
-        assert!(!verify_cirrus("Jefe", b"what do ya want for nothing!", &signature));
+        assert_eq!(
+            signature,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(verify_cirrus(
+            "Jefe",
+            b"what do ya want for nothing?",
+            &signature
+        ));
+        assert!(verify_cirrus(
+            "Jefe",
+            b"what do ya want for nothing?",
+            &signature.to_uppercase()
+        ));
+        assert!(!verify_cirrus(
+            "Jefe",
+            b"what do ya want for nothing!",
+            &signature
+        ));
         assert!(!verify_cirrus("Jefe", b"x", "not hex"));
     }
 
@@ -87,7 +102,13 @@ mod tests {
         let body = br#"{"test": 2432232314}"#;
         let signature = standard_signature(secret, id, 1614265330, body);
         assert_eq!(signature, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        assert!(verify_standard(secret, id, 1614265330, body, &format!("v1,bogus {signature}")));
+        assert!(verify_standard(
+            secret,
+            id,
+            1614265330,
+            body,
+            &format!("v1,bogus {signature}")
+        ));
         assert!(!verify_standard(secret, id, 1614265331, body, &signature));
     }
 

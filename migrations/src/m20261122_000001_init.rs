@@ -189,7 +189,14 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        index(manager, "repositories_org_name", Repositories::Table, &[Repositories::OrgId, Repositories::Name], true).await?;
+        index(
+            manager,
+            "repositories_org_name",
+            Repositories::Table,
+            &[Repositories::OrgId, Repositories::Name],
+            true,
+        )
+        .await?;
         manager
             .create_table(
                 Table::create()
@@ -213,7 +220,14 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        index(manager, "builds_repository", Builds::Table, &[Builds::RepositoryId, Builds::Id], false).await?;
+        index(
+            manager,
+            "builds_repository",
+            Builds::Table,
+            &[Builds::RepositoryId, Builds::Id],
+            false,
+        )
+        .await?;
         manager
             .create_table(
                 Table::create()
@@ -239,7 +253,14 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        index(manager, "tasks_build", Tasks::Table, &[Tasks::BuildId, Tasks::Id], false).await?;
+        index(
+            manager,
+            "tasks_build",
+            Tasks::Table,
+            &[Tasks::BuildId, Tasks::Id],
+            false,
+        )
+        .await?;
         manager
             .create_table(
                 Table::create()
@@ -258,7 +279,14 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        index(manager, "webhook_endpoints_org_url", WebhookEndpoints::Table, &[WebhookEndpoints::OrgId, WebhookEndpoints::Url], true).await?;
+        index(
+            manager,
+            "webhook_endpoints_org_url",
+            WebhookEndpoints::Table,
+            &[WebhookEndpoints::OrgId, WebhookEndpoints::Url],
+            true,
+        )
+        .await?;
         manager
             .create_table(
                 Table::create()
@@ -304,9 +332,30 @@ impl MigrationTrait for Migration {
             .await?;
         // The claim query reads due deliveries by state and time, and checks each one's
         // (endpoint, build) chain for an earlier unfinished delivery.
-        index(manager, "deliveries_due", Deliveries::Table, &[Deliveries::State, Deliveries::NextAttemptAt], false).await?;
-        index(manager, "deliveries_chain", Deliveries::Table, &[Deliveries::EndpointId, Deliveries::BuildId, Deliveries::Id], false).await?;
-        index(manager, "deliveries_org", Deliveries::Table, &[Deliveries::OrgId, Deliveries::Id], false).await?;
+        index(
+            manager,
+            "deliveries_due",
+            Deliveries::Table,
+            &[Deliveries::State, Deliveries::NextAttemptAt],
+            false,
+        )
+        .await?;
+        index(
+            manager,
+            "deliveries_chain",
+            Deliveries::Table,
+            &[Deliveries::EndpointId, Deliveries::BuildId, Deliveries::Id],
+            false,
+        )
+        .await?;
+        index(
+            manager,
+            "deliveries_org",
+            Deliveries::Table,
+            &[Deliveries::OrgId, Deliveries::Id],
+            false,
+        )
+        .await?;
         manager
             .create_table(
                 Table::create()
@@ -323,7 +372,14 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        index(manager, "delivery_attempts_delivery", DeliveryAttempts::Table, &[DeliveryAttempts::DeliveryId, DeliveryAttempts::Number], false).await?;
+        index(
+            manager,
+            "delivery_attempts_delivery",
+            DeliveryAttempts::Table,
+            &[DeliveryAttempts::DeliveryId, DeliveryAttempts::Number],
+            false,
+        )
+        .await?;
         Ok(())
     }
 
@@ -339,7 +395,9 @@ impl MigrationTrait for Migration {
             Organizations::Table.into_iden(),
             Settings::Table.into_iden(),
         ] {
-            manager.drop_table(Table::drop().table(table).to_owned()).await?;
+            manager
+                .drop_table(Table::drop().table(table).to_owned())
+                .await?;
         }
         Ok(())
     }

@@ -63,7 +63,12 @@ impl Sender {
                 .dns_resolver(Arc::new(GuardedResolver { allow_private }))
                 .build()
         };
-        Ok(Self { verified: build(false)?, insecure: build(true)?, timeout, allow_private })
+        Ok(Self {
+            verified: build(false)?,
+            insecure: build(true)?,
+            timeout,
+            allow_private,
+        })
     }
 
     /// Sends one attempt; never takes longer than the delivery timeout.
@@ -79,7 +84,11 @@ impl Sender {
         if !self.allow_private && out.url.literal_ip().is_some_and(is_blocked) {
             return failed(BLOCKED);
         }
-        let client = if out.insecure_ssl { &self.insecure } else { &self.verified };
+        let client = if out.insecure_ssl {
+            &self.insecure
+        } else {
+            &self.verified
+        };
         let request = build_request(client, &out);
         let exchange = async {
             let response = request.send().await?;
@@ -89,7 +98,10 @@ impl Sender {
             Ok::<_, reqwest::Error>((status, headers, body))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => failed(&format!("the receiver did not answer within {}", humantime(self.timeout))),
+            Err(_) => failed(&format!(
+                "the receiver did not answer within {}",
+                humantime(self.timeout)
+            )),
             Ok(Err(err)) => failed(&describe(&err, self.timeout)),
             Ok(Ok((status, headers, body))) => Answer {
                 status: Some(status),
@@ -118,13 +130,24 @@ fn build_request(client: &reqwest::Client, out: &Outgoing<'_>) -> reqwest::Reque
     put("webhook-id", out.delivery_id.to_owned());
     put("webhook-timestamp", attempt_seconds.to_string());
     if let Some(secret) = out.secret {
-        put("x-cirrus-signature", signing::cirrus_signature(secret, out.body.as_bytes()));
+        put(
+            "x-cirrus-signature",
+            signing::cirrus_signature(secret, out.body.as_bytes()),
+        );
         put(
             "webhook-signature",
-            signing::standard_signature(secret, out.delivery_id, attempt_seconds, out.body.as_bytes()),
+            signing::standard_signature(
+                secret,
+                out.delivery_id,
+                attempt_seconds,
+                out.body.as_bytes(),
+            ),
         );
     }
-    let mut request = client.post(out.url.target()).headers(headers).body(out.body.to_owned());
+    let mut request = client
+        .post(out.url.target())
+        .headers(headers)
+        .body(out.body.to_owned());
     if let Some((user, password)) = out.url.credentials() {
         request = request.basic_auth(user, password);
     }
@@ -163,7 +186,10 @@ fn describe(err: &reqwest::Error, timeout: Duration) -> String {
         BLOCKED.to_owned()
     } else if err.is_timeout() {
         format!("the receiver did not answer within {}", humantime(timeout))
-    } else if chain.contains("dns") || chain.contains("failed to lookup") || chain.contains("name or service not known") {
+    } else if chain.contains("dns")
+        || chain.contains("failed to lookup")
+        || chain.contains("name or service not known")
+    {
         "the receiver's host name could not be resolved".to_owned()
     } else if chain.contains("certificate") || chain.contains("tls") {
         "the TLS handshake with the receiver failed (its certificate was not accepted)".to_owned()

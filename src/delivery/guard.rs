@@ -66,7 +66,12 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
         return Some(tail); // NAT64 64:ff9b::/96
     }
     if s[0] == 0x2002 {
-        return Some(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8));
+        return Some(Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
     }
     None
 }
@@ -102,9 +107,12 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let allow_private = self.allow_private;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> =
-                resolved.into_iter().filter(|addr| allow_private || !is_blocked(addr.ip())).collect();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|addr| allow_private || !is_blocked(addr.ip()))
+                .collect();
             if allowed.is_empty() {
                 return Err(BLOCKED.into());
             }
@@ -120,9 +128,26 @@ mod tests {
     #[test]
     fn internal_addresses_are_blocked() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1",
-            "224.0.0.1", "255.255.255.255", "::1", "::", "fc00::1", "fd12::1", "fe80::1", "ff02::1",
-            "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::127.0.0.1", "64:ff9b::a00:1", "2002:7f00:1::",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::",
         ] {
             assert!(is_blocked(ip.parse().unwrap()), "{ip} is not blocked");
         }
@@ -130,18 +155,36 @@ mod tests {
 
     #[test]
     fn public_addresses_are_allowed() {
-        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!is_blocked(ip.parse().unwrap()), "{ip} is blocked");
         }
     }
 
     #[test]
     fn odd_spellings_and_localhost_are_refused_at_save() {
-        for url in ["http://0x7f000001/", "http://2130706433/", "http://127.1/", "http://[::ffff:7f00:1]/", "http://localhost:8080/", "http://api.localhost/"] {
+        for url in [
+            "http://0x7f000001/",
+            "http://2130706433/",
+            "http://127.1/",
+            "http://[::ffff:7f00:1]/",
+            "http://localhost:8080/",
+            "http://api.localhost/",
+        ] {
             let parsed = EndpointUrl::parse(url).unwrap();
             assert!(check_url(&parsed, false).is_err(), "{url} was accepted");
             assert!(check_url(&parsed, true).is_ok());
         }
-        assert!(check_url(&EndpointUrl::parse("https://hooks.example.com/").unwrap(), false).is_ok());
+        assert!(
+            check_url(
+                &EndpointUrl::parse("https://hooks.example.com/").unwrap(),
+                false
+            )
+            .is_ok()
+        );
     }
 }

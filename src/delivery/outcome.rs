@@ -53,7 +53,9 @@ pub fn decide(
         (Some(429 | 503), Some(value)) => parse_retry_after(value, now).unwrap_or(scheduled),
         _ => scheduled,
     };
-    Outcome::Retry { at: now_ms + delay.as_millis() as i64 }
+    Outcome::Retry {
+        at: now_ms + delay.as_millis() as i64,
+    }
 }
 
 #[cfg(test)]
@@ -66,29 +68,59 @@ mod tests {
 
     #[test]
     fn success_is_any_2xx() {
-        assert_eq!(decide(Some(200), None, 1, &schedule(), 0, 0.0), Outcome::Delivered);
-        assert_eq!(decide(Some(204), None, 1, &schedule(), 0, 0.0), Outcome::Delivered);
+        assert_eq!(
+            decide(Some(200), None, 1, &schedule(), 0, 0.0),
+            Outcome::Delivered
+        );
+        assert_eq!(
+            decide(Some(204), None, 1, &schedule(), 0, 0.0),
+            Outcome::Delivered
+        );
     }
 
     #[test]
     fn failures_follow_the_schedule_then_give_up() {
         for status in [None, Some(301), Some(400), Some(500)] {
-            assert_eq!(decide(status, None, 1, &schedule(), 0, 0.0), Outcome::Retry { at: 1000 });
-            assert_eq!(decide(status, None, 2, &schedule(), 0, 0.0), Outcome::Retry { at: 60_000 });
-            assert_eq!(decide(status, None, 3, &schedule(), 0, 0.0), Outcome::GaveUp);
+            assert_eq!(
+                decide(status, None, 1, &schedule(), 0, 0.0),
+                Outcome::Retry { at: 1000 }
+            );
+            assert_eq!(
+                decide(status, None, 2, &schedule(), 0, 0.0),
+                Outcome::Retry { at: 60_000 }
+            );
+            assert_eq!(
+                decide(status, None, 3, &schedule(), 0, 0.0),
+                Outcome::GaveUp
+            );
         }
     }
 
     #[test]
     fn gone_disables() {
-        assert_eq!(decide(Some(410), None, 1, &schedule(), 0, 0.0), Outcome::Gone);
+        assert_eq!(
+            decide(Some(410), None, 1, &schedule(), 0, 0.0),
+            Outcome::Gone
+        );
     }
 
     #[test]
     fn retry_after_counts_only_on_429_and_503_and_is_capped() {
-        assert_eq!(decide(Some(429), Some("7"), 1, &schedule(), 0, 0.0), Outcome::Retry { at: 7000 });
-        assert_eq!(decide(Some(503), Some("99999"), 1, &schedule(), 0, 0.0), Outcome::Retry { at: 3_600_000 });
-        assert_eq!(decide(Some(500), Some("7"), 1, &schedule(), 0, 0.0), Outcome::Retry { at: 1000 });
-        assert_eq!(decide(Some(429), Some("7"), 3, &schedule(), 0, 0.0), Outcome::GaveUp);
+        assert_eq!(
+            decide(Some(429), Some("7"), 1, &schedule(), 0, 0.0),
+            Outcome::Retry { at: 7000 }
+        );
+        assert_eq!(
+            decide(Some(503), Some("99999"), 1, &schedule(), 0, 0.0),
+            Outcome::Retry { at: 3_600_000 }
+        );
+        assert_eq!(
+            decide(Some(500), Some("7"), 1, &schedule(), 0, 0.0),
+            Outcome::Retry { at: 1000 }
+        );
+        assert_eq!(
+            decide(Some(429), Some("7"), 3, &schedule(), 0, 0.0),
+            Outcome::GaveUp
+        );
     }
 }

@@ -10,10 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::Outgoing;
 use super::outcome::{Outcome, decide};
+use crate::Result;
 use crate::app::AppState;
 use crate::domain::{DeliveryState, EndpointUrl};
 use crate::store::{self, deliveries::AttemptRecord, entities::delivery};
-use crate::Result;
 
 /// How often an idle worker looks for due deliveries it was not woken for.
 const POLL: Duration = Duration::from_millis(200);
@@ -42,7 +42,11 @@ impl Worker {
             let room = limit - in_flight.len();
             let mut claimed_all = false;
             if room > 0 {
-                let busy: Vec<i64> = per.iter().filter(|(_, n)| **n >= per_endpoint).map(|(id, _)| *id).collect();
+                let busy: Vec<i64> = per
+                    .iter()
+                    .filter(|(_, n)| **n >= per_endpoint)
+                    .map(|(id, _)| *id)
+                    .collect();
                 match self.claim(room, &busy).await {
                     Ok((token, rows)) => {
                         claimed_all = rows.len() == room;
@@ -59,7 +63,9 @@ impl Worker {
                             });
                         }
                     }
-                    Err(err) => tracing::warn!(error = %err, "claiming deliveries failed; retrying shortly"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "claiming deliveries failed; retrying shortly")
+                    }
                 }
             }
             if claimed_all && in_flight.len() < limit {
@@ -79,7 +85,10 @@ impl Worker {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(abandoned = in_flight.len(), "attempts still running after the shutdown grace were abandoned; their leases will expire");
+            tracing::warn!(
+                abandoned = in_flight.len(),
+                "attempts still running after the shutdown grace were abandoned; their leases will expire"
+            );
             in_flight.abort_all();
         }
     }
@@ -87,13 +96,17 @@ impl Worker {
     async fn claim(&self, room: usize, busy: &[i64]) -> Result<(String, Vec<delivery::Model>)> {
         let tx = store::begin_write(&self.state.db).await?;
         let lease_ms = self.state.config.lease.as_millis() as i64;
-        let claimed = store::deliveries::claim(&tx, crate::now_ms(), lease_ms, room as u64, busy).await?;
+        let claimed =
+            store::deliveries::claim(&tx, crate::now_ms(), lease_ms, room as u64, busy).await?;
         tx.commit().await?;
         Ok(claimed)
     }
 }
 
-fn release_slot(per: &mut HashMap<i64, usize>, done: std::result::Result<i64, tokio::task::JoinError>) {
+fn release_slot(
+    per: &mut HashMap<i64, usize>,
+    done: std::result::Result<i64, tokio::task::JoinError>,
+) {
     let Ok(endpoint_id) = done else { return };
     if let Some(count) = per.get_mut(&endpoint_id) {
         *count -= 1;
@@ -125,7 +138,10 @@ async fn attempt(state: &AppState, row: delivery::Model, token: &str) -> Result<
         })
         .await;
     let now = crate::now_ms();
-    let retry_after = answer.headers.get("retry-after").and_then(|value| value.to_str().ok());
+    let retry_after = answer
+        .headers
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok());
     let outcome = decide(
         answer.status,
         retry_after,
@@ -139,16 +155,28 @@ async fn attempt(state: &AppState, row: delivery::Model, token: &str) -> Result<
         Outcome::Retry { at } => (DeliveryState::Retrying, at),
         Outcome::GaveUp | Outcome::Gone => (DeliveryState::Failed, now),
     };
-    let error = answer.error.clone().or_else(|| match (outcome, answer.status) {
-        (Outcome::Delivered, _) => None,
-        (Outcome::Gone, _) => Some("the receiver answered 410 Gone, so the endpoint was disabled".to_owned()),
-        (_, Some(status)) => Some(format!("the receiver answered HTTP {status}")),
-        (_, None) => None,
-    });
+    let error = answer
+        .error
+        .clone()
+        .or_else(|| match (outcome, answer.status) {
+            (Outcome::Delivered, _) => None,
+            (Outcome::Gone, _) => {
+                Some("the receiver answered 410 Gone, so the endpoint was disabled".to_owned())
+            }
+            (_, Some(status)) => Some(format!("the receiver answered HTTP {status}")),
+            (_, None) => None,
+        });
     let headers: serde_json::Map<String, serde_json::Value> = answer
         .headers
         .iter()
-        .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned().into()))
+        .map(|(name, value)| {
+            (
+                name.to_string(),
+                String::from_utf8_lossy(value.as_bytes())
+                    .into_owned()
+                    .into(),
+            )
+        })
         .collect();
     let record = AttemptRecord {
         state: delivery_state,
@@ -166,7 +194,11 @@ async fn attempt(state: &AppState, row: delivery::Model, token: &str) -> Result<
         store::endpoints::disable(&tx, endpoint.id).await?;
     }
     tx.commit().await?;
-    let label = if recorded { outcome.label() } else { "lease_lost" };
+    let label = if recorded {
+        outcome.label()
+    } else {
+        "lease_lost"
+    };
     state.metrics.attempt(label, answer.duration.as_secs_f64());
     if !recorded {
         tracing::info!(delivery = %row.uid, "the lease was taken over; this attempt's result was discarded");

@@ -41,7 +41,9 @@ impl EndpointUrl {
             Some(_) => {}
         }
         if url.fragment().is_some() {
-            return Err(Error::Invalid("The webhook URL must not have a #fragment.".into()));
+            return Err(Error::Invalid(
+                "The webhook URL must not have a #fragment.".into(),
+            ));
         }
         Ok(Self(url))
     }
@@ -96,7 +98,9 @@ impl EndpointUrl {
 }
 
 fn percent_decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// A secret as it may be shown: never more than its last four characters.
@@ -116,7 +120,14 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_webhook_url() {
-        for bad in ["", "not a url", "ftp://example.com/x", "file:///etc/passwd", "http://", "https://example.com/#x"] {
+        for bad in [
+            "",
+            "not a url",
+            "ftp://example.com/x",
+            "file:///etc/passwd",
+            "http://",
+            "https://example.com/#x",
+        ] {
             assert!(EndpointUrl::parse(bad).is_err(), "{bad} was accepted");
         }
     }
@@ -124,7 +135,10 @@ mod tests {
     #[test]
     fn credentials_are_split_off_and_masked() {
         let url = EndpointUrl::parse("https://bot:s%40cret@hooks.example.com/ci?x=1").unwrap();
-        assert_eq!(url.credentials(), Some(("bot".into(), Some("s@cret".into()))));
+        assert_eq!(
+            url.credentials(),
+            Some(("bot".into(), Some("s@cret".into())))
+        );
         assert_eq!(url.target().as_str(), "https://hooks.example.com/ci?x=1");
         assert_eq!(url.masked(), "https://***:***@hooks.example.com/ci?x=1");
         assert!(!url.masked().contains("cret"));
@@ -134,7 +148,11 @@ mod tests {
     fn odd_ipv4_spellings_are_recognised() {
         for spelling in ["http://0x7f000001/", "http://2130706433/", "http://127.1/"] {
             let url = EndpointUrl::parse(spelling).unwrap();
-            assert_eq!(url.literal_ip(), Some("127.0.0.1".parse().unwrap()), "{spelling}");
+            assert_eq!(
+                url.literal_ip(),
+                Some("127.0.0.1".parse().unwrap()),
+                "{spelling}"
+            );
         }
     }
 

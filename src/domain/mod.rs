@@ -11,7 +11,9 @@ pub use status::{
 };
 
 /// A note attached to a task, such as "Instances got rescheduled".
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, async_graphql::SimpleObject)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, async_graphql::SimpleObject,
+)]
 pub struct Notification {
     pub level: NotificationLevel,
     pub message: String,

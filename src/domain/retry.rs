@@ -16,7 +16,10 @@ impl RetrySchedule {
         if text.is_empty() {
             return Ok(Self(Vec::new()));
         }
-        text.split(',').map(parse_duration).collect::<Result<_, _>>().map(Self)
+        text.split(',')
+            .map(parse_duration)
+            .collect::<Result<_, _>>()
+            .map(Self)
     }
 
     /// The delays, in order.
@@ -43,7 +46,9 @@ impl std::fmt::Display for RetrySchedule {
 /// Parses one duration such as `250ms`, `5s`, `30m` or `2h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: u64 = number
         .parse()
@@ -65,9 +70,9 @@ pub fn format_duration(duration: Duration) -> String {
     let ms = duration.as_millis();
     match ms {
         0 => "0s".into(),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
         _ => format!("{ms}ms"),
     }
 }
@@ -95,7 +100,10 @@ mod tests {
         let schedule = RetrySchedule::parse(text).unwrap();
         assert_eq!(schedule.delays().len(), 7);
         assert_eq!(schedule.to_string(), text);
-        assert_eq!(RetrySchedule::parse("250ms").unwrap().delays(), [Duration::from_millis(250)]);
+        assert_eq!(
+            RetrySchedule::parse("250ms").unwrap().delays(),
+            [Duration::from_millis(250)]
+        );
     }
 
     #[test]
@@ -111,7 +119,10 @@ mod tests {
         assert_eq!(schedule.next_delay(1, 0.0), Some(Duration::from_secs(1)));
         assert_eq!(schedule.next_delay(2, 0.0), Some(Duration::from_secs(10)));
         assert_eq!(schedule.next_delay(3, 0.0), None);
-        assert_eq!(schedule.next_delay(2, 0.999), Some(Duration::from_millis(10_999)));
+        assert_eq!(
+            schedule.next_delay(2, 0.999),
+            Some(Duration::from_millis(10_999))
+        );
     }
 
     #[test]
@@ -120,7 +131,10 @@ mod tests {
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after("86400", now), Some(MAX_RETRY_AFTER));
         let later = httpdate::fmt_http_date(now + Duration::from_secs(120));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 }

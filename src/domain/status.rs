@@ -122,14 +122,20 @@ named_enum!(
 impl BuildStatus {
     /// A final status ends the build: it sets the final timestamp and the duration.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Failed | Self::Completed | Self::Aborted | Self::Errored)
+        matches!(
+            self,
+            Self::Failed | Self::Completed | Self::Aborted | Self::Errored
+        )
     }
 }
 
 impl TaskStatus {
     /// A final status ends the task: it sets the final timestamp and the duration.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Aborted | Self::Failed | Self::Completed | Self::Skipped)
+        matches!(
+            self,
+            Self::Aborted | Self::Failed | Self::Completed | Self::Skipped
+        )
     }
 }
 
@@ -164,7 +170,10 @@ mod tests {
         for status in TaskStatus::ALL {
             assert_eq!(TaskStatus::parse(status.as_str()), Some(*status));
         }
-        assert_eq!(BuildStatus::parse("NEEDS_APPROVAL"), Some(BuildStatus::NeedsApproval));
+        assert_eq!(
+            BuildStatus::parse("NEEDS_APPROVAL"),
+            Some(BuildStatus::NeedsApproval)
+        );
         assert_eq!(BuildStatus::parse("needs_approval"), None);
     }
 

@@ -41,7 +41,13 @@ impl TokenKeys {
     }
 
     /// Signs a token for an organization, valid for `ttl_seconds`.
-    pub fn issue(&self, org_uid: &str, subject: &str, permission: Permission, ttl_seconds: i64) -> Result<String> {
+    pub fn issue(
+        &self,
+        org_uid: &str,
+        subject: &str,
+        permission: Permission,
+        ttl_seconds: i64,
+    ) -> Result<String> {
         let now = crate::now_ms() / 1000;
         let claims = Claims {
             iss: ISSUER.into(),
@@ -51,7 +57,8 @@ impl TokenKeys {
             iat: now,
             exp: now + ttl_seconds,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).map_err(Error::internal)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(Error::internal)
     }
 
     /// Checks a token and reads who it speaks for.
@@ -63,27 +70,30 @@ impl TokenKeys {
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iss", "iat"]);
         validation.validate_nbf = true;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|err| {
-            use jsonwebtoken::errors::ErrorKind;
-            let why = match err.kind() {
-                ErrorKind::ExpiredSignature => "The token has expired.",
-                ErrorKind::ImmatureSignature => "The token is not valid yet.",
-                ErrorKind::InvalidIssuer => "The token was not issued by Herald.",
-                ErrorKind::InvalidSignature => "The token's signature is not valid.",
-                ErrorKind::InvalidAlgorithm => "The token must be signed with HS256.",
-                ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => {
-                    "The token lacks a required claim (iss, exp, iat, org or permission)."
-                }
-                _ => "The token is malformed.",
-            };
-            Error::Unauthenticated(why.into())
-        })?;
-        let org_id = data
-            .claims
-            .org
-            .parse::<i64>()
-            .map_err(|_| Error::Unauthenticated("The token names no valid organization.".into()))?;
-        Ok(Viewer { org_id, permission: data.claims.permission })
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|err| {
+                use jsonwebtoken::errors::ErrorKind;
+                let why = match err.kind() {
+                    ErrorKind::ExpiredSignature => "The token has expired.",
+                    ErrorKind::ImmatureSignature => "The token is not valid yet.",
+                    ErrorKind::InvalidIssuer => "The token was not issued by Herald.",
+                    ErrorKind::InvalidSignature => "The token's signature is not valid.",
+                    ErrorKind::InvalidAlgorithm => "The token must be signed with HS256.",
+                    ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => {
+                        "The token lacks a required claim (iss, exp, iat, org or permission)."
+                    }
+                    _ => "The token is malformed.",
+                };
+                Error::Unauthenticated(why.into())
+            })?;
+        let org_id =
+            data.claims.org.parse::<i64>().map_err(|_| {
+                Error::Unauthenticated("The token names no valid organization.".into())
+            })?;
+        Ok(Viewer {
+            org_id,
+            permission: data.claims.permission,
+        })
     }
 }
 
@@ -106,8 +116,15 @@ impl Viewer {
 }
 
 /// The request's viewer at `needed` permission or more; `UNAUTHENTICATED` without a token.
-pub(crate) fn require<'a>(ctx: &'a async_graphql::Context<'_>, needed: Permission) -> Result<&'a Viewer> {
+pub(crate) fn require<'a>(
+    ctx: &'a async_graphql::Context<'_>,
+    needed: Permission,
+) -> Result<&'a Viewer> {
     ctx.data_opt::<Viewer>()
-        .ok_or_else(|| Error::Unauthenticated("This request needs a token: send Authorization: Bearer <token>.".into()))?
+        .ok_or_else(|| {
+            Error::Unauthenticated(
+                "This request needs a token: send Authorization: Bearer <token>.".into(),
+            )
+        })?
         .require(needed)
 }

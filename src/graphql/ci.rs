@@ -33,7 +33,11 @@ impl CiQuery {
     }
 
     /// An organization by name; only the token's own exists for it.
-    async fn owner_info_by_name(&self, ctx: &Context<'_>, name: String) -> Result<Option<OwnerInfo>> {
+    async fn owner_info_by_name(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+    ) -> Result<Option<OwnerInfo>> {
         let viewer = require(ctx, Permission::Read)?;
         let org = store::orgs::find_by_name(&db(ctx)?.conn(), &name).await?;
         match org {
@@ -45,13 +49,17 @@ impl CiQuery {
     async fn repository(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Repository>> {
         let viewer = require(ctx, Permission::Read)?;
         let id = parse_id("repository", &id)?;
-        Ok(Some(Repository(store::ci::repository(&db(ctx)?.conn(), viewer.org_id, id).await?)))
+        Ok(Some(Repository(
+            store::ci::repository(&db(ctx)?.conn(), viewer.org_id, id).await?,
+        )))
     }
 
     async fn build(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Build>> {
         let viewer = require(ctx, Permission::Read)?;
         let id = parse_id("build", &id)?;
-        Ok(Some(Build(store::ci::build(&db(ctx)?.conn(), viewer.org_id, id).await?)))
+        Ok(Some(Build(
+            store::ci::build(&db(ctx)?.conn(), viewer.org_id, id).await?,
+        )))
     }
 
     /// A task; null for a null id, so one payload selection serves build and task events.
@@ -59,7 +67,9 @@ impl CiQuery {
         let viewer = require(ctx, Permission::Read)?;
         let Some(id) = id else { return Ok(None) };
         let id = parse_id("task", &id)?;
-        Ok(Some(Task(store::ci::task(&db(ctx)?.conn(), viewer.org_id, id).await?)))
+        Ok(Some(Task(
+            store::ci::task(&db(ctx)?.conn(), viewer.org_id, id).await?,
+        )))
     }
 }
 
@@ -152,7 +162,11 @@ pub struct CiMutation;
 #[Object]
 impl CiMutation {
     /// Records a repository (WRITE).
-    async fn create_repository(&self, ctx: &Context<'_>, input: CreateRepositoryInput) -> Result<CreateRepositoryPayload> {
+    async fn create_repository(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateRepositoryInput,
+    ) -> Result<CreateRepositoryPayload> {
         let viewer = require(ctx, Permission::Write)?;
         if parse_id("organization", &input.owner_uid)? != viewer.org_id {
             return Err(Error::not_found("organization", input.owner_uid.as_str()));
@@ -163,11 +177,18 @@ impl CiMutation {
             default_branch: input.default_branch.unwrap_or_else(|| "main".into()),
         };
         let repository = store::ci::create_repository(&state(ctx)?.db, viewer.org_id, new).await?;
-        Ok(CreateRepositoryPayload { repository: Repository(repository), client_mutation_id: input.client_mutation_id })
+        Ok(CreateRepositoryPayload {
+            repository: Repository(repository),
+            client_mutation_id: input.client_mutation_id,
+        })
     }
 
     /// Records a build in status CREATED and emits its `created` event (WRITE).
-    async fn create_build(&self, ctx: &Context<'_>, input: CreateBuildInput) -> Result<BuildPayload> {
+    async fn create_build(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateBuildInput,
+    ) -> Result<BuildPayload> {
         let viewer = require(ctx, Permission::Write)?;
         let state = state(ctx)?;
         let repository_id = parse_id("repository", &input.repository_id)?;
@@ -185,24 +206,46 @@ impl CiMutation {
             change_timestamp: input.change_timestamp,
         };
         let build = store::ci::create_build(&*tx, &repository, new, now).await?;
-        state.outbox.record(&tx, Change::build_created(&build)).await?;
+        state
+            .outbox
+            .record(&tx, Change::build_created(&build))
+            .await?;
         state.outbox.commit(tx).await?;
-        Ok(BuildPayload { build: Build(build), client_mutation_id: input.client_mutation_id })
+        Ok(BuildPayload {
+            build: Build(build),
+            client_mutation_id: input.client_mutation_id,
+        })
     }
 
     /// Records a build's new status; emits an `updated` event unless the status is unchanged (WRITE).
-    async fn update_build_status(&self, ctx: &Context<'_>, input: UpdateBuildStatusInput) -> Result<BuildPayload> {
+    async fn update_build_status(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateBuildStatusInput,
+    ) -> Result<BuildPayload> {
         let viewer = require(ctx, Permission::Write)?;
         let state = state(ctx)?;
         let id = parse_id("build", &input.build_id)?;
         let tx = Arc::new(store::begin_write(&state.db).await?);
         let before = store::ci::build(&*tx, viewer.org_id, id).await?;
-        let Some(after) = store::ci::set_build_status(&*tx, before.clone(), input.status, crate::now_ms()).await? else {
-            return Ok(BuildPayload { build: Build(before), client_mutation_id: input.client_mutation_id });
+        let Some(after) =
+            store::ci::set_build_status(&*tx, before.clone(), input.status, crate::now_ms())
+                .await?
+        else {
+            return Ok(BuildPayload {
+                build: Build(before),
+                client_mutation_id: input.client_mutation_id,
+            });
         };
-        state.outbox.record(&tx, Change::build_updated(&before, &after)?).await?;
+        state
+            .outbox
+            .record(&tx, Change::build_updated(&before, &after)?)
+            .await?;
         state.outbox.commit(tx).await?;
-        Ok(BuildPayload { build: Build(after), client_mutation_id: input.client_mutation_id })
+        Ok(BuildPayload {
+            build: Build(after),
+            client_mutation_id: input.client_mutation_id,
+        })
     }
 
     /// Records a task in status CREATED and emits its `created` event (WRITE).
@@ -220,13 +263,23 @@ impl CiMutation {
             local_group_id: input.local_group_id,
         };
         let task = store::ci::create_task(&*tx, &build, new, crate::now_ms()).await?;
-        state.outbox.record(&tx, Change::task_created(&task)).await?;
+        state
+            .outbox
+            .record(&tx, Change::task_created(&task))
+            .await?;
         state.outbox.commit(tx).await?;
-        Ok(TaskPayload { task: Task(task), client_mutation_id: input.client_mutation_id })
+        Ok(TaskPayload {
+            task: Task(task),
+            client_mutation_id: input.client_mutation_id,
+        })
     }
 
     /// Records a task's new status; emits an `updated` event unless the status is unchanged (WRITE).
-    async fn update_task_status(&self, ctx: &Context<'_>, input: UpdateTaskStatusInput) -> Result<TaskPayload> {
+    async fn update_task_status(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateTaskStatusInput,
+    ) -> Result<TaskPayload> {
         let viewer = require(ctx, Permission::Write)?;
         let state = state(ctx)?;
         let id = parse_id("task", &input.task_id)?;
@@ -234,17 +287,42 @@ impl CiMutation {
             .notifications
             .unwrap_or_default()
             .into_iter()
-            .map(|NotificationInput { level, message, link }| Notification { level, message, link })
+            .map(
+                |NotificationInput {
+                     level,
+                     message,
+                     link,
+                 }| Notification {
+                    level,
+                    message,
+                    link,
+                },
+            )
             .collect();
         let tx = Arc::new(store::begin_write(&state.db).await?);
         let before = store::ci::task(&*tx, viewer.org_id, id).await?;
-        let Some(after) =
-            store::ci::set_task_status(&*tx, before.clone(), input.status, notifications, crate::now_ms()).await?
+        let Some(after) = store::ci::set_task_status(
+            &*tx,
+            before.clone(),
+            input.status,
+            notifications,
+            crate::now_ms(),
+        )
+        .await?
         else {
-            return Ok(TaskPayload { task: Task(before), client_mutation_id: input.client_mutation_id });
+            return Ok(TaskPayload {
+                task: Task(before),
+                client_mutation_id: input.client_mutation_id,
+            });
         };
-        state.outbox.record(&tx, Change::task_updated(&before, &after)?).await?;
+        state
+            .outbox
+            .record(&tx, Change::task_updated(&before, &after)?)
+            .await?;
         state.outbox.commit(tx).await?;
-        Ok(TaskPayload { task: Task(after), client_mutation_id: input.client_mutation_id })
+        Ok(TaskPayload {
+            task: Task(after),
+            client_mutation_id: input.client_mutation_id,
+        })
     }
 }

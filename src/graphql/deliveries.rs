@@ -75,7 +75,11 @@ impl WebHookDelivery {
     }
 
     async fn payload(&self) -> WebHookDeliveryPayload {
-        WebHookDeliveryPayload { event: self.0.event.clone(), action: self.0.action.clone(), data: self.0.body.clone() }
+        WebHookDeliveryPayload {
+            event: self.0.event.clone(),
+            action: self.0.action.clone(),
+            data: self.0.body.clone(),
+        }
     }
 
     /// The last answer; null before any came.
@@ -141,7 +145,9 @@ impl DeliveryQuery {
     /// One delivery of the token's organization (ADMIN).
     async fn webhook_delivery(&self, ctx: &Context<'_>, id: ID) -> Result<Option<WebHookDelivery>> {
         let viewer = require(ctx, Permission::Admin)?;
-        Ok(Some(WebHookDelivery(store::deliveries::find(&db(ctx)?.conn(), viewer.org_id, &id).await?)))
+        Ok(Some(WebHookDelivery(
+            store::deliveries::find(&db(ctx)?.conn(), viewer.org_id, &id).await?,
+        )))
     }
 }
 
@@ -189,7 +195,11 @@ pub struct DeliveryMutation;
 #[Object]
 impl DeliveryMutation {
     /// Sends a delivery again: the same id and the same bytes, in a new attempt (ADMIN).
-    async fn redeliver_web_hook(&self, ctx: &Context<'_>, input: RedeliverWebHookInput) -> Result<DeliveryPayload> {
+    async fn redeliver_web_hook(
+        &self,
+        ctx: &Context<'_>,
+        input: RedeliverWebHookInput,
+    ) -> Result<DeliveryPayload> {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
         let tx = store::begin_write(&state.db).await?;
@@ -198,23 +208,35 @@ impl DeliveryMutation {
         let row = store::deliveries::find(&tx, viewer.org_id, &input.delivery_id).await?;
         tx.commit().await?;
         state.outbox.wake();
-        Ok(DeliveryPayload { delivery: WebHookDelivery(row), client_mutation_id: input.client_mutation_id })
+        Ok(DeliveryPayload {
+            delivery: WebHookDelivery(row),
+            client_mutation_id: input.client_mutation_id,
+        })
     }
 
     /// Queues a `ping` delivery to an enabled endpoint (ADMIN).
-    async fn send_test_web_hook(&self, ctx: &Context<'_>, input: SendTestWebHookInput) -> Result<DeliveryPayload> {
+    async fn send_test_web_hook(
+        &self,
+        ctx: &Context<'_>,
+        input: SendTestWebHookInput,
+    ) -> Result<DeliveryPayload> {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
         let id = parse_id("webhook endpoint", &input.endpoint_id)?;
         let tx = store::begin_write(&state.db).await?;
         let endpoint = store::endpoints::find(&tx, viewer.org_id, id).await?;
         if !endpoint.enabled {
-            return Err(Error::Invalid("The endpoint is disabled; enable it to send a test delivery.".into()));
+            return Err(Error::Invalid(
+                "The endpoint is disabled; enable it to send a test delivery.".into(),
+            ));
         }
         let row = state.outbox.queue_ping(&tx, &endpoint).await?;
         tx.commit().await?;
         state.outbox.wake();
-        Ok(DeliveryPayload { delivery: WebHookDelivery(row), client_mutation_id: input.client_mutation_id })
+        Ok(DeliveryPayload {
+            delivery: WebHookDelivery(row),
+            client_mutation_id: input.client_mutation_id,
+        })
     }
 
     /// Renders the body a selection would produce for the `created` event of a build or task,
@@ -232,13 +254,19 @@ impl DeliveryMutation {
         let build_id = parse_id("build", &input.build_id)?;
         let change = match &input.task_id {
             Some(task_id) => {
-                let task = store::ci::task(&state.db, viewer.org_id, parse_id("task", task_id)?).await?;
+                let task =
+                    store::ci::task(&state.db, viewer.org_id, parse_id("task", task_id)?).await?;
                 if task.build_id != build_id {
-                    return Err(Error::Invalid(format!("Task {} is not a task of build {build_id}.", task.id)));
+                    return Err(Error::Invalid(format!(
+                        "Task {} is not a task of build {build_id}.",
+                        task.id
+                    )));
                 }
                 Change::task_created(&task)
             }
-            None => Change::build_created(&store::ci::build(&state.db, viewer.org_id, build_id).await?),
+            None => {
+                Change::build_created(&store::ci::build(&state.db, viewer.org_id, build_id).await?)
+            }
         };
         let query = input.payload_query.filter(|query| !query.trim().is_empty());
         let renderer = state.outbox.renderer();
@@ -247,7 +275,9 @@ impl DeliveryMutation {
         }
         let format = input.payload_format.unwrap_or(PayloadFormat::Data);
         let db = store::Db::Pool(state.db.clone());
-        let body = renderer.render(db, &change, query.as_deref(), format).await?;
+        let body = renderer
+            .render(db, &change, query.as_deref(), format)
+            .await?;
         Ok(PreviewWebHookPayloadPayload {
             event: change.kind.header_value().into(),
             body,

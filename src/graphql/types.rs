@@ -5,11 +5,13 @@ use async_graphql::{Context, ID, Object, OutputType};
 
 use super::auth::require;
 use super::{db, deliveries::WebHookDelivery, webhooks::WebHookSettings};
+use crate::Result;
 use crate::domain::status::parse_stored;
-use crate::domain::{BuildStatus, DeliveryState, Notification, Permission, TaskStatus, seconds_between};
+use crate::domain::{
+    BuildStatus, DeliveryState, Notification, Permission, TaskStatus, seconds_between,
+};
 use crate::store::entities::{build, organization, repository, task};
 use crate::store::{self, Page, parse_id};
-use crate::Result;
 
 /// Turns a fetched page (one row more than asked for) into a Relay connection.
 pub(crate) fn connection<R, N: OutputType>(
@@ -21,7 +23,10 @@ pub(crate) fn connection<R, N: OutputType>(
     let has_next = rows.len() as u64 > page.limit;
     rows.truncate(page.limit as usize);
     let mut connection = Connection::new(page.after.is_some(), has_next);
-    connection.edges.extend(rows.into_iter().map(|row| Edge::new(id(&row).to_string(), node(row))));
+    connection.edges.extend(
+        rows.into_iter()
+            .map(|row| Edge::new(id(&row).to_string(), node(row))),
+    );
     connection
 }
 
@@ -60,8 +65,11 @@ impl OwnerInfo {
     ) -> Result<Connection<String, WebHookDelivery>> {
         require(ctx, Permission::Admin)?;
         let page = Page::new(first, after)?;
-        let endpoint_id = endpoint_id.map(|id| parse_id("webhook endpoint", &id)).transpose()?;
-        let rows = store::deliveries::list(&db(ctx)?.conn(), self.0.id, endpoint_id, state, page).await?;
+        let endpoint_id = endpoint_id
+            .map(|id| parse_id("webhook endpoint", &id))
+            .transpose()?;
+        let rows =
+            store::deliveries::list(&db(ctx)?.conn(), self.0.id, endpoint_id, state, page).await?;
         Ok(connection(rows, page, |row| row.id, WebHookDelivery))
     }
 
@@ -115,7 +123,8 @@ impl Repository {
         status: Option<BuildStatus>,
     ) -> Result<Connection<String, Build>> {
         let page = Page::new(first, after)?;
-        let rows = store::ci::builds(&db(ctx)?.conn(), self.0.org_id, self.0.id, status, page).await?;
+        let rows =
+            store::ci::builds(&db(ctx)?.conn(), self.0.org_id, self.0.id, status, page).await?;
         Ok(connection(rows, page, |row| row.id, Build))
     }
 }
@@ -134,7 +143,9 @@ impl Build {
     }
 
     async fn repository(&self, ctx: &Context<'_>) -> Result<Repository> {
-        Ok(Repository(store::ci::repository(&db(ctx)?.conn(), self.0.org_id, self.0.repository_id).await?))
+        Ok(Repository(
+            store::ci::repository(&db(ctx)?.conn(), self.0.org_id, self.0.repository_id).await?,
+        ))
     }
 
     async fn branch(&self) -> &str {
@@ -178,7 +189,9 @@ impl Build {
     /// From the start of execution (or creation) to the final status; null until then.
     async fn duration_in_seconds(&self) -> Option<i64> {
         let start = self.0.executing_timestamp.unwrap_or(self.0.created_at);
-        self.0.final_status_timestamp.map(|end| seconds_between(start, end))
+        self.0
+            .final_status_timestamp
+            .map(|end| seconds_between(start, end))
     }
 
     async fn status(&self) -> Result<BuildStatus> {
@@ -209,11 +222,15 @@ impl Task {
     }
 
     async fn build(&self, ctx: &Context<'_>) -> Result<Build> {
-        Ok(Build(store::ci::build(&db(ctx)?.conn(), self.0.org_id, self.0.build_id).await?))
+        Ok(Build(
+            store::ci::build(&db(ctx)?.conn(), self.0.org_id, self.0.build_id).await?,
+        ))
     }
 
     async fn repository(&self, ctx: &Context<'_>) -> Result<Repository> {
-        Ok(Repository(store::ci::repository(&db(ctx)?.conn(), self.0.org_id, self.0.repository_id).await?))
+        Ok(Repository(
+            store::ci::repository(&db(ctx)?.conn(), self.0.org_id, self.0.repository_id).await?,
+        ))
     }
 
     async fn name(&self) -> &str {
@@ -264,15 +281,22 @@ impl Task {
     /// (a matrix); all its labels when its name is unique.
     async fn unique_labels(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
         let own: Vec<String> = store::ci::labels_or_notes(&self.0.labels)?;
-        let siblings = store::ci::tasks_of_build(&db(ctx)?.conn(), self.0.org_id, self.0.build_id).await?;
+        let siblings =
+            store::ci::tasks_of_build(&db(ctx)?.conn(), self.0.org_id, self.0.build_id).await?;
         let mut others = Vec::new();
-        for sibling in siblings.iter().filter(|t| t.name == self.0.name && t.id != self.0.id) {
+        for sibling in siblings
+            .iter()
+            .filter(|t| t.name == self.0.name && t.id != self.0.id)
+        {
             others.push(store::ci::labels_or_notes::<String>(&sibling.labels)?);
         }
         if others.is_empty() {
             return Ok(own);
         }
-        Ok(own.into_iter().filter(|label| !others.iter().all(|labels| labels.contains(label))).collect())
+        Ok(own
+            .into_iter()
+            .filter(|label| !others.iter().all(|labels| labels.contains(label)))
+            .collect())
     }
 
     async fn automatic_re_run(&self) -> bool {

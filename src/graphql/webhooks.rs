@@ -22,7 +22,10 @@ pub struct WebHookSettings {
 
 impl WebHookSettings {
     pub(crate) async fn load(db: &Db, org: &organization::Model) -> Result<Self> {
-        Ok(Self { owner_uid: org.id, endpoints: store::endpoints::list(&db.conn(), org.id).await? })
+        Ok(Self {
+            owner_uid: org.id,
+            endpoints: store::endpoints::list(&db.conn(), org.id).await?,
+        })
     }
 }
 
@@ -33,7 +36,11 @@ impl WebHookSettings {
     }
 
     async fn endpoints(&self) -> Vec<WebHookDeliveryEndpoint> {
-        self.endpoints.iter().cloned().map(WebHookDeliveryEndpoint).collect()
+        self.endpoints
+            .iter()
+            .cloned()
+            .map(WebHookDeliveryEndpoint)
+            .collect()
     }
 }
 
@@ -92,10 +99,16 @@ pub struct WebhookQuery;
 #[Object]
 impl WebhookQuery {
     /// One endpoint of the token's organization (ADMIN).
-    async fn webhook_endpoint(&self, ctx: &Context<'_>, id: ID) -> Result<Option<WebHookDeliveryEndpoint>> {
+    async fn webhook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<Option<WebHookDeliveryEndpoint>> {
         let viewer = require(ctx, Permission::Admin)?;
         let id = parse_id("webhook endpoint", &id)?;
-        Ok(Some(WebHookDeliveryEndpoint(store::endpoints::find(&db(ctx)?.conn(), viewer.org_id, id).await?)))
+        Ok(Some(WebHookDeliveryEndpoint(
+            store::endpoints::find(&db(ctx)?.conn(), viewer.org_id, id).await?,
+        )))
     }
 }
 
@@ -188,8 +201,20 @@ struct Draft {
 
 /// Checks a draft against the stored endpoint it replaces (if any): the URL parses and may be
 /// delivered to, the selection validates, and masked values keep what is stored.
-async fn check(state: &AppState, draft: Draft, current: Option<&webhook_endpoint::Model>) -> Result<EndpointFields> {
-    let Draft { url, secret, events, payload_query, payload_format, enabled, insecure_ssl } = draft;
+async fn check(
+    state: &AppState,
+    draft: Draft,
+    current: Option<&webhook_endpoint::Model>,
+) -> Result<EndpointFields> {
+    let Draft {
+        url,
+        secret,
+        events,
+        payload_query,
+        payload_format,
+        enabled,
+        insecure_ssl,
+    } = draft;
     let stored = current.map(fields_of).transpose()?;
     let url = match &stored {
         Some(stored) if url.trim() == stored.url.masked() => stored.url.clone(),
@@ -197,7 +222,9 @@ async fn check(state: &AppState, draft: Draft, current: Option<&webhook_endpoint
     };
     crate::delivery::guard::check_url(&url, state.config.allow_private_targets)?;
     let secret = match (secret, &stored) {
-        (Some(secret), Some(stored)) if stored.secret.as_deref().map(mask_secret).as_deref() == Some(secret.as_str()) => {
+        (Some(secret), Some(stored))
+            if stored.secret.as_deref().map(mask_secret).as_deref() == Some(secret.as_str()) =>
+        {
             stored.secret.clone()
         }
         (Some(secret), _) if secret.is_empty() => None,
@@ -213,7 +240,15 @@ async fn check(state: &AppState, draft: Draft, current: Option<&webhook_endpoint
             unique.push(kind);
         }
     }
-    Ok(EndpointFields { url, secret, events: unique, payload_query, payload_format, enabled, insecure_ssl })
+    Ok(EndpointFields {
+        url,
+        secret,
+        events: unique,
+        payload_query,
+        payload_format,
+        enabled,
+        insecure_ssl,
+    })
 }
 
 fn owner_of(viewer_org: i64, uid: &ID) -> Result<i64> {
@@ -229,7 +264,11 @@ pub struct WebhookMutation;
 #[Object]
 impl WebhookMutation {
     /// Adds an endpoint (ADMIN); `CONFLICT` when the organization already has its URL.
-    async fn create_web_hook_endpoint(&self, ctx: &Context<'_>, input: CreateWebHookEndpointInput) -> Result<EndpointPayload> {
+    async fn create_web_hook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateWebHookEndpointInput,
+    ) -> Result<EndpointPayload> {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
         let org_id = owner_of(viewer.org_id, &input.owner_uid)?;
@@ -244,11 +283,18 @@ impl WebhookMutation {
         };
         let fields = check(state, draft, None).await?;
         let endpoint = store::endpoints::create(&state.db, org_id, fields).await?;
-        Ok(EndpointPayload { endpoint: WebHookDeliveryEndpoint(endpoint), client_mutation_id: input.client_mutation_id })
+        Ok(EndpointPayload {
+            endpoint: WebHookDeliveryEndpoint(endpoint),
+            client_mutation_id: input.client_mutation_id,
+        })
     }
 
     /// Changes an endpoint (ADMIN); absent fields keep their values.
-    async fn update_web_hook_endpoint(&self, ctx: &Context<'_>, input: UpdateWebHookEndpointInput) -> Result<EndpointPayload> {
+    async fn update_web_hook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateWebHookEndpointInput,
+    ) -> Result<EndpointPayload> {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
         let id = parse_id("webhook endpoint", &input.id)?;
@@ -271,11 +317,18 @@ impl WebhookMutation {
         };
         let fields = check(state, draft, Some(&current)).await?;
         let endpoint = store::endpoints::update(&state.db, current, fields).await?;
-        Ok(EndpointPayload { endpoint: WebHookDeliveryEndpoint(endpoint), client_mutation_id: input.client_mutation_id })
+        Ok(EndpointPayload {
+            endpoint: WebHookDeliveryEndpoint(endpoint),
+            client_mutation_id: input.client_mutation_id,
+        })
     }
 
     /// Deletes an endpoint and its delivery log (ADMIN).
-    async fn delete_web_hook_endpoint(&self, ctx: &Context<'_>, input: DeleteWebHookEndpointInput) -> Result<DeleteWebHookEndpointPayload> {
+    async fn delete_web_hook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        input: DeleteWebHookEndpointInput,
+    ) -> Result<DeleteWebHookEndpointPayload> {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
         let id = parse_id("webhook endpoint", &input.id)?;
@@ -283,12 +336,19 @@ impl WebhookMutation {
         let endpoint = store::endpoints::find(&tx, viewer.org_id, id).await?;
         store::endpoints::delete(&tx, &endpoint).await?;
         tx.commit().await?;
-        Ok(DeleteWebHookEndpointPayload { deleted_id: input.id, client_mutation_id: input.client_mutation_id })
+        Ok(DeleteWebHookEndpointPayload {
+            deleted_id: input.id,
+            client_mutation_id: input.client_mutation_id,
+        })
     }
 
     /// Replaces the whole list of endpoints, keyed by URL (ADMIN). An endpoint whose URL stays
     /// keeps its id and delivery log; fields omitted for it take their defaults.
-    async fn save_web_hook_settings(&self, ctx: &Context<'_>, input: SaveWebHookSettingsInput) -> Result<SaveWebHookSettingsPayload> {
+    async fn save_web_hook_settings(
+        &self,
+        ctx: &Context<'_>,
+        input: SaveWebHookSettingsInput,
+    ) -> Result<SaveWebHookSettingsPayload> {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
         let org_id = owner_of(viewer.org_id, &input.owner_uid)?;
@@ -298,7 +358,10 @@ impl WebhookMutation {
         for item in input.delivery_endpoints {
             let current = existing.iter().find(|row| {
                 EndpointUrl::parse(&row.url)
-                    .map(|url| url.as_stored() == item.webhook_url.trim() || url.masked() == item.webhook_url.trim())
+                    .map(|url| {
+                        url.as_stored() == item.webhook_url.trim()
+                            || url.masked() == item.webhook_url.trim()
+                    })
                     .unwrap_or(false)
             });
             let draft = Draft {
@@ -312,13 +375,19 @@ impl WebhookMutation {
             };
             let fields = check(state, draft, current).await?;
             if !seen.insert(fields.url.as_stored().to_owned()) {
-                return Err(Error::Invalid(format!("The URL {} is listed twice.", fields.url.masked())));
+                return Err(Error::Invalid(format!(
+                    "The URL {} is listed twice.",
+                    fields.url.masked()
+                )));
             }
             checked.push((current.cloned(), fields));
         }
         let tx = store::begin_write(&state.db).await?;
         for row in &existing {
-            if !checked.iter().any(|(current, _)| current.as_ref().map(|c| c.id) == Some(row.id)) {
+            if !checked
+                .iter()
+                .any(|(current, _)| current.as_ref().map(|c| c.id) == Some(row.id))
+            {
                 store::endpoints::delete(&tx, row).await?;
             }
         }
@@ -329,8 +398,13 @@ impl WebhookMutation {
             };
         }
         tx.commit().await?;
-        let org = store::orgs::find(&state.db, org_id).await?.ok_or_else(|| Error::not_found("organization", org_id))?;
+        let org = store::orgs::find(&state.db, org_id)
+            .await?
+            .ok_or_else(|| Error::not_found("organization", org_id))?;
         let settings = WebHookSettings::load(&Db::Pool(state.db.clone()), &org).await?;
-        Ok(SaveWebHookSettingsPayload { settings, client_mutation_id: input.client_mutation_id })
+        Ok(SaveWebHookSettingsPayload {
+            settings,
+            client_mutation_id: input.client_mutation_id,
+        })
     }
 }

@@ -87,7 +87,11 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(wake: Arc<Notify>, metrics: Metrics) -> Self {
-        Self { renderer: Arc::new(Renderer::default()), wake, metrics }
+        Self {
+            renderer: Arc::new(Renderer::default()),
+            wake,
+            metrics,
+        }
     }
 
     /// The payload renderer.
@@ -125,7 +129,12 @@ impl Outbox {
                 None => {
                     let body = self
                         .renderer
-                        .render(Db::Tx(tx.clone()), &change, endpoint.payload_query.as_deref(), format)
+                        .render(
+                            Db::Tx(tx.clone()),
+                            &change,
+                            endpoint.payload_query.as_deref(),
+                            format,
+                        )
                         .await?;
                     bodies.insert(key, body.clone());
                     body
@@ -148,7 +157,8 @@ impl Outbox {
 
     /// Commits the transaction of a recorded event and wakes the worker.
     pub async fn commit(&self, tx: Arc<DatabaseTransaction>) -> Result<()> {
-        let tx = Arc::try_unwrap(tx).map_err(|_| Error::internal("the event's transaction is still shared at commit"))?;
+        let tx = Arc::try_unwrap(tx)
+            .map_err(|_| Error::internal("the event's transaction is still shared at commit"))?;
         tx.commit().await?;
         self.metrics.events_recorded.inc();
         self.wake();

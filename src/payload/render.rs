@@ -25,13 +25,19 @@ pub struct Renderer {
 
 impl Default for Renderer {
     fn default() -> Self {
-        Self { schema: graphql::build_schema(Limits::PAYLOAD), cache: Mutex::default() }
+        Self {
+            schema: graphql::build_schema(Limits::PAYLOAD),
+            cache: Mutex::default(),
+        }
     }
 }
 
 impl Renderer {
     fn prepared(&self, source: &str) -> Result<Arc<Prepared>> {
-        let mut cache = self.cache.lock().map_err(|_| Error::internal("the selection cache is poisoned"))?;
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| Error::internal("the selection cache is poisoned"))?;
         if let Some(prepared) = cache.get(source) {
             return Ok(prepared.clone());
         }
@@ -50,13 +56,22 @@ impl Renderer {
         let prepared = self.prepared(source)?;
         // Run against ids that name nothing: validation happens before any resolver, and the
         // resolvers then find nothing. Errors without a path are validation errors.
-        let viewer = Viewer { org_id: -1, permission: Permission::Read };
+        let viewer = Viewer {
+            org_id: -1,
+            permission: Permission::Read,
+        };
         let variables = json!({ "repositoryId": "0", "buildId": "0", "taskId": null });
-        let response = self.run(&prepared, Db::Pool(db.clone()), viewer, variables).await;
+        let response = self
+            .run(&prepared, Db::Pool(db.clone()), viewer, variables)
+            .await;
         match response.errors.iter().find(|error| error.path.is_empty()) {
             None => Ok(()),
             Some(error) => {
-                let at = error.locations.first().map(|pos| format!(" at {}", prepared.locate(*pos))).unwrap_or_default();
+                let at = error
+                    .locations
+                    .first()
+                    .map(|pos| format!(" at {}", prepared.locate(*pos)))
+                    .unwrap_or_default();
                 Err(Error::Invalid(format!(
                     "The payload selection is not valid{at}: {}.",
                     error.message.trim_end_matches('.')
@@ -67,9 +82,18 @@ impl Renderer {
 
     /// Renders the body of `change` for an endpoint's selection (the default when `None`),
     /// reading through `db`: the change's own transaction when the event is recorded.
-    pub async fn render(&self, db: Db, change: &Change, source: Option<&str>, format: PayloadFormat) -> Result<String> {
+    pub async fn render(
+        &self,
+        db: Db,
+        change: &Change,
+        source: Option<&str>,
+        format: PayloadFormat,
+    ) -> Result<String> {
         let prepared = self.prepared(source.unwrap_or(DEFAULT_SELECTION))?;
-        let viewer = Viewer { org_id: change.org_id, permission: Permission::Read };
+        let viewer = Viewer {
+            org_id: change.org_id,
+            permission: Permission::Read,
+        };
         let variables = json!({
             "repositoryId": change.repository_id.to_string(),
             "buildId": change.build_id.to_string(),
@@ -80,10 +104,17 @@ impl Renderer {
             tracing::warn!(org = change.org_id, error = %error.message, "payload selection reported an error");
         }
         let data = response.data.into_json().map_err(Error::internal)?;
+        let data = selection::in_selection_order(data, &prepared.doc);
         envelope(format, change.action, change.old_status, data)
     }
 
-    async fn run(&self, prepared: &Prepared, db: Db, viewer: Viewer, variables: Json) -> async_graphql::Response {
+    async fn run(
+        &self,
+        prepared: &Prepared,
+        db: Db,
+        viewer: Viewer,
+        variables: Json,
+    ) -> async_graphql::Response {
         let mut request = Request::new(prepared.text.clone())
             .variables(Variables::from_json(variables))
             .data(db)
@@ -96,7 +127,12 @@ impl Renderer {
 /// Wraps a selection's result: `{action, old_status?, data}` (DATA) or
 /// `{action, old_status?, …data's fields}` (FLAT, where a null field becomes `{}` as Cirrus
 /// sends `"task": {}` for build events).
-pub fn envelope(format: PayloadFormat, action: &str, old_status: Option<&str>, data: Json) -> Result<String> {
+pub fn envelope(
+    format: PayloadFormat,
+    action: &str,
+    old_status: Option<&str>,
+    data: Json,
+) -> Result<String> {
     let mut body = Map::new();
     body.insert("action".into(), action.into());
     if let Some(old_status) = old_status {
@@ -123,13 +159,28 @@ mod tests {
 
     #[test]
     fn data_envelope_puts_action_first() {
-        let body = envelope(PayloadFormat::Data, "updated", Some("EXECUTING"), json!({"build": {"id": "1"}})).unwrap();
-        assert_eq!(body, r#"{"action":"updated","old_status":"EXECUTING","data":{"build":{"id":"1"}}}"#);
+        let body = envelope(
+            PayloadFormat::Data,
+            "updated",
+            Some("EXECUTING"),
+            json!({"build": {"id": "1"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            body,
+            r#"{"action":"updated","old_status":"EXECUTING","data":{"build":{"id":"1"}}}"#
+        );
     }
 
     #[test]
     fn flat_envelope_spreads_data_and_empties_nulls() {
-        let body = envelope(PayloadFormat::Flat, "created", None, json!({"build": {"id": "1"}, "task": null})).unwrap();
+        let body = envelope(
+            PayloadFormat::Flat,
+            "created",
+            None,
+            json!({"build": {"id": "1"}, "task": null}),
+        )
+        .unwrap();
         assert_eq!(body, r#"{"action":"created","build":{"id":"1"},"task":{}}"#);
     }
 }

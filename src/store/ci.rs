@@ -23,10 +23,16 @@ pub async fn create_repository(
     org_id: i64,
     new: NewRepository,
 ) -> Result<repository::Model> {
-    let NewRepository { name, is_private, default_branch } = new;
+    let NewRepository {
+        name,
+        is_private,
+        default_branch,
+    } = new;
     let name = name.trim().to_owned();
     if name.is_empty() || name.len() > 200 {
-        return Err(Error::Invalid("A repository name must have between 1 and 200 characters.".into()));
+        return Err(Error::Invalid(
+            "A repository name must have between 1 and 200 characters.".into(),
+        ));
     }
     let row = repository::ActiveModel {
         org_id: Set(org_id),
@@ -36,18 +42,23 @@ pub async fn create_repository(
         created_at: Set(crate::now_ms()),
         ..Default::default()
     };
-    repository::Entity::insert(row).exec_with_returning(conn).await.map_err(|err| {
-        match err.sql_err() {
+    repository::Entity::insert(row)
+        .exec_with_returning(conn)
+        .await
+        .map_err(|err| match err.sql_err() {
             Some(SqlErr::UniqueConstraintViolation(_)) => {
                 Error::Conflict(format!("A repository named {name:?} already exists."))
             }
             _ => err.into(),
-        }
-    })
+        })
 }
 
 /// The organization's repository with this id.
-pub async fn repository(conn: &impl ConnectionTrait, org_id: i64, id: i64) -> Result<repository::Model> {
+pub async fn repository(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+    id: i64,
+) -> Result<repository::Model> {
     repository::Entity::find_by_id(id)
         .filter(repository::Column::OrgId.eq(org_id))
         .one(conn)
@@ -65,7 +76,11 @@ pub async fn repositories(
     if let Some(after) = page.after {
         query = query.filter(repository::Column::Id.gt(after));
     }
-    Ok(query.order_by_asc(repository::Column::Id).limit(page.limit + 1).all(conn).await?)
+    Ok(query
+        .order_by_asc(repository::Column::Id)
+        .limit(page.limit + 1)
+        .all(conn)
+        .await?)
 }
 
 /// A build as the CI engine announces it.
@@ -144,7 +159,11 @@ pub async fn builds(
     if let Some(after) = page.after {
         query = query.filter(build::Column::Id.lt(after));
     }
-    Ok(query.order_by_desc(build::Column::Id).limit(page.limit + 1).all(conn).await?)
+    Ok(query
+        .order_by_desc(build::Column::Id)
+        .limit(page.limit + 1)
+        .all(conn)
+        .await?)
 }
 
 /// Moves a build to `status`; `None` when it already had that status (nothing changes).
@@ -184,7 +203,13 @@ pub async fn create_task(
     new: NewTask,
     now: i64,
 ) -> Result<task::Model> {
-    let NewTask { name, name_alias, labels, instance_type, local_group_id } = new;
+    let NewTask {
+        name,
+        name_alias,
+        labels,
+        instance_type,
+        local_group_id,
+    } = new;
     if name.trim().is_empty() {
         return Err(Error::Invalid("A task needs a name.".into()));
     }
@@ -221,7 +246,11 @@ pub async fn task(conn: &impl ConnectionTrait, org_id: i64, id: i64) -> Result<t
 }
 
 /// A build's tasks, in creation order.
-pub async fn tasks_of_build(conn: &impl ConnectionTrait, org_id: i64, build_id: i64) -> Result<Vec<task::Model>> {
+pub async fn tasks_of_build(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+    build_id: i64,
+) -> Result<Vec<task::Model>> {
     Ok(task::Entity::find()
         .filter(task::Column::OrgId.eq(org_id))
         .filter(task::Column::BuildId.eq(build_id))

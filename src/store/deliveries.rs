@@ -28,7 +28,16 @@ pub struct NewEvent {
 
 /// Records an event.
 pub async fn insert_event(conn: &impl ConnectionTrait, new: NewEvent) -> Result<event::Model> {
-    let NewEvent { org_id, kind, action, old_status, repository_id, build_id, task_id, timestamp } = new;
+    let NewEvent {
+        org_id,
+        kind,
+        action,
+        old_status,
+        repository_id,
+        build_id,
+        task_id,
+        timestamp,
+    } = new;
     let row = event::ActiveModel {
         org_id: Set(org_id),
         kind: Set(kind.into()),
@@ -56,9 +65,22 @@ pub struct NewDelivery {
 }
 
 /// Queues deliveries, due at once, each with a new public id.
-pub async fn insert(conn: &impl ConnectionTrait, new: Vec<NewDelivery>) -> Result<Vec<delivery::Model>> {
+pub async fn insert(
+    conn: &impl ConnectionTrait,
+    new: Vec<NewDelivery>,
+) -> Result<Vec<delivery::Model>> {
     let mut rows = Vec::with_capacity(new.len());
-    for NewDelivery { org_id, endpoint_id, event_id, build_id, event, action, body, timestamp } in new {
+    for NewDelivery {
+        org_id,
+        endpoint_id,
+        event_id,
+        build_id,
+        event,
+        action,
+        body,
+        timestamp,
+    } in new
+    {
         let row = delivery::ActiveModel {
             uid: Set(uuid::Uuid::now_v7().to_string()),
             org_id: Set(org_id),
@@ -81,7 +103,11 @@ pub async fn insert(conn: &impl ConnectionTrait, new: Vec<NewDelivery>) -> Resul
             updated_at: Set(timestamp),
             ..Default::default()
         };
-        rows.push(delivery::Entity::insert(row).exec_with_returning(conn).await?);
+        rows.push(
+            delivery::Entity::insert(row)
+                .exec_with_returning(conn)
+                .await?,
+        );
     }
     Ok(rows)
 }
@@ -114,11 +140,18 @@ pub async fn list(
     if let Some(after) = page.after {
         query = query.filter(delivery::Column::Id.lt(after));
     }
-    Ok(query.order_by_desc(delivery::Column::Id).limit(page.limit + 1).all(conn).await?)
+    Ok(query
+        .order_by_desc(delivery::Column::Id)
+        .limit(page.limit + 1)
+        .all(conn)
+        .await?)
 }
 
 /// An endpoint's newest delivery.
-pub async fn last_of_endpoint(conn: &impl ConnectionTrait, endpoint_id: i64) -> Result<Option<delivery::Model>> {
+pub async fn last_of_endpoint(
+    conn: &impl ConnectionTrait,
+    endpoint_id: i64,
+) -> Result<Option<delivery::Model>> {
     Ok(delivery::Entity::find()
         .filter(delivery::Column::EndpointId.eq(endpoint_id))
         .order_by_desc(delivery::Column::Id)
@@ -127,7 +160,10 @@ pub async fn last_of_endpoint(conn: &impl ConnectionTrait, endpoint_id: i64) -> 
 }
 
 /// Every attempt of a delivery, first to last.
-pub async fn attempts(conn: &impl ConnectionTrait, delivery_id: i64) -> Result<Vec<delivery_attempt::Model>> {
+pub async fn attempts(
+    conn: &impl ConnectionTrait,
+    delivery_id: i64,
+) -> Result<Vec<delivery_attempt::Model>> {
     Ok(delivery_attempt::Entity::find()
         .filter(delivery_attempt::Column::DeliveryId.eq(delivery_id))
         .order_by_asc(delivery_attempt::Column::Number)
@@ -139,7 +175,10 @@ pub async fn attempts(conn: &impl ConnectionTrait, delivery_id: i64) -> Result<V
 /// schedule. A delivery still in flight is left to its current attempt.
 pub async fn redeliver(conn: &impl ConnectionTrait, row: &delivery::Model, now: i64) -> Result<()> {
     delivery::Entity::update_many()
-        .col_expr(delivery::Column::State, DeliveryState::Pending.as_str().into())
+        .col_expr(
+            delivery::Column::State,
+            DeliveryState::Pending.as_str().into(),
+        )
         .col_expr(delivery::Column::RoundAttempts, 0.into())
         .col_expr(delivery::Column::NextAttemptAt, now.into())
         .col_expr(delivery::Column::UpdatedAt, now.into())
@@ -185,7 +224,11 @@ pub async fn claim(
         let ids: Vec<String> = busy.iter().map(i64::to_string).collect();
         format!("AND d.endpoint_id NOT IN ({})", ids.join(","))
     };
-    let lock = if backend == DbBackend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
+    let lock = if backend == DbBackend::Postgres {
+        "FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
     let sql = format!(
         "UPDATE deliveries SET lease_until = ?, lease_token = ? WHERE id IN (
             SELECT d.id FROM deliveries d
@@ -210,7 +253,10 @@ pub async fn claim(
         (limit as i64).into(),
     ];
     let statement = Statement::from_sql_and_values(backend, numbered(backend, &sql), values);
-    let mut rows = delivery::Entity::find().from_raw_sql(statement).all(conn).await?;
+    let mut rows = delivery::Entity::find()
+        .from_raw_sql(statement)
+        .all(conn)
+        .await?;
     rows.sort_by_key(|row| row.id);
     Ok((token, rows))
 }
@@ -235,8 +281,16 @@ pub async fn record_attempt(
     token: &str,
     record: AttemptRecord,
 ) -> Result<bool> {
-    let AttemptRecord { state, next_attempt_at, timestamp, status, duration_ms, error, response_headers, response_body } =
-        record;
+    let AttemptRecord {
+        state,
+        next_attempt_at,
+        timestamp,
+        status,
+        duration_ms,
+        error,
+        response_headers,
+        response_body,
+    } = record;
     let backend = conn.get_database_backend();
     let sql = "UPDATE deliveries SET state = ?, attempts = attempts + 1, round_attempts = round_attempts + 1,
             next_attempt_at = ?, lease_until = NULL, lease_token = NULL, last_status = ?,

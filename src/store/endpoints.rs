@@ -23,7 +23,15 @@ pub struct EndpointFields {
 
 impl EndpointFields {
     fn apply(self, row: &mut webhook_endpoint::ActiveModel, now: i64) -> Result<()> {
-        let EndpointFields { url, secret, events, payload_query, payload_format, enabled, insecure_ssl } = self;
+        let EndpointFields {
+            url,
+            secret,
+            events,
+            payload_query,
+            payload_format,
+            enabled,
+            insecure_ssl,
+        } = self;
         row.url = Set(url.as_stored().to_owned());
         row.secret = Set(secret);
         row.events = Set(serde_json::to_string(&events).map_err(Error::internal)?);
@@ -43,7 +51,10 @@ pub fn fields_of(row: &webhook_endpoint::Model) -> Result<EndpointFields> {
         secret: row.secret.clone(),
         events: event_kinds(row)?,
         payload_query: row.payload_query.clone(),
-        payload_format: super::super::domain::status::parse_stored(&row.payload_format, PayloadFormat::parse)?,
+        payload_format: super::super::domain::status::parse_stored(
+            &row.payload_format,
+            PayloadFormat::parse,
+        )?,
         enabled: row.enabled,
         insecure_ssl: row.insecure_ssl,
     })
@@ -65,7 +76,11 @@ fn conflict(url: &EndpointUrl) -> impl FnOnce(sea_orm::DbErr) -> Error + '_ {
 }
 
 /// Adds an endpoint; its URL must be new to the organization.
-pub async fn create(conn: &impl ConnectionTrait, org_id: i64, fields: EndpointFields) -> Result<webhook_endpoint::Model> {
+pub async fn create(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+    fields: EndpointFields,
+) -> Result<webhook_endpoint::Model> {
     let now = crate::now_ms();
     let url = fields.url.clone();
     let mut row = webhook_endpoint::ActiveModel {
@@ -74,7 +89,10 @@ pub async fn create(conn: &impl ConnectionTrait, org_id: i64, fields: EndpointFi
         ..Default::default()
     };
     fields.apply(&mut row, now)?;
-    webhook_endpoint::Entity::insert(row).exec_with_returning(conn).await.map_err(conflict(&url))
+    webhook_endpoint::Entity::insert(row)
+        .exec_with_returning(conn)
+        .await
+        .map_err(conflict(&url))
 }
 
 /// Replaces an endpoint's settings.
@@ -90,7 +108,11 @@ pub async fn update(
 }
 
 /// The organization's endpoint with this id.
-pub async fn find(conn: &impl ConnectionTrait, org_id: i64, id: i64) -> Result<webhook_endpoint::Model> {
+pub async fn find(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+    id: i64,
+) -> Result<webhook_endpoint::Model> {
     webhook_endpoint::Entity::find_by_id(id)
         .filter(webhook_endpoint::Column::OrgId.eq(org_id))
         .one(conn)
@@ -99,7 +121,10 @@ pub async fn find(conn: &impl ConnectionTrait, org_id: i64, id: i64) -> Result<w
 }
 
 /// The organization's endpoints, oldest first.
-pub async fn list(conn: &impl ConnectionTrait, org_id: i64) -> Result<Vec<webhook_endpoint::Model>> {
+pub async fn list(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+) -> Result<Vec<webhook_endpoint::Model>> {
     Ok(webhook_endpoint::Entity::find()
         .filter(webhook_endpoint::Column::OrgId.eq(org_id))
         .order_by_asc(webhook_endpoint::Column::Id)
@@ -108,7 +133,11 @@ pub async fn list(conn: &impl ConnectionTrait, org_id: i64) -> Result<Vec<webhoo
 }
 
 /// The organization's enabled endpoints that subscribe to `kind`.
-pub async fn subscribed(conn: &impl ConnectionTrait, org_id: i64, kind: EventKind) -> Result<Vec<webhook_endpoint::Model>> {
+pub async fn subscribed(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+    kind: EventKind,
+) -> Result<Vec<webhook_endpoint::Model>> {
     let mut matching = Vec::new();
     for row in webhook_endpoint::Entity::find()
         .filter(webhook_endpoint::Column::OrgId.eq(org_id))
@@ -144,7 +173,9 @@ pub async fn delete(conn: &impl ConnectionTrait, endpoint: &webhook_endpoint::Mo
         .filter(delivery::Column::EndpointId.eq(endpoint.id))
         .exec(conn)
         .await?;
-    webhook_endpoint::Entity::delete_by_id(endpoint.id).exec(conn).await?;
+    webhook_endpoint::Entity::delete_by_id(endpoint.id)
+        .exec(conn)
+        .await?;
     Ok(())
 }
 

@@ -40,10 +40,15 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
         });
-    let db = Database::connect(options)
+    let db = Database::connect(options).await.with_context(|| {
+        format!(
+            "connecting to the database at {}",
+            crate::config::redact_url(url)
+        )
+    })?;
+    Migrator::up(&db, None)
         .await
-        .with_context(|| format!("connecting to the database at {}", crate::config::redact_url(url)))?;
-    Migrator::up(&db, None).await.context("applying database migrations")?;
+        .context("applying database migrations")?;
     Ok(db)
 }
 
@@ -102,7 +107,10 @@ impl Page {
     pub fn new(first: Option<i32>, after: Option<String>) -> Result<Self> {
         let first = first.unwrap_or(20);
         if !(0..=Self::MAX).contains(&first) {
-            return Err(Error::Invalid(format!("first must be between 0 and {}.", Self::MAX)));
+            return Err(Error::Invalid(format!(
+                "first must be between 0 and {}.",
+                Self::MAX
+            )));
         }
         let after = after
             .map(|cursor| {
@@ -111,6 +119,9 @@ impl Page {
                     .map_err(|_| Error::Invalid(format!("The cursor {cursor:?} is not valid.")))
             })
             .transpose()?;
-        Ok(Self { after, limit: first as u64 })
+        Ok(Self {
+            after,
+            limit: first as u64,
+        })
     }
 }

@@ -57,7 +57,10 @@ pub async fn jwt_key(conn: &impl ConnectionTrait) -> Result<String> {
     }
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let row = setting::ActiveModel { key: Set(JWT_KEY.into()), value: Set(hex::encode(bytes)) };
+    let row = setting::ActiveModel {
+        key: Set(JWT_KEY.into()),
+        value: Set(hex::encode(bytes)),
+    };
     setting::Entity::insert(row)
         .on_conflict_do_nothing_on([setting::Column::Key])
         .exec(conn)

@@ -1,0 +1,544 @@
+//! The delivery engine: what arrives, signed how, retried when, in which order.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::support::{Receiver, Reply, TestApp, World, code};
+
+crate::on_both_backends!(
+    build_and_task_events_arrive_signed_with_cirrus_and_standard_headers,
+    flat_and_custom_selections_shape_the_body,
+    no_signature_headers_without_a_secret,
+    event_filters_and_unchanged_statuses,
+    payloads_show_the_state_at_the_event,
+    failures_are_retried_with_the_same_id_and_bytes,
+    a_spent_schedule_fails_the_delivery,
+    retry_after_is_honoured,
+    gone_disables_the_endpoint,
+    redirects_are_not_followed,
+    redelivery_and_test_pings,
+    preview_equals_what_is_sent,
+    each_build_arrives_in_order_under_a_slow_receiver,
+    shutdown_lets_in_flight_attempts_finish,
+);
+
+fn hmac_hex(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+async fn build_and_task_events_arrive_signed_with_cirrus_and_standard_headers(app: TestApp) {
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    let secret = "s3cret-for-signing";
+    world
+        .endpoint(
+            &app,
+            &receiver.url("/hook"),
+            json!({ "secretToken": secret }),
+        )
+        .await;
+    let build = world.build(&app).await;
+    let task = world.task(&app, &build, "test").await;
+    world.task_status(&app, &task, "EXECUTING").await;
+    let received = receiver.wait_for(3).await;
+
+    for (delivery, (event, action)) in received.iter().zip([
+        ("build", "created"),
+        ("task", "created"),
+        ("task", "updated"),
+    ]) {
+        assert_eq!(delivery.header("x-cirrus-event"), Some(event));
+        assert_eq!(delivery.header("content-type"), Some("application/json"));
+        assert!(
+            delivery
+                .header("user-agent")
+                .unwrap()
+                .starts_with("Herald/")
+        );
+        let id = delivery.header("x-cirrus-delivery").unwrap();
+        assert_eq!(delivery.header("webhook-id"), Some(id));
+        assert!(
+            delivery
+                .header("x-cirrus-timestamp")
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+                > 1_600_000_000_000
+        );
+        // Signatures checked with HMAC directly, not with Herald's signing code.
+        let expected = hex::encode(hmac_hex(secret.as_bytes(), &[&delivery.body]));
+        assert_eq!(
+            delivery.header("x-cirrus-signature"),
+            Some(expected.as_str())
+        );
+        let timestamp = delivery.header("webhook-timestamp").unwrap();
+        let standard = hmac_hex(
+            secret.as_bytes(),
+            &[
+                id.as_bytes(),
+                b".",
+                timestamp.as_bytes(),
+                b".",
+                &delivery.body,
+            ],
+        );
+        let expected = format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(standard)
+        );
+        assert_eq!(
+            delivery.header("webhook-signature"),
+            Some(expected.as_str())
+        );
+        assert_eq!(delivery.json()["action"], action);
+    }
+    let body = received[2].json();
+    assert_eq!(body["old_status"], "CREATED");
+    assert_eq!(body["data"]["task"]["status"], "EXECUTING");
+    assert_eq!(body["data"]["task"]["id"], task.as_str());
+    assert_eq!(body["data"]["build"]["id"], build.as_str());
+    assert_eq!(body["data"]["repository"]["owner"], "acme");
+    let build_body = received[0].json();
+    assert_eq!(build_body["data"]["task"], Value::Null);
+    assert!(build_body.get("old_status").is_none());
+    // The default selection's fields, in its order.
+    let keys: Vec<&String> = body["data"]["task"].as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "id",
+            "name",
+            "nameAlias",
+            "status",
+            "statusTimestamp",
+            "creationTimestamp",
+            "durationInSeconds",
+            "uniqueLabels",
+            "automaticReRun",
+            "automaticallyReRunnable",
+            "manualRerunCount",
+            "notifications"
+        ]
+    );
+    let text = String::from_utf8(received[2].body.to_vec()).unwrap();
+    assert!(
+        text.starts_with(
+            r#"{"action":"updated","old_status":"CREATED","data":{"repository":{"id":"#
+        ),
+        "{text}"
+    );
+}
+
+async fn flat_and_custom_selections_shape_the_body(app: TestApp) {
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(
+            &app,
+            &receiver.url("/flat"),
+            json!({ "payloadFormat": "FLAT" }),
+        )
+        .await;
+    world
+        .endpoint(
+            &app,
+            &receiver.url("/custom"),
+            json!({ "payloadQuery": "build(id: $buildId) { branch title: changeMessageTitle }" }),
+        )
+        .await;
+    world.build(&app).await;
+    let received = receiver.wait_for(2).await;
+    let flat = received
+        .iter()
+        .find(|r| r.json().get("build").is_some())
+        .unwrap()
+        .json();
+    assert_eq!(flat["action"], "created");
+    assert_eq!(
+        flat["task"],
+        json!({}),
+        "build events carry an empty task, as Cirrus sends"
+    );
+    assert_eq!(flat["repository"]["name"], "app");
+    let custom = received
+        .iter()
+        .find(|r| r.json().get("data").is_some())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(custom.body.to_vec()).unwrap(),
+        r#"{"action":"created","data":{"build":{"branch":"main","title":"Fix it"}}}"#
+    );
+}
+
+async fn no_signature_headers_without_a_secret(app: TestApp) {
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(&app, &receiver.url("/hook"), json!({}))
+        .await;
+    world.build(&app).await;
+    let delivery = &receiver.wait_for(1).await[0];
+    assert!(delivery.header("x-cirrus-signature").is_none());
+    assert!(delivery.header("webhook-signature").is_none());
+    assert!(
+        delivery.header("webhook-id").is_some() && delivery.header("x-cirrus-delivery").is_some()
+    );
+}
+
+async fn event_filters_and_unchanged_statuses(app: TestApp) {
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(
+            &app,
+            &receiver.url("/builds"),
+            json!({ "events": ["BUILD"] }),
+        )
+        .await;
+    world
+        .endpoint(&app, &receiver.url("/off"), json!({ "enabled": false }))
+        .await;
+    let build = world.build(&app).await;
+    let task = world.task(&app, &build, "test").await;
+    world.task_status(&app, &task, "EXECUTING").await;
+    world.task_status(&app, &task, "EXECUTING").await;
+    world.build_status(&app, &build, "EXECUTING").await;
+    world.build_status(&app, &build, "EXECUTING").await;
+    let received = receiver.wait_for(2).await;
+    receiver
+        .expect_no_more_than(2, Duration::from_millis(600))
+        .await;
+    assert!(
+        received
+            .iter()
+            .all(|r| r.header("x-cirrus-event") == Some("build"))
+    );
+    assert_eq!(received[1].json()["old_status"], "CREATED");
+}
+
+async fn payloads_show_the_state_at_the_event(app: TestApp) {
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(&app, &receiver.url("/hook"), json!({ "events": ["TASK"] }))
+        .await;
+    let build = world.build(&app).await;
+    let task = world.task(&app, &build, "test").await;
+    world.task_status(&app, &task, "EXECUTING").await;
+    world.task_status(&app, &task, "COMPLETED").await;
+    let statuses: Vec<Value> = receiver
+        .wait_for(3)
+        .await
+        .iter()
+        .map(|r| r.json()["data"]["task"]["status"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        [json!("CREATED"), json!("EXECUTING"), json!("COMPLETED")]
+    );
+}
+
+const DELIVERIES: &str = "query($endpoint: ID) { viewer { webhookDeliveries(endpointId: $endpoint) { edges { node {
+    id state attempts event action nextAttemptTimestamp payload { event action data } response { status data duration }
+    attemptLog { number status error duration responseData responseHeaders timestamp } } } } } }";
+
+async fn deliveries(app: &TestApp, world: &World) -> Vec<Value> {
+    let data = app.ok(&world.admin, DELIVERIES, json!({})).await;
+    data["viewer"]["webhookDeliveries"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|edge| edge["node"].clone())
+        .collect()
+}
+
+/// Waits until the newest delivery reaches `state`.
+async fn settled(app: &TestApp, world: &World, state: &str) -> Value {
+    for _ in 0..200 {
+        let all = deliveries(app, world).await;
+        if all.first().is_some_and(|d| d["state"] == state) {
+            return all[0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the delivery never reached {state}: {:#?}",
+        deliveries(app, world).await
+    );
+}
+
+async fn failures_are_retried_with_the_same_id_and_bytes(app: TestApp) {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(500), Reply::status(502)]);
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(
+            &app,
+            &receiver.url("/hook"),
+            json!({ "secretToken": "x-secret" }),
+        )
+        .await;
+    world.build(&app).await;
+    let received = receiver.wait_for(3).await;
+    assert!(
+        received
+            .iter()
+            .all(|r| r.header("x-cirrus-delivery") == received[0].header("x-cirrus-delivery"))
+    );
+    assert!(received.iter().all(|r| r.body == received[0].body));
+    let delivery = settled(&app, &world, "DELIVERED").await;
+    assert_eq!(
+        delivery["id"],
+        received[0].header("x-cirrus-delivery").unwrap()
+    );
+    assert_eq!(delivery["attempts"], 3);
+    assert_eq!(
+        delivery["payload"]["data"],
+        String::from_utf8(received[0].body.to_vec()).unwrap()
+    );
+    let log = delivery["attemptLog"].as_array().unwrap();
+    assert_eq!(
+        log.iter().map(|a| a["status"].clone()).collect::<Vec<_>>(),
+        [json!(500), json!(502), json!(200)]
+    );
+    assert_eq!(log[0]["error"], "the receiver answered HTTP 500");
+    assert_eq!(log[2]["error"], Value::Null);
+    assert_eq!(log[2]["responseData"], "received");
+    assert_eq!(delivery["response"]["status"], 200);
+    assert_eq!(delivery["nextAttemptTimestamp"], Value::Null);
+}
+
+async fn a_spent_schedule_fails_the_delivery(app: TestApp) {
+    let world = World::new(&app, "acme").await;
+    // Nothing listens on this port: every attempt is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    world
+        .endpoint(&app, &format!("http://{closed}/hook"), json!({}))
+        .await;
+    world.build(&app).await;
+    let delivery = settled(&app, &world, "FAILED").await;
+    assert_eq!(
+        delivery["attempts"], 3,
+        "the schedule has two delays: three attempts"
+    );
+    assert_eq!(delivery["response"], Value::Null);
+    let log = delivery["attemptLog"].as_array().unwrap();
+    assert!(
+        log.iter()
+            .all(|a| a["status"].is_null() && a["error"] == "the receiver refused the connection"),
+        "{log:#?}"
+    );
+}
+
+async fn retry_after_is_honoured(app: TestApp) {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(429).header("retry-after", "2")]);
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(&app, &receiver.url("/hook"), json!({}))
+        .await;
+    world.build(&app).await;
+    receiver.wait_for(2).await;
+    let delivery = settled(&app, &world, "DELIVERED").await;
+    let log = delivery["attemptLog"].as_array().unwrap();
+    let waited = log[1]["timestamp"].as_i64().unwrap() - log[0]["timestamp"].as_i64().unwrap();
+    assert!(
+        waited >= 1900,
+        "the second attempt came {waited} ms after the first, not after Retry-After's 2 s"
+    );
+}
+
+async fn gone_disables_the_endpoint(app: TestApp) {
+    let receiver = Receiver::start().await;
+    receiver.default_reply(Reply::status(410));
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(&app, &receiver.url("/hook"), json!({}))
+        .await;
+    world.build(&app).await;
+    let delivery = settled(&app, &world, "FAILED").await;
+    assert_eq!(delivery["attempts"], 1);
+    let data = app
+        .ok(
+            &world.admin,
+            "{ viewer { webhookSettings { endpoints { enabled lastDelivery { state } } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        data["viewer"]["webhookSettings"]["endpoints"][0]["enabled"],
+        false
+    );
+    world.build(&app).await;
+    receiver
+        .expect_no_more_than(1, Duration::from_millis(500))
+        .await;
+}
+
+async fn redirects_are_not_followed(app: TestApp) {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(302).header("location", &receiver.url("/elsewhere"))]);
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(&app, &receiver.url("/hook"), json!({}))
+        .await;
+    world.build(&app).await;
+    let delivery = settled(&app, &world, "DELIVERED").await;
+    assert_eq!(delivery["attemptLog"][0]["status"], 302);
+    assert_eq!(
+        receiver.received().len(),
+        2,
+        "the redirect was retried at the endpoint, not followed"
+    );
+}
+
+async fn redelivery_and_test_pings(app: TestApp) {
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    let endpoint = world
+        .endpoint(
+            &app,
+            &receiver.url("/hook"),
+            json!({ "secretToken": "ping-secret" }),
+        )
+        .await;
+    world.build(&app).await;
+    let first = receiver.wait_for(1).await[0].clone();
+    let id = settled(&app, &world, "DELIVERED").await["id"].clone();
+    let redelivered = app.ok(&world.admin, "mutation($id: ID!) { redeliverWebHook(input: {deliveryId: $id}) { delivery { id state } } }", json!({ "id": id })).await;
+    assert_eq!(redelivered["redeliverWebHook"]["delivery"]["id"], id);
+    let again = receiver.wait_for(2).await[1].clone();
+    assert_eq!(
+        again.header("x-cirrus-delivery"),
+        first.header("x-cirrus-delivery")
+    );
+    assert_eq!(again.body, first.body);
+    let delivery = settled(&app, &world, "DELIVERED").await;
+    assert_eq!(delivery["attempts"], 2);
+
+    let ping = app.ok(&world.admin, "mutation($id: ID!) { sendTestWebHook(input: {endpointId: $id}) { delivery { id event } } }", json!({ "id": endpoint })).await;
+    assert_eq!(ping["sendTestWebHook"]["delivery"]["event"], "ping");
+    let received = receiver.wait_for(3).await[2].clone();
+    assert_eq!(received.header("x-cirrus-event"), Some("ping"));
+    assert_eq!(received.json()["action"], "ping");
+    assert!(received.header("x-cirrus-signature").is_some());
+    let missing = app
+        .gql(
+            Some(&world.admin),
+            "mutation { redeliverWebHook(input: {deliveryId: \"nope\"}) { delivery { id } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&missing), "NOT_FOUND");
+}
+
+async fn preview_equals_what_is_sent(app: TestApp) {
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    let selection =
+        "repository(id: $repositoryId) { name } task(id: $taskId) { name status labels }";
+    let build = world.build(&app).await;
+    // The endpoint is added after the build, so the only event it gets is the task's creation.
+    world
+        .endpoint(
+            &app,
+            &receiver.url("/hook"),
+            json!({ "payloadQuery": selection, "payloadFormat": "FLAT" }),
+        )
+        .await;
+    let task = world.task(&app, &build, "lint").await;
+    let sent = receiver.wait_for(1).await[0].clone();
+    let preview = app
+        .ok(
+            &world.admin,
+            "mutation($org: ID!, $build: ID!, $task: ID, $q: String) { previewWebHookPayload(input: {ownerUid: $org, buildId: $build, taskId: $task, payloadQuery: $q, payloadFormat: FLAT}) { event body } }",
+            json!({ "org": world.org, "build": build, "task": task, "q": selection }),
+        )
+        .await;
+    assert_eq!(preview["previewWebHookPayload"]["event"], "task");
+    assert_eq!(
+        preview["previewWebHookPayload"]["body"],
+        String::from_utf8(sent.body.to_vec()).unwrap()
+    );
+    let bad = app
+        .gql(Some(&world.admin), "mutation($org: ID!, $build: ID!) { previewWebHookPayload(input: {ownerUid: $org, buildId: $build, payloadQuery: \"build { nope }\"}) { body } }", json!({ "org": world.org, "build": build }))
+        .await;
+    assert_eq!(code(&bad), "BAD_USER_INPUT");
+}
+
+async fn each_build_arrives_in_order_under_a_slow_receiver(app: TestApp) {
+    let receiver = Receiver::start().await;
+    let delays: Vec<Reply> = (0..60)
+        .map(|i| Reply::status(200).delay(Duration::from_millis((i * 37 % 5) * 20)))
+        .collect();
+    receiver.script(delays);
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(&app, &receiver.url("/hook"), json!({ "events": ["TASK"] }))
+        .await;
+    let statuses = [
+        "TRIGGERED",
+        "SCHEDULED",
+        "EXECUTING",
+        "PAUSED",
+        "EXECUTING",
+        "FAILED",
+        "COMPLETED",
+    ];
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let build = world.build(&app).await;
+        tasks.push(world.task(&app, &build, "test").await);
+    }
+    for status in statuses {
+        for task in &tasks {
+            world.task_status(&app, task, status).await;
+        }
+    }
+    let received = receiver.wait_for(3 * (statuses.len() + 1)).await;
+    for task in &tasks {
+        let seen: Vec<String> = received
+            .iter()
+            .map(|r| r.json())
+            .filter(|body| body["data"]["task"]["id"] == task.as_str())
+            .map(|body| body["data"]["task"]["status"].as_str().unwrap().to_owned())
+            .collect();
+        let mut expected = vec!["CREATED".to_owned()];
+        expected.extend(statuses.iter().map(|s| s.to_string()));
+        assert_eq!(seen, expected, "task {task} arrived out of order");
+    }
+}
+
+async fn shutdown_lets_in_flight_attempts_finish(mut app: TestApp) {
+    let receiver = Receiver::start().await;
+    receiver.default_reply(Reply::status(200).delay(Duration::from_millis(800)));
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(&app, &receiver.url("/hook"), json!({}))
+        .await;
+    world.build(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.stop().await;
+    let org: i64 = world.org.parse().unwrap();
+    let page = herald::store::Page::new(Some(10), None).unwrap();
+    let rows = herald::store::deliveries::list(&app.state.db, org, None, None, page)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].state, "DELIVERED",
+        "the in-flight attempt finished and was recorded before exit"
+    );
+    assert_eq!(receiver.received().len(), 1);
+}

@@ -1,0 +1,465 @@
+//! The test harness: the real server on port 0 with a fresh database, a scriptable recording
+//! receiver, and helpers to mint tokens and run GraphQL.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use herald::app::{App, AppState, Role};
+use herald::config::Config;
+use herald::domain::Permission;
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running Herald on a fresh database.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub database_url: String,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    http: reqwest::Client,
+    pg_database: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    /// Starts Herald with test defaults (private targets allowed, fast retries); `None` when the
+    /// backend is PostgreSQL and `HERALD_TEST_POSTGRES_URL` is not set.
+    pub async fn start(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Like [`TestApp::start`], with the configuration adjusted first.
+    pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (database_url, pg_database) = match backend {
+            Backend::Sqlite => (
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("herald.db").display()
+                ),
+                None,
+            ),
+            Backend::Postgres => {
+                let base = std::env::var("HERALD_TEST_POSTGRES_URL").ok()?;
+                let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = Database::connect(&base)
+                    .await
+                    .expect("connecting to the test PostgreSQL");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("creating a test database");
+                admin.close().await.ok();
+                let mut url = url::Url::parse(&base).expect("a PostgreSQL URL");
+                url.set_path(&format!("/{name}"));
+                (url.to_string(), Some((base, name)))
+            }
+        };
+        let mut config = Config::defaults(database_url.clone());
+        config.allow_private_targets = true;
+        config.retry_schedule = herald::domain::RetrySchedule::parse("100ms,100ms").unwrap();
+        config.delivery_timeout = Duration::from_secs(2);
+        config.shutdown_grace = Duration::from_secs(2);
+        adjust(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding port 0");
+        let app = App::build(config, listener, Role::All)
+            .await
+            .expect("building Herald");
+        let addr = app.local_addr().unwrap();
+        let state = app.state().clone();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(app.run(shutdown.clone()));
+        Some(Self {
+            addr,
+            state,
+            database_url,
+            shutdown,
+            server: Some(server),
+            http: reqwest::Client::new(),
+            pg_database,
+            _dir: dir,
+        })
+    }
+
+    /// Stops the server and its worker, as SIGTERM would.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("the server task")
+                .expect("the server stops cleanly");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Creates an organization, as `herald org create` does, and returns its uid.
+    pub async fn org(&self, name: &str) -> String {
+        herald::store::orgs::create(&self.state.db, name)
+            .await
+            .expect("creating an organization")
+            .id
+            .to_string()
+    }
+
+    /// A token for an organization, as `herald token issue` makes it.
+    pub fn token(&self, org_uid: &str, permission: Permission) -> String {
+        self.state
+            .keys
+            .issue(org_uid, "test", permission, 3600)
+            .unwrap()
+    }
+
+    /// Runs a GraphQL request and returns the whole response.
+    pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let body = json!({ "query": query, "variables": variables }).to_string();
+        let mut request = self
+            .http
+            .post(self.url("/graphql"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the GraphQL request");
+        let text = response.text().await.expect("a response body");
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    }
+
+    /// Runs a GraphQL request that must succeed and returns its `data`.
+    pub async fn ok(&self, token: &str, query: &str, variables: Value) -> Value {
+        let response = self.gql(Some(token), query, variables).await;
+        assert!(
+            response.get("errors").is_none(),
+            "unexpected errors: {response:#}"
+        );
+        response["data"].clone()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some((base, name)) = self.pg_database.take() {
+            // Drop the test database from a thread of its own: Drop cannot await.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    if let Ok(admin) = Database::connect(&base).await {
+                        let _ = admin
+                            .execute_unprepared(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// The first error's `extensions.code` of a response.
+pub fn code(response: &Value) -> &str {
+    response["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {response:#}"))
+}
+
+/// A request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+/// An answer the receiver gives.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Reply>>,
+    default: Mutex<Option<Reply>>,
+    arrived: Notify,
+}
+
+/// A recording receiver on loopback whose answers a test can script.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let state = Arc::new(ReceiverState::default());
+        let router = axum::Router::new()
+            .fallback(record)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Answers the next requests with these replies, in order; then the default.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    /// Answers every unscripted request with this reply (200 until set).
+    pub fn default_reply(&self, reply: Reply) {
+        *self.state.default.lock().unwrap() = Some(reply);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived (at most 20 s) and returns them all.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let notified = self.state.arrived.notified();
+            let received = self.received();
+            if received.len() >= n {
+                return received;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "expected {n} deliveries, got {}: {:#?}",
+                    received.len(),
+                    received
+                );
+            }
+        }
+    }
+
+    /// Asserts that no request beyond the first `n` arrives within `quiet`.
+    pub async fn expect_no_more_than(&self, n: usize, quiet: Duration) {
+        tokio::time::sleep(quiet).await;
+        let received = self.received();
+        assert_eq!(
+            received.len(),
+            n,
+            "unexpected extra deliveries: {received:#?}"
+        );
+    }
+}
+
+async fn record(
+    State(state): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .or_else(|| state.default.lock().unwrap().clone())
+        .unwrap_or(Reply::status(200));
+    tokio::time::sleep(reply.delay).await;
+    state
+        .received
+        .lock()
+        .unwrap()
+        .push(Received { headers, body });
+    state.arrived.notify_waiters();
+    let mut response = (StatusCode::from_u16(reply.status).unwrap(), "received").into_response();
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}
+
+/// An organization with a repository, and tokens at every level.
+pub struct World {
+    pub org: String,
+    pub admin: String,
+    pub write: String,
+    pub read: String,
+    pub repository: String,
+}
+
+impl World {
+    pub async fn new(app: &TestApp, name: &str) -> Self {
+        let org = app.org(name).await;
+        let admin = app.token(&org, Permission::Admin);
+        let data = app
+            .ok(
+                &admin,
+                "mutation($org: ID!) { createRepository(input: {ownerUid: $org, name: \"app\"}) { repository { id } } }",
+                json!({ "org": org }),
+            )
+            .await;
+        Self {
+            write: app.token(&org, Permission::Write),
+            read: app.token(&org, Permission::Read),
+            repository: data["createRepository"]["repository"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            org,
+            admin,
+        }
+    }
+
+    /// Adds an endpoint; `extra` holds more input fields.
+    pub async fn endpoint(&self, app: &TestApp, url: &str, extra: Value) -> String {
+        let mut input = json!({ "ownerUid": self.org, "webhookURL": url });
+        input
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        let data = app
+            .ok(
+                &self.admin,
+                "mutation($input: CreateWebHookEndpointInput!) { createWebHookEndpoint(input: $input) { endpoint { id } } }",
+                json!({ "input": input }),
+            )
+            .await;
+        data["createWebHookEndpoint"]["endpoint"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn build(&self, app: &TestApp) -> String {
+        let data = app
+            .ok(
+                &self.write,
+                "mutation($repo: ID!) { createBuild(input: {repositoryId: $repo, branch: \"main\", changeIdInRepo: \"abc123\", changeMessageTitle: \"Fix it\"}) { build { id } } }",
+                json!({ "repo": self.repository }),
+            )
+            .await;
+        data["createBuild"]["build"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn task(&self, app: &TestApp, build: &str, name: &str) -> String {
+        let data = app
+            .ok(
+                &self.write,
+                "mutation($build: ID!, $name: String!) { createTask(input: {buildId: $build, name: $name, labels: [\"linux\"]}) { task { id } } }",
+                json!({ "build": build, "name": name }),
+            )
+            .await;
+        data["createTask"]["task"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn task_status(&self, app: &TestApp, task: &str, status: &str) {
+        app.ok(
+            &self.write,
+            "mutation($task: ID!, $status: TaskStatus!) { updateTaskStatus(input: {taskId: $task, status: $status}) { task { id } } }",
+            json!({ "task": task, "status": status }),
+        )
+        .await;
+    }
+
+    pub async fn build_status(&self, app: &TestApp, build: &str, status: &str) {
+        app.ok(
+            &self.write,
+            "mutation($build: ID!, $status: BuildStatus!) { updateBuildStatus(input: {buildId: $build, status: $status}) { build { id } } }",
+            json!({ "build": build, "status": status }),
+        )
+        .await;
+    }
+}
+
+/// Declares tests that run once on SQLite and once on PostgreSQL (when configured).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let app = $crate::support::TestApp::start($crate::support::Backend::Sqlite).await.unwrap();
+                    super::$name(app).await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    match $crate::support::TestApp::start($crate::support::Backend::Postgres).await {
+                        Some(app) => super::$name(app).await,
+                        None => eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set"),
+                    }
+                }
+            )+
+        }
+    };
+}
