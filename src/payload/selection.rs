@@ -388,8 +388,15 @@ mod tests {
         let err = prepare("build(id: $buildId) { id status")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("does not parse at line"), "{err}");
-        let err = prepare("query Q { build(id: \"1\") { id } ")
+        assert!(
+            err.contains("does not parse at the end of the selection"),
+            "{err}"
+        );
+        let err = prepare("build(id: $buildId) { id(: }")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not parse at line 1, column 26"), "{err}");
+        let err = prepare("query Q { build(id: \"1\") { id(: } }")
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 1"), "{err}");
