@@ -181,11 +181,16 @@ async fn flat_and_custom_selections_shape_the_body(app: TestApp) {
 async fn no_signature_headers_without_a_secret(app: TestApp) {
     let receiver = Receiver::start().await;
     let world = World::new(&app, "acme").await;
-    world
-        .endpoint(&app, &receiver.url("/hook"), json!({}))
-        .await;
+    // Credentials in the URL travel as HTTP Basic authentication, not in the request line.
+    let url = format!("http://bot:pa%24s@{}/hook", receiver.addr);
+    world.endpoint(&app, &url, json!({})).await;
     world.build(&app).await;
     let delivery = &receiver.wait_for(1).await[0];
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("bot:pa$s")
+    );
+    assert_eq!(delivery.header("authorization"), Some(basic.as_str()));
     assert!(delivery.header("x-cirrus-signature").is_none());
     assert!(delivery.header("webhook-signature").is_none());
     assert!(
