@@ -40,7 +40,6 @@ impl Worker {
         tracing::info!(concurrency = limit, "delivery worker started");
         loop {
             let room = limit - in_flight.len();
-            let mut claimed_all = false;
             if room > 0 {
                 let busy: Vec<i64> = per
                     .iter()
@@ -49,7 +48,6 @@ impl Worker {
                     .collect();
                 match self.claim(room, &busy).await {
                     Ok((token, rows)) => {
-                        claimed_all = rows.len() == room;
                         for row in rows {
                             *per.entry(row.endpoint_id).or_default() += 1;
                             let state = self.state.clone();
@@ -67,9 +65,6 @@ impl Worker {
                         tracing::warn!(error = %err, "claiming deliveries failed; retrying shortly")
                     }
                 }
-            }
-            if claimed_all && in_flight.len() < limit {
-                continue;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
