@@ -18,6 +18,9 @@ use crate::store::{self, deliveries::AttemptRecord, entities::delivery};
 /// How often an idle worker looks for due deliveries it was not woken for.
 const POLL: Duration = Duration::from_millis(200);
 
+/// The longest pause after claims keep failing (the database is down or restarting).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
 /// The delivery worker of one process.
 pub struct Worker {
     state: AppState,
@@ -38,7 +41,18 @@ impl Worker {
         let mut in_flight: JoinSet<i64> = JoinSet::new();
         let mut per: HashMap<i64, usize> = HashMap::new();
         tracing::info!(concurrency = limit, "delivery worker started");
+        let database_url = &config.database.database_url;
+        let listener = database_url.starts_with("postgres").then(|| {
+            let wake = self.state.wake.clone();
+            tokio::spawn(super::listener::listen(
+                database_url.clone(),
+                wake,
+                shutdown.clone(),
+            ))
+        });
+        let mut failures = 0u32;
         loop {
+            let mut pause = POLL;
             let room = limit - in_flight.len();
             if room > 0 {
                 let busy: Vec<i64> = per
@@ -48,6 +62,7 @@ impl Worker {
                     .collect();
                 match self.claim(room, &busy).await {
                     Ok((token, rows)) => {
+                        failures = 0;
                         for row in rows {
                             *per.entry(row.endpoint_id).or_default() += 1;
                             let state = self.state.clone();
@@ -62,16 +77,21 @@ impl Worker {
                         }
                     }
                     Err(err) => {
-                        tracing::warn!(error = %err, "claiming deliveries failed; retrying shortly")
+                        failures += 1;
+                        pause = (POLL * 2u32.saturating_pow(failures.min(5))).min(MAX_BACKOFF);
+                        tracing::warn!(error = %err, retry_in = ?pause, "claiming deliveries failed");
                     }
                 }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => release_slot(&mut per, done),
-                _ = self.state.wake.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = self.state.wake.notified(), if failures == 0 => {}
+                _ = tokio::time::sleep(pause) => {}
             }
+        }
+        if let Some(listener) = listener {
+            let _ = listener.await;
         }
         let grace = config.shutdown_grace;
         tracing::info!(in_flight = in_flight.len(), "delivery worker stopping");
@@ -183,12 +203,27 @@ async fn attempt(state: &AppState, row: delivery::Model, token: &str) -> Result<
         response_headers: serde_json::Value::Object(headers).to_string(),
         response_body: answer.body,
     };
-    let tx = store::begin_write(&state.db).await?;
-    let recorded = store::deliveries::record_attempt(&tx, row.id, token, record).await?;
-    if recorded && outcome == Outcome::Gone {
-        store::endpoints::disable(&tx, endpoint.id).await?;
-    }
-    tx.commit().await?;
+    // The answer is in hand: keep trying to record it through a short database outage, so the
+    // delivery is not sent again when its lease expires.
+    let mut wait = Duration::from_millis(100);
+    let recorded = loop {
+        match write_outcome(
+            state,
+            row.id,
+            token,
+            &record,
+            outcome == Outcome::Gone,
+            endpoint.id,
+        )
+        .await
+        {
+            Err(crate::Error::Unavailable) if wait < state.config.lease => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            result => break result?,
+        }
+    };
     let label = if recorded {
         outcome.label()
     } else {
@@ -199,4 +234,23 @@ async fn attempt(state: &AppState, row: delivery::Model, token: &str) -> Result<
         tracing::info!(delivery = %row.uid, "the lease was taken over; this attempt's result was discarded");
     }
     Ok(())
+}
+
+/// Writes one attempt's outcome (and disables the endpoint on 410) in one transaction.
+async fn write_outcome(
+    state: &AppState,
+    delivery_id: i64,
+    token: &str,
+    record: &AttemptRecord,
+    gone: bool,
+    endpoint_id: i64,
+) -> Result<bool> {
+    let tx = store::begin_write(&state.db).await?;
+    let recorded =
+        store::deliveries::record_attempt(&tx, delivery_id, token, record.clone()).await?;
+    if recorded && gone {
+        store::endpoints::disable(&tx, endpoint_id).await?;
+    }
+    tx.commit().await?;
+    Ok(recorded)
 }

@@ -151,7 +151,10 @@ impl Outbox {
                 timestamp: change.timestamp,
             });
         }
-        store::deliveries::insert(conn, deliveries).await?;
+        if !deliveries.is_empty() {
+            store::deliveries::insert(conn, deliveries).await?;
+            store::deliveries::announce(conn).await?;
+        }
         Ok(())
     }
 
@@ -191,9 +194,11 @@ impl Outbox {
             body: serde_json::to_string(&body).map_err(Error::internal)?,
             timestamp: now,
         };
-        store::deliveries::insert(conn, vec![new])
+        let row = store::deliveries::insert(conn, vec![new])
             .await?
             .pop()
-            .ok_or_else(|| Error::internal("a queued ping came back empty"))
+            .ok_or_else(|| Error::internal("a queued ping came back empty"))?;
+        store::deliveries::announce(conn).await?;
+        Ok(row)
     }
 }

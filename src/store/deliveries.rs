@@ -112,6 +112,20 @@ pub async fn insert(
     Ok(rows)
 }
 
+/// The PostgreSQL channel on which committed deliveries are announced to workers.
+pub const CHANNEL: &str = "herald_deliveries";
+
+/// Announces, on PostgreSQL, that deliveries are due once the current transaction commits
+/// (`NOTIFY` is transactional: a rolled-back change wakes nobody). SQLite has one process, whose
+/// worker the outbox wakes directly.
+pub async fn announce(conn: &impl ConnectionTrait) -> Result<()> {
+    if conn.get_database_backend() == DbBackend::Postgres {
+        conn.execute_unprepared(&format!("NOTIFY {CHANNEL}"))
+            .await?;
+    }
+    Ok(())
+}
+
 /// The organization's delivery with this public id.
 pub async fn find(conn: &impl ConnectionTrait, org_id: i64, uid: &str) -> Result<delivery::Model> {
     delivery::Entity::find()
@@ -262,6 +276,7 @@ pub async fn claim(
 }
 
 /// What one attempt came to, ready to be written.
+#[derive(Clone, Debug)]
 pub struct AttemptRecord {
     pub state: DeliveryState,
     pub next_attempt_at: i64,

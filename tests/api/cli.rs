@@ -90,125 +90,51 @@ fn verify_exit_codes() {
     );
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn serve(database_url: &str, port: u16) -> std::process::Child {
-    herald()
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--allow-private-targets",
-            "--lease",
-            "1s",
-            "--retry-schedule",
-            "100ms,100ms,100ms",
-        ])
-        .env("HERALD_DATABASE_URL", database_url)
-        .env_remove("HERALD_JWT_SECRET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_healthy(port: u16) {
-    for _ in 0..200 {
-        if reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("herald serve did not become healthy");
-}
-
-async fn graphql(
-    port: u16,
-    token: &str,
-    query: &str,
-    variables: serde_json::Value,
-) -> serde_json::Value {
-    let response = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/graphql"))
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body(json!({ "query": query, "variables": variables }).to_string())
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-    assert!(body.get("errors").is_none(), "{body:#}");
-    body["data"].clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_killed_with_a_backlog_delivers_all_of_it_after_restart() {
+    use crate::support::{Client, Herald, Receiver, Reply, free_port, herald_output};
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let database_url = format!(
         "sqlite://{}?mode=rwc",
         dir.path().join("herald.db").display()
     );
-    let run = |args: &[&str]| {
-        herald()
-            .args(args)
-            .env("HERALD_DATABASE_URL", &database_url)
-            .env_remove("HERALD_JWT_SECRET")
-            .output()
-            .unwrap()
-    };
-    let org = String::from_utf8(run(&["org", "create", "acme"]).stdout)
-        .unwrap()
-        .trim()
-        .to_owned();
-    let token = String::from_utf8(
-        run(&["token", "issue", "--org", "acme", "--permission", "ADMIN"]).stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_owned();
-
-    let receiver = crate::support::Receiver::start().await;
-    receiver.default_reply(
-        crate::support::Reply::status(200).delay(std::time::Duration::from_millis(300)),
+    let org = herald_output(&database_url, &["org", "create", "acme"]);
+    let token = herald_output(
+        &database_url,
+        &["token", "issue", "--org", "acme", "--permission", "ADMIN"],
     );
+
+    let receiver = Receiver::start().await;
+    receiver.default_reply(Reply::status(200).delay(std::time::Duration::from_millis(300)));
     let port = free_port();
-    let mut child = serve(&database_url, port);
-    wait_healthy(port).await;
-    graphql(port, &token, "mutation($org: ID!, $url: String!) { createWebHookEndpoint(input: {ownerUid: $org, webhookURL: $url}) { endpoint { id } } }", json!({ "org": org, "url": receiver.url("/hook") })).await;
-    let repo = graphql(port, &token, "mutation($org: ID!) { createRepository(input: {ownerUid: $org, name: \"app\"}) { repository { id } } }", json!({ "org": org })).await;
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = Herald::spawn(&database_url, &["serve", "--listen", &listen]);
+    let client = Client::new(port, &token);
+    client.wait_healthy().await;
+    client.gql("mutation($org: ID!, $url: String!) { createWebHookEndpoint(input: {ownerUid: $org, webhookURL: $url}) { endpoint { id } } }", json!({ "org": org, "url": receiver.url("/hook") })).await;
+    let repo = client.gql("mutation($org: ID!) { createRepository(input: {ownerUid: $org, name: \"app\"}) { repository { id } } }", json!({ "org": org })).await;
     let repo = repo["createRepository"]["repository"]["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let build = graphql(port, &token, "mutation($repo: ID!) { createBuild(input: {repositoryId: $repo, branch: \"main\", changeIdInRepo: \"c\"}) { build { id } } }", json!({ "repo": repo })).await;
+    let build = client.gql("mutation($repo: ID!) { createBuild(input: {repositoryId: $repo, branch: \"main\", changeIdInRepo: \"c\"}) { build { id } } }", json!({ "repo": repo })).await;
     let build = build["createBuild"]["build"]["id"]
         .as_str()
         .unwrap()
         .to_owned();
     for i in 0..20 {
-        graphql(port, &token, "mutation($b: ID!, $n: String!) { createTask(input: {buildId: $b, name: $n}) { task { id } } }", json!({ "b": build, "n": format!("task-{i}") })).await;
+        client.gql("mutation($b: ID!, $n: String!) { createTask(input: {buildId: $b, name: $n}) { task { id } } }", json!({ "b": build, "n": format!("task-{i}") })).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill();
     let before = receiver.received().len();
     assert!(
         before < 21,
         "the backlog was already delivered before the kill"
     );
 
-    let mut restarted = serve(&database_url, port);
-    wait_healthy(port).await;
+    let _restarted = Herald::spawn(&database_url, &["serve", "--listen", &listen]);
+    client.wait_healthy().await;
     let received = receiver.wait_for(21).await;
     let ids: std::collections::HashSet<String> = received
         .iter()
@@ -220,6 +146,4 @@ async fn a_process_killed_with_a_backlog_delivers_all_of_it_after_restart() {
         .filter_map(|r| r.json()["data"]["task"]["name"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(names.len(), 20);
-    restarted.kill().unwrap();
-    restarted.wait().unwrap();
 }

@@ -3,4 +3,5 @@
 mod api;
 mod cli;
 mod delivery;
+mod scale;
 mod support;

@@ -28,12 +28,13 @@ pub enum Backend {
 /// A running Herald on a fresh database.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub backend: Backend,
     pub state: AppState,
     pub database_url: String,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     http: reqwest::Client,
-    pg_database: Option<(String, String)>,
+    _pg_database: Option<PgDatabase>,
     _dir: tempfile::TempDir,
 }
 
@@ -46,6 +47,15 @@ impl TestApp {
 
     /// Like [`TestApp::start`], with the configuration adjusted first.
     pub async fn start_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<Self> {
+        Self::start_role(backend, Role::All, adjust).await
+    }
+
+    /// Like [`TestApp::start_with`], running only what `role` says (API-only: no worker).
+    pub async fn start_role(
+        backend: Backend,
+        role: Role,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Option<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (database_url, pg_database) = match backend {
@@ -57,19 +67,8 @@ impl TestApp {
                 None,
             ),
             Backend::Postgres => {
-                let base = std::env::var("HERALD_TEST_POSTGRES_URL").ok()?;
-                let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
-                let admin = Database::connect(&base)
-                    .await
-                    .expect("connecting to the test PostgreSQL");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .expect("creating a test database");
-                admin.close().await.ok();
-                let mut url = url::Url::parse(&base).expect("a PostgreSQL URL");
-                url.set_path(&format!("/{name}"));
-                (url.to_string(), Some((base, name)))
+                let database = PgDatabase::create().await?;
+                (database.url.clone(), Some(database))
             }
         };
         let mut config = Config::defaults(database_url.clone());
@@ -81,7 +80,7 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding port 0");
-        let app = App::build(config, listener, Role::All)
+        let app = App::build(config, listener, role)
             .await
             .expect("building Herald");
         let addr = app.local_addr().unwrap();
@@ -90,12 +89,13 @@ impl TestApp {
         let server = tokio::spawn(app.run(shutdown.clone()));
         Some(Self {
             addr,
+            backend,
             state,
             database_url,
             shutdown,
             server: Some(server),
             http: reqwest::Client::new(),
-            pg_database,
+            _pg_database: pg_database,
             _dir: dir,
         })
     }
@@ -162,25 +162,199 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        if let Some((base, name)) = self.pg_database.take() {
-            // Drop the test database from a thread of its own: Drop cannot await.
-            let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async {
-                    if let Ok(admin) = Database::connect(&base).await {
-                        let _ = admin
-                            .execute_unprepared(&format!(
-                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                            ))
-                            .await;
-                    }
-                });
-            })
-            .join();
+    }
+}
+
+/// A fresh PostgreSQL database for one test, dropped with it.
+pub struct PgDatabase {
+    pub url: String,
+    base: String,
+    name: String,
+}
+
+impl PgDatabase {
+    /// Creates a database; `None` when `HERALD_TEST_POSTGRES_URL` is not set.
+    pub async fn create() -> Option<Self> {
+        let base = std::env::var("HERALD_TEST_POSTGRES_URL").ok()?;
+        let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = Database::connect(&base)
+            .await
+            .expect("connecting to the test PostgreSQL");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("creating a test database");
+        admin.close().await.ok();
+        let mut url = url::Url::parse(&base).expect("a PostgreSQL URL");
+        url.set_path(&format!("/{name}"));
+        Some(Self {
+            url: url.to_string(),
+            base,
+            name,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // Drop the test database from a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(admin) = Database::connect(&base).await {
+                    let _ = admin
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A `herald` child process, killed when dropped.
+pub struct Herald {
+    pub child: std::process::Child,
+    args: Vec<String>,
+    database_url: String,
+}
+
+impl Herald {
+    /// Starts `herald ARGS…` on a database, with private targets allowed and a short lease.
+    pub fn spawn(database_url: &str, args: &[&str]) -> Self {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Self {
+            child: Self::start(database_url, &args),
+            args,
+            database_url: database_url.to_owned(),
         }
+    }
+
+    fn start(database_url: &str, args: &[String]) -> std::process::Child {
+        std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .env("HERALD_DATABASE_URL", database_url)
+            .env("HERALD_ALLOW_PRIVATE_TARGETS", "true")
+            .env("HERALD_LEASE", "1s")
+            .env("HERALD_RETRY_SCHEDULE", "100ms,200ms,400ms,800ms")
+            .env_remove("HERALD_JWT_SECRET")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting herald")
+    }
+
+    /// SIGKILLs the process, then starts it again with the same arguments.
+    pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.child = Self::start(&self.database_url, &self.args);
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a `herald` command to completion on a database and returns its trimmed stdout.
+pub fn herald_output(database_url: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env("HERALD_DATABASE_URL", database_url)
+        .env_remove("HERALD_JWT_SECRET")
+        .output()
+        .expect("running herald");
+    assert!(output.status.success(), "herald {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A GraphQL client of a Herald at `base` (no harness behind it).
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(port: u16, token: &str) -> Self {
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            token: token.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Waits until `/healthz` answers.
+    pub async fn wait_healthy(&self) {
+        for _ in 0..400 {
+            if self
+                .http
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("herald at {} did not become healthy", self.base);
+    }
+
+    /// Runs a request; `Err` with the response when it carried errors or failed.
+    pub async fn try_gql(&self, query: &str, variables: Value) -> Result<Value, String> {
+        let response = self
+            .http
+            .post(format!("{}/graphql", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(json!({ "query": query, "variables": variables }).to_string())
+            .send()
+            .await
+            .map_err(|err| err.to_string())?;
+        let text = response.text().await.map_err(|err| err.to_string())?;
+        let body: Value = serde_json::from_str(&text).map_err(|_| text.clone())?;
+        match body.get("errors") {
+            Some(_) => Err(body.to_string()),
+            None => Ok(body["data"].clone()),
+        }
+    }
+
+    /// Runs a request that must succeed.
+    pub async fn gql(&self, query: &str, variables: Value) -> Value {
+        self.try_gql(query, variables)
+            .await
+            .unwrap_or_else(|err| panic!("GraphQL failed: {err}"))
     }
 }
 

@@ -1,0 +1,50 @@
+//! Wakes the worker when another process commits deliveries: `LISTEN` on PostgreSQL.
+//!
+//! The connection is re-established with backoff when it drops (a database restart, a
+//! terminated backend); a notification missed meanwhile costs at most the worker's poll interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::deliveries::CHANNEL;
+
+/// The longest pause between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Listens on `url` until `shutdown`, waking `wake` on every notification and reconnection.
+pub async fn listen(url: String, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let mut listener = PgListener::connect(&url).await?;
+            listener.listen(CHANNEL).await?;
+            tracing::debug!("listening for deliveries");
+            // Anything committed while we were not listening is picked up now.
+            wake.notify_one();
+            loop {
+                // `None` means the connection dropped and was re-established.
+                listener.try_recv().await?;
+                wake.notify_one();
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sea_orm::sqlx::Error>(())
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = session => {
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "listening for deliveries failed");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,402 @@
+//! Scaling out: several processes on one PostgreSQL share the queue, lose nothing and send
+//! nothing twice without a crash; leases are fenced; a tarpit does not starve others.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use herald::app::Role;
+use herald::domain::DeliveryState;
+use herald::store::deliveries::{self, AttemptRecord};
+use serde_json::{Value, json};
+
+use crate::support::{
+    Client, Herald, PgDatabase, Receiver, Reply, TestApp, World, free_port, herald_output,
+};
+
+crate::on_both_backends!(
+    an_attempt_whose_lease_was_taken_over_changes_nothing,
+    a_tarpit_endpoint_does_not_starve_another_organization
+);
+
+/// One `herald serve --no-worker` and `workers` `herald worker` processes on a fresh database,
+/// with an organization, a token and an endpoint pointing at `receiver`.
+struct Cluster {
+    database: PgDatabase,
+    api: Herald,
+    workers: Vec<Herald>,
+    client: Client,
+    repository: String,
+}
+
+impl Cluster {
+    async fn start(workers: usize, receiver: &Receiver) -> Option<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let database = PgDatabase::create().await?;
+        herald_output(&database.url, &["migrate"]);
+        let org = herald_output(&database.url, &["org", "create", "acme"]);
+        let token = herald_output(
+            &database.url,
+            &["token", "issue", "--org", "acme", "--permission", "ADMIN"],
+        );
+        let port = free_port();
+        let api = Herald::spawn(
+            &database.url,
+            &[
+                "serve",
+                "--no-worker",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ],
+        );
+        let workers = (0..workers)
+            .map(|_| Herald::spawn(&database.url, &["worker"]))
+            .collect();
+        let client = Client::new(port, &token);
+        client.wait_healthy().await;
+        client
+            .gql(
+                "mutation($org: ID!, $url: String!) { createWebHookEndpoint(input: {ownerUid: $org, webhookURL: $url}) { endpoint { id } } }",
+                json!({ "org": org, "url": receiver.url("/hook") }),
+            )
+            .await;
+        let repo = client.gql("mutation($org: ID!) { createRepository(input: {ownerUid: $org, name: \"app\"}) { repository { id } } }", json!({ "org": org })).await;
+        let repository = repo["createRepository"]["repository"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        Some(Self {
+            database,
+            api,
+            workers,
+            client,
+            repository,
+        })
+    }
+}
+
+const CREATE_BUILD: &str = "mutation($repo: ID!) { createBuild(input: {repositoryId: $repo, branch: \"main\", changeIdInRepo: \"c\"}) { build { id } } }";
+const CREATE_TASK: &str = "mutation($build: ID!, $name: String!) { createTask(input: {buildId: $build, name: $name}) { task { id } } }";
+
+/// Records `builds` builds with `tasks` tasks each from `lanes` concurrent clients, retrying a
+/// mutation that failed (a failed mutation changed nothing). Returns how many events were
+/// acknowledged.
+async fn record_events(
+    client: &Client,
+    repository: &str,
+    builds: usize,
+    tasks: usize,
+    lanes: usize,
+) -> usize {
+    let mut handles = Vec::new();
+    for lane in 0..lanes {
+        let client = client.clone();
+        let repository = repository.to_owned();
+        handles.push(tokio::spawn(async move {
+            let mut acknowledged = 0;
+            for _ in (lane..builds).step_by(lanes) {
+                let build = retrying(&client, CREATE_BUILD, json!({ "repo": repository })).await;
+                let build = build["createBuild"]["build"]["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                acknowledged += 1;
+                for t in 0..tasks {
+                    retrying(
+                        &client,
+                        CREATE_TASK,
+                        json!({ "build": build, "name": format!("task-{t}") }),
+                    )
+                    .await;
+                    acknowledged += 1;
+                }
+            }
+            acknowledged
+        }));
+    }
+    let mut total = 0;
+    for handle in handles {
+        total += handle.await.unwrap();
+    }
+    total
+}
+
+async fn retrying(client: &Client, query: &str, variables: Value) -> Value {
+    for _ in 0..100 {
+        match client.try_gql(query, variables.clone()).await {
+            Ok(data) => return data,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("a mutation kept failing");
+}
+
+/// Waits until `expected` distinct deliveries arrived, then a little longer for duplicates;
+/// returns (distinct, total).
+async fn settle(receiver: &Receiver, expected: usize) -> (usize, usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let distinct = distinct_ids(receiver).len();
+        if distinct >= expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {distinct} of {expected} events were delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    (distinct_ids(receiver).len(), receiver.received().len())
+}
+
+fn distinct_ids(receiver: &Receiver) -> HashSet<String> {
+    receiver
+        .received()
+        .iter()
+        .map(|r| r.header("x-cirrus-delivery").unwrap().to_owned())
+        .collect()
+}
+
+/// Checks each build's events arrived in order: its `created` event first, then its tasks.
+fn assert_per_build_order(receiver: &Receiver) {
+    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+    for received in receiver.received() {
+        let body = received.json();
+        let build = body["data"]["build"]["id"].as_str().unwrap().to_owned();
+        let what = match received.header("x-cirrus-event") {
+            Some("build") => "build".to_owned(),
+            _ => body["data"]["task"]["name"].as_str().unwrap().to_owned(),
+        };
+        let events = seen.entry(build).or_default();
+        if !events.contains(&what) {
+            events.push(what);
+        }
+    }
+    for (build, events) in seen {
+        assert_eq!(
+            events[0], "build",
+            "build {build}: a task event overtook the build's creation"
+        );
+        let tasks: Vec<usize> = events[1..]
+            .iter()
+            .map(|name| name.trim_start_matches("task-").parse().unwrap())
+            .collect();
+        assert!(
+            tasks.windows(2).all(|w| w[0] < w[1]),
+            "build {build}: tasks out of order: {tasks:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_api_and_two_workers_deliver_two_thousand_events_exactly_once() {
+    let receiver = Receiver::start().await;
+    let Some(cluster) = Cluster::start(2, &receiver).await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let acknowledged = record_events(&cluster.client, &cluster.repository, 100, 19, 8).await;
+    assert_eq!(acknowledged, 2000);
+    let (distinct, total) = settle(&receiver, acknowledged).await;
+    assert_eq!(distinct, 2000, "every event was delivered");
+    assert_eq!(total, 2000, "no event was delivered twice");
+    assert_per_build_order(&receiver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_at_random_lose_nothing() {
+    let receiver = Receiver::start().await;
+    receiver.default_reply(Reply::status(200).delay(Duration::from_millis(10)));
+    let Some(mut cluster) = Cluster::start(2, &receiver).await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let recording = {
+        let client = cluster.client.clone();
+        let repository = cluster.repository.clone();
+        tokio::spawn(async move { record_events(&client, &repository, 60, 19, 4).await })
+    };
+    for kill in 0..12 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let victim = (herald::now_ms() as usize + kill) % cluster.workers.len();
+        cluster.workers[victim].kill_and_restart();
+    }
+    let acknowledged = recording.await.unwrap();
+    let (distinct, total) = settle(&receiver, acknowledged).await;
+    assert_eq!(distinct, acknowledged, "no event was lost");
+    println!(
+        "12 worker kills while {acknowledged} events flowed caused {} duplicate deliveries",
+        total - distinct
+    );
+    assert!(
+        total - distinct <= 12 * 2 * 8,
+        "only in-flight attempts may repeat"
+    );
+    assert!(cluster.api.running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_database_connections_lose_nothing_and_need_no_restart() {
+    let receiver = Receiver::start().await;
+    let Some(mut cluster) = Cluster::start(1, &receiver).await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let terminator = {
+        let stop = stop.clone();
+        let name = cluster.database.name().to_owned();
+        let database_url = cluster.database.url.clone();
+        tokio::spawn(async move {
+            let mut rounds = 0;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let admin = sea_orm::Database::connect(&database_url).await.unwrap();
+                use sea_orm::ConnectionTrait;
+                admin
+                    .execute_unprepared(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                    ))
+                    .await
+                    .unwrap();
+                admin.close().await.ok();
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let acknowledged = record_events(&cluster.client, &cluster.repository, 30, 19, 4).await;
+    stop.store(true, Ordering::Relaxed);
+    let rounds = terminator.await.unwrap();
+    assert!(
+        rounds >= 3,
+        "the connections were terminated only {rounds} times"
+    );
+    let (distinct, _) = settle(&receiver, acknowledged).await;
+    assert_eq!(
+        distinct, acknowledged,
+        "every acknowledged event was delivered"
+    );
+    assert!(
+        cluster.api.running() && cluster.workers[0].running(),
+        "no process had to restart"
+    );
+    println!("{rounds} rounds of pg_terminate_backend during {acknowledged} events: nothing lost");
+}
+
+async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
+    // An API-only Herald: this test plays the workers itself.
+    let backend = app.backend;
+    drop(app);
+    let app = TestApp::start_role(backend, Role::ApiOnly, |_| {})
+        .await
+        .unwrap();
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(&app, "http://127.0.0.1:9/hook", json!({}))
+        .await;
+    world.build(&app).await;
+    let db = &app.state.db;
+
+    let claim = |lease_ms: i64| async move {
+        let tx = herald::store::begin_write(db).await.unwrap();
+        let claimed = deliveries::claim(&tx, herald::now_ms(), lease_ms, 10, &[])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        claimed
+    };
+    let (stale, rows) = claim(1).await;
+    assert_eq!(rows.len(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (current, rows) = claim(60_000).await;
+    assert_eq!(rows.len(), 1, "the expired lease was taken over");
+    let id = rows[0].id;
+    assert!(
+        claim(60_000).await.1.is_empty(),
+        "a held lease is not claimed again"
+    );
+
+    let outcome = |state: DeliveryState, status: i32| AttemptRecord {
+        state,
+        next_attempt_at: herald::now_ms(),
+        timestamp: herald::now_ms(),
+        status: Some(status),
+        duration_ms: 5,
+        error: None,
+        response_headers: "{}".into(),
+        response_body: String::new(),
+    };
+    assert!(
+        deliveries::record_attempt(db, id, &current, outcome(DeliveryState::Delivered, 200))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !deliveries::record_attempt(db, id, &stale, outcome(DeliveryState::Failed, 500))
+            .await
+            .unwrap()
+    );
+    let org: i64 = world.org.parse().unwrap();
+    let page = herald::store::Page::new(Some(5), None).unwrap();
+    let row = deliveries::list(db, org, None, None, page)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (row.state.as_str(), row.attempts, row.last_status),
+        ("DELIVERED", 1, Some(200))
+    );
+    assert_eq!(
+        deliveries::attempts(db, id).await.unwrap().len(),
+        1,
+        "the stale attempt left no record"
+    );
+}
+
+async fn a_tarpit_endpoint_does_not_starve_another_organization(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
+    let app = TestApp::start_with(backend, |config| {
+        config.delivery_timeout = Duration::from_secs(30)
+    })
+    .await
+    .unwrap();
+    // The tarpit accepts connections and never answers.
+    let tarpit = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tarpit_addr = tarpit.local_addr().unwrap();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = tarpit.accept().await {
+                held.lock().unwrap().push(socket);
+            }
+        });
+    }
+    let slow = World::new(&app, "slow").await;
+    slow.endpoint(&app, &format!("http://{tarpit_addr}/hook"), json!({}))
+        .await;
+    for _ in 0..40 {
+        slow.build(&app).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let receiver = Receiver::start().await;
+    let fast = World::new(&app, "fast").await;
+    fast.endpoint(&app, &receiver.url("/hook"), json!({})).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        fast.build(&app).await;
+    }
+    receiver.wait_for(20).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the other organization waited {took:?} behind a 30 s tarpit"
+    );
+    let connections = held.lock().unwrap().len();
+    assert!(
+        connections <= 8,
+        "the tarpit held {connections} attempts at once, over the per-endpoint cap"
+    );
+}
