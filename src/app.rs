@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::delivery::Worker;
 use crate::delivery::client::Sender;
+use crate::delivery::guard::SystemLookup;
 use crate::graphql::{self, HeraldSchema, Limits, TokenKeys};
 use crate::metrics::Metrics;
 use crate::payload::outbox::Outbox;
@@ -45,8 +46,12 @@ impl AppState {
             ..Limits::API
         };
         Ok(Self {
-            sender: Sender::new(config.delivery_timeout, config.allow_private_targets)
-                .context("building the outbound HTTP client")?,
+            sender: Sender::new(
+                config.delivery_timeout,
+                config.target_policy(),
+                Arc::new(SystemLookup),
+            )
+            .context("building the outbound HTTP client")?,
             schema: graphql::build_schema(limits),
             outbox: Outbox::new(wake.clone(), metrics.clone()),
             config: Arc::new(config),
@@ -88,11 +93,20 @@ pub struct App {
 impl App {
     /// Builds the application on a listener the caller bound (tests bind port 0).
     pub async fn build(config: Config, listener: TcpListener, role: Role) -> anyhow::Result<Self> {
-        Ok(Self {
-            state: AppState::new(config).await?,
+        Ok(Self::from_state(
+            AppState::new(config).await?,
             listener,
             role,
-        })
+        ))
+    }
+
+    /// The application around state the caller prepared (tests swap the resolver).
+    pub fn from_state(state: AppState, listener: TcpListener, role: Role) -> Self {
+        Self {
+            state,
+            listener,
+            role,
+        }
     }
 
     /// The address the server listens on.

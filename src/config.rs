@@ -43,6 +43,11 @@ pub struct Config {
     #[arg(long, env = "HERALD_ALLOW_PRIVATE_TARGETS")]
     pub allow_private_targets: bool,
 
+    /// Internal networks deliveries may reach even when private targets are not allowed,
+    /// as comma-separated CIDRs (`10.1.2.0/24,fd00::/8`).
+    #[arg(long, env = "HERALD_ALLOWED_TARGETS", value_delimiter = ',', value_parser = parse_cidr)]
+    pub allowed_targets: Vec<ipnet::IpNet>,
+
     /// Delays between attempts after the first (N delays = N+1 attempts); ms, s, m, h units.
     #[arg(long, env = "HERALD_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = RetrySchedule::parse)]
     pub retry_schedule: RetrySchedule,
@@ -73,7 +78,22 @@ pub struct Config {
     pub graphiql: bool,
 }
 
+fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not an address or a CIDR network such as 10.1.2.0/24"))
+}
+
 impl Config {
+    /// Where deliveries may go.
+    pub fn target_policy(&self) -> crate::delivery::guard::TargetPolicy {
+        crate::delivery::guard::TargetPolicy {
+            allow_private: self.allow_private_targets,
+            allowed: self.allowed_targets.clone(),
+        }
+    }
+
     /// The configuration with every default and no environment, for tests and embedding.
     pub fn defaults(database_url: impl Into<String>) -> Self {
         use clap::{Args, FromArgMatches};

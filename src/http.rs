@@ -1,8 +1,9 @@
 //! HTTP: `/graphql` (POST, and GraphiQL on GET), `/healthz`, `/readyz`, `/metrics`.
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use async_graphql_axum::GraphQLResponse;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -27,27 +28,40 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A GraphQL error response with a code, for requests refused before execution.
+fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
+    let mut error = async_graphql::ServerError::new(message, None);
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", code);
+    let body = GraphQLResponse::from(async_graphql::Response::from_errors(vec![error]));
+    (status, body).into_response()
+}
+
+// The body is read as bytes so that `DefaultBodyLimit` applies (413 past the limit) before any
+// JSON is parsed.
 async fn graphql_handler(
     State(state): State<AppState>,
     headers: HeaderMap,
-    request: GraphQLRequest,
+    body: Bytes,
 ) -> Response {
-    let mut request = request
-        .into_inner()
-        .data(Db::Pool(state.db.clone()))
-        .data(state.clone());
+    let request = match serde_json::from_slice::<async_graphql::Request>(&body) {
+        Ok(request) => request,
+        Err(_) if body.first() == Some(&b'[') => {
+            let message = "Batched requests are not accepted; send one operation per request.";
+            return refusal(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", message);
+        }
+        Err(err) => {
+            let message = format!("The request body is not a GraphQL request in JSON: {err}.");
+            return refusal(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &message);
+        }
+    };
+    let mut request = request.data(Db::Pool(state.db.clone())).data(state.clone());
     match bearer(&headers).map(|token| state.keys.verify(token)) {
         None => {}
         Some(Ok(viewer)) => request = request.data::<Viewer>(viewer),
-        Some(Err(err)) => {
-            let mut error = async_graphql::ServerError::new(err.to_string(), None);
-            error
-                .extensions
-                .get_or_insert_with(Default::default)
-                .set("code", err.code());
-            return GraphQLResponse::from(async_graphql::Response::from_errors(vec![error]))
-                .into_response();
-        }
+        Some(Err(err)) => return refusal(StatusCode::OK, err.code(), &err.to_string()),
     }
     GraphQLResponse::from(graphql::execute(&state.schema, request).await).into_response()
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
 
-use super::guard::{BLOCKED, GuardedResolver, is_blocked};
+use super::guard::{BLOCKED, Blocked, GuardedResolver, Lookup, TargetPolicy};
 use crate::domain::EndpointUrl;
 use crate::signing;
 
@@ -47,11 +47,16 @@ pub struct Sender {
     verified: reqwest::Client,
     insecure: reqwest::Client,
     timeout: Duration,
-    allow_private: bool,
+    policy: TargetPolicy,
 }
 
 impl Sender {
-    pub fn new(timeout: Duration, allow_private: bool) -> anyhow::Result<Self> {
+    /// A sender whose connections go only where `policy` permits, resolving names with `lookup`.
+    pub fn new(
+        timeout: Duration,
+        policy: TargetPolicy,
+        lookup: Arc<dyn Lookup>,
+    ) -> anyhow::Result<Self> {
         let build = |insecure: bool| {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -60,15 +65,23 @@ impl Sender {
                 .connect_timeout(timeout)
                 .pool_idle_timeout(Duration::from_secs(60))
                 .tls_danger_accept_invalid_certs(insecure)
-                .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+                .dns_resolver(Arc::new(GuardedResolver {
+                    policy: policy.clone(),
+                    lookup: lookup.clone(),
+                }))
                 .build()
         };
         Ok(Self {
             verified: build(false)?,
             insecure: build(true)?,
             timeout,
-            allow_private,
+            policy,
         })
+    }
+
+    /// Where deliveries may go.
+    pub fn policy(&self) -> &TargetPolicy {
+        &self.policy
     }
 
     /// Sends one attempt; never takes longer than the delivery timeout.
@@ -81,7 +94,11 @@ impl Sender {
             error: Some(error.to_owned()),
             duration: started.elapsed(),
         };
-        if !self.allow_private && out.url.literal_ip().is_some_and(is_blocked) {
+        if out
+            .url
+            .literal_ip()
+            .is_some_and(|ip| !self.policy.permits(ip))
+        {
             return failed(BLOCKED);
         }
         let client = if out.insecure_ssl {
@@ -172,17 +189,16 @@ async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
 
 /// One sentence for a failed request; it names no address.
 fn describe(err: &reqwest::Error, timeout: Duration) -> String {
-    let chain = {
-        let mut text = String::new();
-        let mut source: Option<&dyn std::error::Error> = Some(err);
-        while let Some(current) = source {
-            text.push_str(&current.to_string().to_lowercase());
-            text.push(' ');
-            source = current.source();
-        }
-        text
-    };
-    if chain.contains(BLOCKED) {
+    let mut chain = String::new();
+    let mut blocked = false;
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    while let Some(current) = source {
+        blocked |= current.downcast_ref::<Blocked>().is_some();
+        chain.push_str(&current.to_string().to_lowercase());
+        chain.push(' ');
+        source = current.source();
+    }
+    if blocked {
         BLOCKED.to_owned()
     } else if err.is_timeout() {
         format!("the receiver did not answer within {}", humantime(timeout))

@@ -6,12 +6,63 @@
 //! in every spelling the URL standard accepts, are checked before the request.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use ipnet::IpNet;
 
 use crate::domain::EndpointUrl;
 use crate::{Error, Result};
 
+/// Which destinations deliveries may reach.
+#[derive(Clone, Debug, Default)]
+pub struct TargetPolicy {
+    /// Allow every internal address (local development).
+    pub allow_private: bool,
+    /// Internal networks the operator allows anyway (an internal receiver, say).
+    pub allowed: Vec<IpNet>,
+}
+
+impl TargetPolicy {
+    /// Whether a delivery may connect to `ip`.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        self.allow_private || !is_blocked(ip) || self.allowed.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// Resolves host names; the system resolver in production, a scripted one in tests.
+pub trait Lookup: Send + Sync {
+    fn lookup<'a>(&'a self, host: &'a str) -> BoxFuture<'a, std::io::Result<Vec<IpAddr>>>;
+}
+
+/// The operating system's resolver.
+pub struct SystemLookup;
+
+impl Lookup for SystemLookup {
+    fn lookup<'a>(&'a self, host: &'a str) -> BoxFuture<'a, std::io::Result<Vec<IpAddr>>> {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host, 0))
+                .await?
+                .map(|addr| addr.ip())
+                .collect())
+        })
+    }
+}
+
 /// The one-sentence reason an attempt to a blocked destination fails (it names no address).
 pub const BLOCKED: &str = "the destination is a private, loopback or otherwise internal address, which Herald does not deliver to";
+
+/// The resolver's refusal, recognised in the client's error chain.
+#[derive(Debug)]
+pub struct Blocked;
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(BLOCKED)
+    }
+}
+
+impl std::error::Error for Blocked {}
 
 /// Whether deliveries to `ip` are refused when private targets are not allowed.
 pub fn is_blocked(ip: IpAddr) -> bool {
@@ -78,8 +129,8 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 
 /// Refuses, at save time, a URL that can only point inside: a blocked literal address or a
 /// `localhost` name.
-pub fn check_url(url: &EndpointUrl, allow_private: bool) -> Result<()> {
-    if allow_private {
+pub fn check_url(url: &EndpointUrl, policy: &TargetPolicy) -> Result<()> {
+    if policy.allow_private {
         return Ok(());
     }
     let local_name = url
@@ -89,7 +140,7 @@ pub fn check_url(url: &EndpointUrl, allow_private: bool) -> Result<()> {
             name == "localhost" || name.ends_with(".localhost")
         })
         .unwrap_or(false);
-    if local_name || url.literal_ip().is_some_and(is_blocked) {
+    if local_name || url.literal_ip().is_some_and(|ip| !policy.permits(ip)) {
         return Err(Error::Invalid(
             "The webhook URL points to a private or loopback address, which Herald does not deliver to unless private targets are allowed.".into(),
         ));
@@ -97,24 +148,27 @@ pub fn check_url(url: &EndpointUrl, allow_private: bool) -> Result<()> {
     Ok(())
 }
 
-/// The client's resolver: looks names up once and keeps only the addresses it may contact.
+/// The client's resolver: looks names up once and keeps only the addresses it may contact, so
+/// the connection goes to a vetted address.
 pub struct GuardedResolver {
-    pub allow_private: bool,
+    pub policy: TargetPolicy,
+    pub lookup: Arc<dyn Lookup>,
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let allow_private = self.allow_private;
+        let policy = self.policy.clone();
+        let lookup = self.lookup.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let resolved = lookup.lookup(&host).await?;
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
-                .filter(|addr| allow_private || !is_blocked(addr.ip()))
+                .filter(|ip| policy.permits(*ip))
+                .map(|ip| SocketAddr::new(ip, 0))
                 .collect();
             if allowed.is_empty() {
-                return Err(BLOCKED.into());
+                return Err(Box::new(Blocked) as Box<dyn std::error::Error + Send + Sync>);
             }
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
@@ -176,15 +230,35 @@ mod tests {
             "http://api.localhost/",
         ] {
             let parsed = EndpointUrl::parse(url).unwrap();
-            assert!(check_url(&parsed, false).is_err(), "{url} was accepted");
-            assert!(check_url(&parsed, true).is_ok());
+            assert!(
+                check_url(&parsed, &TargetPolicy::default()).is_err(),
+                "{url} was accepted"
+            );
+            let open = TargetPolicy {
+                allow_private: true,
+                allowed: Vec::new(),
+            };
+            assert!(check_url(&parsed, &open).is_ok());
         }
+        let public = EndpointUrl::parse("https://hooks.example.com/").unwrap();
+        assert!(check_url(&public, &TargetPolicy::default()).is_ok());
+        let allowlisted = TargetPolicy {
+            allow_private: false,
+            allowed: vec!["127.0.0.2/32".parse().unwrap()],
+        };
         assert!(
             check_url(
-                &EndpointUrl::parse("https://hooks.example.com/").unwrap(),
-                false
+                &EndpointUrl::parse("http://127.0.0.2:9000/").unwrap(),
+                &allowlisted
             )
             .is_ok()
+        );
+        assert!(
+            check_url(
+                &EndpointUrl::parse("http://127.0.0.1:9000/").unwrap(),
+                &allowlisted
+            )
+            .is_err()
         );
     }
 }

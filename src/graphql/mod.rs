@@ -82,16 +82,77 @@ pub fn sdl() -> String {
     build_schema(Limits::API).sdl()
 }
 
+/// The most aliases one request may use (each can repeat an expensive field).
+pub const MAX_ALIASES: usize = 30;
+/// The most directives one request may use.
+pub const MAX_DIRECTIVES: usize = 20;
+
 /// Runs a request and gives every error its `extensions.code` (CONTRACT §3).
 pub async fn execute(
     schema: &HeraldSchema,
-    request: async_graphql::Request,
+    mut request: async_graphql::Request,
 ) -> async_graphql::Response {
+    // Alias and directive counts are checked on the parsed document before anything runs;
+    // depth and complexity are checked by the engine, also before any resolver.
+    if let Ok(doc) = request.parsed_query() {
+        let (aliases, directives) = count_aliases_and_directives(doc);
+        let refusal = if aliases > MAX_ALIASES {
+            Some(format!(
+                "The request uses {aliases} aliases; at most {MAX_ALIASES} are allowed."
+            ))
+        } else if directives > MAX_DIRECTIVES {
+            Some(format!(
+                "The request uses {directives} directives; at most {MAX_DIRECTIVES} are allowed."
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            let mut error = ServerError::new(message, None);
+            error
+                .extensions
+                .get_or_insert_with(Default::default)
+                .set("code", "BAD_USER_INPUT");
+            return async_graphql::Response::from_errors(vec![error]);
+        }
+    }
     let mut response = schema.execute(request).await;
     for error in &mut response.errors {
         classify(error);
     }
     response
+}
+
+/// Counts the aliases and directives of every operation and fragment of a document.
+fn count_aliases_and_directives(
+    doc: &async_graphql::parser::types::ExecutableDocument,
+) -> (usize, usize) {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    fn walk(set: &SelectionSet, counts: &mut (usize, usize)) {
+        for item in &set.items {
+            match &item.node {
+                Selection::Field(field) => {
+                    counts.0 += usize::from(field.node.alias.is_some());
+                    counts.1 += field.node.directives.len();
+                    walk(&field.node.selection_set.node, counts);
+                }
+                Selection::InlineFragment(fragment) => {
+                    counts.1 += fragment.node.directives.len();
+                    walk(&fragment.node.selection_set.node, counts);
+                }
+                Selection::FragmentSpread(spread) => counts.1 += spread.node.directives.len(),
+            }
+        }
+    }
+    let mut counts = (0, 0);
+    for (_, operation) in doc.operations.iter() {
+        counts.1 += operation.node.directives.len();
+        walk(&operation.node.selection_set.node, &mut counts);
+    }
+    for fragment in doc.fragments.values() {
+        walk(&fragment.node.selection_set.node, &mut counts);
+    }
+    counts
 }
 
 /// Errors from Herald carry their own code; anything else the engine refused before running a

@@ -220,7 +220,7 @@ async fn check(
         Some(stored) if url.trim() == stored.url.masked() => stored.url.clone(),
         _ => EndpointUrl::parse(&url)?,
     };
-    crate::delivery::guard::check_url(&url, state.config.allow_private_targets)?;
+    crate::delivery::guard::check_url(&url, state.sender.policy())?;
     let secret = match (secret, &stored) {
         (Some(secret), Some(stored))
             if stored.secret.as_deref().map(mask_secret).as_deref() == Some(secret.as_str()) =>

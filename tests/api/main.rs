@@ -4,4 +4,5 @@ mod api;
 mod cli;
 mod delivery;
 mod scale;
+mod security;
 mod support;

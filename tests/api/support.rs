@@ -56,6 +56,17 @@ impl TestApp {
         role: Role,
         adjust: impl FnOnce(&mut Config),
     ) -> Option<Self> {
+        Self::start_custom(backend, role, adjust, None).await
+    }
+
+    /// The most general start: a role, a configuration, and optionally a scripted resolver for
+    /// the outbound client.
+    pub async fn start_custom(
+        backend: Backend,
+        role: Role,
+        adjust: impl FnOnce(&mut Config),
+        lookup: Option<Arc<dyn herald::delivery::guard::Lookup>>,
+    ) -> Option<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (database_url, pg_database) = match backend {
@@ -80,9 +91,17 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding port 0");
-        let app = App::build(config, listener, role)
-            .await
-            .expect("building Herald");
+        let mut state = AppState::new(config).await.expect("building Herald");
+        if let Some(lookup) = lookup {
+            let config = &state.config;
+            state.sender = herald::delivery::client::Sender::new(
+                config.delivery_timeout,
+                config.target_policy(),
+                lookup,
+            )
+            .unwrap();
+        }
+        let app = App::from_state(state, listener, role);
         let addr = app.local_addr().unwrap();
         let state = app.state().clone();
         let shutdown = CancellationToken::new();
@@ -427,11 +446,16 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A receiver on a given address (another loopback address, a given port).
+    pub async fn start_on(addr: SocketAddr) -> Self {
         let state = Arc::new(ReceiverState::default());
         let router = axum::Router::new()
             .fallback(record)
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router).await });
         Self { addr, state }

@@ -1,0 +1,548 @@
+//! Hardened edges: the SSRF guard against canary listeners, hostile receivers, secrets that
+//! never leak, and GraphQL request limits.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use herald::app::Role;
+use herald::delivery::guard::{BLOCKED, Lookup};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::support::{Backend, Receiver, Reply, TestApp, World, code};
+
+/// A resolver that answers from a script: each name has a list of answers, used in turn (the
+/// last one repeats), so a name can change its answer between lookups.
+#[derive(Default)]
+struct ScriptedLookup {
+    answers: Mutex<HashMap<String, Vec<Vec<IpAddr>>>>,
+}
+
+impl ScriptedLookup {
+    fn answer(&self, host: &str, answers: &[&[&str]]) {
+        let parsed = answers
+            .iter()
+            .map(|ips| ips.iter().map(|ip| ip.parse().unwrap()).collect())
+            .collect();
+        self.answers.lock().unwrap().insert(host.to_owned(), parsed);
+    }
+}
+
+impl Lookup for ScriptedLookup {
+    fn lookup<'a>(&'a self, host: &'a str) -> BoxFuture<'a, std::io::Result<Vec<IpAddr>>> {
+        Box::pin(async move {
+            let mut answers = self.answers.lock().unwrap();
+            let list = answers
+                .get_mut(host)
+                .ok_or_else(|| std::io::Error::other("no such host"))?;
+            Ok(if list.len() > 1 {
+                list.remove(0)
+            } else {
+                list[0].clone()
+            })
+        })
+    }
+}
+
+/// A listener that must never be reached; it counts connections.
+struct Canary {
+    port: u16,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Canary {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        // The same port on the IPv6 loopback, when the machine has one.
+        if let Ok(v6) = TcpListener::bind(("::1", port)).await {
+            let counter = hits.clone();
+            tokio::spawn(async move {
+                while v6.accept().await.is_ok() {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        Self { port, hits }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ssrf_catalogue_never_reaches_a_canary() {
+    let canary = Canary::start().await;
+    let p = canary.port;
+    // A legitimate receiver on 127.0.0.2, the one internal address the operator allows, on the
+    // canary's port: a name that rebinds from it to 127.0.0.1 would land on the canary.
+    let receiver = Receiver::start_on(SocketAddr::from(([127, 0, 0, 2], p))).await;
+    let lookup = Arc::new(ScriptedLookup::default());
+    lookup.answer("private.test", &[&["127.0.0.1"]]);
+    lookup.answer(
+        "mixed.test",
+        &[&["10.0.0.1", "127.0.0.1", "::1", "fd00::1", "169.254.169.254"]],
+    );
+    lookup.answer("mapped.test", &[&["::ffff:127.0.0.1"]]);
+    lookup.answer("nat64.test", &[&["64:ff9b::7f00:1"]]);
+    lookup.answer("rebind.test", &[&["127.0.0.2"], &["127.0.0.1"]]);
+    lookup.answer("good.test", &[&["127.0.0.2"]]);
+    let app = TestApp::start_custom(
+        Backend::Sqlite,
+        Role::All,
+        |config| {
+            config.allow_private_targets = false;
+            config.allowed_targets = vec!["127.0.0.2/32".parse().unwrap()];
+            config.retry_schedule = herald::domain::RetrySchedule::parse("50ms").unwrap();
+        },
+        Some(lookup.clone()),
+    )
+    .await
+    .unwrap();
+    let world = World::new(&app, "acme").await;
+
+    // Refused when saved: literal internal addresses in every spelling, and local names.
+    let literal = [
+        format!("http://127.0.0.1:{p}/"),
+        format!("http://0x7f000001:{p}/"),
+        format!("http://2130706433:{p}/"),
+        format!("http://127.1:{p}/"),
+        format!("http://0177.0.0.1:{p}/"),
+        format!("http://0:{p}/"),
+        format!("http://0.0.0.0:{p}/"),
+        format!("http://[::1]:{p}/"),
+        format!("http://[::]:{p}/"),
+        format!("http://[::ffff:127.0.0.1]:{p}/"),
+        format!("http://[::ffff:7f00:1]:{p}/"),
+        format!("http://[0:0:0:0:0:ffff:127.0.0.1]:{p}/"),
+        format!("http://localhost:{p}/"),
+        format!("http://LOCALHOST.:{p}/"),
+        format!("http://anything.localhost:{p}/"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://[fe80::1]/".to_owned(),
+        "http://[fd12:3456::1]/".to_owned(),
+        "http://10.0.0.1/".to_owned(),
+        "http://172.16.0.1/".to_owned(),
+        "http://192.168.1.1/".to_owned(),
+        "http://100.64.0.1/".to_owned(),
+        "http://224.0.0.1/".to_owned(),
+        "http://255.255.255.255/".to_owned(),
+    ];
+    for url in &literal {
+        let response = app
+            .gql(Some(&world.admin), "mutation($org: ID!, $url: String!) { createWebHookEndpoint(input: {ownerUid: $org, webhookURL: $url}) { endpoint { id } } }", json!({ "org": world.org, "url": url }))
+            .await;
+        assert_eq!(
+            code(&response),
+            "BAD_USER_INPUT",
+            "{url} was accepted: {response:#}"
+        );
+    }
+
+    // Accepted when saved (a name), refused when resolved: every attempt fails with the reason.
+    let mut resolved = Vec::new();
+    for host in ["private.test", "mixed.test", "mapped.test", "nat64.test"] {
+        resolved.push(
+            world
+                .endpoint(
+                    &app,
+                    &format!("http://{host}:{p}/hook"),
+                    json!({ "events": ["BUILD"] }),
+                )
+                .await,
+        );
+    }
+    // Rebinding: the first lookup is the allowed receiver, later ones the canary. The receiver
+    // closes every connection, so each attempt looks the name up again.
+    receiver.default_reply(Reply::status(200).header("connection", "close"));
+    let rebind = world
+        .endpoint(
+            &app,
+            &format!("http://rebind.test:{p}/hook"),
+            json!({ "events": ["TASK"] }),
+        )
+        .await;
+    let build = world.build(&app).await;
+    world.task(&app, &build, "first").await;
+    let first = receiver.wait_for(1).await;
+    assert_eq!(first[0].json()["data"]["task"]["name"], "first");
+    world.task(&app, &build, "second").await;
+    // Redirects to an internal address are never followed.
+    receiver.script([Reply::status(302)
+        .header("location", &format!("http://127.0.0.1:{p}/"))
+        .header("connection", "close")]);
+    let redirect = world
+        .endpoint(
+            &app,
+            &format!("http://good.test:{p}/redirect"),
+            json!({ "events": ["TASK"] }),
+        )
+        .await;
+    world.task(&app, &build, "third").await;
+
+    let finished = |nodes: &[Value]| {
+        nodes
+            .iter()
+            .all(|n| n["state"] == "FAILED" || n["state"] == "DELIVERED")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let deliveries = loop {
+        let data = app.ok(&world.admin, "{ viewer { webhookDeliveries(first: 50) { edges { node { state endpointId attemptLog { status error } } } } } }", json!({})).await;
+        let nodes: Vec<Value> = data["viewer"]["webhookDeliveries"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"].clone())
+            .collect();
+        if nodes.len() == 8 && finished(&nodes) {
+            break nodes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries did not finish: {nodes:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        canary.hits.load(Ordering::SeqCst),
+        0,
+        "a canary was reached"
+    );
+    let of = |endpoint: &str| {
+        deliveries
+            .iter()
+            .filter(|d| d["endpointId"] == endpoint)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    for endpoint in &resolved {
+        let log = of(endpoint)[0]["attemptLog"].clone();
+        assert!(
+            log.as_array()
+                .unwrap()
+                .iter()
+                .all(|a| a["error"] == BLOCKED && a["status"].is_null()),
+            "{log:#}"
+        );
+    }
+    let rebound: Vec<Value> = of(&rebind);
+    assert!(
+        rebound
+            .iter()
+            .any(|d| d["state"] == "FAILED" && d["attemptLog"][0]["error"] == BLOCKED),
+        "the rebound name was contacted: {rebound:#?}"
+    );
+    let redirected = &of(&redirect)[0]["attemptLog"];
+    assert_eq!(redirected[0]["status"], 302, "{redirected:#}");
+    for delivery in &deliveries {
+        let text = delivery.to_string();
+        assert!(
+            !text.contains("127.0.0.") && !text.contains("::1"),
+            "an error named an address: {text}"
+        );
+    }
+}
+
+/// A raw TCP receiver that answers every connection with `behaviour`.
+async fn hostile<F, Fut>(behaviour: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let behaviour = Arc::new(behaviour);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let behaviour = behaviour.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 64 * 1024];
+                let _ = tokio::time::timeout(Duration::from_millis(200), socket.read(&mut request))
+                    .await;
+                behaviour(socket).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn endless(
+    mut socket: tokio::net::TcpStream,
+    head: &'static [u8],
+    chunk: &'static [u8],
+    pause: Duration,
+) {
+    if socket.write_all(head).await.is_err() {
+        return;
+    }
+    while socket.write_all(chunk).await.is_ok() {
+        tokio::time::sleep(pause).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_receivers_are_bounded_in_time_and_bytes() {
+    let timeout = Duration::from_secs(1);
+    let app = TestApp::start_with(Backend::Sqlite, |config| {
+        config.delivery_timeout = timeout;
+        config.retry_schedule = herald::domain::RetrySchedule::parse("").unwrap();
+    })
+    .await
+    .unwrap();
+    let bomb = {
+        use flate2::write::GzEncoder;
+        use std::io::Write as _;
+        let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(&vec![b'a'; 20 * 1024 * 1024]).unwrap();
+        encoder.finish().unwrap()
+    };
+    let bomb_len = bomb.len();
+    let bomb = Arc::new(bomb);
+    let cases: Vec<(&str, SocketAddr)> = vec![
+        (
+            "never answers",
+            hostile(|socket| async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop(socket)
+            })
+            .await,
+        ),
+        (
+            "trickles headers",
+            hostile(|s| endless(s, b"HTTP/1.1 200 OK\r\n", b"X", Duration::from_millis(100))).await,
+        ),
+        (
+            "trickles the body",
+            hostile(|s| {
+                endless(
+                    s,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n",
+                    b"x",
+                    Duration::from_millis(100),
+                )
+            })
+            .await,
+        ),
+        (
+            "sends an endless body",
+            hostile(|s| {
+                endless(
+                    s,
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n",
+                    &[b'z'; 16384],
+                    Duration::ZERO,
+                )
+            })
+            .await,
+        ),
+        (
+            "sends endless headers",
+            hostile(|s| {
+                endless(
+                    s,
+                    b"HTTP/1.1 200 OK\r\n",
+                    b"X-Flood: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+                    Duration::ZERO,
+                )
+            })
+            .await,
+        ),
+        (
+            "sends one huge header",
+            hostile(|s| {
+                endless(
+                    s,
+                    b"HTTP/1.1 200 OK\r\nX-Huge: ",
+                    &[b'h'; 16384],
+                    Duration::ZERO,
+                )
+            })
+            .await,
+        ),
+        (
+            "speaks no HTTP",
+            hostile(|mut s| async move {
+                let _ = s.write_all(b"SSH-2.0-OpenSSH\r\n\r\ngarbage\r\n").await;
+            })
+            .await,
+        ),
+        ("sends a decompression bomb", {
+            let bomb = bomb.clone();
+            hostile(move |mut s| {
+                let bomb = bomb.clone();
+                async move {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+                        bomb.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&bomb).await;
+                }
+            })
+            .await
+        }),
+    ];
+    let mut worlds = Vec::new();
+    for (i, (name, addr)) in cases.iter().enumerate() {
+        let world = World::new(&app, &format!("org{i}")).await;
+        world
+            .endpoint(&app, &format!("http://{addr}/hook"), json!({}))
+            .await;
+        worlds.push((name, world));
+    }
+    let started = Instant::now();
+    for (_, world) in &worlds {
+        world.build(&app).await;
+    }
+    for (name, world) in &worlds {
+        let delivery = loop {
+            let data = app.ok(&world.admin, "{ viewer { webhookDeliveries { edges { node { state attemptLog { status duration error responseData } } } } } }", json!({})).await;
+            let node = data["viewer"]["webhookDeliveries"]["edges"][0]["node"].clone();
+            if node["state"] == "FAILED" || node["state"] == "DELIVERED" {
+                break node;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{name}: the attempt did not end: {node:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let attempt = &delivery["attemptLog"][0];
+        let duration = attempt["duration"].as_i64().unwrap();
+        assert!(
+            duration <= 1500,
+            "{name}: the attempt took {duration} ms past a 1 s timeout"
+        );
+        let body = attempt["responseData"].as_str().unwrap();
+        assert!(
+            body.len() <= 3 * 64 * 1024,
+            "{name}: kept {} bytes of response",
+            body.len()
+        );
+        match **name {
+            "sends an endless body" => {
+                assert_eq!(attempt["status"], 200);
+                assert_eq!(
+                    body.len(),
+                    64 * 1024,
+                    "the body is read up to the cap and no further"
+                );
+            }
+            "trickles the body" => {
+                // The status came in time; the body read stopped at the timeout.
+                assert_eq!(attempt["status"], 200);
+            }
+            "sends a decompression bomb" => {
+                assert_eq!(attempt["status"], 200);
+                assert!(
+                    bomb_len < 64 * 1024 && body.len() <= 3 * bomb_len,
+                    "the bomb was not inflated"
+                );
+            }
+            _ => {
+                assert!(attempt["status"].is_null(), "{name}: {attempt:#}");
+                let error = attempt["error"].as_str().unwrap();
+                assert!(
+                    !error.is_empty() && !error.contains('\n'),
+                    "{name}: {error}"
+                );
+            }
+        }
+    }
+    // The worker is unharmed: a normal receiver still gets its delivery at once.
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "healthy").await;
+    world
+        .endpoint(&app, &receiver.url("/hook"), json!({}))
+        .await;
+    world.build(&app).await;
+    receiver.wait_for(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_limits_apply_before_any_resolver() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let world = World::new(&app, "acme").await;
+    let aliases: String = (0..31)
+        .map(|i| format!("a{i}: viewer {{ name }} "))
+        .collect();
+    let response = app
+        .gql(Some(&world.read), &format!("{{ {aliases} }}"), json!({}))
+        .await;
+    assert_eq!(code(&response), "BAD_USER_INPUT");
+    assert!(
+        response["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("31 aliases")
+    );
+    let directives: String = (0..21).map(|_| "@include(if: true) ").collect();
+    let response = app
+        .gql(
+            Some(&world.read),
+            &format!("{{ viewer {directives} {{ name }} }}"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(code(&response), "BAD_USER_INPUT");
+    let mut deep =
+        String::from("{ viewer { repositories { edges { node { builds { edges { node { ");
+    for _ in 0..4 {
+        deep.push_str("repository { builds { edges { node { ");
+    }
+    deep.push_str("id");
+    deep.push_str(&" } } } }".repeat(6));
+    deep.push_str(" } } }");
+    let response = app.gql(Some(&world.read), &deep, json!({})).await;
+    assert_eq!(code(&response), "BAD_USER_INPUT", "{response:#}");
+
+    let http = reqwest::Client::new();
+    let big = json!({ "query": "{ __typename }", "variables": { "pad": "x".repeat(300 * 1024) } })
+        .to_string();
+    let response = http
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let batch = r#"[{"query":"{ __typename }"},{"query":"{ __typename }"}]"#;
+    let response = http
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    // Introspection and GraphiQL can be turned off.
+    let closed = TestApp::start_with(Backend::Sqlite, |config| config.graphiql = false)
+        .await
+        .unwrap();
+    let introspect = "{ __schema { types { name } } }";
+    assert!(app.gql(None, introspect, json!({})).await["data"]["__schema"]["types"].is_array());
+    assert!(closed.gql(None, introspect, json!({})).await["data"]["__schema"].is_null());
+    assert_eq!(
+        http.get(closed.url("/graphql"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        http.get(app.url("/graphql")).send().await.unwrap().status(),
+        200
+    );
+}
