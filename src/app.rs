@@ -16,6 +16,7 @@ use crate::delivery::guard::SystemLookup;
 use crate::graphql::{self, HeraldSchema, Limits, TokenKeys};
 use crate::metrics::Metrics;
 use crate::payload::outbox::Outbox;
+use crate::secrets::Vault;
 use crate::store;
 
 /// Everything a request or the worker needs; clones are cheap and share the same handles.
@@ -28,6 +29,8 @@ pub struct AppState {
     pub outbox: Outbox,
     pub sender: Sender,
     pub metrics: Metrics,
+    /// Seals and opens endpoint secrets at rest.
+    pub vault: Vault,
     /// Woken by the outbox when deliveries are committed.
     pub wake: Arc<Notify>,
 }
@@ -39,6 +42,11 @@ impl AppState {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let db = store::connect(&config.database.database_url).await?;
         let keys = TokenKeys::new(&token_secret(&db).await?);
+        let vault = match &config.encryption_key {
+            Some(key) => Vault::with_key(&key.0)?,
+            None => Vault::default(),
+        };
+        store::endpoints::reconcile_sealing(&db, &vault).await?;
         let metrics = Metrics::default();
         let wake = Arc::new(Notify::new());
         let limits = Limits {
@@ -58,6 +66,7 @@ impl AppState {
             db,
             keys,
             metrics,
+            vault,
             wake,
         })
     }

@@ -73,9 +73,18 @@ pub struct Config {
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// The key that seals endpoint secrets and URL credentials at rest: 32 bytes, as 64
+    /// hexadecimal digits or base64. Read from the environment only, so it stays out of `ps`.
+    #[arg(long = "encryption-key", env = "HERALD_ENCRYPTION_KEY", hide = true, hide_env_values = true, value_parser = parse_secret)]
+    pub encryption_key: Option<Secret>,
+
     /// Serve GraphiQL at `GET /graphql` and answer introspection queries.
     #[arg(long, env = "HERALD_GRAPHIQL", default_value_t = true, action = clap::ArgAction::Set)]
     pub graphiql: bool,
+}
+
+fn parse_secret(text: &str) -> Result<Secret, String> {
+    Ok(Secret(text.to_owned()))
 }
 
 fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {

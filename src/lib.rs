@@ -25,6 +25,8 @@ pub mod http;
 pub mod metrics;
 /// Stored payload selections: validation, caching, rendering and envelopes.
 pub mod payload;
+/// Secrets at rest: sealed with an AEAD when a key is configured.
+pub mod secrets;
 /// X-Cirrus-Signature and Standard Webhooks signatures.
 pub mod signing;
 /// sea-orm entities and every query; org-scoped finders start from the organization.

@@ -12,7 +12,7 @@ use super::client::Outgoing;
 use super::outcome::{Outcome, decide};
 use crate::Result;
 use crate::app::AppState;
-use crate::domain::{DeliveryState, EndpointUrl};
+use crate::domain::DeliveryState;
 use crate::store::{self, deliveries::AttemptRecord, entities::delivery};
 
 /// How often an idle worker looks for due deliveries it was not woken for.
@@ -54,17 +54,28 @@ impl Worker {
         loop {
             let mut pause = POLL;
             let room = limit - in_flight.len();
+            let mut more = false;
             if room > 0 {
                 let busy: Vec<i64> = per
                     .iter()
                     .filter(|(_, n)| **n >= per_endpoint)
                     .map(|(id, _)| *id)
                     .collect();
-                match self.claim(room, &busy).await {
+                // At most one endpoint's cap per claim, so that one endpoint's backlog cannot
+                // take more slots than the cap in one go.
+                let batch = room.min(per_endpoint);
+                match self.claim(batch, &busy).await {
                     Ok((token, rows)) => {
                         failures = 0;
+                        more = rows.len() == batch;
+                        let mut over_cap = Vec::new();
                         for row in rows {
-                            *per.entry(row.endpoint_id).or_default() += 1;
+                            let count = per.entry(row.endpoint_id).or_default();
+                            if *count >= per_endpoint {
+                                over_cap.push(row.id);
+                                continue;
+                            }
+                            *count += 1;
                             let state = self.state.clone();
                             let token = token.clone();
                             in_flight.spawn(async move {
@@ -75,6 +86,13 @@ impl Worker {
                                 endpoint_id
                             });
                         }
+                        for id in over_cap {
+                            if let Err(err) =
+                                store::deliveries::release(&self.state.db, id, &token).await
+                            {
+                                tracing::warn!(error = %err, "releasing a claim over the endpoint's cap failed; its lease will expire");
+                            }
+                        }
                     }
                     Err(err) => {
                         failures += 1;
@@ -82,6 +100,9 @@ impl Worker {
                         tracing::warn!(error = %err, retry_in = ?pause, "claiming deliveries failed");
                     }
                 }
+            }
+            if more && in_flight.len() < limit {
+                continue;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -139,16 +160,16 @@ async fn attempt(state: &AppState, row: delivery::Model, token: &str) -> Result<
         Err(crate::Error::NotFound { .. }) => return Ok(()),
         Err(err) => return Err(err),
     };
-    let url = EndpointUrl::parse(&endpoint.url)?;
+    let fields = store::endpoints::fields_of(&endpoint, &state.vault)?;
     let answer = state
         .sender
         .send(Outgoing {
-            url: &url,
+            url: &fields.url,
             insecure_ssl: endpoint.insecure_ssl,
             event: &row.event,
             delivery_id: &row.uid,
             event_timestamp: row.created_at,
-            secret: endpoint.secret.as_deref(),
+            secret: fields.secret.as_deref(),
             body: &row.body,
         })
         .await;

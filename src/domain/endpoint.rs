@@ -62,6 +62,28 @@ impl EndpointUrl {
         url
     }
 
+    /// The URL's user information as written (`user` or `user:password`, percent-encoded).
+    pub fn userinfo(&self) -> Option<String> {
+        match (self.0.username(), self.0.password()) {
+            ("", None) => None,
+            (user, None) => Some(user.to_owned()),
+            (user, Some(password)) => Some(format!("{user}:{password}")),
+        }
+    }
+
+    /// This URL with the given user information (as [`EndpointUrl::userinfo`] returns it).
+    pub fn with_userinfo(&self, userinfo: &str) -> Result<Self> {
+        let mut url = self.0.clone();
+        let (user, password) = match userinfo.split_once(':') {
+            Some((user, password)) => (user, Some(password)),
+            None => (userinfo, None),
+        };
+        url.set_username(user)
+            .and_then(|()| url.set_password(password))
+            .map_err(|()| Error::internal("stored credentials do not fit the stored URL"))?;
+        Ok(Self(url))
+    }
+
     /// The user name and password given in the URL, sent as HTTP Basic authentication.
     pub fn credentials(&self) -> Option<(String, Option<String>)> {
         let user = percent_decode(self.0.username());

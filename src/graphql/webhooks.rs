@@ -56,12 +56,15 @@ impl WebHookDeliveryEndpoint {
     /// The URL, with any credentials replaced by `***`.
     #[graphql(name = "webhookURL")]
     async fn webhook_url(&self) -> Result<String> {
-        Ok(EndpointUrl::parse(&self.0.url)?.masked())
+        store::endpoints::masked_url(&self.0)
     }
 
     /// The secret's mask (at most its last four characters); null when no secret is set.
-    async fn masked_secret_token(&self) -> Option<String> {
-        self.0.secret.as_deref().map(mask_secret)
+    async fn masked_secret_token(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        let Some(sealed) = &self.0.secret else {
+            return Ok(None);
+        };
+        Ok(Some(mask_secret(&state(ctx)?.vault.open(sealed)?)))
     }
 
     /// The event types sent; empty means all.
@@ -215,9 +218,12 @@ async fn check(
         enabled,
         insecure_ssl,
     } = draft;
-    let stored = current.map(fields_of).transpose()?;
+    let stored = current
+        .map(|row| fields_of(row, &state.vault))
+        .transpose()?;
+    let masked = current.map(store::endpoints::masked_url).transpose()?;
     let url = match &stored {
-        Some(stored) if url.trim() == stored.url.masked() => stored.url.clone(),
+        Some(stored) if Some(url.trim()) == masked.as_deref() => stored.url.clone(),
         _ => EndpointUrl::parse(&url)?,
     };
     crate::delivery::guard::check_url(&url, state.sender.policy())?;
@@ -282,7 +288,7 @@ impl WebhookMutation {
             insecure_ssl: input.insecure_ssl.unwrap_or(false),
         };
         let fields = check(state, draft, None).await?;
-        let endpoint = store::endpoints::create(&state.db, org_id, fields).await?;
+        let endpoint = store::endpoints::create(&state.db, org_id, fields, &state.vault).await?;
         Ok(EndpointPayload {
             endpoint: WebHookDeliveryEndpoint(endpoint),
             client_mutation_id: input.client_mutation_id,
@@ -299,9 +305,10 @@ impl WebhookMutation {
         let state = state(ctx)?;
         let id = parse_id("webhook endpoint", &input.id)?;
         let current = store::endpoints::find(&state.db, viewer.org_id, id).await?;
-        let stored = fields_of(&current)?;
+        let stored = fields_of(&current, &state.vault)?;
+        let masked = store::endpoints::masked_url(&current)?;
         let draft = Draft {
-            url: input.webhook_url.unwrap_or_else(|| stored.url.masked()),
+            url: input.webhook_url.unwrap_or(masked),
             secret: match input.secret_token {
                 Some(secret) => Some(secret),
                 None => stored.secret.as_deref().map(mask_secret),
@@ -316,7 +323,7 @@ impl WebhookMutation {
             insecure_ssl: input.insecure_ssl.unwrap_or(stored.insecure_ssl),
         };
         let fields = check(state, draft, Some(&current)).await?;
-        let endpoint = store::endpoints::update(&state.db, current, fields).await?;
+        let endpoint = store::endpoints::update(&state.db, current, fields, &state.vault).await?;
         Ok(EndpointPayload {
             endpoint: WebHookDeliveryEndpoint(endpoint),
             client_mutation_id: input.client_mutation_id,
@@ -356,13 +363,11 @@ impl WebhookMutation {
         let mut checked = Vec::new();
         let mut seen = HashSet::new();
         for item in input.delivery_endpoints {
+            let typed = item.webhook_url.trim();
             let current = existing.iter().find(|row| {
-                EndpointUrl::parse(&row.url)
-                    .map(|url| {
-                        url.as_stored() == item.webhook_url.trim()
-                            || url.masked() == item.webhook_url.trim()
-                    })
-                    .unwrap_or(false)
+                store::endpoints::masked_url(row).is_ok_and(|masked| masked == typed)
+                    || fields_of(row, &state.vault)
+                        .is_ok_and(|stored| stored.url.as_stored() == typed)
             });
             let draft = Draft {
                 url: item.webhook_url,
@@ -393,8 +398,10 @@ impl WebhookMutation {
         }
         for (current, fields) in checked {
             match current {
-                Some(current) => store::endpoints::update(&tx, current, fields).await?,
-                None => store::endpoints::create(&tx, org_id, fields).await?,
+                Some(current) => {
+                    store::endpoints::update(&tx, current, fields, &state.vault).await?
+                }
+                None => store::endpoints::create(&tx, org_id, fields, &state.vault).await?,
             };
         }
         tx.commit().await?;

@@ -7,6 +7,7 @@ use sea_orm::{
 
 use super::entities::{delivery, delivery_attempt, webhook_endpoint};
 use crate::domain::{EndpointUrl, EventKind, PayloadFormat};
+use crate::secrets::Vault;
 use crate::{Error, Result};
 
 /// An endpoint's settings, checked and complete.
@@ -22,7 +23,7 @@ pub struct EndpointFields {
 }
 
 impl EndpointFields {
-    fn apply(self, row: &mut webhook_endpoint::ActiveModel, now: i64) -> Result<()> {
+    fn apply(self, row: &mut webhook_endpoint::ActiveModel, now: i64, vault: &Vault) -> Result<()> {
         let EndpointFields {
             url,
             secret,
@@ -32,8 +33,9 @@ impl EndpointFields {
             enabled,
             insecure_ssl,
         } = self;
-        row.url = Set(url.as_stored().to_owned());
-        row.secret = Set(secret);
+        row.url = Set(url.target().to_string());
+        row.credentials = Set(url.userinfo().map(|info| vault.seal(&info)).transpose()?);
+        row.secret = Set(secret.map(|secret| vault.seal(&secret)).transpose()?);
         row.events = Set(serde_json::to_string(&events).map_err(Error::internal)?);
         row.payload_query = Set(payload_query);
         row.payload_format = Set(payload_format.as_str().into());
@@ -44,11 +46,19 @@ impl EndpointFields {
     }
 }
 
-/// Reads a stored endpoint back into its fields.
-pub fn fields_of(row: &webhook_endpoint::Model) -> Result<EndpointFields> {
+/// Reads a stored endpoint back into its fields, secrets opened.
+pub fn fields_of(row: &webhook_endpoint::Model, vault: &Vault) -> Result<EndpointFields> {
+    let mut url = EndpointUrl::parse(&row.url)?;
+    if let Some(credentials) = &row.credentials {
+        url = url.with_userinfo(&vault.open(credentials)?)?;
+    }
     Ok(EndpointFields {
-        url: EndpointUrl::parse(&row.url)?,
-        secret: row.secret.clone(),
+        url,
+        secret: row
+            .secret
+            .as_deref()
+            .map(|secret| vault.open(secret))
+            .transpose()?,
         events: event_kinds(row)?,
         payload_query: row.payload_query.clone(),
         payload_format: super::super::domain::status::parse_stored(
@@ -58,6 +68,16 @@ pub fn fields_of(row: &webhook_endpoint::Model) -> Result<EndpointFields> {
         enabled: row.enabled,
         insecure_ssl: row.insecure_ssl,
     })
+}
+
+/// The endpoint's URL as it may be shown: credentials, if any, as `***:***` (no secret is
+/// opened to produce it).
+pub fn masked_url(row: &webhook_endpoint::Model) -> Result<String> {
+    let url = EndpointUrl::parse(&row.url)?;
+    match &row.credentials {
+        Some(_) => Ok(url.with_userinfo("***:***")?.as_stored().to_owned()),
+        None => Ok(url.masked()),
+    }
 }
 
 /// The kinds of event an endpoint subscribed to; empty means all.
@@ -80,6 +100,7 @@ pub async fn create(
     conn: &impl ConnectionTrait,
     org_id: i64,
     fields: EndpointFields,
+    vault: &Vault,
 ) -> Result<webhook_endpoint::Model> {
     let now = crate::now_ms();
     let url = fields.url.clone();
@@ -88,7 +109,7 @@ pub async fn create(
         created_at: Set(now),
         ..Default::default()
     };
-    fields.apply(&mut row, now)?;
+    fields.apply(&mut row, now, vault)?;
     webhook_endpoint::Entity::insert(row)
         .exec_with_returning(conn)
         .await
@@ -100,10 +121,11 @@ pub async fn update(
     conn: &impl ConnectionTrait,
     current: webhook_endpoint::Model,
     fields: EndpointFields,
+    vault: &Vault,
 ) -> Result<webhook_endpoint::Model> {
     let url = fields.url.clone();
     let mut row: webhook_endpoint::ActiveModel = current.into();
-    fields.apply(&mut row, crate::now_ms())?;
+    fields.apply(&mut row, crate::now_ms(), vault)?;
     row.update(conn).await.map_err(conflict(&url))
 }
 
@@ -187,5 +209,47 @@ pub async fn disable(conn: &impl ConnectionTrait, id: i64) -> Result<()> {
         .filter(webhook_endpoint::Column::Id.eq(id))
         .exec(conn)
         .await?;
+    Ok(())
+}
+
+/// The settings key of the value that tells whether the configured key is the sealing key.
+const CHECK_KEY: &str = "encryption_check";
+const CHECK_VALUE: &str = "herald";
+
+/// Makes the stored secrets agree with the configured key, at start: with a key, checks it is
+/// the key they were sealed with (or seals every secret stored in clear, the first time); without
+/// one, refuses a database whose secrets are sealed.
+pub async fn reconcile_sealing(conn: &impl ConnectionTrait, vault: &Vault) -> anyhow::Result<()> {
+    use super::entities::setting;
+    let check = setting::Entity::find_by_id(CHECK_KEY).one(conn).await?;
+    match (check, vault.is_sealing()) {
+        (Some(check), true) => {
+            if vault.open(&check.value).ok().as_deref() != Some(CHECK_VALUE) {
+                anyhow::bail!(
+                    "HERALD_ENCRYPTION_KEY is not the key the stored secrets were encrypted with"
+                );
+            }
+        }
+        (Some(_), false) => {
+            anyhow::bail!(
+                "the stored secrets are encrypted; set HERALD_ENCRYPTION_KEY to the key they were encrypted with"
+            )
+        }
+        (None, true) => {
+            let clear = Vault::default();
+            for row in webhook_endpoint::Entity::find().all(conn).await? {
+                let fields = fields_of(&row, &clear).map_err(|err| anyhow::anyhow!("{err}"))?;
+                update(conn, row, fields, vault)
+                    .await
+                    .map_err(|err| anyhow::anyhow!("{err}"))?;
+            }
+            let row = setting::ActiveModel {
+                key: Set(CHECK_KEY.into()),
+                value: Set(vault.seal(CHECK_VALUE)?),
+            };
+            setting::Entity::insert(row).exec(conn).await?;
+        }
+        (None, false) => {}
+    }
     Ok(())
 }

@@ -121,9 +121,10 @@ pub mod webhook_endpoint {
         #[sea_orm(primary_key)]
         pub id: i64,
         pub org_id: i64,
-        /// The URL as entered, credentials included; shown only masked.
+        /// The URL without credentials (rows written before credentials had a column of their
+        /// own may still hold them here).
         pub url: String,
-        /// The signing secret; write-only in the API.
+        /// The signing secret, sealed when a key is configured; write-only in the API.
         pub secret: Option<String>,
         /// A JSON array of event kinds; empty means every kind.
         pub events: String,
@@ -133,6 +134,8 @@ pub mod webhook_endpoint {
         pub insecure_ssl: bool,
         pub created_at: i64,
         pub updated_at: i64,
+        /// The URL's `user:password`, sealed when a key is configured; sent as Basic auth.
+        pub credentials: Option<String>,
     }
     no_relations!();
 

@@ -370,8 +370,9 @@ async fn secrets_are_never_returned(app: TestApp) {
     let stored = herald::store::endpoints::list(&app.state.db, world.org.parse().unwrap())
         .await
         .unwrap();
-    assert_eq!(stored[0].secret.as_deref(), Some(secret));
-    assert_eq!(stored[0].url, url);
+    let fields = herald::store::endpoints::fields_of(&stored[0], &app.state.vault).unwrap();
+    assert_eq!(fields.secret.as_deref(), Some(secret));
+    assert_eq!(fields.url.as_stored(), url);
 }
 
 async fn endpoint_count(app: &TestApp, world: &World) -> usize {
