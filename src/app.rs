@@ -48,7 +48,7 @@ impl AppState {
             sender: Sender::new(config.delivery_timeout, config.allow_private_targets)
                 .context("building the outbound HTTP client")?,
             schema: graphql::build_schema(limits),
-            outbox: Outbox::new(wake.clone(), metrics.clone()),
+            outbox: Outbox::new(wake.clone(), metrics.clone(), config.public_url.clone()),
             config: Arc::new(config),
             db,
             keys,

@@ -8,6 +8,7 @@ use super::auth::require;
 use super::deliveries::WebHookDelivery;
 use super::{db, state};
 use crate::app::AppState;
+use crate::domain::status::is_status_name;
 use crate::domain::{EndpointUrl, EventKind, PayloadFormat, Permission, mask_secret};
 use crate::store::endpoints::{EndpointFields, fields_of};
 use crate::store::entities::{organization, webhook_endpoint};
@@ -86,6 +87,12 @@ impl WebHookDeliveryEndpoint {
         self.0.insecure_ssl
     }
 
+    /// Build and task statuses an event must reach to be sent (say `FAILED`, `ERRORED`);
+    /// empty means every status. Test deliveries (`ping`) are always sent.
+    async fn status_filter(&self) -> Result<Vec<String>> {
+        store::endpoints::status_filter(&self.0)
+    }
+
     /// The newest delivery to this endpoint.
     async fn last_delivery(&self, ctx: &Context<'_>) -> Result<Option<WebHookDelivery>> {
         let row = store::deliveries::last_of_endpoint(&db(ctx)?.conn(), self.0.id).await?;
@@ -124,6 +131,8 @@ pub struct WebHookDeliveryEndpointInput {
     pub payload_format: Option<PayloadFormat>,
     pub enabled: Option<bool>,
     pub insecure_ssl: Option<bool>,
+    /// Only events reaching these build or task statuses; empty or absent means every status.
+    pub status_filter: Option<Vec<String>>,
 }
 
 #[derive(InputObject)]
@@ -150,6 +159,8 @@ pub struct CreateWebHookEndpointInput {
     pub payload_format: Option<PayloadFormat>,
     pub enabled: Option<bool>,
     pub insecure_ssl: Option<bool>,
+    /// Only events reaching these build or task statuses; empty means every status.
+    pub status_filter: Option<Vec<String>>,
     pub client_mutation_id: Option<String>,
 }
 
@@ -167,6 +178,8 @@ pub struct UpdateWebHookEndpointInput {
     pub payload_format: Option<PayloadFormat>,
     pub enabled: Option<bool>,
     pub insecure_ssl: Option<bool>,
+    /// Only events reaching these build or task statuses; empty means every status.
+    pub status_filter: Option<Vec<String>>,
     pub client_mutation_id: Option<String>,
 }
 
@@ -197,6 +210,7 @@ struct Draft {
     payload_format: PayloadFormat,
     enabled: bool,
     insecure_ssl: bool,
+    status_filter: Vec<String>,
 }
 
 /// Checks a draft against the stored endpoint it replaces (if any): the URL parses and may be
@@ -214,6 +228,7 @@ async fn check(
         payload_format,
         enabled,
         insecure_ssl,
+        status_filter,
     } = draft;
     let stored = current.map(fields_of).transpose()?;
     let url = match &stored {
@@ -240,6 +255,18 @@ async fn check(
             unique.push(kind);
         }
     }
+    let mut statuses: Vec<String> = Vec::new();
+    for name in status_filter {
+        let name = name.trim().to_ascii_uppercase();
+        if !is_status_name(&name) {
+            return Err(Error::Invalid(format!(
+                "The status filter names {name:?}, which is not a build or task status."
+            )));
+        }
+        if !statuses.contains(&name) {
+            statuses.push(name);
+        }
+    }
     Ok(EndpointFields {
         url,
         secret,
@@ -248,6 +275,7 @@ async fn check(
         payload_format,
         enabled,
         insecure_ssl,
+        status_filter: statuses,
     })
 }
 
@@ -280,6 +308,7 @@ impl WebhookMutation {
             payload_format: input.payload_format.unwrap_or(PayloadFormat::Data),
             enabled: input.enabled.unwrap_or(true),
             insecure_ssl: input.insecure_ssl.unwrap_or(false),
+            status_filter: input.status_filter.unwrap_or_default(),
         };
         let fields = check(state, draft, None).await?;
         let endpoint = store::endpoints::create(&state.db, org_id, fields).await?;
@@ -314,6 +343,7 @@ impl WebhookMutation {
             payload_format: input.payload_format.unwrap_or(stored.payload_format),
             enabled: input.enabled.unwrap_or(stored.enabled),
             insecure_ssl: input.insecure_ssl.unwrap_or(stored.insecure_ssl),
+            status_filter: input.status_filter.unwrap_or(stored.status_filter),
         };
         let fields = check(state, draft, Some(&current)).await?;
         let endpoint = store::endpoints::update(&state.db, current, fields).await?;
@@ -372,6 +402,7 @@ impl WebhookMutation {
                 payload_format: item.payload_format.unwrap_or(PayloadFormat::Data),
                 enabled: item.enabled.unwrap_or(true),
                 insecure_ssl: item.insecure_ssl.unwrap_or(false),
+                status_filter: item.status_filter.unwrap_or_default(),
             };
             let fields = check(state, draft, current).await?;
             if !seen.insert(fields.url.as_stored().to_owned()) {

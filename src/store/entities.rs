@@ -133,6 +133,8 @@ pub mod webhook_endpoint {
         pub insecure_ssl: bool,
         pub created_at: i64,
         pub updated_at: i64,
+        /// A JSON array of build and task status names; empty means every status.
+        pub status_filter: String,
     }
     no_relations!();
 
