@@ -1,6 +1,10 @@
 //! Herald's integration tests: the real server over HTTP, a recording receiver, both backends.
 
 mod api;
+mod bridge;
 mod cli;
 mod delivery;
+mod fake_slack;
+mod receivers;
+mod slack_format;
 mod support;
