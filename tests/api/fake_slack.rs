@@ -82,7 +82,7 @@ fn problem(message: &Value) -> Option<&'static str> {
     if text.is_none_or(str::is_empty) && blocks.is_none() {
         return Some("no_text");
     }
-    let Some(blocks) = blocks else { return None };
+    let blocks = blocks?;
     let Some(blocks) = blocks.as_array() else {
         return Some("invalid_blocks_format");
     };
