@@ -28,7 +28,8 @@ use crate::slack;
 const REMEMBERED: usize = 4096;
 
 /// How the bridge checks, filters and forwards.
-#[derive(Clone, Debug)]
+/// No `Debug`: it holds the secret.
+#[derive(Clone)]
 pub struct BridgeOptions {
     pub secret: String,
     /// The Slack incoming-webhook URL.

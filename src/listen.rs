@@ -19,7 +19,8 @@ use crate::receive::{Incoming, Signatures, now_secs};
 use crate::slack;
 
 /// How the receiver checks and answers.
-#[derive(Clone, Debug)]
+/// No `Debug`: it holds the secret.
+#[derive(Clone)]
 pub struct ListenOptions {
     /// The endpoint's secret; without it signatures are shown as unchecked and never refused.
     pub secret: Option<String>,
