@@ -6,11 +6,10 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::auth::require;
 use super::deliveries::WebHookDelivery;
+use super::webhook_draft::{Draft, check};
 use super::{db, state};
-use crate::app::AppState;
-use crate::domain::status::is_status_name;
 use crate::domain::{EndpointUrl, EventKind, PayloadFormat, Permission, mask_secret};
-use crate::store::endpoints::{EndpointFields, fields_of};
+use crate::store::endpoints::fields_of;
 use crate::store::entities::{organization, webhook_endpoint};
 use crate::store::{self, Db, parse_id};
 use crate::{Error, Result};
@@ -199,84 +198,6 @@ pub struct DeleteWebHookEndpointInput {
 pub struct DeleteWebHookEndpointPayload {
     pub deleted_id: ID,
     pub client_mutation_id: Option<String>,
-}
-
-/// An endpoint's settings as a client sent them, before they are checked.
-struct Draft {
-    url: String,
-    secret: Option<String>,
-    events: Vec<EventKind>,
-    payload_query: Option<String>,
-    payload_format: PayloadFormat,
-    enabled: bool,
-    insecure_ssl: bool,
-    status_filter: Vec<String>,
-}
-
-/// Checks a draft against the stored endpoint it replaces (if any): the URL parses and may be
-/// delivered to, the selection validates, and masked values keep what is stored.
-async fn check(
-    state: &AppState,
-    draft: Draft,
-    current: Option<&webhook_endpoint::Model>,
-) -> Result<EndpointFields> {
-    let Draft {
-        url,
-        secret,
-        events,
-        payload_query,
-        payload_format,
-        enabled,
-        insecure_ssl,
-        status_filter,
-    } = draft;
-    let stored = current.map(fields_of).transpose()?;
-    let url = match &stored {
-        Some(stored) if url.trim() == stored.url.masked() => stored.url.clone(),
-        _ => EndpointUrl::parse(&url)?,
-    };
-    crate::delivery::guard::check_url(&url, state.config.allow_private_targets)?;
-    let secret = match (secret, &stored) {
-        (Some(secret), Some(stored))
-            if stored.secret.as_deref().map(mask_secret).as_deref() == Some(secret.as_str()) =>
-        {
-            stored.secret.clone()
-        }
-        (Some(secret), _) if secret.is_empty() => None,
-        (secret, _) => secret,
-    };
-    let payload_query = payload_query.filter(|query| !query.trim().is_empty());
-    if let Some(query) = &payload_query {
-        state.outbox.renderer().check(query, &state.db).await?;
-    }
-    let mut unique = Vec::new();
-    for kind in events {
-        if !unique.contains(&kind) {
-            unique.push(kind);
-        }
-    }
-    let mut statuses: Vec<String> = Vec::new();
-    for name in status_filter {
-        let name = name.trim().to_ascii_uppercase();
-        if !is_status_name(&name) {
-            return Err(Error::Invalid(format!(
-                "The status filter names {name:?}, which is not a build or task status."
-            )));
-        }
-        if !statuses.contains(&name) {
-            statuses.push(name);
-        }
-    }
-    Ok(EndpointFields {
-        url,
-        secret,
-        events: unique,
-        payload_query,
-        payload_format,
-        enabled,
-        insecure_ssl,
-        status_filter: statuses,
-    })
 }
 
 fn owner_of(viewer_org: i64, uid: &ID) -> Result<i64> {
