@@ -61,7 +61,7 @@ impl AppState {
             )
             .context("building the outbound HTTP client")?,
             schema: graphql::build_schema(limits),
-            outbox: Outbox::new(wake.clone(), metrics.clone()),
+            outbox: Outbox::new(wake.clone(), metrics.clone(), config.public_url.clone()),
             config: Arc::new(config),
             db,
             keys,

@@ -2,16 +2,25 @@
 
 use std::io::Read as _;
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use anyhow::{Context as _, bail};
-use clap::{Parser, Subcommand};
+use axum::http::StatusCode;
+use clap::{ArgGroup, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, AppState, Role};
-use crate::config::{Config, DatabaseConfig};
+use crate::bridge::BridgeOptions;
+use crate::config::{Config, DatabaseConfig, parse_public_url};
 use crate::delivery::Worker;
 use crate::domain::Permission;
+use crate::domain::retry::{format_duration, parse_duration};
+use crate::domain::status::is_status_name;
 use crate::graphql::TokenKeys;
+use crate::listen::ListenOptions;
+use crate::receive::{self, Check};
 use crate::{signing, store};
 
 /// Herald: webhook notifications for CI, configured through GraphQL, wire-compatible with Cirrus CI.
@@ -54,17 +63,91 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Check a body (stdin or --file) against an X-Cirrus-Signature: exit 0 valid, 1 invalid.
+    /// A local receiver: print each delivery, check its signatures, answer 200 (400 when a
+    /// secret is given and the delivery is not signed with it).
+    Listen {
+        /// The address to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// The endpoint's secret: check both signature schemes and refuse bad ones with 400.
+        #[arg(long)]
+        secret: Option<String>,
+        /// The HTTP status to answer accepted deliveries with (try 503 to watch Herald retry).
+        #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(200..=599))]
+        status: u16,
+        /// Print one JSON object per delivery instead of readable text.
+        #[arg(long)]
+        json: bool,
+        /// How far a webhook-timestamp may be from now; 0s accepts any.
+        #[arg(long, default_value = "300s", value_parser = parse_duration)]
+        tolerance: Duration,
+    },
+    /// Check a body (stdin or --file) against an X-Cirrus-Signature, or against Standard
+    /// Webhooks headers: exit 0 valid, 1 invalid.
+    #[command(group(ArgGroup::new("scheme").required(true).args(["signature", "webhook_signature"])))]
     Verify {
         /// The endpoint's secret.
         #[arg(long)]
         secret: String,
         /// The X-Cirrus-Signature header's value (hex).
         #[arg(long)]
-        signature: String,
+        signature: Option<String>,
+        /// The webhook-id header's value (Standard Webhooks).
+        #[arg(long, requires = "webhook_signature")]
+        webhook_id: Option<String>,
+        /// The webhook-timestamp header's value, seconds since the epoch.
+        #[arg(long, requires = "webhook_signature")]
+        webhook_timestamp: Option<i64>,
+        /// The webhook-signature header's value (`v1,<base64>`, several space-separated).
+        #[arg(long, requires_all = ["webhook_id", "webhook_timestamp"])]
+        webhook_signature: Option<String>,
+        /// How far webhook-timestamp may be from now; 0s accepts any.
+        #[arg(long, default_value = "300s", value_parser = parse_duration)]
+        tolerance: Duration,
         /// Read the body from this file instead of stdin.
         #[arg(long)]
         file: Option<std::path::PathBuf>,
+    },
+    /// Forward Herald's (or Cirrus CI's) deliveries somewhere else.
+    Bridge {
+        #[command(subcommand)]
+        command: BridgeCommand,
+    },
+    /// Start Herald on a temporary database with a receiver, play a build through it, print
+    /// each delivery, and keep serving until Ctrl-C.
+    Demo {
+        /// HTTP address of the demo's API (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BridgeCommand {
+    /// Verify deliveries and post a Slack message for each to an incoming webhook.
+    Slack {
+        /// The address to receive deliveries on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+        /// The endpoint's secret; deliveries not signed with it are refused with 400.
+        #[arg(long, env = "HERALD_BRIDGE_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The Slack incoming-webhook URL.
+        #[arg(long, env = "SLACK_WEBHOOK_URL", hide_env_values = true, value_parser = parse_slack_url)]
+        slack_url: url::Url,
+        /// Forward only events reaching these statuses (comma-separated, e.g. FAILED,ERRORED).
+        #[arg(long, value_delimiter = ',', value_parser = parse_status)]
+        only_status: Vec<String>,
+        /// Link builds and tasks to `<URL>/build/<id>` and `<URL>/task/<id>`
+        /// (`https://cirrus-ci.com` for Cirrus CI).
+        #[arg(long, env = "HERALD_PUBLIC_URL", value_parser = parse_public_url)]
+        public_url: Option<String>,
+        /// How far a webhook-timestamp may be from now; 0s accepts any.
+        #[arg(long, default_value = "300s", value_parser = parse_duration)]
+        tolerance: Duration,
+        /// How long to keep retrying a busy Slack before answering 503 so the sender retries.
+        #[arg(long, default_value = "8s", value_parser = parse_duration)]
+        max_wait: Duration,
     },
 }
 
@@ -95,6 +178,19 @@ pub enum TokenCommand {
         #[command(flatten)]
         database: DatabaseConfig,
     },
+}
+
+fn parse_status(text: &str) -> Result<String, String> {
+    let name = text.trim().to_ascii_uppercase();
+    if is_status_name(&name) {
+        Ok(name)
+    } else {
+        Err(format!("{text:?} is not a build or task status"))
+    }
+}
+
+fn parse_slack_url(text: &str) -> Result<url::Url, String> {
+    parse_public_url(text).and_then(|url| url::Url::parse(&url).map_err(|err| err.to_string()))
 }
 
 fn parse_permission(text: &str) -> Result<Permission, String> {
@@ -172,9 +268,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Listen {
+            listen,
+            secret,
+            status,
+            json,
+            tolerance,
+        } => {
+            let status = StatusCode::from_u16(status).context("reading --status")?;
+            let options = ListenOptions {
+                secret,
+                status,
+                json,
+                tolerance,
+            };
+            crate::listen::run(listen, options).await
+        }
         Command::Verify {
             secret,
             signature,
+            webhook_id,
+            webhook_timestamp,
+            webhook_signature,
+            tolerance,
             file,
         } => {
             let body = match file {
@@ -189,13 +305,65 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     body
                 }
             };
-            if signing::verify_cirrus(&secret, &body, &signature) {
-                println!("valid");
-                Ok(())
-            } else {
-                println!("invalid");
-                std::process::exit(1);
+            let check = match (signature, webhook_id, webhook_timestamp, webhook_signature) {
+                (Some(signature), ..) => match signing::verify_cirrus(&secret, &body, &signature) {
+                    true => Check::Valid,
+                    false => Check::Invalid,
+                },
+                (None, Some(id), Some(timestamp), Some(signature)) => receive::check_standard(
+                    &secret,
+                    &id,
+                    timestamp,
+                    &body,
+                    &signature,
+                    tolerance,
+                    receive::now_secs(),
+                ),
+                _ => bail!(
+                    "give --signature, or --webhook-id, --webhook-timestamp and --webhook-signature"
+                ),
+            };
+            match check {
+                Check::Valid => {
+                    println!("valid");
+                    Ok(())
+                }
+                Check::Stale => {
+                    println!("invalid");
+                    eprintln!(
+                        "herald: the signature matches, but webhook-timestamp is further than {} from now.",
+                        format_duration(tolerance)
+                    );
+                    std::process::exit(1);
+                }
+                _ => {
+                    println!("invalid");
+                    std::process::exit(1);
+                }
             }
         }
+        Command::Bridge {
+            command:
+                BridgeCommand::Slack {
+                    listen,
+                    secret,
+                    slack_url,
+                    only_status,
+                    public_url,
+                    tolerance,
+                    max_wait,
+                },
+        } => {
+            let options = BridgeOptions {
+                secret,
+                slack_url,
+                only_status,
+                public_url,
+                tolerance,
+                max_wait,
+            };
+            crate::bridge::run(listen, options).await
+        }
+        Command::Demo { listen } => crate::demo::run(listen).await,
     }
 }

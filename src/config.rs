@@ -77,6 +77,10 @@ pub struct Config {
     /// hexadecimal digits or base64. Read from the environment only, so it stays out of `ps`.
     #[arg(long = "encryption-key", env = "HERALD_ENCRYPTION_KEY", hide = true, hide_env_values = true, value_parser = parse_secret)]
     pub encryption_key: Option<Secret>,
+    /// Where people open Herald (or Cirrus CI): Slack messages link builds and tasks to
+    /// `<public-url>/build/<id>` and `<public-url>/task/<id>`; no links when unset.
+    #[arg(long, env = "HERALD_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<String>,
 
     /// Serve GraphiQL at `GET /graphql` and answer introspection queries.
     #[arg(long, env = "HERALD_GRAPHIQL", default_value_t = true, action = clap::ArgAction::Set)]
@@ -110,6 +114,16 @@ impl Config {
         let matches = command.get_matches_from(["--database-url", &database_url.into()]);
         Config::from_arg_matches(&matches).expect("the defaults parse")
     }
+}
+
+/// Parses a public base URL (http or https), without its trailing slash.
+pub fn parse_public_url(text: &str) -> Result<String, String> {
+    let url =
+        url::Url::parse(text.trim()).map_err(|err| format!("{text:?} is not a URL: {err}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{text:?} is not an http or https URL"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 /// A secret value whose `Debug` never prints it.

@@ -7,12 +7,16 @@
 
 /// AppState and App::build/run: the server, the worker and shutdown.
 pub mod app;
-/// The command line: serve, worker, migrate, schema, org, token, verify.
+/// `herald bridge slack`: verified deliveries in, Slack messages out.
+pub mod bridge;
+/// The command line: serve, worker, migrate, schema, org, token, listen, verify, bridge, demo.
 pub mod cli;
 /// One typed configuration: defaults < environment < flags.
 pub mod config;
 /// The delivery worker, its outbound client and the outcome of each attempt.
 pub mod delivery;
+/// `herald demo`: a temporary Herald playing a build to a local receiver.
+pub mod demo;
 /// Plain types and rules: statuses, permissions, endpoint URLs, retry policy.
 pub mod domain;
 /// One error type, mapped to GraphQL `extensions.code` and HTTP status.
@@ -21,14 +25,20 @@ pub mod error;
 pub mod graphql;
 /// axum routes: /graphql, GraphiQL, /healthz, /readyz, /metrics.
 pub mod http;
+/// `herald listen`: a local receiver that prints and checks each delivery.
+pub mod listen;
 /// Prometheus metrics.
 pub mod metrics;
 /// Stored payload selections: validation, caching, rendering and envelopes.
 pub mod payload;
+/// The receiving side: checking both signature schemes and reading FLAT or DATA envelopes.
+pub mod receive;
 /// Secrets at rest: sealed with an AEAD when a key is configured.
 pub mod secrets;
 /// X-Cirrus-Signature and Standard Webhooks signatures.
 pub mod signing;
+/// Slack messages for build and task events (the SLACK format and the bridge).
+pub mod slack;
 /// sea-orm entities and every query; org-scoped finders start from the organization.
 pub mod store;
 

@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_init;
 mod m20261122_000003_endpoint_credentials;
+mod m20261210_000002_endpoint_status_filter;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_init::Migration),
             Box::new(m20261122_000003_endpoint_credentials::Migration),
+            Box::new(m20261210_000002_endpoint_status_filter::Migration),
         ]
     }
 }

@@ -101,6 +101,9 @@ named_enum!(
         Data = "DATA",
         /// `{action, old_status?, repository, build, task}`: what Cirrus sends on the wire.
         Flat = "FLAT",
+        /// A Slack message (`text` and `blocks`) for an incoming-webhook URL, built from a fixed
+        /// selection; the endpoint's `payloadQuery` is not used.
+        Slack = "SLACK",
     }
 );
 
@@ -154,6 +157,11 @@ impl DeliveryState {
     pub fn is_final(self) -> bool {
         matches!(self, Self::Delivered | Self::Failed)
     }
+}
+
+/// Whether `text` names a build or a task status (an endpoint's status filter holds such names).
+pub fn is_status_name(text: &str) -> bool {
+    BuildStatus::parse(text).is_some() || TaskStatus::parse(text).is_some()
 }
 
 /// A status as stored; an unknown name means the database was edited by hand.

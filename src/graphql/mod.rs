@@ -8,6 +8,7 @@ pub mod auth;
 mod ci;
 mod deliveries;
 mod types;
+mod webhook_draft;
 mod webhooks;
 
 use async_graphql::{EmptySubscription, MergedObject, Schema, ServerError};

@@ -6,10 +6,10 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::auth::require;
 use super::deliveries::WebHookDelivery;
+use super::webhook_draft::{Draft, check};
 use super::{db, state};
-use crate::app::AppState;
-use crate::domain::{EndpointUrl, EventKind, PayloadFormat, Permission, mask_secret};
-use crate::store::endpoints::{EndpointFields, fields_of};
+use crate::domain::{EventKind, PayloadFormat, Permission, mask_secret};
+use crate::store::endpoints::fields_of;
 use crate::store::entities::{organization, webhook_endpoint};
 use crate::store::{self, Db, parse_id};
 use crate::{Error, Result};
@@ -89,6 +89,12 @@ impl WebHookDeliveryEndpoint {
         self.0.insecure_ssl
     }
 
+    /// Build and task statuses an event must reach to be sent (say `FAILED`, `ERRORED`);
+    /// empty means every status. Test deliveries (`ping`) are always sent.
+    async fn status_filter(&self) -> Result<Vec<String>> {
+        store::endpoints::status_filter(&self.0)
+    }
+
     /// The newest delivery to this endpoint.
     async fn last_delivery(&self, ctx: &Context<'_>) -> Result<Option<WebHookDelivery>> {
         let row = store::deliveries::last_of_endpoint(&db(ctx)?.conn(), self.0.id).await?;
@@ -127,6 +133,8 @@ pub struct WebHookDeliveryEndpointInput {
     pub payload_format: Option<PayloadFormat>,
     pub enabled: Option<bool>,
     pub insecure_ssl: Option<bool>,
+    /// Only events reaching these build or task statuses; empty or absent means every status.
+    pub status_filter: Option<Vec<String>>,
 }
 
 #[derive(InputObject)]
@@ -153,6 +161,8 @@ pub struct CreateWebHookEndpointInput {
     pub payload_format: Option<PayloadFormat>,
     pub enabled: Option<bool>,
     pub insecure_ssl: Option<bool>,
+    /// Only events reaching these build or task statuses; empty means every status.
+    pub status_filter: Option<Vec<String>>,
     pub client_mutation_id: Option<String>,
 }
 
@@ -170,6 +180,8 @@ pub struct UpdateWebHookEndpointInput {
     pub payload_format: Option<PayloadFormat>,
     pub enabled: Option<bool>,
     pub insecure_ssl: Option<bool>,
+    /// Only events reaching these build or task statuses; empty means every status.
+    pub status_filter: Option<Vec<String>>,
     pub client_mutation_id: Option<String>,
 }
 
@@ -189,72 +201,6 @@ pub struct DeleteWebHookEndpointInput {
 pub struct DeleteWebHookEndpointPayload {
     pub deleted_id: ID,
     pub client_mutation_id: Option<String>,
-}
-
-/// An endpoint's settings as a client sent them, before they are checked.
-struct Draft {
-    url: String,
-    secret: Option<String>,
-    events: Vec<EventKind>,
-    payload_query: Option<String>,
-    payload_format: PayloadFormat,
-    enabled: bool,
-    insecure_ssl: bool,
-}
-
-/// Checks a draft against the stored endpoint it replaces (if any): the URL parses and may be
-/// delivered to, the selection validates, and masked values keep what is stored.
-async fn check(
-    state: &AppState,
-    draft: Draft,
-    current: Option<&webhook_endpoint::Model>,
-) -> Result<EndpointFields> {
-    let Draft {
-        url,
-        secret,
-        events,
-        payload_query,
-        payload_format,
-        enabled,
-        insecure_ssl,
-    } = draft;
-    let stored = current
-        .map(|row| fields_of(row, &state.vault))
-        .transpose()?;
-    let masked = current.map(store::endpoints::masked_url).transpose()?;
-    let url = match &stored {
-        Some(stored) if Some(url.trim()) == masked.as_deref() => stored.url.clone(),
-        _ => EndpointUrl::parse(&url)?,
-    };
-    crate::delivery::guard::check_url(&url, state.sender.policy())?;
-    let secret = match (secret, &stored) {
-        (Some(secret), Some(stored))
-            if stored.secret.as_deref().map(mask_secret).as_deref() == Some(secret.as_str()) =>
-        {
-            stored.secret.clone()
-        }
-        (Some(secret), _) if secret.is_empty() => None,
-        (secret, _) => secret,
-    };
-    let payload_query = payload_query.filter(|query| !query.trim().is_empty());
-    if let Some(query) = &payload_query {
-        state.outbox.renderer().check(query, &state.db).await?;
-    }
-    let mut unique = Vec::new();
-    for kind in events {
-        if !unique.contains(&kind) {
-            unique.push(kind);
-        }
-    }
-    Ok(EndpointFields {
-        url,
-        secret,
-        events: unique,
-        payload_query,
-        payload_format,
-        enabled,
-        insecure_ssl,
-    })
 }
 
 fn owner_of(viewer_org: i64, uid: &ID) -> Result<i64> {
@@ -286,6 +232,7 @@ impl WebhookMutation {
             payload_format: input.payload_format.unwrap_or(PayloadFormat::Data),
             enabled: input.enabled.unwrap_or(true),
             insecure_ssl: input.insecure_ssl.unwrap_or(false),
+            status_filter: input.status_filter.unwrap_or_default(),
         };
         let fields = check(state, draft, None).await?;
         let endpoint = store::endpoints::create(&state.db, org_id, fields, &state.vault).await?;
@@ -321,6 +268,7 @@ impl WebhookMutation {
             payload_format: input.payload_format.unwrap_or(stored.payload_format),
             enabled: input.enabled.unwrap_or(stored.enabled),
             insecure_ssl: input.insecure_ssl.unwrap_or(stored.insecure_ssl),
+            status_filter: input.status_filter.unwrap_or(stored.status_filter),
         };
         let fields = check(state, draft, Some(&current)).await?;
         let endpoint = store::endpoints::update(&state.db, current, fields, &state.vault).await?;
@@ -377,6 +325,7 @@ impl WebhookMutation {
                 payload_format: item.payload_format.unwrap_or(PayloadFormat::Data),
                 enabled: item.enabled.unwrap_or(true),
                 insecure_ssl: item.insecure_ssl.unwrap_or(false),
+                status_filter: item.status_filter.unwrap_or_default(),
             };
             let fields = check(state, draft, current).await?;
             if !seen.insert(fields.url.as_stored().to_owned()) {

@@ -25,6 +25,8 @@ pub struct Change {
     /// `created` or `updated`.
     pub action: &'static str,
     pub old_status: Option<&'static str>,
+    /// The build's (build events) or task's (task events) status after the change.
+    pub status: String,
     pub repository_id: i64,
     pub build_id: i64,
     pub task_id: Option<i64>,
@@ -38,6 +40,7 @@ impl Change {
             kind: EventKind::Build,
             action: "created",
             old_status: None,
+            status: build.status.clone(),
             repository_id: build.repository_id,
             build_id: build.id,
             task_id: None,
@@ -60,6 +63,7 @@ impl Change {
             kind: EventKind::Task,
             action: "created",
             old_status: None,
+            status: task.status.clone(),
             repository_id: task.repository_id,
             build_id: task.build_id,
             task_id: Some(task.id),
@@ -86,9 +90,10 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(wake: Arc<Notify>, metrics: Metrics) -> Self {
+    /// An outbox whose Slack messages link to `public_url`, when given.
+    pub fn new(wake: Arc<Notify>, metrics: Metrics, public_url: Option<String>) -> Self {
         Self {
-            renderer: Arc::new(Renderer::default()),
+            renderer: Arc::new(Renderer::new(public_url)),
             wake,
             metrics,
         }
@@ -100,8 +105,8 @@ impl Outbox {
     }
 
     /// Writes the event of `change` and one delivery per enabled endpoint that subscribes to
-    /// its kind, each body rendered inside `tx`. Endpoints sharing a selection and format share
-    /// one rendering.
+    /// its kind (and, if it filters on status, to the new status), each body rendered inside
+    /// `tx`. Endpoints sharing a selection and format share one rendering.
     pub async fn record(&self, tx: &Arc<DatabaseTransaction>, change: Change) -> Result<()> {
         let conn = &**tx;
         let event = store::deliveries::insert_event(
@@ -118,12 +123,18 @@ impl Outbox {
             },
         )
         .await?;
-        let endpoints = store::endpoints::subscribed(conn, change.org_id, change.kind).await?;
+        let endpoints =
+            store::endpoints::subscribed(conn, change.org_id, change.kind, &change.status).await?;
         let mut bodies: HashMap<(Option<String>, PayloadFormat), String> = HashMap::new();
         let mut deliveries = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
             let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
-            let key = (endpoint.payload_query.clone(), format);
+            // A Slack message ignores the stored selection, so all Slack endpoints share one.
+            let query = match format {
+                PayloadFormat::Slack => None,
+                PayloadFormat::Data | PayloadFormat::Flat => endpoint.payload_query.clone(),
+            };
+            let key = (query, format);
             let body = match bodies.get(&key) {
                 Some(body) => body.clone(),
                 None => {
@@ -173,17 +184,21 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Queues a `ping` to one endpoint.
+    /// Queues a `ping` to one endpoint; a status filter does not hold it back, and a Slack
+    /// endpoint gets a Slack message saying the hook works.
     pub async fn queue_ping(
         &self,
         conn: &impl ConnectionTrait,
         endpoint: &webhook_endpoint::Model,
     ) -> Result<delivery::Model> {
         let now = crate::now_ms();
-        let body = json!({
-            "action": "ping",
-            "data": { "ownerUid": endpoint.org_id.to_string(), "endpointId": endpoint.id.to_string(), "timestamp": now },
-        });
+        let body = match parse_stored(&endpoint.payload_format, PayloadFormat::parse)? {
+            PayloadFormat::Slack => crate::slack::ping_message(),
+            PayloadFormat::Data | PayloadFormat::Flat => json!({
+                "action": "ping",
+                "data": { "ownerUid": endpoint.org_id.to_string(), "endpointId": endpoint.id.to_string(), "timestamp": now },
+            }),
+        };
         let new = NewDelivery {
             org_id: endpoint.org_id,
             endpoint_id: endpoint.id,

@@ -11,6 +11,7 @@ use super::outbox::Change;
 use super::selection::{self, DEFAULT_SELECTION, Prepared};
 use crate::domain::{PayloadFormat, Permission};
 use crate::graphql::{self, HeraldSchema, Limits, Viewer};
+use crate::slack::SLACK_SELECTION;
 use crate::store::Db;
 use crate::{Error, Result};
 
@@ -21,18 +22,20 @@ const CACHE_CAPACITY: usize = 1024;
 pub struct Renderer {
     schema: HeraldSchema,
     cache: Mutex<HashMap<String, Arc<Prepared>>>,
-}
-
-impl Default for Renderer {
-    fn default() -> Self {
-        Self {
-            schema: graphql::build_schema(Limits::PAYLOAD),
-            cache: Mutex::default(),
-        }
-    }
+    /// Where Slack messages link builds and tasks (`HERALD_PUBLIC_URL`).
+    public_url: Option<String>,
 }
 
 impl Renderer {
+    /// A renderer whose Slack messages link to `public_url`, when given.
+    pub fn new(public_url: Option<String>) -> Self {
+        Self {
+            schema: graphql::build_schema(Limits::PAYLOAD),
+            cache: Mutex::default(),
+            public_url,
+        }
+    }
+
     fn prepared(&self, source: &str) -> Result<Arc<Prepared>> {
         let mut cache = self
             .cache
@@ -81,7 +84,8 @@ impl Renderer {
     }
 
     /// Renders the body of `change` for an endpoint's selection (the default when `None`),
-    /// reading through `db`: the change's own transaction when the event is recorded.
+    /// reading through `db`: the change's own transaction when the event is recorded. The
+    /// `SLACK` format always runs its own fixed selection.
     pub async fn render(
         &self,
         db: Db,
@@ -89,7 +93,11 @@ impl Renderer {
         source: Option<&str>,
         format: PayloadFormat,
     ) -> Result<String> {
-        let prepared = self.prepared(source.unwrap_or(DEFAULT_SELECTION))?;
+        let source = match format {
+            PayloadFormat::Slack => SLACK_SELECTION,
+            PayloadFormat::Data | PayloadFormat::Flat => source.unwrap_or(DEFAULT_SELECTION),
+        };
+        let prepared = self.prepared(source)?;
         let viewer = Viewer {
             org_id: change.org_id,
             permission: Permission::Read,
@@ -105,6 +113,16 @@ impl Renderer {
         }
         let data = response.data.into_json().map_err(Error::internal)?;
         let data = selection::in_selection_order(data, &prepared.doc);
+        if format == PayloadFormat::Slack {
+            let message = crate::slack::from_data(
+                change.kind.header_value(),
+                change.action,
+                change.old_status,
+                &data,
+                self.public_url.as_deref(),
+            );
+            return serde_json::to_string(&message).map_err(Error::internal);
+        }
         envelope(format, change.action, change.old_status, data)
     }
 
@@ -126,7 +144,7 @@ impl Renderer {
 
 /// Wraps a selection's result: `{action, old_status?, data}` (DATA) or
 /// `{action, old_status?, …data's fields}` (FLAT, where a null field becomes `{}` as Cirrus
-/// sends `"task": {}` for build events).
+/// sends `"task": {}` for build events). A Slack message has no envelope: see [`crate::slack`].
 pub fn envelope(
     format: PayloadFormat,
     action: &str,
@@ -149,6 +167,11 @@ pub fn envelope(
                 }
             }
         }
+        PayloadFormat::Slack => {
+            return Err(Error::internal(
+                "a Slack message is built by the Slack formatter, not wrapped in an envelope",
+            ));
+        }
     }
     serde_json::to_string(&body).map_err(Error::internal)
 }
@@ -156,6 +179,11 @@ pub fn envelope(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slack_selection_is_a_valid_selection() {
+        selection::prepare(SLACK_SELECTION).unwrap();
+    }
 
     #[test]
     fn data_envelope_puts_action_first() {

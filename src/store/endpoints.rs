@@ -20,6 +20,8 @@ pub struct EndpointFields {
     pub payload_format: PayloadFormat,
     pub enabled: bool,
     pub insecure_ssl: bool,
+    /// Build and task status names an event must reach to be sent; empty means every status.
+    pub status_filter: Vec<String>,
 }
 
 impl EndpointFields {
@@ -32,6 +34,7 @@ impl EndpointFields {
             payload_format,
             enabled,
             insecure_ssl,
+            status_filter,
         } = self;
         row.url = Set(url.target().to_string());
         row.credentials = Set(url.userinfo().map(|info| vault.seal(&info)).transpose()?);
@@ -41,6 +44,7 @@ impl EndpointFields {
         row.payload_format = Set(payload_format.as_str().into());
         row.enabled = Set(enabled);
         row.insecure_ssl = Set(insecure_ssl);
+        row.status_filter = Set(serde_json::to_string(&status_filter).map_err(Error::internal)?);
         row.updated_at = Set(now);
         Ok(())
     }
@@ -67,6 +71,7 @@ pub fn fields_of(row: &webhook_endpoint::Model, vault: &Vault) -> Result<Endpoin
         )?,
         enabled: row.enabled,
         insecure_ssl: row.insecure_ssl,
+        status_filter: status_filter(row)?,
     })
 }
 
@@ -78,6 +83,11 @@ pub fn masked_url(row: &webhook_endpoint::Model) -> Result<String> {
         Some(_) => Ok(url.with_userinfo("***:***")?.as_stored().to_owned()),
         None => Ok(url.masked()),
     }
+}
+
+/// The statuses an endpoint asked for; empty means every status.
+pub fn status_filter(row: &webhook_endpoint::Model) -> Result<Vec<String>> {
+    serde_json::from_str(&row.status_filter).map_err(Error::internal)
 }
 
 /// The kinds of event an endpoint subscribed to; empty means all.
@@ -154,11 +164,13 @@ pub async fn list(
         .await?)
 }
 
-/// The organization's enabled endpoints that subscribe to `kind`.
+/// The organization's enabled endpoints that subscribe to `kind` and, when they filter on
+/// status, to `status` (the build's or task's status after the change).
 pub async fn subscribed(
     conn: &impl ConnectionTrait,
     org_id: i64,
     kind: EventKind,
+    status: &str,
 ) -> Result<Vec<webhook_endpoint::Model>> {
     let mut matching = Vec::new();
     for row in webhook_endpoint::Entity::find()
@@ -169,7 +181,10 @@ pub async fn subscribed(
         .await?
     {
         let kinds = event_kinds(&row)?;
-        if kinds.is_empty() || kinds.contains(&kind) {
+        let statuses = status_filter(&row)?;
+        if (kinds.is_empty() || kinds.contains(&kind))
+            && (statuses.is_empty() || statuses.iter().any(|wanted| wanted == status))
+        {
             matching.push(row);
         }
     }

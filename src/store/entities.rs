@@ -136,6 +136,8 @@ pub mod webhook_endpoint {
         pub updated_at: i64,
         /// The URL's `user:password`, sealed when a key is configured; sent as Basic auth.
         pub credentials: Option<String>,
+        /// A JSON array of build and task status names; empty means every status.
+        pub status_filter: String,
     }
     no_relations!();
 

@@ -1,8 +1,12 @@
 //! Herald's integration tests: the real server over HTTP, a recording receiver, both backends.
 
 mod api;
+mod bridge;
 mod cli;
 mod delivery;
+mod fake_slack;
+mod receivers;
 mod scale;
 mod security;
+mod slack_format;
 mod support;

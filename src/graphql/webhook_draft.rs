@@ -1,0 +1,93 @@
+//! Checking an endpoint's settings before they are stored: the URL parses and may be delivered
+//! to, the selection validates, the status filter names real statuses, and masked values keep
+//! what is stored.
+
+use crate::app::AppState;
+use crate::domain::status::is_status_name;
+use crate::domain::{EndpointUrl, EventKind, PayloadFormat, mask_secret};
+use crate::store::endpoints::{EndpointFields, fields_of};
+use crate::store::entities::webhook_endpoint;
+use crate::{Error, Result};
+
+/// An endpoint's settings as a client sent them, before they are checked.
+pub(super) struct Draft {
+    pub(super) url: String,
+    pub(super) secret: Option<String>,
+    pub(super) events: Vec<EventKind>,
+    pub(super) payload_query: Option<String>,
+    pub(super) payload_format: PayloadFormat,
+    pub(super) enabled: bool,
+    pub(super) insecure_ssl: bool,
+    pub(super) status_filter: Vec<String>,
+}
+
+/// Checks a draft against the stored endpoint it replaces (if any): the URL parses and may be
+/// delivered to, the selection validates, and masked values keep what is stored.
+pub(super) async fn check(
+    state: &AppState,
+    draft: Draft,
+    current: Option<&webhook_endpoint::Model>,
+) -> Result<EndpointFields> {
+    let Draft {
+        url,
+        secret,
+        events,
+        payload_query,
+        payload_format,
+        enabled,
+        insecure_ssl,
+        status_filter,
+    } = draft;
+    let stored = current
+        .map(|row| fields_of(row, &state.vault))
+        .transpose()?;
+    let masked = current
+        .map(crate::store::endpoints::masked_url)
+        .transpose()?;
+    let url = match &stored {
+        Some(stored) if Some(url.trim()) == masked.as_deref() => stored.url.clone(),
+        _ => EndpointUrl::parse(&url)?,
+    };
+    crate::delivery::guard::check_url(&url, state.sender.policy())?;
+    let secret = match (secret, &stored) {
+        (Some(secret), Some(stored))
+            if stored.secret.as_deref().map(mask_secret).as_deref() == Some(secret.as_str()) =>
+        {
+            stored.secret.clone()
+        }
+        (Some(secret), _) if secret.is_empty() => None,
+        (secret, _) => secret,
+    };
+    let payload_query = payload_query.filter(|query| !query.trim().is_empty());
+    if let Some(query) = &payload_query {
+        state.outbox.renderer().check(query, &state.db).await?;
+    }
+    let mut unique = Vec::new();
+    for kind in events {
+        if !unique.contains(&kind) {
+            unique.push(kind);
+        }
+    }
+    let mut statuses: Vec<String> = Vec::new();
+    for name in status_filter {
+        let name = name.trim().to_ascii_uppercase();
+        if !is_status_name(&name) {
+            return Err(Error::Invalid(format!(
+                "The status filter names {name:?}, which is not a build or task status."
+            )));
+        }
+        if !statuses.contains(&name) {
+            statuses.push(name);
+        }
+    }
+    Ok(EndpointFields {
+        url,
+        secret,
+        events: unique,
+        payload_query,
+        payload_format,
+        enabled,
+        insecure_ssl,
+        status_filter: statuses,
+    })
+}

@@ -1,0 +1,167 @@
+//! `herald bridge slack`: signed deliveries in (Herald's or Cirrus CI's, FLAT or DATA), Slack
+//! messages out, with filtering, de-duplication and Slack's 429 honoured.
+
+use std::time::{Duration, Instant};
+
+use herald::bridge::{self, BridgeOptions};
+use herald::signing;
+use serde_json::json;
+
+use crate::fake_slack::FakeSlack;
+use crate::support::{TestApp, World};
+
+const SECRET: &str = "bridge-secret";
+
+/// Starts a bridge on port 0 in front of `slack`.
+async fn start_bridge(slack: &FakeSlack, only_status: &[&str]) -> String {
+    let options = BridgeOptions {
+        secret: SECRET.into(),
+        slack_url: slack.url().parse().unwrap(),
+        only_status: only_status.iter().map(|s| s.to_string()).collect(),
+        public_url: Some("https://cirrus-ci.com".into()),
+        tolerance: Duration::from_secs(300),
+        max_wait: Duration::from_secs(8),
+    };
+    let router = bridge::router(options).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}/")
+}
+
+/// A body as Cirrus CI sends it: FLAT, numeric ids, `"task": {}` for build events.
+fn cirrus_build_body(delivery_status: &str) -> String {
+    json!({
+        "action": "updated",
+        "old_status": "EXECUTING",
+        "repository": { "id": 5_012_345_678_i64, "owner": "acme", "name": "app", "isPrivate": false },
+        "build": { "id": 6_012_345_678_i64, "branch": "main", "status": delivery_status, "durationInSeconds": 95, "changeIdInRepo": "abc123" },
+        "task": {}
+    })
+    .to_string()
+}
+
+/// Sends `body` as Cirrus CI would: only `X-Cirrus-Signature`.
+async fn send_cirrus(url: &str, delivery: &str, body: &str, secret: &str) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-cirrus-event", "build")
+        .header("x-cirrus-delivery", delivery)
+        .header(
+            "x-cirrus-signature",
+            signing::cirrus_signature(secret, body.as_bytes()),
+        )
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_refuses_a_delivery_signed_with_another_secret() {
+    let slack = FakeSlack::start().await;
+    let url = start_bridge(&slack, &[]).await;
+    let (status, _) = send_cirrus(&url, "d-1", &cirrus_build_body("FAILED"), "wrong").await;
+    assert_eq!(status, 400);
+    let unsigned = reqwest::Client::new()
+        .post(&url)
+        .body(cirrus_build_body("FAILED"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status().as_u16(), 400);
+    assert_eq!(slack.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_filters_forwards_once_and_waits_out_a_429() {
+    let slack = FakeSlack::start().await;
+    let url = start_bridge(&slack, &["FAILED", "ERRORED"]).await;
+
+    let (status, text) = send_cirrus(&url, "d-ok", &cirrus_build_body("COMPLETED"), SECRET).await;
+    assert_eq!(
+        (status, text.trim()),
+        (200, "filtered out by --only-status")
+    );
+    assert_eq!(slack.requests(), 0);
+
+    slack.script([(429, Some("1"))]);
+    let started = Instant::now();
+    let (status, text) = send_cirrus(&url, "d-failed", &cirrus_build_body("FAILED"), SECRET).await;
+    assert_eq!((status, text.trim()), (200, "forwarded"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "Retry-After was not honoured"
+    );
+    assert_eq!(slack.requests(), 2);
+    let message = &slack.accepted()[0];
+    assert_eq!(
+        message["text"],
+        ":x: acme/app: build 6012345678 on main is FAILED (was EXECUTING)"
+    );
+    assert_eq!(
+        message["blocks"][3]["elements"][0]["url"],
+        "https://cirrus-ci.com/build/6012345678"
+    );
+
+    // At-least-once delivery: the same delivery id again is not posted twice.
+    let (status, _) = send_cirrus(&url, "d-failed", &cirrus_build_body("FAILED"), SECRET).await;
+    assert_eq!(status, 200);
+    assert_eq!(slack.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slack_busy_for_too_long_hands_the_retry_back_to_the_sender() {
+    let slack = FakeSlack::start().await;
+    let url = start_bridge(&slack, &[]).await;
+    slack.script([(429, Some("30"))]);
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("x-cirrus-event", "build")
+        .header("x-cirrus-delivery", "d-busy")
+        .header(
+            "x-cirrus-signature",
+            signing::cirrus_signature(SECRET, cirrus_build_body("FAILED").as_bytes()),
+        )
+        .body(cirrus_build_body("FAILED"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers()["retry-after"], "30");
+    assert!(slack.accepted().is_empty());
+}
+
+async fn herald_deliveries_reach_slack_through_the_bridge(app: TestApp) {
+    let slack = FakeSlack::start().await;
+    let bridge = start_bridge(&slack, &["FAILED"]).await;
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(
+            &app,
+            &bridge,
+            json!({ "secretToken": SECRET, "payloadFormat": "DATA" }),
+        )
+        .await;
+    let build = world.build(&app).await;
+    let task = world.task(&app, &build, "unit tests").await;
+    world.task_status(&app, &task, "EXECUTING").await;
+    world.task_status(&app, &task, "FAILED").await;
+    world.build_status(&app, &build, "FAILED").await;
+    let messages = slack.wait_for(2).await;
+    assert_eq!(
+        messages[0]["text"],
+        format!(":x: acme/app: task unit tests (build {build} on main) is FAILED (was EXECUTING)")
+    );
+    assert_eq!(
+        messages[1]["text"],
+        format!(":x: acme/app: build {build} on main is FAILED (was CREATED)")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(slack.accepted().len(), 2);
+}
+
+crate::on_both_backends!(herald_deliveries_reach_slack_through_the_bridge);
