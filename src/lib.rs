@@ -19,7 +19,7 @@ pub mod domain;
 pub mod error;
 /// The GraphQL schema by area, with authentication and permission guards.
 pub mod graphql;
-/// axum routes: /graphql, GraphiQL, /healthz, /readyz, /metrics.
+/// axum routes: the console, /graphql, GraphiQL, /healthz, /readyz, /metrics.
 pub mod http;
 /// Prometheus metrics.
 pub mod metrics;
@@ -29,6 +29,9 @@ pub mod payload;
 pub mod signing;
 /// sea-orm entities and every query; org-scoped finders start from the organization.
 pub mod store;
+
+/// The web console: `web/` embedded in the binary and served at `/`.
+pub mod web;
 
 pub use error::{Error, Result};
 
