@@ -1,13 +1,16 @@
 // Small DOM helpers shared by every view: element building, toasts, confirmation, formatting.
 
 /**
- * Builds an element: `h("a.button", { href }, "text", child)`. Attributes starting with "on"
+ * Builds an element: `h("a.button#id", { href }, "text", child)`. Attributes starting with "on"
  * become listeners; `null`, `undefined` and `false` children are skipped.
  */
 export function h(tag, attrs = {}, ...children) {
-  const [name, ...classes] = tag.split(".");
+  const [, name, rest] = /^([a-z0-9]+)(.*)$/.exec(tag);
   const el = document.createElement(name);
-  if (classes.length) el.className = classes.join(" ");
+  for (const [, kind, value] of rest.matchAll(/([.#])([^.#]+)/g)) {
+    if (kind === "#") el.id = value;
+    else el.classList.add(value);
+  }
   for (const [key, value] of Object.entries(attrs ?? {})) {
     if (value === null || value === undefined || value === false) continue;
     if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
