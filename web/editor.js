@@ -130,9 +130,12 @@ export async function editorView({ viewer, main }, id) {
     editor.mark(at?.line ?? null);
     editor.area.setAttribute("aria-invalid", "true");
     status.className = "selection-status bad";
-    status.replaceChildren(h("span", {}, error.message),
-      at ? h("button.ghost.small", { type: "button", onclick: () => editor.goTo(at) },
-        `Go to line ${at.line}`) : null);
+    status.replaceChildren(h("span", {}, error.message));
+    if (at) {
+      status.append(h("button.ghost.small", { type: "button", onclick: () => editor.goTo(at) },
+        `Go to line ${at.line}`));
+    }
+    previewBody.classList.add("stale");
   }
   function showSelectionOk(text) {
     editor.mark(null);
@@ -172,11 +175,11 @@ export async function editorView({ viewer, main }, id) {
       const { event, body } = data.previewWebHookPayload;
       if (selection().trim()) showSelectionOk(isDefault() ? "Cirrus's default selection." : "The selection is valid.");
       previewEvent.textContent = `X-Cirrus-Event: ${event}`;
+      previewBody.classList.remove("stale");
       previewBody.replaceChildren(codeBlock(pretty(body), "Preview of the request body"));
     } catch (error) {
       if (mine !== sequence) return;
-      if (error.code === "BAD_USER_INPUT" && position(error.message)) showSelectionError(error);
-      else if (error.code === "BAD_USER_INPUT") showSelectionError(error);
+      if (error.code === "BAD_USER_INPUT") showSelectionError(error);
       else previewBody.replaceChildren(errorBox(error));
     }
   }

@@ -190,7 +190,8 @@ impl Browser {
         self.wait(
             &format!("{css} to show {text:?}"),
             "const el = document.querySelector(arguments[0]);
-             const text = el && ('value' in el ? el.value : el.innerText);
+             const field = el instanceof HTMLTextAreaElement || el instanceof HTMLInputElement;
+             const text = el && (field ? el.value : el.innerText);
              return el && text.includes(arguments[1]) ? text : null;",
             json!([css, text]),
         )

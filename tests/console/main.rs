@@ -133,12 +133,13 @@ async fn an_admin_configures_an_endpoint_previews_its_payload_and_replays_a_deli
 
     // A bad selection shows where it is wrong, and saving it stores nothing.
     browser
-        .fill("#payload-query", "build(id: $buildId) { id status")
+        .fill("#payload-query", "build(id: $buildId) {\n  id\n  colour\n}")
         .await;
     let error = browser
-        .wait_for_text("#selection-status.bad", "line 1, column")
+        .wait_for_text("#selection-status.bad", "line 3, column 3")
         .await;
-    assert!(error.contains("Go to line 1"), "{error}");
+    assert!(error.contains("colour"), "{error}");
+    assert!(error.contains("Go to line 3"), "{error}");
     assert_eq!(browser.count(".gutter .bad").await, 1);
     browser.screenshot("selection-error").await;
     browser.click("#save-endpoint").await;
@@ -164,8 +165,9 @@ async fn an_admin_configures_an_endpoint_previews_its_payload_and_replays_a_deli
     assert!(!preview.contains("changeIdInRepo"), "{preview}");
     assert_eq!(browser.count(".gutter .bad").await, 0);
     browser.click("#format-flat").await;
+    // FLAT spreads the selection's fields beside "action" instead of under "data".
     browser
-        .wait_for_text("#preview-body", "\"repository\": {}")
+        .wait_for_text("#preview-body", "\"created\",\n  \"build\": {")
         .await;
     browser.click("#format-data").await;
     browser.wait_for_text("#preview-body", "\"data\"").await;
