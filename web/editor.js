@@ -278,6 +278,9 @@ export async function editorView({ viewer, main }, id) {
       } }, "Delete") : null),
   );
 
+  // A refused save's message stays until the admin changes something.
+  form.addEventListener("input", () => formError.replaceChildren());
+
   const preview = h("aside.card.preview", { "aria-labelledby": "preview-title" },
     h("h2#preview-title", {}, "Live preview"),
     h("p.help", {}, "The exact body this endpoint would send for the created event of:"),

@@ -152,7 +152,7 @@ async fn an_admin_configures_an_endpoint_previews_its_payload_and_replays_a_deli
     browser
         .fill(
             "#payload-query",
-            "build(id: $buildId) { id branch status changeMessageTitle }",
+            "repository(id: $repositoryId) { owner name }\nbuild(id: $buildId) {\n  id\n  branch\n  status\n  changeMessageTitle\n}",
         )
         .await;
     browser
@@ -167,12 +167,17 @@ async fn an_admin_configures_an_endpoint_previews_its_payload_and_replays_a_deli
     browser.click("#format-flat").await;
     // FLAT spreads the selection's fields beside "action" instead of under "data".
     browser
-        .wait_for_text("#preview-body", "\"created\",\n  \"build\": {")
+        .wait_for_text("#preview-body", "\"created\",\n  \"repository\": {")
         .await;
     browser.click("#format-data").await;
     browser.wait_for_text("#preview-body", "\"data\"").await;
-    browser.screenshot("endpoint-editor").await;
-    let editor_shot = browser.screenshot("console").await;
+    browser
+        .script(
+            "document.querySelector('.editor').scrollIntoView({ block: 'center' });",
+            json!([]),
+        )
+        .await;
+    let editor_shot = browser.screenshot("endpoint-editor").await;
     browser.click("#save-endpoint").await;
     let list = browser
         .wait_for_text(".endpoints", &receiver.url("/console-hook"))
@@ -190,6 +195,7 @@ async fn an_admin_configures_an_endpoint_previews_its_payload_and_replays_a_deli
     let body = first[0].json();
     assert_eq!(body["data"]["build"]["id"], build.as_str());
     assert_eq!(body["data"]["build"]["changeMessageTitle"], "Fix it");
+    assert_eq!(body["data"]["repository"]["name"], "app");
     browser.click("#nav [data-tab=deliveries]").await;
     browser.wait_for_text(".delivery-row", "DELIVERED").await;
     browser.click(".delivery-row").await;
