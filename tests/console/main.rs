@@ -10,7 +10,9 @@ mod support;
 
 use std::path::PathBuf;
 
+use hmac::{Hmac, Mac};
 use serde_json::json;
+use sha2::Sha256;
 
 use browser::{Browser, CHROMEDRIVER};
 use support::{Backend, Receiver, TestApp, World};
@@ -270,4 +272,73 @@ async fn a_read_token_sees_builds_and_no_webhook_controls() {
         .script("return sessionStorage.getItem('herald.token');", json!([]))
         .await;
     assert!(stored.is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_disables_edits_and_deletes_an_endpoint() {
+    let Some((app, browser)) = start("manage").await else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    let url = receiver.url("/managed");
+    let id = world
+        .endpoint(&app, &url, json!({ "secretToken": "old-secret-1234" }))
+        .await;
+    let endpoint = async || {
+        app.ok(
+            &world.admin,
+            "query($id: ID!) { webhookEndpoint(id: $id) { webhookURL maskedSecretToken events enabled } }",
+            json!({ "id": id }),
+        )
+        .await["webhookEndpoint"]
+            .clone()
+    };
+
+    sign_in(&browser, &app, &world.admin).await;
+    let card = browser.wait_for_text(".endpoint", &url).await;
+    assert!(!card.contains("old-secret"), "the secret is shown: {card}");
+
+    // The switch disables the endpoint at once.
+    browser.click(".endpoint .switch").await;
+    browser.wait_for_text(".endpoint .switch", "Off").await;
+    assert_eq!(endpoint().await["enabled"], false);
+
+    // Editing replaces the secret and the events; the URL is left as it was.
+    browser.click(".endpoint .actions a.button").await;
+    let help = browser
+        .wait_for_text(".endpoint-form", "A secret is set")
+        .await;
+    assert!(!help.contains("old-secret"), "{help}");
+    browser.fill("#secret-token", "new-secret-5678").await;
+    browser.click("#event-task").await;
+    browser.click("#enabled").await;
+    browser.click("#save-endpoint").await;
+    browser.wait_for_text(".endpoint .switch", "On").await;
+    let saved = endpoint().await;
+    assert_eq!(saved["webhookURL"], url.as_str());
+    assert_eq!(saved["events"], json!(["TASK"]));
+    assert_eq!(saved["enabled"], true);
+    // The new secret signs what is sent now.
+    app.ok(
+        &world.admin,
+        "mutation($id: ID!) { sendTestWebHook(input: {endpointId: $id}) { delivery { id } } }",
+        json!({ "id": id }),
+    )
+    .await;
+    let ping = &receiver.wait_for(1).await[0];
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"new-secret-5678").unwrap();
+    mac.update(&ping.body);
+    let expected = hex::encode(mac.finalize().into_bytes());
+    assert_eq!(ping.header("x-cirrus-signature"), Some(expected.as_str()));
+
+    // Deleting asks first.
+    browser.click(".endpoint .danger-text").await;
+    browser
+        .wait_for_text("#confirm", "Delete this endpoint?")
+        .await;
+    browser.screenshot("delete-confirmation").await;
+    browser.click("#confirm-ok").await;
+    browser.wait_for_text("main", "No endpoints yet").await;
+    assert_eq!(endpoint_count(&app, &world).await, 0);
 }
