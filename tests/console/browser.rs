@@ -18,7 +18,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A headless Chromium session behind its own chromedriver.
 pub struct Browser {
-    driver: Child,
+    _driver: Driver,
     port: u16,
     session: String,
     http: reqwest::Client,
@@ -43,12 +43,15 @@ impl Browser {
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver");
+        // Wrapped at once so that chromedriver stops even when starting the session fails.
+        let driver = Driver(
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting chromedriver"),
+        );
         let profile = tempfile::tempdir().expect("a browser profile directory");
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
@@ -94,7 +97,7 @@ impl Browser {
             .unwrap_or_else(|| panic!("no WebDriver session: {response:#}"))
             .to_owned();
         Some(Self {
-            driver,
+            _driver: driver,
             port,
             session,
             http,
@@ -269,8 +272,8 @@ async fn read_json(response: reqwest::Response) -> Value {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // Ends the session so chromedriver closes Chromium, then stops chromedriver. Drop
-        // cannot await, so this is one plain blocking HTTP request.
+        // Ends the session so chromedriver closes Chromium (the driver field stops chromedriver
+        // afterwards). Drop cannot await, so this is one plain blocking HTTP request.
         if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
             let _ = write!(
@@ -280,7 +283,15 @@ impl Drop for Browser {
             );
             let _ = stream.read_to_end(&mut Vec::new());
         }
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+    }
+}
+
+/// The chromedriver process, stopped when dropped.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
