@@ -1,4 +1,5 @@
-//! HTTP: `/graphql` (POST, and GraphiQL on GET), `/healthz`, `/readyz`, `/metrics`.
+//! HTTP: the web console at `/`, `/graphql` (POST, and GraphiQL on GET), `/healthz`, `/readyz`,
+//! `/metrics`.
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::GraphQLResponse;
@@ -24,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::web::router())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
 }

@@ -23,7 +23,7 @@ pub mod domain;
 pub mod error;
 /// The GraphQL schema by area, with authentication and permission guards.
 pub mod graphql;
-/// axum routes: /graphql, GraphiQL, /healthz, /readyz, /metrics.
+/// axum routes: the console, /graphql, GraphiQL, /healthz, /readyz, /metrics.
 pub mod http;
 /// `herald listen`: a local receiver that prints and checks each delivery.
 pub mod listen;
@@ -41,6 +41,9 @@ pub mod signing;
 pub mod slack;
 /// sea-orm entities and every query; org-scoped finders start from the organization.
 pub mod store;
+
+/// The web console: `web/` embedded in the binary and served at `/`.
+pub mod web;
 
 pub use error::{Error, Result};
 
