@@ -33,6 +33,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Measure throughput, latency and memory end to end on fresh databases.
+    Bench(Box<crate::bench::BenchArgs>),
     /// Run the API, the web console and the delivery worker.
     Serve {
         #[command(flatten)]
@@ -284,6 +286,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             crate::listen::run(listen, options).await
         }
+        Command::Bench(args) => crate::bench::run(*args).await,
         Command::Verify {
             secret,
             signature,

@@ -7,6 +7,8 @@
 
 /// AppState and App::build/run: the server, the worker and shutdown.
 pub mod app;
+/// `herald bench`: end-to-end throughput, latency and memory beside the machine's ceiling.
+pub mod bench;
 /// `herald bridge slack`: verified deliveries in, Slack messages out.
 pub mod bridge;
 /// The command line: serve, worker, migrate, schema, org, token, listen, verify, bridge, demo.

@@ -147,3 +147,53 @@ async fn a_process_killed_with_a_backlog_delivers_all_of_it_after_restart() {
         .collect();
     assert_eq!(names.len(), 20);
 }
+
+#[test]
+fn bench_runs_every_scenario_in_its_quick_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bench.json");
+    let output = herald()
+        .args(["bench", "--quick", "--drain", "100", "--json"])
+        .arg(&json_path)
+        .env_remove("HERALD_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.contains("| scenario |") && table.contains("| drain-100 |"),
+        "{table}"
+    );
+    let figures: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ceiling",
+            "ingest-deliver",
+            "fanout",
+            "steady",
+            "burst",
+            "drain-100"
+        ]
+    );
+    for f in &figures {
+        assert_eq!(f["errors"], 0, "{f}");
+        assert!(
+            f["deliveries"].as_u64().unwrap() > 0
+                && f["deliveries_per_second"].as_f64().unwrap() > 0.0,
+            "{f}"
+        );
+    }
+    for f in &figures[1..] {
+        assert!(f["peak_rss_mib"].as_f64().unwrap() > 1.0, "{f}");
+    }
+}

@@ -1,0 +1,104 @@
+//! The figures of one scenario, and the table that shows them.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Everything one scenario measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Figures {
+    pub scenario: String,
+    pub backend: String,
+    /// Events recorded (acknowledged mutations).
+    pub events: usize,
+    /// Deliveries that reached the receiver.
+    pub deliveries: usize,
+    pub events_per_second: f64,
+    pub deliveries_per_second: f64,
+    /// From a mutation's acknowledgement to its delivery's arrival, in milliseconds.
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub latency_max_ms: Option<f64>,
+    /// Wall time of the measured part, in seconds.
+    pub seconds: f64,
+    /// The largest peak RSS of the Herald processes, in MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Failed mutations plus deliveries that never arrived.
+    pub errors: usize,
+    /// Deliveries per second as a share of the `ceiling` scenario's rate.
+    pub ceiling_ratio: Option<f64>,
+}
+
+impl Figures {
+    /// Fills the latency percentiles from a list of latencies.
+    pub fn with_latencies(mut self, mut latencies: Vec<Duration>) -> Self {
+        if latencies.is_empty() {
+            return self;
+        }
+        latencies.sort();
+        let at = |q: f64| {
+            let index =
+                ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+            latencies[index].as_secs_f64() * 1000.0
+        };
+        self.latency_p50_ms = Some(at(0.50));
+        self.latency_p95_ms = Some(at(0.95));
+        self.latency_p99_ms = Some(at(0.99));
+        self.latency_max_ms = Some(at(1.0));
+        self
+    }
+}
+
+fn opt(value: Option<f64>, precision: usize) -> String {
+    value
+        .map(|v| format!("{v:.precision$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The results as a Markdown table.
+pub fn table(results: &[Figures], database: &str) -> String {
+    let backend = if database.starts_with("postgres") {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    let mut out = format!("\nherald bench on {backend}\n\n");
+    out.push_str("| scenario | events | events/s | deliveries | deliveries/s | vs ceiling | p50 ms | p95 ms | p99 ms | max ms | seconds | peak RSS MiB | errors |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for f in results {
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
+            f.scenario,
+            f.events,
+            f.events_per_second,
+            f.deliveries,
+            f.deliveries_per_second,
+            f.ceiling_ratio
+                .map(|r| format!("{:.1} %", r * 100.0))
+                .unwrap_or_else(|| "-".into()),
+            opt(f.latency_p50_ms, 1),
+            opt(f.latency_p95_ms, 1),
+            opt(f.latency_p99_ms, 1),
+            opt(f.latency_max_ms, 1),
+            f.seconds,
+            opt(f.peak_rss_mib, 1),
+            f.errors,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_taken_by_rank() {
+        let latencies = (1..=100).map(Duration::from_millis).collect();
+        let figures = Figures::default().with_latencies(latencies);
+        assert_eq!(figures.latency_p50_ms, Some(50.0));
+        assert_eq!(figures.latency_p99_ms, Some(99.0));
+        assert_eq!(figures.latency_max_ms, Some(100.0));
+    }
+}
