@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_init;
 mod m20261122_000003_endpoint_credentials;
 mod m20261210_000002_endpoint_status_filter;
+mod m20261211_000001_delivery_held;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_init::Migration),
             Box::new(m20261122_000003_endpoint_credentials::Migration),
             Box::new(m20261210_000002_endpoint_status_filter::Migration),
+            Box::new(m20261211_000001_delivery_held::Migration),
         ]
     }
 }

@@ -234,32 +234,25 @@ const CREATE_BUILD: &str = "mutation($repo: ID!) { createBuild(input: {repositor
 const CREATE_TASK: &str = "mutation($build: ID!) { createTask(input: {buildId: $build, name: \"t\"}) { task { id status } } }";
 const UPDATE_TASK: &str = "mutation($task: ID!, $status: TaskStatus!) { updateTaskStatus(input: {taskId: $task, status: $status}) { task { id status } } }";
 
-/// Records `events` task events from `clients` concurrent clients, each cycling a task through
-/// CREATED → EXECUTING → COMPLETED; a `pace` spaces events out (steady load).
+/// Records `events` task events from `clients` concurrent clients, each cycling tasks through
+/// CREATED → EXECUTING → COMPLETED and starting a new build every `tasks_per_build` tasks (one
+/// build's events reach an endpoint in order, so a build is a chain); a `pace` spaces events out
+/// (steady load).
 async fn record(
     server: &Arc<Server>,
-    clients: usize,
+    args: &BenchArgs,
     events: usize,
     pace: Option<Duration>,
 ) -> Recorded {
     let budget = Arc::new(AtomicUsize::new(0));
     let recorded = Arc::new(Mutex::new(Recorded::default()));
     let started = Instant::now();
+    let tasks_per_build = args.tasks_per_build.max(1);
     let mut handles = Vec::new();
-    for _ in 0..clients {
+    for _ in 0..args.clients {
         let (server, budget, recorded) = (server.clone(), budget.clone(), recorded.clone());
         handles.push(tokio::spawn(async move {
-            let Ok(build) = server
-                .gql(CREATE_BUILD, json!({ "repo": server.repository }))
-                .await
-            else {
-                recorded.lock().await.errors += 1;
-                return;
-            };
-            let build = build["createBuild"]["build"]["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+            let mut build = String::new();
             let mut task: Option<String> = None;
             let mut step = 0;
             loop {
@@ -269,6 +262,23 @@ async fn record(
                 }
                 if let Some(pace) = pace {
                     tokio::time::sleep_until((started + pace * n as u32).into()).await;
+                }
+                if step % (3 * tasks_per_build) == 0 {
+                    match server
+                        .gql(CREATE_BUILD, json!({ "repo": server.repository }))
+                        .await
+                    {
+                        Ok(data) => {
+                            build = data["createBuild"]["build"]["id"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned();
+                        }
+                        Err(_) => {
+                            recorded.lock().await.errors += 1;
+                            continue;
+                        }
+                    }
                 }
                 let result = match (&task, step % 3) {
                     (Some(id), 1) => {
@@ -369,7 +379,7 @@ async fn scenario(
     receiver.reset();
     let server = Arc::new(Server::start(args, receiver, endpoints, false).await?);
     let started = Instant::now();
-    let recorded = record(&server, args.clients, events, pace).await;
+    let recorded = record(&server, args, events, pace).await;
     let last = receiver
         .wait_for(recorded.acks.len() * endpoints, DELIVERY_DEADLINE)
         .await;
@@ -400,20 +410,25 @@ pub async fn burst(args: &BenchArgs, receiver: &Receiver) -> anyhow::Result<Figu
     scenario("burst", args, receiver, 1, args.burst, None).await
 }
 
-/// Queues `size` deliveries with no worker running, then times one worker emptying the queue.
+/// Queues `size` deliveries with no worker running (events to the `fanout` endpoints, as a
+/// backlog of many receivers), then times one worker emptying the queue.
 pub async fn drain(args: &BenchArgs, receiver: &Receiver, size: usize) -> anyhow::Result<Figures> {
-    eprintln!("drain-{size}: queueing {size} deliveries with no worker…");
+    let endpoints = args.fanout.clamp(1, size.max(1));
+    let events = size.div_ceil(endpoints);
+    eprintln!(
+        "drain-{size}: queueing {} deliveries ({events} events × {endpoints} endpoints) with no worker…",
+        events * endpoints
+    );
     receiver.reset();
-    let server = Arc::new(Server::start(args, receiver, 1, true).await?);
-    let recorded = record(&server, args.clients, size, None).await;
+    let server = Arc::new(Server::start(args, receiver, endpoints, true).await?);
+    let recorded = record(&server, args, events, None).await;
+    let queued = recorded.acks.len() * endpoints;
     let mut server =
         Arc::try_unwrap(server).map_err(|_| anyhow::anyhow!("the server is still shared"))?;
     eprintln!("drain-{size}: starting one worker…");
     let started = Instant::now();
     server.start_worker()?;
-    let last = receiver
-        .wait_for(recorded.acks.len(), DELIVERY_DEADLINE)
-        .await;
+    let last = receiver.wait_for(queued, DELIVERY_DEADLINE).await;
     let delivered = receiver.count();
     let end = last.unwrap_or_else(Instant::now);
     let figures = Figures {
@@ -425,7 +440,7 @@ pub async fn drain(args: &BenchArgs, receiver: &Receiver, size: usize) -> anyhow
             / end.duration_since(started).as_secs_f64().max(1e-9),
         seconds: end.duration_since(started).as_secs_f64(),
         peak_rss_mib: server.peak_rss_mib(),
-        errors: recorded.errors + recorded.acks.len().saturating_sub(delivered),
+        errors: recorded.errors + queued.saturating_sub(delivered),
         ..Figures::default()
     };
     server.stop().await;

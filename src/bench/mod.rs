@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Concurrent GraphQL clients.
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
+    /// Tasks each client records in one build before it starts the next (a build's events
+    /// reach an endpoint in order).
+    #[arg(long, default_value_t = 10)]
+    pub tasks_per_build: usize,
     /// Events recorded by `ingest-deliver` and `fanout`.
     #[arg(long, default_value_t = 20_000)]
     pub events: usize,

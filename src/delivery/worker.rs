@@ -1,10 +1,17 @@
 //! The worker: claims due deliveries under a lease, sends them with bounded concurrency, and
 //! records each attempt. Woken at once by the outbox after a commit, with a short poll as the
 //! fallback for retries coming due and for deliveries another process queued.
+//!
+//! Claims take as many deliveries as there are free slots in one transaction, and the
+//! endpoints they name in one query. Outcomes go to one writer task, which records every
+//! outcome that is waiting in one transaction: under load, a few statements per batch instead
+//! of a transaction per delivery.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -13,13 +20,24 @@ use super::outcome::{Outcome, decide};
 use crate::Result;
 use crate::app::AppState;
 use crate::domain::DeliveryState;
-use crate::store::{self, deliveries::AttemptRecord, entities::delivery};
+use crate::store::endpoints::EndpointFields;
+use crate::store::{
+    self,
+    deliveries::AttemptRecord,
+    entities::{delivery, webhook_endpoint},
+};
 
 /// How often an idle worker looks for due deliveries it was not woken for.
 const POLL: Duration = Duration::from_millis(200);
 
 /// The longest pause after claims keep failing (the database is down or restarting).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How often the worker looks for held deliveries that no longer wait for anything.
+const SWEEP: Duration = Duration::from_secs(60);
+
+/// The most outcomes the writer records in one transaction.
+const WRITE_BATCH: usize = 512;
 
 /// The delivery worker of one process.
 pub struct Worker {
@@ -50,48 +68,68 @@ impl Worker {
                 shutdown.clone(),
             ))
         });
+        let (outcomes, written) = mpsc::channel(limit.max(1));
+        let writer = tokio::spawn(write_outcomes(self.state.clone(), written));
         let mut failures = 0u32;
+        let mut last_look_past = tokio::time::Instant::now();
+        let mut last_sweep: Option<tokio::time::Instant> = None;
+        // Whether to claim on the next turn; after a claim that found only deliveries of
+        // endpoints at their cap, a wake does not claim again (it would find the same), a
+        // freed slot or the poll does.
+        let mut claim_now = true;
+        let mut saturated = false;
+        let mut poll_at = tokio::time::Instant::now();
         loop {
-            let mut pause = POLL;
+            if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP) {
+                last_sweep = Some(tokio::time::Instant::now());
+                self.release_stranded().await;
+            }
             let room = limit - in_flight.len();
             let mut more = false;
-            if room > 0 {
+            if room > 0 && claim_now {
+                let mut pause = POLL;
                 let busy: Vec<i64> = per
                     .iter()
                     .filter(|(_, n)| **n >= per_endpoint)
                     .map(|(id, _)| *id)
                     .collect();
-                // At most one endpoint's cap per claim, so that one endpoint's backlog cannot
-                // take more slots than the cap in one go.
-                let batch = room.min(per_endpoint);
-                match self.claim(batch, &busy).await {
-                    Ok((token, rows)) => {
+                let room_of = |endpoint: i64| {
+                    per_endpoint - per.get(&endpoint).copied().unwrap_or(0).min(per_endpoint)
+                };
+                // Reading past the queues of endpoints at their cap costs a read of those
+                // queues: a few times a second is enough to keep other endpoints moving.
+                let look_past_busy = last_look_past.elapsed() >= POLL;
+                if look_past_busy && !busy.is_empty() {
+                    last_look_past = tokio::time::Instant::now();
+                }
+                let request = store::deliveries::ClaimRequest {
+                    now: crate::now_ms(),
+                    lease_ms: config.lease.as_millis() as i64,
+                    limit: room,
+                    busy,
+                    room_of,
+                    look_past_busy,
+                };
+                let capped = !request.busy.is_empty();
+                match self.claim(request).await {
+                    Ok(claimed) => {
                         failures = 0;
-                        more = rows.len() == batch;
-                        let mut over_cap = Vec::new();
-                        for row in rows {
-                            let count = per.entry(row.endpoint_id).or_default();
-                            if *count >= per_endpoint {
-                                over_cap.push(row.id);
-                                continue;
-                            }
-                            *count += 1;
+                        more = claimed.rows == room;
+                        saturated = capped && claimed.rows == 0;
+                        for (row, endpoint) in claimed.ready {
+                            *per.entry(row.endpoint_id).or_default() += 1;
                             let state = self.state.clone();
-                            let token = token.clone();
+                            let outcomes = outcomes.clone();
+                            let token = claimed.token.clone();
                             in_flight.spawn(async move {
                                 let endpoint_id = row.endpoint_id;
-                                if let Err(err) = attempt(&state, row, &token).await {
+                                if let Err(err) =
+                                    attempt(&state, row, &endpoint, token, &outcomes).await
+                                {
                                     tracing::warn!(error = %err, "a delivery attempt could not be recorded");
                                 }
                                 endpoint_id
                             });
-                        }
-                        for id in over_cap {
-                            if let Err(err) =
-                                store::deliveries::release(&self.state.db, id, &token).await
-                            {
-                                tracing::warn!(error = %err, "releasing a claim over the endpoint's cap failed; its lease will expire");
-                            }
                         }
                     }
                     Err(err) => {
@@ -100,20 +138,31 @@ impl Worker {
                         tracing::warn!(error = %err, retry_in = ?pause, "claiming deliveries failed");
                     }
                 }
+                poll_at = tokio::time::Instant::now() + pause;
+            } else if poll_at <= tokio::time::Instant::now() {
+                poll_at = tokio::time::Instant::now() + POLL;
             }
             if more && in_flight.len() < limit {
                 continue;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => release_slot(&mut per, done),
-                _ = self.state.wake.notified(), if failures == 0 => {}
-                _ = tokio::time::sleep(pause) => {}
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    claim_now = true;
+                    release_slot(&mut per, done);
+                    // Free every finished slot, so the next claim fills them all at once.
+                    while let Some(done) = in_flight.try_join_next() {
+                        release_slot(&mut per, done);
+                    }
+                }
+                _ = self.state.wake.notified(), if failures == 0 => claim_now = !saturated,
+                _ = tokio::time::sleep_until(poll_at) => claim_now = true,
             }
         }
         if let Some(listener) = listener {
             let _ = listener.await;
         }
+        drop(outcomes);
         let grace = config.shutdown_grace;
         tracing::info!(in_flight = in_flight.len(), "delivery worker stopping");
         let drained = tokio::time::timeout(grace, async {
@@ -127,16 +176,76 @@ impl Worker {
             );
             in_flight.abort_all();
         }
+        // Every sender is gone once the attempts are: the writer records what is left and ends.
+        drop(in_flight);
+        let _ = writer.await;
     }
 
-    async fn claim(&self, room: usize, busy: &[i64]) -> Result<(String, Vec<delivery::Model>)> {
+    /// Claims up to `room` deliveries and looks up their endpoints. A delivery whose endpoint
+    /// was deleted since it was queued went with it and is dropped.
+    async fn claim(
+        &self,
+        request: store::deliveries::ClaimRequest<impl Fn(i64) -> usize>,
+    ) -> Result<Claimed> {
         let tx = store::begin_write(&self.state.db).await?;
-        let lease_ms = self.state.config.lease.as_millis() as i64;
-        let claimed =
-            store::deliveries::claim(&tx, crate::now_ms(), lease_ms, room as u64, busy).await?;
+        let (token, rows) = store::deliveries::claim(&tx, request).await?;
         tx.commit().await?;
-        Ok(claimed)
+        let count = rows.len();
+        let mut endpoints: HashMap<i64, Arc<Target>> = HashMap::new();
+        if !rows.is_empty() {
+            let mut ids: Vec<i64> = rows.iter().map(|row| row.endpoint_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            for row in store::endpoints::find_many(&self.state.db, ids).await? {
+                let fields = store::endpoints::fields_of(&row, &self.state.vault)?;
+                endpoints.insert(row.id, Arc::new(Target { row, fields }));
+            }
+        }
+        let ready = rows
+            .into_iter()
+            .filter_map(|row| {
+                let endpoint = endpoints.get(&row.endpoint_id)?.clone();
+                Some((row, endpoint))
+            })
+            .collect();
+        Ok(Claimed {
+            token: Arc::from(token),
+            rows: count,
+            ready,
+        })
     }
+}
+
+impl Worker {
+    /// Releases held deliveries that no longer wait for anything (see
+    /// [`store::deliveries::release_stranded`]).
+    async fn release_stranded(&self) {
+        match store::deliveries::release_stranded(&self.state.db).await {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::warn!(
+                    released,
+                    "held deliveries whose chain had moved on were released"
+                );
+            }
+            Err(err) => tracing::warn!(error = %err, "releasing stranded deliveries failed"),
+        }
+    }
+}
+
+/// What one claim took.
+struct Claimed {
+    token: Arc<str>,
+    /// How many deliveries were claimed.
+    rows: usize,
+    /// The claimed deliveries whose endpoint still exists, with it.
+    ready: Vec<(delivery::Model, Arc<Target>)>,
+}
+
+/// An endpoint as an attempt needs it: the stored row and its opened fields.
+struct Target {
+    row: webhook_endpoint::Model,
+    fields: EndpointFields,
 }
 
 fn release_slot(
@@ -152,20 +261,28 @@ fn release_slot(
     }
 }
 
-/// Sends one claimed delivery and records the outcome, if the lease is still ours.
-async fn attempt(state: &AppState, row: delivery::Model, token: &str) -> Result<()> {
-    let endpoint = match store::endpoints::find(&state.db, row.org_id, row.endpoint_id).await {
-        Ok(endpoint) => endpoint,
-        // Deleted since the claim: its deliveries went with it.
-        Err(crate::Error::NotFound { .. }) => return Ok(()),
-        Err(err) => return Err(err),
-    };
-    let fields = store::endpoints::fields_of(&endpoint, &state.vault)?;
+/// An outcome on its way to the writer, and where the writer says whether it was recorded.
+struct Written {
+    record: AttemptRecord,
+    /// The receiver answered 410 Gone: the endpoint is disabled with the outcome.
+    gone: Option<i64>,
+    recorded: oneshot::Sender<Result<bool>>,
+}
+
+/// Sends one claimed delivery and has its outcome recorded, if the lease is still ours.
+async fn attempt(
+    state: &AppState,
+    row: delivery::Model,
+    endpoint: &Target,
+    token: Arc<str>,
+    outcomes: &mpsc::Sender<Written>,
+) -> Result<()> {
+    let fields = &endpoint.fields;
     let answer = state
         .sender
         .send(Outgoing {
             url: &fields.url,
-            insecure_ssl: endpoint.insecure_ssl,
+            insecure_ssl: endpoint.row.insecure_ssl,
             event: &row.event,
             delivery_id: &row.uid,
             event_timestamp: row.created_at,
@@ -215,6 +332,10 @@ async fn attempt(state: &AppState, row: delivery::Model, token: &str) -> Result<
         })
         .collect();
     let record = AttemptRecord {
+        delivery_id: row.id,
+        endpoint_id: row.endpoint_id,
+        build_id: row.build_id,
+        token: token.to_string(),
         state: delivery_state,
         next_attempt_at,
         timestamp: now - answer.duration.as_millis() as i64,
@@ -224,27 +345,18 @@ async fn attempt(state: &AppState, row: delivery::Model, token: &str) -> Result<
         response_headers: serde_json::Value::Object(headers).to_string(),
         response_body: answer.body,
     };
-    // The answer is in hand: keep trying to record it through a short database outage, so the
-    // delivery is not sent again when its lease expires.
-    let mut wait = Duration::from_millis(100);
-    let recorded = loop {
-        match write_outcome(
-            state,
-            row.id,
-            token,
-            &record,
-            outcome == Outcome::Gone,
-            endpoint.id,
-        )
-        .await
-        {
-            Err(crate::Error::Unavailable) if wait < state.config.lease => {
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-            }
-            result => break result?,
-        }
+    let (reply, recorded) = oneshot::channel();
+    let written = Written {
+        record,
+        gone: (outcome == Outcome::Gone).then_some(endpoint.row.id),
+        recorded: reply,
     };
+    if outcomes.send(written).await.is_err() {
+        return Err(crate::Error::internal("the outcome writer stopped"));
+    }
+    let recorded = recorded
+        .await
+        .map_err(|_| crate::Error::internal("the outcome writer dropped an outcome"))??;
     let label = if recorded {
         outcome.label()
     } else {
@@ -257,20 +369,52 @@ async fn attempt(state: &AppState, row: delivery::Model, token: &str) -> Result<
     Ok(())
 }
 
-/// Writes one attempt's outcome (and disables the endpoint on 410) in one transaction.
-async fn write_outcome(
+/// Records outcomes as they come: everything waiting is written in one transaction. The answer
+/// is in hand, so a short database outage is waited out (up to the lease) rather than letting
+/// the lease expire and the delivery be sent again.
+async fn write_outcomes(state: AppState, mut written: mpsc::Receiver<Written>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while written.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let records: Vec<AttemptRecord> = batch.iter().map(|w| w.record.clone()).collect();
+        let gone: Vec<(i64, i64)> = batch
+            .iter()
+            .filter_map(|w| Some((w.record.delivery_id, w.gone?)))
+            .collect();
+        let mut wait = Duration::from_millis(100);
+        let result = loop {
+            match write_batch(&state, &records, &gone).await {
+                Err(crate::Error::Unavailable) if wait < state.config.lease => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                result => break result,
+            }
+        };
+        for written in batch.drain(..) {
+            let reply = match &result {
+                Ok(recorded) => Ok(recorded.contains(&written.record.delivery_id)),
+                Err(crate::Error::Unavailable) => Err(crate::Error::Unavailable),
+                Err(_) => Err(crate::Error::Internal),
+            };
+            let _ = written.recorded.send(reply);
+        }
+    }
+}
+
+/// Writes outcomes in one transaction, and disables each endpoint that answered 410 to an
+/// attempt that was recorded (delivery id, endpoint id in `gone`); the ids of the deliveries
+/// whose outcome was recorded.
+async fn write_batch(
     state: &AppState,
-    delivery_id: i64,
-    token: &str,
-    record: &AttemptRecord,
-    gone: bool,
-    endpoint_id: i64,
-) -> Result<bool> {
+    records: &[AttemptRecord],
+    gone: &[(i64, i64)],
+) -> Result<std::collections::HashSet<i64>> {
     let tx = store::begin_write(&state.db).await?;
-    let recorded =
-        store::deliveries::record_attempt(&tx, delivery_id, token, record.clone()).await?;
-    if recorded && gone {
-        store::endpoints::disable(&tx, endpoint_id).await?;
+    let recorded = store::deliveries::record_attempts(&tx, records).await?;
+    for (delivery_id, endpoint_id) in gone {
+        if recorded.contains(delivery_id) {
+            store::endpoints::disable(&tx, *endpoint_id).await?;
+        }
     }
     tx.commit().await?;
     Ok(recorded)

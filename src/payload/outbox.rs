@@ -125,6 +125,10 @@ impl Outbox {
         .await?;
         let endpoints =
             store::endpoints::subscribed(conn, change.org_id, change.kind, &change.status).await?;
+        // A delivery queued behind an unfinished one of its chain waits for it.
+        let ids: Vec<i64> = endpoints.iter().map(|endpoint| endpoint.id).collect();
+        store::deliveries::lock_chains(conn, &[change.build_id]).await?;
+        let waiting = store::deliveries::unfinished_chains(conn, change.build_id, &ids).await?;
         let mut bodies: HashMap<(Option<String>, PayloadFormat), String> = HashMap::new();
         let mut deliveries = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
@@ -160,10 +164,11 @@ impl Outbox {
                 action: change.action.into(),
                 body,
                 timestamp: change.timestamp,
+                held: waiting.contains(&endpoint.id),
             });
         }
         if !deliveries.is_empty() {
-            store::deliveries::insert(conn, deliveries).await?;
+            store::deliveries::insert_many(conn, deliveries).await?;
             store::deliveries::announce(conn).await?;
         }
         Ok(())
@@ -208,11 +213,9 @@ impl Outbox {
             action: "ping".into(),
             body: serde_json::to_string(&body).map_err(Error::internal)?,
             timestamp: now,
+            held: false,
         };
-        let row = store::deliveries::insert(conn, vec![new])
-            .await?
-            .pop()
-            .ok_or_else(|| Error::internal("a queued ping came back empty"))?;
+        let row = store::deliveries::insert_one(conn, new).await?;
         store::deliveries::announce(conn).await?;
         Ok(row)
     }

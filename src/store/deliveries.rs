@@ -4,6 +4,8 @@
 //! (`lease_token`). Only the holder of the current token may record the attempt's outcome, so a
 //! worker that lost its lease (it stalled, or was presumed dead) changes nothing.
 
+use std::collections::{HashMap, HashSet};
+
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult,
     QueryFilter, QueryOrder, QuerySelect, Statement, Value,
@@ -62,26 +64,24 @@ pub struct NewDelivery {
     pub action: String,
     pub body: String,
     pub timestamp: i64,
+    /// An earlier delivery of its (endpoint, build) chain is unfinished: it waits for it.
+    pub held: bool,
 }
 
-/// Queues deliveries, due at once, each with a new public id.
-pub async fn insert(
-    conn: &impl ConnectionTrait,
-    new: Vec<NewDelivery>,
-) -> Result<Vec<delivery::Model>> {
-    let mut rows = Vec::with_capacity(new.len());
-    for NewDelivery {
-        org_id,
-        endpoint_id,
-        event_id,
-        build_id,
-        event,
-        action,
-        body,
-        timestamp,
-    } in new
-    {
-        let row = delivery::ActiveModel {
+impl NewDelivery {
+    fn into_row(self) -> delivery::ActiveModel {
+        let NewDelivery {
+            org_id,
+            endpoint_id,
+            event_id,
+            build_id,
+            event,
+            action,
+            body,
+            timestamp,
+            held,
+        } = self;
+        delivery::ActiveModel {
             uid: Set(uuid::Uuid::now_v7().to_string()),
             org_id: Set(org_id),
             endpoint_id: Set(endpoint_id),
@@ -101,15 +101,129 @@ pub async fn insert(
             last_duration: Set(None),
             last_response: Set(None),
             updated_at: Set(timestamp),
+            held: Set(held),
             ..Default::default()
-        };
-        rows.push(
-            delivery::Entity::insert(row)
-                .exec_with_returning(conn)
-                .await?,
-        );
+        }
     }
-    Ok(rows)
+}
+
+/// The key space of Herald's chain locks among PostgreSQL's advisory locks ("HERD").
+const CHAIN_LOCK_CLASS: i32 = 0x4845_5244;
+
+/// On PostgreSQL, locks the chains of these builds until the transaction ends, so that adding
+/// a delivery to a chain and finishing one of the chain never run side by side: a new delivery
+/// is held only behind an unfinished one, and finishing a delivery releases the next one held.
+/// SQLite runs one writing transaction at a time, so it needs no lock.
+pub async fn lock_chains(conn: &impl ConnectionTrait, builds: &[i64]) -> Result<()> {
+    let backend = conn.get_database_backend();
+    if backend != DbBackend::Postgres || builds.is_empty() {
+        return Ok(());
+    }
+    // One key per build, taken in ascending order so that two lockers never deadlock.
+    let mut keys: Vec<i32> = builds.iter().map(|id| (id & 0x7fff_ffff) as i32).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let list: Vec<String> = keys.iter().map(|key| format!("({key})")).collect();
+    let sql = format!(
+        "SELECT pg_advisory_xact_lock({CHAIN_LOCK_CLASS}, k)::text AS locked
+         FROM (SELECT k FROM (VALUES {}) AS v(k) ORDER BY k OFFSET 0) AS sorted",
+        list.join(", ")
+    );
+    conn.query_all_raw(Statement::from_string(backend, sql))
+        .await?;
+    Ok(())
+}
+
+/// The endpoints among `endpoints` with an unfinished delivery of `build_id`: a new delivery
+/// of the build to one of them is held behind it.
+pub async fn unfinished_chains(
+    conn: &impl ConnectionTrait,
+    build_id: i64,
+    endpoints: &[i64],
+) -> Result<HashSet<i64>> {
+    if endpoints.is_empty() {
+        return Ok(HashSet::new());
+    }
+    #[derive(FromQueryResult)]
+    struct Chain {
+        endpoint_id: i64,
+    }
+    let backend = conn.get_database_backend();
+    let sql = format!(
+        "SELECT DISTINCT endpoint_id FROM deliveries
+        WHERE endpoint_id IN ({}) AND build_id = ? AND state IN ('PENDING', 'RETRYING')",
+        id_list(endpoints)
+    );
+    let statement =
+        Statement::from_sql_and_values(backend, numbered(backend, &sql), [build_id.into()]);
+    Ok(Chain::find_by_statement(statement)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|chain| chain.endpoint_id)
+        .collect())
+}
+
+/// Releases the first held delivery of each of these (endpoint, build) chains, whose earlier
+/// delivery has just finished.
+async fn release_next(conn: &impl ConnectionTrait, chains: &HashSet<(i64, i64)>) -> Result<()> {
+    if chains.is_empty() {
+        return Ok(());
+    }
+    let backend = conn.get_database_backend();
+    let rows: Vec<String> = chains
+        .iter()
+        .map(|(endpoint, build)| format!("({endpoint}, {build})"))
+        .collect();
+    let sql = format!(
+        "WITH finished(f_endpoint, f_build) AS (VALUES {})
+        UPDATE deliveries SET held = false WHERE id IN (
+            SELECT (SELECT MIN(p.id) FROM deliveries p
+                    WHERE p.endpoint_id = f_endpoint AND p.build_id = f_build
+                      AND p.held = true AND p.state IN ('PENDING', 'RETRYING'))
+            FROM finished)",
+        rows.join(", ")
+    );
+    conn.execute_raw(Statement::from_string(backend, sql))
+        .await?;
+    Ok(())
+}
+
+/// Releases every held delivery that no longer waits for anything: the first unfinished
+/// delivery of its chain. Finishing a delivery releases the next one in the same transaction,
+/// so this finds nothing unless a release was missed; the worker runs it now and then so that
+/// no delivery can stay held forever.
+pub async fn release_stranded(conn: &impl ConnectionTrait) -> Result<u64> {
+    let backend = conn.get_database_backend();
+    let sql = "UPDATE deliveries SET held = false
+        WHERE held = true AND state IN ('PENDING', 'RETRYING')
+          AND NOT EXISTS (
+            SELECT 1 FROM deliveries p
+            WHERE p.endpoint_id = deliveries.endpoint_id AND p.build_id = deliveries.build_id
+              AND p.id < deliveries.id AND p.state IN ('PENDING', 'RETRYING'))";
+    Ok(conn
+        .execute_raw(Statement::from_string(backend, sql))
+        .await?
+        .rows_affected())
+}
+
+/// Queues deliveries, due at once, each with a new public id, in one statement. Their ids
+/// follow the order given, which is the order of their chains.
+pub async fn insert_many(conn: &impl ConnectionTrait, new: Vec<NewDelivery>) -> Result<()> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    delivery::Entity::insert_many(new.into_iter().map(NewDelivery::into_row))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Queues one delivery, due at once, with a new public id.
+pub async fn insert_one(conn: &impl ConnectionTrait, new: NewDelivery) -> Result<delivery::Model> {
+    Ok(delivery::Entity::insert(new.into_row())
+        .exec_with_returning(conn)
+        .await?)
 }
 
 /// The PostgreSQL channel on which committed deliveries are announced to workers.
@@ -216,56 +330,82 @@ pub async fn queue_depth(conn: &impl ConnectionTrait) -> Result<u64> {
     Ok(count.map(|c| c.n.max(0) as u64).unwrap_or(0))
 }
 
-/// Claims up to `limit` due deliveries for `lease_ms`, under one new fencing token.
+/// How many due deliveries a claim reads for each row it may take, so that rows of endpoints
+/// already at their cap do not leave the free slots empty.
+const CANDIDATES_PER_SLOT: usize = 4;
+
+/// The most candidates one claim reads.
+const MAX_CANDIDATES: usize = 2048;
+
+/// What a claim may take.
+pub struct ClaimRequest<F> {
+    pub now: i64,
+    pub lease_ms: i64,
+    /// The most deliveries to take.
+    pub limit: usize,
+    /// Endpoints at the worker's per-endpoint cap.
+    pub busy: Vec<i64>,
+    /// How many more deliveries of an endpoint the worker may take.
+    pub room_of: F,
+    /// Whether the claim may look past the due deliveries of `busy` endpoints, reading the whole
+    /// queue of them to find another endpoint's (the worker allows it a few times a second).
+    pub look_past_busy: bool,
+}
+
+/// Claims due deliveries for `lease_ms`, under one new fencing token.
 ///
 /// Only the head of each (endpoint, build) chain is due: a delivery waits while an earlier one
-/// of its chain is unfinished, so one endpoint sees one build's events in order. Endpoints in
-/// `busy` are skipped (the worker's per-endpoint cap). On PostgreSQL concurrent claimers skip
-/// each other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite the caller's `BEGIN IMMEDIATE`
-/// transaction serializes them.
-pub async fn claim(
+/// of its chain is unfinished, so one endpoint sees one build's events in order. Deliveries
+/// behind one are `held` and not read at all: the due ones are read in due order through the
+/// `deliveries_ready` partial index, a few per free slot, the worker's per-endpoint cap is
+/// applied to them, and the chosen ones are leased in one statement. When all it read belong
+/// to endpoints at their cap, a claim allowed to `look_past_busy` reads on, skipping them. On
+/// PostgreSQL concurrent claimers skip each other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite
+/// the caller's `BEGIN IMMEDIATE` transaction serializes them.
+pub async fn claim<F: Fn(i64) -> usize>(
     conn: &impl ConnectionTrait,
-    now: i64,
-    lease_ms: i64,
-    limit: u64,
-    busy: &[i64],
+    request: ClaimRequest<F>,
 ) -> Result<(String, Vec<delivery::Model>)> {
-    let backend = conn.get_database_backend();
+    let ClaimRequest {
+        now,
+        lease_ms,
+        limit,
+        busy,
+        room_of,
+        look_past_busy,
+    } = request;
     let token = uuid::Uuid::new_v4().to_string();
-    let busy_filter = if busy.is_empty() {
-        String::new()
-    } else {
-        let ids: Vec<String> = busy.iter().map(i64::to_string).collect();
-        format!("AND d.endpoint_id NOT IN ({})", ids.join(","))
+    let wanted = (limit * CANDIDATES_PER_SLOT).min(MAX_CANDIDATES);
+    let first = candidates(conn, now, &[], wanted).await?;
+    let full = first.len() == wanted;
+    let mut taken: HashMap<i64, usize> = HashMap::new();
+    let mut chosen = Vec::with_capacity(limit);
+    let mut pick = |candidates: Vec<Candidate>, chosen: &mut Vec<i64>| {
+        for candidate in candidates {
+            if chosen.len() == limit {
+                break;
+            }
+            let count = taken.entry(candidate.endpoint_id).or_default();
+            if *count < room_of(candidate.endpoint_id) && !chosen.contains(&candidate.id) {
+                *count += 1;
+                chosen.push(candidate.id);
+            }
+        }
     };
-    let lock = if backend == DbBackend::Postgres {
-        "FOR UPDATE SKIP LOCKED"
-    } else {
-        ""
-    };
+    pick(first, &mut chosen);
+    if chosen.len() < limit && full && look_past_busy && !busy.is_empty() {
+        let more = candidates(conn, now, &busy, wanted).await?;
+        pick(more, &mut chosen);
+    }
+    if chosen.is_empty() {
+        return Ok((token, Vec::new()));
+    }
+    let backend = conn.get_database_backend();
     let sql = format!(
-        "UPDATE deliveries SET lease_until = ?, lease_token = ? WHERE id IN (
-            SELECT d.id FROM deliveries d
-            WHERE d.state IN ('PENDING', 'RETRYING') AND d.next_attempt_at <= ?
-              AND (d.lease_until IS NULL OR d.lease_until < ?)
-              {busy_filter}
-              AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id AND e.enabled = ?)
-              AND NOT EXISTS (
-                SELECT 1 FROM deliveries p
-                WHERE p.endpoint_id = d.endpoint_id AND p.build_id = d.build_id
-                  AND p.id < d.id AND p.state IN ('PENDING', 'RETRYING'))
-            ORDER BY d.next_attempt_at, d.id
-            LIMIT ? {lock})
-        RETURNING *"
+        "UPDATE deliveries SET lease_until = ?, lease_token = ? WHERE id IN ({}) RETURNING *",
+        id_list(&chosen)
     );
-    let values: Vec<Value> = vec![
-        (now + lease_ms).into(),
-        token.clone().into(),
-        now.into(),
-        now.into(),
-        true.into(),
-        (limit as i64).into(),
-    ];
+    let values: Vec<Value> = vec![(now + lease_ms).into(), token.clone().into()];
     let statement = Statement::from_sql_and_values(backend, numbered(backend, &sql), values);
     let mut rows = delivery::Entity::find()
         .from_raw_sql(statement)
@@ -275,9 +415,58 @@ pub async fn claim(
     Ok((token, rows))
 }
 
+#[derive(FromQueryResult)]
+struct Candidate {
+    id: i64,
+    endpoint_id: i64,
+}
+
+/// Up to `limit` due, unheld, unleased chain heads of enabled endpoints not in `skip`, in due
+/// order.
+async fn candidates(
+    conn: &impl ConnectionTrait,
+    now: i64,
+    skip: &[i64],
+    limit: usize,
+) -> Result<Vec<Candidate>> {
+    let backend = conn.get_database_backend();
+    let skip_filter = if skip.is_empty() {
+        String::new()
+    } else {
+        format!("AND d.endpoint_id NOT IN ({})", id_list(skip))
+    };
+    let lock = if backend == DbBackend::Postgres {
+        "FOR UPDATE OF d SKIP LOCKED"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT d.id, d.endpoint_id FROM deliveries d
+        WHERE d.state IN ('PENDING', 'RETRYING') AND d.held = false AND d.next_attempt_at <= ?
+          AND (d.lease_until IS NULL OR d.lease_until < ?)
+          {skip_filter}
+          AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id AND e.enabled = ?)
+          AND NOT EXISTS (
+            SELECT 1 FROM deliveries p
+            WHERE p.endpoint_id = d.endpoint_id AND p.build_id = d.build_id
+              AND p.id < d.id AND p.state IN ('PENDING', 'RETRYING'))
+        ORDER BY d.next_attempt_at, d.id
+        LIMIT ? {lock}"
+    );
+    let values: Vec<Value> = vec![now.into(), now.into(), true.into(), (limit as i64).into()];
+    let statement = Statement::from_sql_and_values(backend, numbered(backend, &sql), values);
+    Ok(Candidate::find_by_statement(statement).all(conn).await?)
+}
+
 /// What one attempt came to, ready to be written.
 #[derive(Clone, Debug)]
 pub struct AttemptRecord {
+    pub delivery_id: i64,
+    /// The delivery's chain: its endpoint and build (none for a ping).
+    pub endpoint_id: i64,
+    pub build_id: Option<i64>,
+    /// The fencing token of the claim the attempt was made under.
+    pub token: String,
     pub state: DeliveryState,
     pub next_attempt_at: i64,
     pub timestamp: i64,
@@ -288,70 +477,124 @@ pub struct AttemptRecord {
     pub response_body: String,
 }
 
-/// Records an attempt if `token` still holds the delivery's lease; `false` (and nothing
-/// written) when the lease was lost to another worker or the delivery was deleted.
-pub async fn record_attempt(
+/// Records attempts, each only if its token still holds the delivery's lease, and releases the
+/// next held delivery of each chain whose delivery finished (delivered, or failed for good).
+/// Returns the ids of the deliveries whose attempt was recorded; the others (lease lost to
+/// another worker, or delivery deleted) changed nothing.
+pub async fn record_attempts(
     conn: &impl ConnectionTrait,
-    delivery_id: i64,
-    token: &str,
-    record: AttemptRecord,
-) -> Result<bool> {
-    let AttemptRecord {
-        state,
-        next_attempt_at,
-        timestamp,
-        status,
-        duration_ms,
-        error,
-        response_headers,
-        response_body,
-    } = record;
-    let backend = conn.get_database_backend();
-    let sql = "UPDATE deliveries SET state = ?, attempts = attempts + 1, round_attempts = round_attempts + 1,
-            next_attempt_at = ?, lease_until = NULL, lease_token = NULL, last_status = ?,
-            last_duration = ?, last_response = ?, updated_at = ?
-        WHERE id = ? AND lease_token = ?
-        RETURNING attempts";
-    let values: Vec<Value> = vec![
-        state.as_str().into(),
-        next_attempt_at.into(),
-        status.into(),
-        duration_ms.into(),
-        (status.is_some().then(|| response_body.clone())).into(),
-        timestamp.into(),
-        delivery_id.into(),
-        token.into(),
-    ];
-    let statement = Statement::from_sql_and_values(backend, numbered(backend, sql), values);
-    let Some(row) = conn.query_one_raw(statement).await? else {
-        return Ok(false);
-    };
-    let number: i32 = row.try_get("", "attempts")?;
-    let attempt = delivery_attempt::ActiveModel {
-        delivery_id: Set(delivery_id),
-        number: Set(number),
-        timestamp: Set(timestamp),
-        status: Set(status),
-        duration: Set(duration_ms),
-        error: Set(error),
-        response_headers: Set(response_headers),
-        response_body: Set(response_body),
-        ..Default::default()
-    };
-    delivery_attempt::Entity::insert(attempt).exec(conn).await?;
-    Ok(true)
+    records: &[AttemptRecord],
+) -> Result<HashSet<i64>> {
+    // A delivery appears twice when its lease expired during an attempt and the same worker
+    // claimed it again: at most one of its tokens is current. Each statement takes a delivery
+    // once, so that its result names the record that was written.
+    let mut recorded = HashSet::new();
+    let mut rest: Vec<&AttemptRecord> = records.iter().collect();
+    while !rest.is_empty() {
+        let mut seen = HashSet::new();
+        let (layer, later): (Vec<&AttemptRecord>, Vec<&AttemptRecord>) = rest
+            .into_iter()
+            .partition(|record| seen.insert(record.delivery_id));
+        recorded.extend(record_distinct(conn, &layer).await?);
+        rest = later;
+    }
+    Ok(recorded)
 }
 
-/// Gives a claimed delivery back untried (the worker is shutting down).
-pub async fn release(conn: &impl ConnectionTrait, delivery_id: i64, token: &str) -> Result<()> {
-    delivery::Entity::update_many()
-        .col_expr(delivery::Column::LeaseUntil, Option::<i64>::None.into())
-        .col_expr(delivery::Column::LeaseToken, Option::<String>::None.into())
-        .filter(delivery::Column::Id.eq(delivery_id))
-        .filter(delivery::Column::LeaseToken.eq(token))
-        .exec(conn)
-        .await?;
-    Ok(())
+/// [`record_attempts`] for records of distinct deliveries.
+async fn record_distinct(
+    conn: &impl ConnectionTrait,
+    records: &[&AttemptRecord],
+) -> Result<HashSet<i64>> {
+    let finishing = |record: &&AttemptRecord| {
+        matches!(
+            record.state,
+            DeliveryState::Delivered | DeliveryState::Failed
+        )
+    };
+    let builds: Vec<i64> = records
+        .iter()
+        .filter(|record| finishing(record))
+        .filter_map(|record| record.build_id)
+        .collect();
+    lock_chains(conn, &builds).await?;
+    let backend = conn.get_database_backend();
+    let mut rows = Vec::with_capacity(records.len());
+    let mut values: Vec<Value> = Vec::with_capacity(records.len() * 8);
+    for record in records {
+        rows.push("(?, ?, ?, ?, ?, ?, ?, ?)");
+        values.extend([
+            record.delivery_id.into(),
+            record.token.clone().into(),
+            record.state.as_str().into(),
+            record.next_attempt_at.into(),
+            record.status.into(),
+            record.duration_ms.into(),
+            record
+                .status
+                .is_some()
+                .then(|| record.response_body.clone())
+                .into(),
+            record.timestamp.into(),
+        ]);
+    }
+    let sql = format!(
+        "WITH v(v_id, v_token, v_state, v_next, v_status, v_duration, v_response, v_at) AS (VALUES {})
+        UPDATE deliveries SET state = v_state, attempts = attempts + 1,
+            round_attempts = round_attempts + 1, next_attempt_at = v_next, lease_until = NULL,
+            lease_token = NULL, last_status = v_status, last_duration = v_duration,
+            last_response = v_response, updated_at = v_at
+        FROM v WHERE id = v_id AND lease_token = v_token
+        RETURNING id, attempts",
+        rows.join(", ")
+    );
+    #[derive(FromQueryResult)]
+    struct Recorded {
+        id: i64,
+        attempts: i32,
+    }
+    let statement = Statement::from_sql_and_values(backend, numbered(backend, &sql), values);
+    let numbers: HashMap<i64, i32> = Recorded::find_by_statement(statement)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|row| (row.id, row.attempts))
+        .collect();
+    let attempts: Vec<delivery_attempt::ActiveModel> = records
+        .iter()
+        .filter_map(|record| {
+            let number = *numbers.get(&record.delivery_id)?;
+            Some(delivery_attempt::ActiveModel {
+                delivery_id: Set(record.delivery_id),
+                number: Set(number),
+                timestamp: Set(record.timestamp),
+                status: Set(record.status),
+                duration: Set(record.duration_ms),
+                error: Set(record.error.clone()),
+                response_headers: Set(record.response_headers.clone()),
+                response_body: Set(record.response_body.clone()),
+                ..Default::default()
+            })
+        })
+        .collect();
+    if !attempts.is_empty() {
+        delivery_attempt::Entity::insert_many(attempts)
+            .exec(conn)
+            .await?;
+    }
+    let finished: HashSet<(i64, i64)> = records
+        .iter()
+        .filter(|record| finishing(record) && numbers.contains_key(&record.delivery_id))
+        .filter_map(|record| Some((record.endpoint_id, record.build_id?)))
+        .collect();
+    release_next(conn, &finished).await?;
+    Ok(numbers.into_keys().collect())
+}
+
+/// Ids as an SQL list; they are integers, so nothing can be injected.
+fn id_list(ids: &[i64]) -> String {
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    ids.join(",")
 }
 
 /// Rewrites `?` placeholders as `$1, $2, …` for PostgreSQL.

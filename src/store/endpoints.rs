@@ -152,6 +152,18 @@ pub async fn find(
         .ok_or_else(|| Error::not_found("webhook endpoint", id))
 }
 
+/// The endpoints with these ids, of any organization (the worker's lookup for claimed
+/// deliveries, which name their endpoint).
+pub async fn find_many(
+    conn: &impl ConnectionTrait,
+    ids: impl IntoIterator<Item = i64>,
+) -> Result<Vec<webhook_endpoint::Model>> {
+    Ok(webhook_endpoint::Entity::find()
+        .filter(webhook_endpoint::Column::Id.is_in(ids))
+        .all(conn)
+        .await?)
+}
+
 /// The organization's endpoints, oldest first.
 pub async fn list(
     conn: &impl ConnectionTrait,

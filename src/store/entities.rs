@@ -206,6 +206,9 @@ pub mod delivery {
         pub last_duration: Option<i64>,
         pub last_response: Option<String>,
         pub updated_at: i64,
+        /// Waits behind an earlier unfinished delivery of its chain; the claim skips it until
+        /// that one finishes.
+        pub held: bool,
     }
     no_relations!();
 }

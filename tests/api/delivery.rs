@@ -23,6 +23,7 @@ crate::on_both_backends!(
     redelivery_and_test_pings,
     preview_equals_what_is_sent,
     each_build_arrives_in_order_under_a_slow_receiver,
+    a_retrying_delivery_holds_back_its_own_build_only,
     shutdown_lets_in_flight_attempts_finish,
 );
 
@@ -523,6 +524,54 @@ async fn each_build_arrives_in_order_under_a_slow_receiver(app: TestApp) {
         expected.extend(statuses.iter().map(|s| s.to_string()));
         assert_eq!(seen, expected, "task {task} arrived out of order");
     }
+}
+
+async fn a_retrying_delivery_holds_back_its_own_build_only(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
+    let app = TestApp::start_with(backend, |config| {
+        config.retry_schedule = herald::domain::RetrySchedule::parse("1s").unwrap();
+    })
+    .await
+    .unwrap();
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(500)]);
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(&app, &receiver.url("/hook"), json!({ "events": ["TASK"] }))
+        .await;
+    let build = world.build(&app).await;
+    let held = world.task(&app, &build, "held").await;
+    receiver.wait_for(1).await;
+    // The first event now waits a second for its retry; its build's next events wait behind it.
+    world.task_status(&app, &held, "EXECUTING").await;
+    world.task_status(&app, &held, "COMPLETED").await;
+    let other = world.build(&app).await;
+    let free = world.task(&app, &other, "free").await;
+    let received = receiver.wait_for(5).await;
+    let order: Vec<(String, String)> = received
+        .iter()
+        .map(|r| r.json())
+        .map(|body| {
+            let task = &body["data"]["task"];
+            (
+                task["id"].as_str().unwrap().to_owned(),
+                task["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let at = |task: &str, status: &str| (task.to_owned(), status.to_owned());
+    assert_eq!(
+        order,
+        [
+            at(&held, "CREATED"),
+            at(&free, "CREATED"),
+            at(&held, "CREATED"),
+            at(&held, "EXECUTING"),
+            at(&held, "COMPLETED"),
+        ],
+        "the other build went ahead; the held build followed its retry in order"
+    );
 }
 
 async fn shutdown_lets_in_flight_attempts_finish(mut app: TestApp) {

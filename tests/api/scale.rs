@@ -299,9 +299,15 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
 
     let claim = |lease_ms: i64| async move {
         let tx = herald::store::begin_write(db).await.unwrap();
-        let claimed = deliveries::claim(&tx, herald::now_ms(), lease_ms, 10, &[])
-            .await
-            .unwrap();
+        let request = deliveries::ClaimRequest {
+            now: herald::now_ms(),
+            lease_ms,
+            limit: 10,
+            busy: Vec::new(),
+            room_of: |_| 10,
+            look_past_busy: false,
+        };
+        let claimed = deliveries::claim(&tx, request).await.unwrap();
         tx.commit().await.unwrap();
         claimed
     };
@@ -316,7 +322,11 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
         "a held lease is not claimed again"
     );
 
-    let outcome = |state: DeliveryState, status: i32| AttemptRecord {
+    let outcome = |token: &str, state: DeliveryState, status: i32| AttemptRecord {
+        delivery_id: id,
+        endpoint_id: rows[0].endpoint_id,
+        build_id: rows[0].build_id,
+        token: token.to_owned(),
         state,
         next_attempt_at: herald::now_ms(),
         timestamp: herald::now_ms(),
@@ -326,16 +336,25 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
         response_headers: "{}".into(),
         response_body: String::new(),
     };
-    assert!(
-        deliveries::record_attempt(db, id, &current, outcome(DeliveryState::Delivered, 200))
-            .await
-            .unwrap()
+    let recorded = deliveries::record_attempts(
+        db,
+        &[
+            outcome(&current, DeliveryState::Delivered, 200),
+            outcome(&stale, DeliveryState::Failed, 500),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded.into_iter().collect::<Vec<_>>(),
+        vec![id],
+        "only the current lease's attempt is recorded"
     );
-    assert!(
-        !deliveries::record_attempt(db, id, &stale, outcome(DeliveryState::Failed, 500))
+    let stale_alone =
+        deliveries::record_attempts(db, &[outcome(&stale, DeliveryState::Failed, 500)])
             .await
-            .unwrap()
-    );
+            .unwrap();
+    assert!(stale_alone.is_empty(), "a stale token records nothing");
     let org: i64 = world.org.parse().unwrap();
     let page = herald::store::Page::new(Some(5), None).unwrap();
     let row = deliveries::list(db, org, None, None, page)
