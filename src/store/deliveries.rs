@@ -435,13 +435,15 @@ async fn candidates(
     } else {
         format!("AND d.endpoint_id NOT IN ({})", id_list(skip))
     };
-    let lock = if backend == DbBackend::Postgres {
-        "FOR UPDATE OF d SKIP LOCKED"
+    // SQLite's planner, without statistics, prefers `deliveries_due` and sorts every queued
+    // delivery; the partial index reads them in due order and stops at the limit.
+    let (index, lock) = if backend == DbBackend::Postgres {
+        ("", "FOR UPDATE OF d SKIP LOCKED")
     } else {
-        ""
+        ("INDEXED BY deliveries_ready", "")
     };
     let sql = format!(
-        "SELECT d.id, d.endpoint_id FROM deliveries d
+        "SELECT d.id, d.endpoint_id FROM deliveries d {index}
         WHERE d.state IN ('PENDING', 'RETRYING') AND d.held = false AND d.next_attempt_at <= ?
           AND (d.lease_until IS NULL OR d.lease_until < ?)
           {skip_filter}
