@@ -187,9 +187,15 @@ impl Worker {
         &self,
         request: store::deliveries::ClaimRequest<impl Fn(i64) -> usize>,
     ) -> Result<Claimed> {
-        let tx = store::begin_write(&self.state.db).await?;
-        let (token, rows) = store::deliveries::claim(&tx, request).await?;
-        tx.commit().await?;
+        let db = &self.state.db;
+        let (token, rows) = if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            let tx = store::begin_write(db).await?;
+            let claimed = store::deliveries::claim(&tx, request).await?;
+            tx.commit().await?;
+            claimed
+        } else {
+            store::deliveries::claim(db, request).await?
+        };
         let count = rows.len();
         let mut endpoints: HashMap<i64, Arc<Target>> = HashMap::new();
         if !rows.is_empty() {

@@ -175,14 +175,32 @@ async fn release_next(conn: &impl ConnectionTrait, chains: &HashSet<(i64, i64)>)
         .iter()
         .map(|(endpoint, build)| format!("({endpoint}, {build})"))
         .collect();
+    // The next ids first, then an update by primary key: an `UPDATE … WHERE id IN (SELECT …)`
+    // may be planned as a scan of the whole table.
+    #[derive(FromQueryResult)]
+    struct Next {
+        id: Option<i64>,
+    }
     let sql = format!(
         "WITH finished(f_endpoint, f_build) AS (VALUES {})
-        UPDATE deliveries SET held = false WHERE id IN (
-            SELECT (SELECT MIN(p.id) FROM deliveries p
-                    WHERE p.endpoint_id = f_endpoint AND p.build_id = f_build
-                      AND p.held = true AND p.state IN ('PENDING', 'RETRYING'))
-            FROM finished)",
+        SELECT (SELECT MIN(p.id) FROM deliveries p
+                WHERE p.endpoint_id = f_endpoint AND p.build_id = f_build
+                  AND p.held = true AND p.state IN ('PENDING', 'RETRYING')) AS id
+        FROM finished",
         rows.join(", ")
+    );
+    let next: Vec<i64> = Next::find_by_statement(Statement::from_string(backend, sql))
+        .all(conn)
+        .await?
+        .into_iter()
+        .filter_map(|next| next.id)
+        .collect();
+    if next.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE deliveries SET held = false WHERE id IN ({})",
+        id_list(&next)
     );
     conn.execute_raw(Statement::from_string(backend, sql))
         .await?;
@@ -358,10 +376,11 @@ pub struct ClaimRequest<F> {
 /// of its chain is unfinished, so one endpoint sees one build's events in order. Deliveries
 /// behind one are `held` and not read at all: the due ones are read in due order through the
 /// `deliveries_ready` partial index, a few per free slot, the worker's per-endpoint cap is
-/// applied to them, and the chosen ones are leased in one statement. When all it read belong
-/// to endpoints at their cap, a claim allowed to `look_past_busy` reads on, skipping them. On
-/// PostgreSQL concurrent claimers skip each other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite
-/// the caller's `BEGIN IMMEDIATE` transaction serializes them.
+/// applied to them, and the chosen ones are leased in one statement that checks again that
+/// each is due and free. When all it read belong to endpoints at their cap, a claim allowed to
+/// `look_past_busy` reads on, skipping them. On PostgreSQL, inside a transaction, concurrent
+/// claimers skip each other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite the claim runs
+/// outside one, so it takes the write lock only for the lease itself.
 pub async fn claim<F: Fn(i64) -> usize>(
     conn: &impl ConnectionTrait,
     request: ClaimRequest<F>,
@@ -401,11 +420,21 @@ pub async fn claim<F: Fn(i64) -> usize>(
         return Ok((token, Vec::new()));
     }
     let backend = conn.get_database_backend();
+    // The lease is taken only where the delivery is still due and free, so the claim is right
+    // even outside a transaction (SQLite's worker claims that way, without holding the write
+    // lock while it reads).
     let sql = format!(
-        "UPDATE deliveries SET lease_until = ?, lease_token = ? WHERE id IN ({}) RETURNING *",
+        "UPDATE deliveries SET lease_until = ?, lease_token = ?
+        WHERE id IN ({}) AND state IN ('PENDING', 'RETRYING') AND held = false
+          AND (lease_until IS NULL OR lease_until < ?)
+          AND NOT EXISTS (
+            SELECT 1 FROM deliveries p
+            WHERE p.endpoint_id = deliveries.endpoint_id AND p.build_id = deliveries.build_id
+              AND p.id < deliveries.id AND p.state IN ('PENDING', 'RETRYING'))
+        RETURNING *",
         id_list(&chosen)
     );
-    let values: Vec<Value> = vec![(now + lease_ms).into(), token.clone().into()];
+    let values: Vec<Value> = vec![(now + lease_ms).into(), token.clone().into(), now.into()];
     let statement = Statement::from_sql_and_values(backend, numbered(backend, &sql), values);
     let mut rows = delivery::Entity::find()
         .from_raw_sql(statement)
@@ -514,6 +543,7 @@ async fn record_distinct(
             DeliveryState::Delivered | DeliveryState::Failed
         )
     };
+    let ids: Vec<i64> = records.iter().map(|record| record.delivery_id).collect();
     let builds: Vec<i64> = records
         .iter()
         .filter(|record| finishing(record))
@@ -546,9 +576,10 @@ async fn record_distinct(
             round_attempts = round_attempts + 1, next_attempt_at = v_next, lease_until = NULL,
             lease_token = NULL, last_status = v_status, last_duration = v_duration,
             last_response = v_response, updated_at = v_at
-        FROM v WHERE id = v_id AND lease_token = v_token
+        FROM v WHERE id IN ({}) AND id = v_id AND lease_token = v_token
         RETURNING id, attempts",
-        rows.join(", ")
+        rows.join(", "),
+        id_list(&ids)
     );
     #[derive(FromQueryResult)]
     struct Recorded {
