@@ -61,7 +61,12 @@ impl AppState {
             )
             .context("building the outbound HTTP client")?,
             schema: graphql::build_schema(limits),
-            outbox: Outbox::new(wake.clone(), metrics.clone(), config.public_url.clone()),
+            outbox: Outbox::new(
+                wake.clone(),
+                metrics.clone(),
+                config.public_url.clone(),
+                db.get_database_backend() == sea_orm::DbBackend::Sqlite,
+            ),
             config: Arc::new(config),
             db,
             keys,

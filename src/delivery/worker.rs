@@ -194,6 +194,7 @@ impl Worker {
             tx.commit().await?;
             claimed
         } else {
+            let _turn = self.state.outbox.worker_turn().await;
             store::deliveries::claim(db, request).await?
         };
         let count = rows.len();
@@ -415,6 +416,7 @@ async fn write_batch(
     records: &[AttemptRecord],
     gone: &[(i64, i64)],
 ) -> Result<std::collections::HashSet<i64>> {
+    let _turn = state.outbox.worker_turn().await;
     let tx = store::begin_write(&state.db).await?;
     let recorded = store::deliveries::record_attempts(&tx, records).await?;
     for (delivery_id, endpoint_id) in gone {

@@ -192,6 +192,7 @@ impl CiMutation {
         let viewer = require(ctx, Permission::Write)?;
         let state = state(ctx)?;
         let repository_id = parse_id("repository", &input.repository_id)?;
+        let _turn = state.outbox.turn().await?;
         let tx = Arc::new(store::begin_write(&state.db).await?);
         let repository = store::ci::repository(&*tx, viewer.org_id, repository_id).await?;
         let now = crate::now_ms();
@@ -226,6 +227,7 @@ impl CiMutation {
         let viewer = require(ctx, Permission::Write)?;
         let state = state(ctx)?;
         let id = parse_id("build", &input.build_id)?;
+        let _turn = state.outbox.turn().await?;
         let tx = Arc::new(store::begin_write(&state.db).await?);
         let before = store::ci::build(&*tx, viewer.org_id, id).await?;
         let Some(after) =
@@ -253,6 +255,7 @@ impl CiMutation {
         let viewer = require(ctx, Permission::Write)?;
         let state = state(ctx)?;
         let build_id = parse_id("build", &input.build_id)?;
+        let _turn = state.outbox.turn().await?;
         let tx = Arc::new(store::begin_write(&state.db).await?);
         let build = store::ci::build(&*tx, viewer.org_id, build_id).await?;
         let new = store::ci::NewTask {
@@ -299,6 +302,7 @@ impl CiMutation {
                 },
             )
             .collect();
+        let _turn = state.outbox.turn().await?;
         let tx = Arc::new(store::begin_write(&state.db).await?);
         let before = store::ci::task(&*tx, viewer.org_id, id).await?;
         let Some(after) = store::ci::set_task_status(

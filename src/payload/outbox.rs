@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{
+    Notify, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore,
+};
 
 use super::Renderer;
 use crate::domain::status::parse_stored;
@@ -87,15 +89,72 @@ pub struct Outbox {
     renderer: Arc<Renderer>,
     wake: Arc<Notify>,
     metrics: Metrics,
+    turns: Arc<Semaphore>,
+    /// On SQLite: changes hold it shared, the delivery worker's writes exclusively.
+    gate: Option<Arc<RwLock<()>>>,
+}
+
+/// A change's turn to write; the transaction must end before it is dropped.
+pub struct Turn {
+    _gate: Option<OwnedRwLockReadGuard<()>>,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Outbox {
-    /// An outbox whose Slack messages link to `public_url`, when given.
-    pub fn new(wake: Arc<Notify>, metrics: Metrics, public_url: Option<String>) -> Self {
+    /// An outbox whose Slack messages link to `public_url`, when given. `one_writer` (SQLite,
+    /// whose database takes one writing transaction at a time) makes the changes that record
+    /// events take turns in this process, first come first served.
+    pub fn new(
+        wake: Arc<Notify>,
+        metrics: Metrics,
+        public_url: Option<String>,
+        one_writer: bool,
+    ) -> Self {
+        let turns = if one_writer {
+            1
+        } else {
+            Semaphore::MAX_PERMITS
+        };
         Self {
             renderer: Arc::new(Renderer::new(public_url)),
             wake,
             metrics,
+            turns: Arc::new(Semaphore::new(turns)),
+            gate: one_writer.then(|| Arc::new(RwLock::new(()))),
+        }
+    }
+
+    /// Waits for this change's turn to record an event; hold it until the transaction ends.
+    ///
+    /// On SQLite the changes queue here, first come first served, instead of all retrying the
+    /// database's write lock (its busy handler sleeps between tries, and a retrying writer
+    /// loses to luckier ones), and the delivery worker's writes go first (see
+    /// [`Outbox::worker_turn`]).
+    pub async fn turn(&self) -> Result<Turn> {
+        let permit = self
+            .turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("the outbox's turns were closed"))?;
+        let gate = match &self.gate {
+            Some(gate) => Some(gate.clone().read_owned().await),
+            None => None,
+        };
+        Ok(Turn {
+            _gate: gate,
+            _permit: permit,
+        })
+    }
+
+    /// On SQLite, the delivery worker's turn to write (a claim, a batch of outcomes): it waits
+    /// for the change being written, if any, and changes wait for it. Under a stream of
+    /// changes the worker would otherwise get the write lock only now and then, and deliveries
+    /// would fall behind. Hold it until the transaction ends.
+    pub async fn worker_turn(&self) -> Option<OwnedRwLockWriteGuard<()>> {
+        match &self.gate {
+            Some(gate) => Some(gate.clone().write_owned().await),
+            None => None,
         }
     }
 
