@@ -189,7 +189,7 @@ impl Worker {
     ) -> Result<Claimed> {
         let db = &self.state.db;
         let (token, rows) = if db.get_database_backend() == sea_orm::DbBackend::Postgres {
-            let tx = store::begin_write(db).await?;
+            let tx = store::begin_worker_write(db).await?;
             let claimed = store::deliveries::claim(&tx, request).await?;
             tx.commit().await?;
             claimed
@@ -417,7 +417,7 @@ async fn write_batch(
     gone: &[(i64, i64)],
 ) -> Result<std::collections::HashSet<i64>> {
     let _turn = state.outbox.worker_turn().await;
-    let tx = store::begin_write(&state.db).await?;
+    let tx = store::begin_worker_write(&state.db).await?;
     let recorded = store::deliveries::record_attempts(&tx, records).await?;
     for (delivery_id, endpoint_id) in gone {
         if recorded.contains(delivery_id) {

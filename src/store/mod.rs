@@ -66,6 +66,21 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction>
     Ok(db.begin_with_options(options).await?)
 }
 
+/// Begins a transaction of the delivery worker: a claim or a batch of outcomes. On PostgreSQL
+/// its commit does not wait for the WAL to reach the disk (`synchronous_commit = off`): losing
+/// one to a crash only sends a delivery again (its lease expires), which at-least-once allows,
+/// and the worker no longer queues behind the clients' commits. Changes that record events
+/// keep waiting for the disk.
+pub async fn begin_worker_write(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
+    let tx = begin_write(db).await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        use sea_orm::ConnectionTrait as _;
+        tx.execute_unprepared("SET LOCAL synchronous_commit = off")
+            .await?;
+    }
+    Ok(tx)
+}
+
 /// Where a query runs: the pool, or the transaction of the change being recorded (payloads are
 /// rendered inside it, so they show the state at the event).
 #[derive(Clone)]
