@@ -272,7 +272,7 @@ fn release_slot(
 struct Written {
     record: AttemptRecord,
     /// The receiver answered 410 Gone: the endpoint is disabled with the outcome.
-    gone: Option<i64>,
+    gone: bool,
     recorded: oneshot::Sender<Result<bool>>,
 }
 
@@ -355,7 +355,7 @@ async fn attempt(
     let (reply, recorded) = oneshot::channel();
     let written = Written {
         record,
-        gone: (outcome == Outcome::Gone).then_some(endpoint.row.id),
+        gone: outcome == Outcome::Gone,
         recorded: reply,
     };
     if outcomes.send(written).await.is_err() {
@@ -382,14 +382,9 @@ async fn attempt(
 async fn write_outcomes(state: AppState, mut written: mpsc::Receiver<Written>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while written.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let records: Vec<AttemptRecord> = batch.iter().map(|w| w.record.clone()).collect();
-        let gone: Vec<(i64, i64)> = batch
-            .iter()
-            .filter_map(|w| Some((w.record.delivery_id, w.gone?)))
-            .collect();
         let mut wait = Duration::from_millis(100);
         let result = loop {
-            match write_batch(&state, &records, &gone).await {
+            match write_batch(&state, &batch).await {
                 Err(crate::Error::Unavailable) if wait < state.config.lease => {
                     tokio::time::sleep(wait).await;
                     wait *= 2;
@@ -409,19 +404,18 @@ async fn write_outcomes(state: AppState, mut written: mpsc::Receiver<Written>) {
 }
 
 /// Writes outcomes in one transaction, and disables each endpoint that answered 410 to an
-/// attempt that was recorded (delivery id, endpoint id in `gone`); the ids of the deliveries
-/// whose outcome was recorded.
+/// attempt that was recorded; the ids of the deliveries whose outcome was recorded.
 async fn write_batch(
     state: &AppState,
-    records: &[AttemptRecord],
-    gone: &[(i64, i64)],
+    batch: &[Written],
 ) -> Result<std::collections::HashSet<i64>> {
+    let records: Vec<&AttemptRecord> = batch.iter().map(|w| &w.record).collect();
     let _turn = state.outbox.worker_turn().await;
     let tx = store::begin_worker_write(&state.db).await?;
-    let recorded = store::deliveries::record_attempts(&tx, records).await?;
-    for (delivery_id, endpoint_id) in gone {
-        if recorded.contains(delivery_id) {
-            store::endpoints::disable(&tx, *endpoint_id).await?;
+    let recorded = store::deliveries::record_attempts(&tx, &records).await?;
+    for written in batch.iter().filter(|w| w.gone) {
+        if recorded.contains(&written.record.delivery_id) {
+            store::endpoints::disable(&tx, written.record.endpoint_id).await?;
         }
     }
     tx.commit().await?;

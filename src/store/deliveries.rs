@@ -514,13 +514,13 @@ pub struct AttemptRecord {
 /// another worker, or delivery deleted) changed nothing.
 pub async fn record_attempts(
     conn: &impl ConnectionTrait,
-    records: &[AttemptRecord],
+    records: &[&AttemptRecord],
 ) -> Result<HashSet<i64>> {
     // A delivery appears twice when its lease expired during an attempt and the same worker
     // claimed it again: at most one of its tokens is current. Each statement takes a delivery
     // once, so that its result names the record that was written.
     let mut recorded = HashSet::new();
-    let mut rest: Vec<&AttemptRecord> = records.iter().collect();
+    let mut rest: Vec<&AttemptRecord> = records.to_vec();
     while !rest.is_empty() {
         let mut seen = HashSet::new();
         let (layer, later): (Vec<&AttemptRecord>, Vec<&AttemptRecord>) = rest

@@ -339,8 +339,8 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
     let recorded = deliveries::record_attempts(
         db,
         &[
-            outcome(&current, DeliveryState::Delivered, 200),
-            outcome(&stale, DeliveryState::Failed, 500),
+            &outcome(&current, DeliveryState::Delivered, 200),
+            &outcome(&stale, DeliveryState::Failed, 500),
         ],
     )
     .await
@@ -351,7 +351,7 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
         "only the current lease's attempt is recorded"
     );
     let stale_alone =
-        deliveries::record_attempts(db, &[outcome(&stale, DeliveryState::Failed, 500)])
+        deliveries::record_attempts(db, &[&outcome(&stale, DeliveryState::Failed, 500)])
             .await
             .unwrap();
     assert!(stale_alone.is_empty(), "a stale token records nothing");
