@@ -107,26 +107,28 @@ impl Sender {
             &self.verified
         };
         let request = build_request(client, &out);
-        let exchange = async {
-            let response = request.send().await?;
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = read_capped(response).await;
-            Ok::<_, reqwest::Error>((status, headers, body))
+        // One deadline bounds the whole attempt. A status that arrived in time is kept even
+        // when the body is still trickling at the deadline: the body read just stops there.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = match tokio::time::timeout_at(deadline, request.send()).await {
+            Err(_) => {
+                return failed(&format!(
+                    "the receiver did not answer within {}",
+                    humantime(self.timeout)
+                ));
+            }
+            Ok(Err(err)) => return failed(&describe(&err, self.timeout)),
+            Ok(Ok(response)) => response,
         };
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => failed(&format!(
-                "the receiver did not answer within {}",
-                humantime(self.timeout)
-            )),
-            Ok(Err(err)) => failed(&describe(&err, self.timeout)),
-            Ok(Ok((status, headers, body))) => Answer {
-                status: Some(status),
-                headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
-                error: None,
-                duration: started.elapsed(),
-            },
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = read_capped(response, deadline).await;
+        Answer {
+            status: Some(status),
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            error: None,
+            duration: started.elapsed(),
         }
     }
 }
@@ -171,17 +173,18 @@ fn build_request(client: &reqwest::Client, out: &Outgoing<'_>) -> reqwest::Reque
     request
 }
 
-/// Reads a body up to [`RESPONSE_CAP`] bytes and drops the rest unread. Bodies are not
-/// decompressed (the client asks for none), so a small compressed body cannot inflate.
-async fn read_capped(mut response: reqwest::Response) -> Vec<u8> {
+/// Reads a body up to [`RESPONSE_CAP`] bytes or until `deadline`, and drops the rest unread.
+/// Bodies are not decompressed (the client asks for none), so a small compressed body cannot
+/// inflate.
+async fn read_capped(mut response: reqwest::Response, deadline: tokio::time::Instant) -> Vec<u8> {
     let mut body = Vec::new();
     while body.len() < RESPONSE_CAP {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
+        match tokio::time::timeout_at(deadline, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
                 let room = RESPONSE_CAP - body.len();
                 body.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
-            Ok(None) | Err(_) => break,
+            Ok(Ok(None) | Err(_)) | Err(_) => break,
         }
     }
     body
