@@ -149,8 +149,12 @@ pub async fn unfinished_chains(
         endpoint_id: i64,
     }
     let backend = conn.get_database_backend();
+    // Without statistics, SQLite's planner reads every queued delivery through
+    // `deliveries_due` once the list of endpoints is long; the chain index reads only the
+    // build's deliveries.
+    let index = sqlite_hint(backend, "INDEXED BY deliveries_chain");
     let sql = format!(
-        "SELECT DISTINCT endpoint_id FROM deliveries
+        "SELECT DISTINCT endpoint_id FROM deliveries {index}
         WHERE endpoint_id IN ({}) AND build_id = ? AND state IN ('PENDING', 'RETRYING')",
         id_list(endpoints)
     );
@@ -422,9 +426,12 @@ pub async fn claim<F: Fn(i64) -> usize>(
     let backend = conn.get_database_backend();
     // The lease is taken only where the delivery is still due and free, so the claim is right
     // even outside a transaction (SQLite's worker claims that way, without holding the write
-    // lock while it reads).
+    // lock while it reads). The rows are found by primary key: without statistics, SQLite's
+    // planner prefers `deliveries_due` for the state test once the list is long, and reads
+    // every queued delivery.
+    let by_key = sqlite_hint(backend, "NOT INDEXED");
     let sql = format!(
-        "UPDATE deliveries SET lease_until = ?, lease_token = ?
+        "UPDATE deliveries {by_key} SET lease_until = ?, lease_token = ?
         WHERE id IN ({}) AND state IN ('PENDING', 'RETRYING') AND held = false
           AND (lease_until IS NULL OR lease_until < ?)
           AND NOT EXISTS (
@@ -466,10 +473,11 @@ async fn candidates(
     };
     // SQLite's planner, without statistics, prefers `deliveries_due` and sorts every queued
     // delivery; the partial index reads them in due order and stops at the limit.
-    let (index, lock) = if backend == DbBackend::Postgres {
-        ("", "FOR UPDATE OF d SKIP LOCKED")
+    let index = sqlite_hint(backend, "INDEXED BY deliveries_ready");
+    let lock = if backend == DbBackend::Postgres {
+        "FOR UPDATE OF d SKIP LOCKED"
     } else {
-        ("INDEXED BY deliveries_ready", "")
+        ""
     };
     let sql = format!(
         "SELECT d.id, d.endpoint_id FROM deliveries d {index}
@@ -622,6 +630,16 @@ async fn record_distinct(
         .collect();
     release_next(conn, &finished).await?;
     Ok(numbers.into_keys().collect())
+}
+
+/// An index hint for SQLite (`INDEXED BY …`, `NOT INDEXED`), whose planner has no statistics
+/// to choose by; PostgreSQL plans from its own and takes none.
+fn sqlite_hint(backend: DbBackend, hint: &'static str) -> &'static str {
+    if backend == DbBackend::Sqlite {
+        hint
+    } else {
+        ""
+    }
 }
 
 /// Ids as an SQL list; they are integers, so nothing can be injected.
