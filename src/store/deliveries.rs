@@ -149,6 +149,18 @@ pub async fn unfinished_chains(
         endpoint_id: i64,
     }
     let backend = conn.get_database_backend();
+    let sql = unfinished_chains_sql(backend, endpoints);
+    let statement = Statement::from_sql_and_values(backend, sql, [build_id.into()]);
+    Ok(Chain::find_by_statement(statement)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|chain| chain.endpoint_id)
+        .collect())
+}
+
+/// [`unfinished_chains`]' statement; its one parameter is the build.
+fn unfinished_chains_sql(backend: DbBackend, endpoints: &[i64]) -> String {
     // Without statistics, SQLite's planner reads every queued delivery through
     // `deliveries_due` once the list of endpoints is long; the chain index reads only the
     // build's deliveries.
@@ -158,14 +170,7 @@ pub async fn unfinished_chains(
         WHERE endpoint_id IN ({}) AND build_id = ? AND state IN ('PENDING', 'RETRYING')",
         id_list(endpoints)
     );
-    let statement =
-        Statement::from_sql_and_values(backend, numbered(backend, &sql), [build_id.into()]);
-    Ok(Chain::find_by_statement(statement)
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|chain| chain.endpoint_id)
-        .collect())
+    numbered(backend, &sql)
 }
 
 /// Releases the first held delivery of each of these (endpoint, build) chains, whose earlier
@@ -175,24 +180,13 @@ async fn release_next(conn: &impl ConnectionTrait, chains: &HashSet<(i64, i64)>)
         return Ok(());
     }
     let backend = conn.get_database_backend();
-    let rows: Vec<String> = chains
-        .iter()
-        .map(|(endpoint, build)| format!("({endpoint}, {build})"))
-        .collect();
     // The next ids first, then an update by primary key: an `UPDATE … WHERE id IN (SELECT …)`
     // may be planned as a scan of the whole table.
     #[derive(FromQueryResult)]
     struct Next {
         id: Option<i64>,
     }
-    let sql = format!(
-        "WITH finished(f_endpoint, f_build) AS (VALUES {})
-        SELECT (SELECT MIN(p.id) FROM deliveries p
-                WHERE p.endpoint_id = f_endpoint AND p.build_id = f_build
-                  AND p.held = true AND p.state IN ('PENDING', 'RETRYING')) AS id
-        FROM finished",
-        rows.join(", ")
-    );
+    let sql = next_held_sql(chains);
     let next: Vec<i64> = Next::find_by_statement(Statement::from_string(backend, sql))
         .all(conn)
         .await?
@@ -209,6 +203,22 @@ async fn release_next(conn: &impl ConnectionTrait, chains: &HashSet<(i64, i64)>)
     conn.execute_raw(Statement::from_string(backend, sql))
         .await?;
     Ok(())
+}
+
+/// The first held delivery of each (endpoint, build) chain, one row per chain.
+fn next_held_sql(chains: &HashSet<(i64, i64)>) -> String {
+    let rows: Vec<String> = chains
+        .iter()
+        .map(|(endpoint, build)| format!("({endpoint}, {build})"))
+        .collect();
+    format!(
+        "WITH finished(f_endpoint, f_build) AS (VALUES {})
+        SELECT (SELECT MIN(p.id) FROM deliveries p
+                WHERE p.endpoint_id = f_endpoint AND p.build_id = f_build
+                  AND p.held = true AND p.state IN ('PENDING', 'RETRYING')) AS id
+        FROM finished",
+        rows.join(", ")
+    )
 }
 
 /// Releases every held delivery that no longer waits for anything: the first unfinished
@@ -424,6 +434,19 @@ pub async fn claim<F: Fn(i64) -> usize>(
         return Ok((token, Vec::new()));
     }
     let backend = conn.get_database_backend();
+    let values: Vec<Value> = vec![(now + lease_ms).into(), token.clone().into(), now.into()];
+    let statement = Statement::from_sql_and_values(backend, lease_sql(backend, &chosen), values);
+    let mut rows = delivery::Entity::find()
+        .from_raw_sql(statement)
+        .all(conn)
+        .await?;
+    rows.sort_by_key(|row| row.id);
+    Ok((token, rows))
+}
+
+/// The claim's lease of the chosen deliveries; its parameters are the lease's end, the token
+/// and now.
+fn lease_sql(backend: DbBackend, chosen: &[i64]) -> String {
     // The lease is taken only where the delivery is still due and free, so the claim is right
     // even outside a transaction (SQLite's worker claims that way, without holding the write
     // lock while it reads). The rows are found by primary key: without statistics, SQLite's
@@ -439,16 +462,9 @@ pub async fn claim<F: Fn(i64) -> usize>(
             WHERE p.endpoint_id = deliveries.endpoint_id AND p.build_id = deliveries.build_id
               AND p.id < deliveries.id AND p.state IN ('PENDING', 'RETRYING'))
         RETURNING *",
-        id_list(&chosen)
+        id_list(chosen)
     );
-    let values: Vec<Value> = vec![(now + lease_ms).into(), token.clone().into(), now.into()];
-    let statement = Statement::from_sql_and_values(backend, numbered(backend, &sql), values);
-    let mut rows = delivery::Entity::find()
-        .from_raw_sql(statement)
-        .all(conn)
-        .await?;
-    rows.sort_by_key(|row| row.id);
-    Ok((token, rows))
+    numbered(backend, &sql)
 }
 
 #[derive(FromQueryResult)]
@@ -466,6 +482,13 @@ async fn candidates(
     limit: usize,
 ) -> Result<Vec<Candidate>> {
     let backend = conn.get_database_backend();
+    let values: Vec<Value> = vec![now.into(), now.into(), true.into(), (limit as i64).into()];
+    let statement = Statement::from_sql_and_values(backend, candidates_sql(backend, skip), values);
+    Ok(Candidate::find_by_statement(statement).all(conn).await?)
+}
+
+/// [`candidates`]' statement; its parameters are now (twice), `true` and the limit.
+fn candidates_sql(backend: DbBackend, skip: &[i64]) -> String {
     let skip_filter = if skip.is_empty() {
         String::new()
     } else {
@@ -492,9 +515,7 @@ async fn candidates(
         ORDER BY d.next_attempt_at, d.id
         LIMIT ? {lock}"
     );
-    let values: Vec<Value> = vec![now.into(), now.into(), true.into(), (limit as i64).into()];
-    let statement = Statement::from_sql_and_values(backend, numbered(backend, &sql), values);
-    Ok(Candidate::find_by_statement(statement).all(conn).await?)
+    numbered(backend, &sql)
 }
 
 /// What one attempt came to, ready to be written.
@@ -559,10 +580,8 @@ async fn record_distinct(
         .collect();
     lock_chains(conn, &builds).await?;
     let backend = conn.get_database_backend();
-    let mut rows = Vec::with_capacity(records.len());
     let mut values: Vec<Value> = Vec::with_capacity(records.len() * 8);
     for record in records {
-        rows.push("(?, ?, ?, ?, ?, ?, ?, ?)");
         values.extend([
             record.delivery_id.into(),
             record.token.clone().into(),
@@ -578,23 +597,12 @@ async fn record_distinct(
             record.timestamp.into(),
         ]);
     }
-    let sql = format!(
-        "WITH v(v_id, v_token, v_state, v_next, v_status, v_duration, v_response, v_at) AS (VALUES {})
-        UPDATE deliveries SET state = v_state, attempts = attempts + 1,
-            round_attempts = round_attempts + 1, next_attempt_at = v_next, lease_until = NULL,
-            lease_token = NULL, last_status = v_status, last_duration = v_duration,
-            last_response = v_response, updated_at = v_at
-        FROM v WHERE id IN ({}) AND id = v_id AND lease_token = v_token
-        RETURNING id, attempts",
-        rows.join(", "),
-        id_list(&ids)
-    );
     #[derive(FromQueryResult)]
     struct Recorded {
         id: i64,
         attempts: i32,
     }
-    let statement = Statement::from_sql_and_values(backend, numbered(backend, &sql), values);
+    let statement = Statement::from_sql_and_values(backend, outcomes_sql(backend, &ids), values);
     let numbers: HashMap<i64, i32> = Recorded::find_by_statement(statement)
         .all(conn)
         .await?
@@ -632,6 +640,24 @@ async fn record_distinct(
     Ok(numbers.into_keys().collect())
 }
 
+/// The update of the attempted deliveries, each by primary key and only under its token; its
+/// parameters are eight per delivery, in the order of `ids`.
+fn outcomes_sql(backend: DbBackend, ids: &[i64]) -> String {
+    let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; ids.len()];
+    let sql = format!(
+        "WITH v(v_id, v_token, v_state, v_next, v_status, v_duration, v_response, v_at) AS (VALUES {})
+        UPDATE deliveries SET state = v_state, attempts = attempts + 1,
+            round_attempts = round_attempts + 1, next_attempt_at = v_next, lease_until = NULL,
+            lease_token = NULL, last_status = v_status, last_duration = v_duration,
+            last_response = v_response, updated_at = v_at
+        FROM v WHERE id IN ({}) AND id = v_id AND lease_token = v_token
+        RETURNING id, attempts",
+        rows.join(", "),
+        id_list(ids)
+    );
+    numbered(backend, &sql)
+}
+
 /// An index hint for SQLite (`INDEXED BY …`, `NOT INDEXED`), whose planner has no statistics
 /// to choose by; PostgreSQL plans from its own and takes none.
 fn sqlite_hint(backend: DbBackend, hint: &'static str) -> &'static str {
@@ -665,4 +691,69 @@ fn numbered(backend: DbBackend, sql: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How SQLite plans `sql`, one line per step, with every parameter bound to 0.
+    async fn plan(conn: &impl ConnectionTrait, sql: &str) -> String {
+        let values = vec![Value::from(0i64); sql.matches('?').count()];
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            format!("EXPLAIN QUERY PLAN {sql}"),
+            values,
+        );
+        let rows = conn.query_all_raw(statement).await.unwrap();
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|row| row.try_get::<String>("", "detail").unwrap())
+            .collect();
+        lines.join("\n")
+    }
+
+    /// SQLite has no statistics to plan by, and with long lists of ids it used to read every
+    /// queued delivery through `deliveries_due`. No statement of the claim, the chain checks or
+    /// the outcome writes may read or sort the whole queue, however long its lists.
+    #[tokio::test]
+    async fn sqlite_reads_only_the_deliveries_a_statement_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("plans.db").display()
+        );
+        let db = crate::store::connect(&url).await.unwrap();
+        let sqlite = DbBackend::Sqlite;
+        for n in [1, 3, 12, 64, 512] {
+            let ids: Vec<i64> = (1..=n).collect();
+            let chains: HashSet<(i64, i64)> = ids.iter().map(|id| (*id, *id)).collect();
+            let statements = [
+                ("candidates", candidates_sql(sqlite, &[])),
+                (
+                    "candidates past busy endpoints",
+                    candidates_sql(sqlite, &ids),
+                ),
+                ("lease", lease_sql(sqlite, &ids)),
+                ("chain check", unfinished_chains_sql(sqlite, &ids)),
+                ("next held", next_held_sql(&chains)),
+                ("outcomes", outcomes_sql(sqlite, &ids)),
+            ];
+            for (name, sql) in statements {
+                let plan = plan(&db, &sql).await;
+                let reads_queue = plan.lines().any(|line| {
+                    line.contains("deliveries_due")
+                        || line.contains("TEMP B-TREE")
+                        || ["SCAN d", "SCAN p", "SCAN deliveries"].iter().any(|scan| {
+                            line.trim_start_matches(['|', '-', '`', ' '])
+                                .starts_with(scan)
+                        })
+                });
+                assert!(
+                    !reads_queue,
+                    "{name} with {n} ids reads the whole queue:\n{plan}"
+                );
+            }
+        }
+    }
 }
