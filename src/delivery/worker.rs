@@ -56,8 +56,11 @@ impl Worker {
         let config = &self.state.config;
         let limit = config.worker_concurrency as usize;
         let per_endpoint = config.endpoint_concurrency as usize;
-        let mut in_flight: JoinSet<i64> = JoinSet::new();
+        let mut in_flight: JoinSet<()> = JoinSet::new();
+        // Requests in flight per endpoint: a slot is taken at the claim and given back as soon
+        // as the receiver has answered (see [`Slot`]), not when the outcome is written.
         let mut per: HashMap<i64, usize> = HashMap::new();
+        let (freed, mut answered) = mpsc::unbounded_channel::<i64>();
         tracing::info!(concurrency = limit, "delivery worker started");
         let database_url = &config.database.database_url;
         let listener = database_url.starts_with("postgres").then(|| {
@@ -118,17 +121,19 @@ impl Worker {
                         saturated = capped && claimed.rows == 0;
                         for (row, endpoint) in claimed.ready {
                             *per.entry(row.endpoint_id).or_default() += 1;
+                            let slot = Slot {
+                                endpoint_id: row.endpoint_id,
+                                freed: freed.clone(),
+                            };
                             let state = self.state.clone();
                             let outcomes = outcomes.clone();
                             let token = claimed.token.clone();
                             in_flight.spawn(async move {
-                                let endpoint_id = row.endpoint_id;
                                 if let Err(err) =
-                                    attempt(&state, row, &endpoint, token, &outcomes).await
+                                    attempt(&state, row, &endpoint, slot, token, &outcomes).await
                                 {
                                     tracing::warn!(error = %err, "a delivery attempt could not be recorded");
                                 }
-                                endpoint_id
                             });
                         }
                     }
@@ -147,12 +152,16 @@ impl Worker {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
                     claim_now = true;
-                    release_slot(&mut per, done);
                     // Free every finished slot, so the next claim fills them all at once.
-                    while let Some(done) = in_flight.try_join_next() {
-                        release_slot(&mut per, done);
+                    while in_flight.try_join_next().is_some() {}
+                }
+                Some(endpoint_id) = answered.recv() => {
+                    claim_now = true;
+                    release_slot(&mut per, endpoint_id);
+                    while let Ok(endpoint_id) = answered.try_recv() {
+                        release_slot(&mut per, endpoint_id);
                     }
                 }
                 _ = self.state.wake.notified(), if failures == 0 => claim_now = !saturated,
@@ -255,11 +264,20 @@ struct Target {
     fields: EndpointFields,
 }
 
-fn release_slot(
-    per: &mut HashMap<i64, usize>,
-    done: std::result::Result<i64, tokio::task::JoinError>,
-) {
-    let Ok(endpoint_id) = done else { return };
+/// An endpoint's slot held by one attempt; dropped once the receiver has answered (or the
+/// attempt ended otherwise), which gives the slot back to the worker.
+struct Slot {
+    endpoint_id: i64,
+    freed: mpsc::UnboundedSender<i64>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let _ = self.freed.send(self.endpoint_id);
+    }
+}
+
+fn release_slot(per: &mut HashMap<i64, usize>, endpoint_id: i64) {
     if let Some(count) = per.get_mut(&endpoint_id) {
         *count -= 1;
         if *count == 0 {
@@ -281,6 +299,7 @@ async fn attempt(
     state: &AppState,
     row: delivery::Model,
     endpoint: &Target,
+    slot: Slot,
     token: Arc<str>,
     outcomes: &mpsc::Sender<Written>,
 ) -> Result<()> {
@@ -297,6 +316,7 @@ async fn attempt(
             body: &row.body,
         })
         .await;
+    drop(slot);
     let now = crate::now_ms();
     let retry_after = answer
         .headers

@@ -184,12 +184,8 @@ impl Outbox {
         .await?;
         let endpoints =
             store::endpoints::subscribed(conn, change.org_id, change.kind, &change.status).await?;
-        // A delivery queued behind an unfinished one of its chain waits for it.
-        let ids: Vec<i64> = endpoints.iter().map(|endpoint| endpoint.id).collect();
-        store::deliveries::lock_chains(conn, &[change.build_id]).await?;
-        let waiting = store::deliveries::unfinished_chains(conn, change.build_id, &ids).await?;
         let mut bodies: HashMap<(Option<String>, PayloadFormat), String> = HashMap::new();
-        let mut deliveries = Vec::with_capacity(endpoints.len());
+        let mut rendered = Vec::with_capacity(endpoints.len());
         for endpoint in endpoints {
             let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
             // A Slack message ignores the stored selection, so all Slack endpoints share one.
@@ -214,18 +210,28 @@ impl Outbox {
                     body
                 }
             };
-            deliveries.push(NewDelivery {
+            rendered.push((endpoint.id, body));
+        }
+        // A delivery queued behind an unfinished one of its chain waits for it. The chains are
+        // locked (on PostgreSQL) only now that the bodies are rendered: the worker's outcome
+        // writes that finish a delivery of this build wait for this commit.
+        let ids: Vec<i64> = rendered.iter().map(|(id, _)| *id).collect();
+        store::deliveries::lock_chains(conn, &[change.build_id]).await?;
+        let waiting = store::deliveries::unfinished_chains(conn, change.build_id, &ids).await?;
+        let deliveries: Vec<NewDelivery> = rendered
+            .into_iter()
+            .map(|(endpoint_id, body)| NewDelivery {
                 org_id: change.org_id,
-                endpoint_id: endpoint.id,
+                endpoint_id,
                 event_id: Some(event.id),
                 build_id: Some(change.build_id),
                 event: change.kind.header_value().into(),
                 action: change.action.into(),
                 body,
                 timestamp: change.timestamp,
-                held: waiting.contains(&endpoint.id),
-            });
-        }
+                held: waiting.contains(&endpoint_id),
+            })
+            .collect();
         if !deliveries.is_empty() {
             store::deliveries::insert_many(conn, deliveries).await?;
             store::deliveries::announce(conn).await?;
