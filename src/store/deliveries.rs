@@ -162,9 +162,9 @@ pub async fn unfinished_chains(
 /// [`unfinished_chains`]' statement; its one parameter is the build.
 fn unfinished_chains_sql(backend: DbBackend, endpoints: &[i64]) -> String {
     // Without statistics, SQLite's planner reads every queued delivery through
-    // `deliveries_due` once the list of endpoints is long; the chain index reads only the
-    // build's deliveries.
-    let index = sqlite_hint(backend, "INDEXED BY deliveries_chain");
+    // `deliveries_due` once the list of endpoints is long; the index of unfinished chains reads
+    // only the build's.
+    let index = sqlite_hint(backend, "INDEXED BY deliveries_unfinished");
     let sql = format!(
         "SELECT DISTINCT endpoint_id FROM deliveries {index}
         WHERE endpoint_id IN ({}) AND build_id = ? AND state IN ('PENDING', 'RETRYING')",
@@ -395,6 +395,8 @@ pub struct ClaimRequest<F> {
 /// `look_past_busy` reads on, skipping them. On PostgreSQL, inside a transaction, concurrent
 /// claimers skip each other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite the claim runs
 /// outside one, so it takes the write lock only for the lease itself.
+///
+/// On PostgreSQL it must run inside a transaction, which it configures for the claim.
 pub async fn claim<F: Fn(i64) -> usize>(
     conn: &impl ConnectionTrait,
     request: ClaimRequest<F>,
@@ -408,6 +410,14 @@ pub async fn claim<F: Fn(i64) -> usize>(
         look_past_busy,
     } = request;
     let token = uuid::Uuid::new_v4().to_string();
+    if conn.get_database_backend() == DbBackend::Postgres {
+        // With statistics, PostgreSQL's planner reads every due delivery and sorts them when it
+        // expects few, though the claim needs only the first; in a backlog of ready chains that
+        // is thousands of rows per claim. Without sorts, it reads `deliveries_ready` in order
+        // and stops at the limit. `SET LOCAL` ends with the claim's transaction.
+        conn.execute_unprepared("SET LOCAL enable_sort = off")
+            .await?;
+    }
     let wanted = (limit * CANDIDATES_PER_SLOT).min(MAX_CANDIDATES);
     let first = candidates(conn, now, &[], wanted).await?;
     let full = first.len() == wanted;
@@ -457,12 +467,10 @@ fn lease_sql(backend: DbBackend, chosen: &[i64]) -> String {
         "UPDATE deliveries {by_key} SET lease_until = ?, lease_token = ?
         WHERE id IN ({}) AND state IN ('PENDING', 'RETRYING') AND held = false
           AND (lease_until IS NULL OR lease_until < ?)
-          AND NOT EXISTS (
-            SELECT 1 FROM deliveries p
-            WHERE p.endpoint_id = deliveries.endpoint_id AND p.build_id = deliveries.build_id
-              AND p.id < deliveries.id AND p.state IN ('PENDING', 'RETRYING'))
+          AND {}
         RETURNING *",
-        id_list(chosen)
+        id_list(chosen),
+        chain_head("deliveries")
     );
     numbered(backend, &sql)
 }
@@ -508,12 +516,10 @@ fn candidates_sql(backend: DbBackend, skip: &[i64]) -> String {
           AND (d.lease_until IS NULL OR d.lease_until < ?)
           {skip_filter}
           AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id AND e.enabled = ?)
-          AND NOT EXISTS (
-            SELECT 1 FROM deliveries p
-            WHERE p.endpoint_id = d.endpoint_id AND p.build_id = d.build_id
-              AND p.id < d.id AND p.state IN ('PENDING', 'RETRYING'))
+          AND {head}
         ORDER BY d.next_attempt_at, d.id
-        LIMIT ? {lock}"
+        LIMIT ? {lock}",
+        head = chain_head("d")
     );
     numbered(backend, &sql)
 }
@@ -656,6 +662,20 @@ fn outcomes_sql(backend: DbBackend, ids: &[i64]) -> String {
         id_list(ids)
     );
     numbered(backend, &sql)
+}
+
+/// The condition that the delivery `row` names is the head of its (endpoint, build) chain: no
+/// earlier delivery of the chain is unfinished. It is a scalar subquery rather than `NOT
+/// EXISTS`, which PostgreSQL's planner turns into an anti-join over every unfinished delivery
+/// once it has statistics; this way each candidate is checked on its own, in
+/// `deliveries_unfinished`.
+fn chain_head(row: &str) -> String {
+    format!(
+        "(SELECT p.id FROM deliveries p
+          WHERE p.endpoint_id = {row}.endpoint_id AND p.build_id = {row}.build_id
+            AND p.id < {row}.id AND p.state IN ('PENDING', 'RETRYING')
+          LIMIT 1) IS NULL"
+    )
 }
 
 /// An index hint for SQLite (`INDEXED BY …`, `NOT INDEXED`), whose planner has no statistics
