@@ -89,15 +89,22 @@ pub struct Outbox {
     renderer: Arc<Renderer>,
     wake: Arc<Notify>,
     metrics: Metrics,
+    /// On SQLite, which takes one writing transaction at a time: how writers take turns.
+    one_writer: Option<OneWriter>,
+}
+
+/// The turns of an SQLite database's writers in this process.
+#[derive(Clone)]
+struct OneWriter {
+    /// One change at a time, first come first served.
     turns: Arc<Semaphore>,
-    /// On SQLite: changes hold it shared, the delivery worker's writes exclusively.
-    gate: Option<Arc<RwLock<()>>>,
+    /// Changes hold it shared, the delivery worker's writes exclusively.
+    gate: Arc<RwLock<()>>,
 }
 
 /// A change's turn to write; the transaction must end before it is dropped.
 pub struct Turn {
-    _gate: Option<OwnedRwLockReadGuard<()>>,
-    _permit: OwnedSemaphorePermit,
+    _held: Option<(OwnedSemaphorePermit, OwnedRwLockReadGuard<()>)>,
 }
 
 impl Outbox {
@@ -110,17 +117,14 @@ impl Outbox {
         public_url: Option<String>,
         one_writer: bool,
     ) -> Self {
-        let turns = if one_writer {
-            1
-        } else {
-            Semaphore::MAX_PERMITS
-        };
         Self {
             renderer: Arc::new(Renderer::new(public_url)),
             wake,
             metrics,
-            turns: Arc::new(Semaphore::new(turns)),
-            gate: one_writer.then(|| Arc::new(RwLock::new(()))),
+            one_writer: one_writer.then(|| OneWriter {
+                turns: Arc::new(Semaphore::new(1)),
+                gate: Arc::new(RwLock::new(())),
+            }),
         }
     }
 
@@ -131,19 +135,18 @@ impl Outbox {
     /// loses to luckier ones), and the delivery worker's writes go first (see
     /// [`Outbox::worker_turn`]).
     pub async fn turn(&self) -> Result<Turn> {
-        let permit = self
+        let Some(one) = &self.one_writer else {
+            return Ok(Turn { _held: None });
+        };
+        let permit = one
             .turns
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| Error::internal("the outbox's turns were closed"))?;
-        let gate = match &self.gate {
-            Some(gate) => Some(gate.clone().read_owned().await),
-            None => None,
-        };
+        let gate = one.gate.clone().read_owned().await;
         Ok(Turn {
-            _gate: gate,
-            _permit: permit,
+            _held: Some((permit, gate)),
         })
     }
 
@@ -152,8 +155,8 @@ impl Outbox {
     /// changes the worker would otherwise get the write lock only now and then, and deliveries
     /// would fall behind. Hold it until the transaction ends.
     pub async fn worker_turn(&self) -> Option<OwnedRwLockWriteGuard<()>> {
-        match &self.gate {
-            Some(gate) => Some(gate.clone().write_owned().await),
+        match &self.one_writer {
+            Some(one) => Some(one.gate.clone().write_owned().await),
             None => None,
         }
     }
