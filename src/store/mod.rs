@@ -8,6 +8,7 @@ pub mod ci;
 pub mod deliveries;
 pub mod endpoints;
 pub mod entities;
+mod nodelay;
 pub mod orgs;
 
 use std::sync::Arc;
@@ -40,6 +41,16 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
         });
+    if let Some(port) = nodelay::postgres_port(url) {
+        options.map_sqlx_postgres_pool_opts(move |pool| {
+            pool.after_connect(move |_, _| {
+                Box::pin(async move {
+                    nodelay::disable_nagle(port);
+                    Ok(())
+                })
+            })
+        });
+    }
     let db = Database::connect(options).await.with_context(|| {
         format!(
             "connecting to the database at {}",
