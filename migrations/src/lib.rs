@@ -7,6 +7,7 @@ mod m20261122_000003_endpoint_credentials;
 mod m20261210_000002_endpoint_status_filter;
 mod m20261211_000001_delivery_held;
 mod m20261212_000001_delivery_unfinished;
+mod m20261213_000001_delivery_writes;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261210_000002_endpoint_status_filter::Migration),
             Box::new(m20261211_000001_delivery_held::Migration),
             Box::new(m20261212_000001_delivery_unfinished::Migration),
+            Box::new(m20261213_000001_delivery_writes::Migration),
         ]
     }
 }
