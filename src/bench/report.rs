@@ -28,6 +28,23 @@ pub struct Figures {
     pub errors: usize,
     /// Deliveries per second as a share of the `ceiling` scenario's rate.
     pub ceiling_ratio: Option<f64>,
+    /// How many runs these figures are the median of, by deliveries per second (short
+    /// scenarios run several times; their errors and peak RSS are those of all runs).
+    pub runs: usize,
+}
+
+/// The run with the median rate of deliveries among `runs` (the faster of the middle two when
+/// their number is even), with the errors of every run added up and the largest peak RSS.
+pub fn median(mut runs: Vec<Figures>) -> Option<Figures> {
+    runs.sort_by(|a, b| a.deliveries_per_second.total_cmp(&b.deliveries_per_second));
+    let count = runs.len();
+    let errors = runs.iter().map(|f| f.errors).sum();
+    let peak = runs.iter().filter_map(|f| f.peak_rss_mib).reduce(f64::max);
+    let mut middle = runs.into_iter().nth(count / 2)?;
+    middle.errors = errors;
+    middle.peak_rss_mib = peak;
+    middle.runs = count;
+    Some(middle)
 }
 
 impl Figures {
@@ -69,7 +86,11 @@ pub fn table(results: &[Figures], database: &str) -> String {
     for f in results {
         out.push_str(&format!(
             "| {} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
-            f.scenario,
+            if f.runs > 1 {
+                format!("{} (median of {})", f.scenario, f.runs)
+            } else {
+                f.scenario.clone()
+            },
             f.events,
             f.events_per_second,
             f.deliveries,
@@ -100,5 +121,26 @@ mod tests {
         assert_eq!(figures.latency_p50_ms, Some(50.0));
         assert_eq!(figures.latency_p99_ms, Some(99.0));
         assert_eq!(figures.latency_max_ms, Some(100.0));
+    }
+
+    #[test]
+    fn the_median_run_keeps_every_runs_errors_and_the_largest_rss() {
+        let run = |rate: f64, errors: usize, rss: f64| Figures {
+            deliveries_per_second: rate,
+            errors,
+            peak_rss_mib: Some(rss),
+            ..Figures::default()
+        };
+        let median = median(vec![
+            run(300.0, 0, 20.0),
+            run(100.0, 2, 40.0),
+            run(200.0, 1, 30.0),
+        ])
+        .unwrap();
+        assert_eq!(median.deliveries_per_second, 200.0);
+        assert_eq!(median.errors, 3);
+        assert_eq!(median.peak_rss_mib, Some(40.0));
+        assert_eq!(median.runs, 3);
+        assert!(super::median(Vec::new()).is_none());
     }
 }
