@@ -14,6 +14,17 @@ use std::net::SocketAddr;
 /// failures are ignored, since the connection works either way, only slower.
 #[cfg(target_os = "linux")]
 pub fn disable_nagle(port: u16) {
+    each_socket(|socket| {
+        let peer: Option<SocketAddr> = socket.peer_addr().ok().and_then(|addr| addr.as_socket());
+        if peer.is_some_and(|peer| peer.port() == port) {
+            let _ = socket.set_tcp_nodelay(true);
+        }
+    });
+}
+
+/// Calls `f` with each socket the process has open.
+#[cfg(target_os = "linux")]
+fn each_socket(mut f: impl FnMut(socket2::SockRef<'_>)) {
     use std::os::fd::{BorrowedFd, RawFd};
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
         return;
@@ -31,16 +42,12 @@ pub fn disable_nagle(port: u16) {
         if !is_socket {
             continue;
         }
-        // SAFETY: the descriptor was open when listed and is only borrowed for two system
-        // calls. Were another thread to close it meanwhile, the calls fail (EBADF, ENOTSOCK) or
-        // reach a socket that reused the number, where they only read its peer and, for a TCP
-        // peer on the database's port, turn Nagle's algorithm off.
+        // SAFETY: the descriptor was open when listed and is only borrowed for a few system
+        // calls on it. Were another thread to close it meanwhile, the calls fail (EBADF,
+        // ENOTSOCK) or reach a socket that reused the number, where they read its addresses
+        // and, for a TCP peer on the database's port, turn Nagle's algorithm off.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let socket = socket2::SockRef::from(&fd);
-        let peer: Option<SocketAddr> = socket.peer_addr().ok().and_then(|addr| addr.as_socket());
-        if peer.is_some_and(|peer| peer.port() == port) {
-            let _ = socket.set_tcp_nodelay(true);
-        }
+        f(socket2::SockRef::from(&fd));
     }
 }
 
@@ -91,5 +98,55 @@ mod tests {
         disable_nagle(listener.local_addr().unwrap().port());
         assert!(to_port.nodelay().unwrap());
         assert!(!elsewhere.nodelay().unwrap());
+    }
+
+    /// The pool's connections to PostgreSQL (`HERALD_TEST_POSTGRES_URL`) have Nagle's algorithm
+    /// off: each is found by the client port the server sees for it.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn pooled_postgres_connections_have_nagle_off() {
+        use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait};
+        let Ok(base) = std::env::var("HERALD_TEST_POSTGRES_URL") else {
+            return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+        };
+        let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = Database::connect(&base).await.unwrap();
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&base).unwrap();
+        url.set_path(&format!("/{name}"));
+        let db = crate::store::connect(url.as_str()).await.unwrap();
+        // Three transactions at once hold three connections of the pool.
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            open.push(db.begin().await.unwrap());
+        }
+        let mut ports = Vec::new();
+        for tx in &open {
+            let statement =
+                Statement::from_string(DbBackend::Postgres, "SELECT inet_client_port() AS port");
+            let row = tx.query_one_raw(statement).await.unwrap().unwrap();
+            ports.push(row.try_get::<i32>("", "port").unwrap() as u16);
+        }
+        let mut nodelay = Vec::new();
+        each_socket(|socket| {
+            let local = socket.local_addr().ok().and_then(|addr| addr.as_socket());
+            if local.is_some_and(|local| ports.contains(&local.port())) {
+                nodelay.push(socket.tcp_nodelay().unwrap());
+            }
+        });
+        drop(open);
+        db.close().await.unwrap();
+        admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        assert_eq!(
+            nodelay,
+            vec![true; 3],
+            "one socket per connection, each without Nagle"
+        );
     }
 }
