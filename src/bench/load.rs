@@ -371,6 +371,7 @@ async fn scenario(
     endpoints: usize,
     events: usize,
     pace: Option<Duration>,
+    warmup: usize,
 ) -> anyhow::Result<Figures> {
     eprintln!(
         "{name}: {events} events × {endpoints} endpoint(s) on {}…",
@@ -378,6 +379,14 @@ async fn scenario(
     );
     receiver.reset();
     let server = Arc::new(Server::start(args, receiver, endpoints, false).await?);
+    if warmup > 0 {
+        eprintln!("{name}: warming up with {warmup} events, not measured…");
+        let warm = record(&server, args, warmup, pace).await;
+        receiver
+            .wait_for(warm.acks.len() * endpoints, DELIVERY_DEADLINE)
+            .await;
+        receiver.reset();
+    }
     let started = Instant::now();
     let recorded = record(&server, args, events, pace).await;
     let last = receiver
@@ -392,22 +401,29 @@ async fn scenario(
 }
 
 pub async fn ingest_deliver(args: &BenchArgs, receiver: &Receiver) -> anyhow::Result<Figures> {
-    scenario("ingest-deliver", args, receiver, 1, args.events, None).await
+    scenario("ingest-deliver", args, receiver, 1, args.events, None, 0).await
 }
 
 pub async fn fanout(args: &BenchArgs, receiver: &Receiver) -> anyhow::Result<Figures> {
     let events = (args.events / args.fanout.max(1)).max(1);
-    scenario("fanout", args, receiver, args.fanout, events, None).await
+    scenario("fanout", args, receiver, args.fanout, events, None, 0).await
 }
 
+/// Seconds of load `steady` runs before it measures.
+const STEADY_WARMUP_SECONDS: usize = 2;
+
+/// A fixed rate for a fixed time, after a short warm-up at the same rate that is not measured:
+/// the first events after a start wait for the server's pool to open its connections (on
+/// PostgreSQL, tens of milliseconds each), which is a start's latency, not a steady one's.
 pub async fn steady(args: &BenchArgs, receiver: &Receiver) -> anyhow::Result<Figures> {
     let events = args.rate * args.seconds as usize;
     let pace = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
-    scenario("steady", args, receiver, 1, events, Some(pace)).await
+    let warmup = args.rate * STEADY_WARMUP_SECONDS;
+    scenario("steady", args, receiver, 1, events, Some(pace), warmup).await
 }
 
 pub async fn burst(args: &BenchArgs, receiver: &Receiver) -> anyhow::Result<Figures> {
-    scenario("burst", args, receiver, 1, args.burst, None).await
+    scenario("burst", args, receiver, 1, args.burst, None, 0).await
 }
 
 /// Queues `size` deliveries with no worker running (events to the `fanout` endpoints, as a
