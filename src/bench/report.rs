@@ -28,13 +28,14 @@ pub struct Figures {
     pub errors: usize,
     /// Deliveries per second as a share of the `ceiling` scenario's rate.
     pub ceiling_ratio: Option<f64>,
-    /// How many runs these figures are the median of, by deliveries per second (short
-    /// scenarios run several times; their errors and peak RSS are those of all runs).
-    pub runs: usize,
+    /// How many runs these figures are the median of, by deliveries per second, when the
+    /// scenario ran several times (its errors and peak RSS are then those of all runs).
+    pub median_of: Option<usize>,
 }
 
 /// The run with the median rate of deliveries among `runs` (the faster of the middle two when
-/// their number is even), with the errors of every run added up and the largest peak RSS.
+/// their number is even), with the errors of every run added up and the largest peak RSS; one
+/// run is returned as it is.
 pub fn median(mut runs: Vec<Figures>) -> Option<Figures> {
     runs.sort_by(|a, b| a.deliveries_per_second.total_cmp(&b.deliveries_per_second));
     let count = runs.len();
@@ -43,7 +44,7 @@ pub fn median(mut runs: Vec<Figures>) -> Option<Figures> {
     let mut middle = runs.into_iter().nth(count / 2)?;
     middle.errors = errors;
     middle.peak_rss_mib = peak;
-    middle.runs = count;
+    middle.median_of = (count > 1).then_some(count);
     Some(middle)
 }
 
@@ -86,10 +87,9 @@ pub fn table(results: &[Figures], database: &str) -> String {
     for f in results {
         out.push_str(&format!(
             "| {} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
-            if f.runs > 1 {
-                format!("{} (median of {})", f.scenario, f.runs)
-            } else {
-                f.scenario.clone()
+            match f.median_of {
+                Some(runs) => format!("{} (median of {runs})", f.scenario),
+                None => f.scenario.clone(),
             },
             f.events,
             f.events_per_second,
@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(median.deliveries_per_second, 200.0);
         assert_eq!(median.errors, 3);
         assert_eq!(median.peak_rss_mib, Some(40.0));
-        assert_eq!(median.runs, 3);
+        assert_eq!(median.median_of, Some(3));
         assert!(super::median(Vec::new()).is_none());
     }
 }

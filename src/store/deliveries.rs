@@ -734,8 +734,8 @@ mod tests {
     }
 
     /// SQLite has no statistics to plan by, and with long lists of ids it used to read every
-    /// queued delivery through an index of their state. No statement of the claim, the chain checks or
-    /// the outcome writes may read or sort the whole queue, however long its lists.
+    /// queued delivery through an index of their state. No statement of the claim, the chain
+    /// checks or the outcome writes may read or sort the whole queue, however long its lists.
     #[tokio::test]
     async fn sqlite_reads_only_the_deliveries_a_statement_names() {
         let dir = tempfile::tempdir().unwrap();

@@ -4,8 +4,9 @@
 //! that release; the fix, transact-rs/sqlx#4336, is not released). A statement whose messages
 //! leave in more than one segment then waits for the server's delayed ACK, 40 ms on Linux: a
 //! batch of outcomes took 60–70 ms while none of its statements took 3 ms in the server, and the
-//! worker drained a backlog at a quarter of its speed over TCP against over a Unix socket. sqlx offers no handle on the socket, so each
-//! new connection's socket is found among the process's own and the option is set on it.
+//! worker drained a backlog at a quarter of its speed over TCP against over a Unix socket. sqlx
+//! offers no handle on the socket, so each new connection's socket is found among the process's
+//! own and the option is set on it.
 
 use std::net::SocketAddr;
 
