@@ -36,10 +36,13 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
         .map_sqlx_sqlite_opts(|opts| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
             // WAL lets readers run beside the one writer; the busy timeout makes a second
-            // writer wait instead of failing.
+            // writer wait instead of failing. Each connection runs on its own thread and hands
+            // rows back through a channel: at the default 50 rows, a claim's or an outcome
+            // batch's hundreds of rows stop the thread every 50 until the task catches up.
             opts.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
+                .row_buffer_size(2048)
         });
     if let Some(port) = nodelay::postgres_port(url) {
         options.map_sqlx_postgres_pool_opts(move |pool| {
