@@ -212,7 +212,7 @@ impl Worker {
             let mut ids: Vec<i64> = rows.iter().map(|row| row.endpoint_id).collect();
             ids.sort_unstable();
             ids.dedup();
-            for row in store::endpoints::find_many(&self.state.db, ids).await? {
+            for row in store::endpoints::find_many(&self.state.db, &ids).await? {
                 let fields = store::endpoints::fields_of(&row, &self.state.vault)?;
                 endpoints.insert(row.id, Arc::new(Target { row, fields }));
             }

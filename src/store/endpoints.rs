@@ -2,7 +2,7 @@
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, SqlErr,
+    QueryOrder, SqlErr, Statement,
 };
 
 use super::entities::{delivery, delivery_attempt, webhook_endpoint};
@@ -156,10 +156,21 @@ pub async fn find(
 /// deliveries, which name their endpoint).
 pub async fn find_many(
     conn: &impl ConnectionTrait,
-    ids: impl IntoIterator<Item = i64>,
+    ids: &[i64],
 ) -> Result<Vec<webhook_endpoint::Model>> {
+    // The ids are one parameter, so the statement is prepared once per connection.
+    let backend = conn.get_database_backend();
+    let sql = format!(
+        "SELECT * FROM webhook_endpoints WHERE {}",
+        super::sql::in_ids(backend, "id")
+    );
+    let statement = Statement::from_sql_and_values(
+        backend,
+        super::sql::numbered(backend, &sql),
+        [super::sql::ids(backend, ids)],
+    );
     Ok(webhook_endpoint::Entity::find()
-        .filter(webhook_endpoint::Column::Id.is_in(ids))
+        .from_raw_sql(statement)
         .all(conn)
         .await?)
 }

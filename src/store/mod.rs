@@ -10,6 +10,7 @@ pub mod endpoints;
 pub mod entities;
 mod nodelay;
 pub mod orgs;
+mod sql;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,87 @@
+//! Pieces of the hand-written statements of the delivery queue, for either backend.
+//!
+//! Lists (ids, or rows of several fields) are bound as one parameter, so that a statement's
+//! text is the same however long its list: each pooled connection prepares it once and keeps it
+//! (sqlx caches prepared statements per connection), instead of parsing and planning a new text
+//! for every claim and every batch of outcomes.
+
+use sea_orm::{DbBackend, Value};
+
+/// `column` is one of the ids bound, as [`ids`], to the one parameter this adds.
+pub fn in_ids(backend: DbBackend, column: &str) -> String {
+    match backend {
+        DbBackend::Postgres => format!("{column} = ANY(CAST(? AS BIGINT[]))"),
+        _ => format!("{column} IN (SELECT value FROM json_each(?))"),
+    }
+}
+
+/// The parameter of [`in_ids`]: a PostgreSQL array literal, or a JSON array for SQLite.
+pub fn ids(backend: DbBackend, ids: &[i64]) -> Value {
+    let list = id_list(ids);
+    match backend {
+        DbBackend::Postgres => format!("{{{list}}}"),
+        _ => format!("[{list}]"),
+    }
+    .into()
+}
+
+/// A table of the rows bound, as [`rows`], to the one parameter this adds, named `alias`; each
+/// row is `{alias}.value`, a JSON array whose fields are read with [`field`] and [`int_field`].
+pub fn json_rows(backend: DbBackend, alias: &str) -> String {
+    match backend {
+        DbBackend::Postgres => format!("jsonb_array_elements(CAST(? AS jsonb)) AS {alias}"),
+        _ => format!("json_each(?) AS {alias}"),
+    }
+}
+
+/// The parameter of [`json_rows`]: one JSON array per row.
+pub fn rows(rows: impl IntoIterator<Item = serde_json::Value>) -> Value {
+    serde_json::Value::Array(rows.into_iter().collect())
+        .to_string()
+        .into()
+}
+
+/// Field `n` of a [`json_rows`] row, as text (SQL `NULL` for JSON `null`).
+pub fn field(alias: &str, n: usize) -> String {
+    format!("({alias}.value ->> {n})")
+}
+
+/// Field `n` of a [`json_rows`] row, as an integer.
+pub fn int_field(alias: &str, n: usize) -> String {
+    format!("CAST({alias}.value ->> {n} AS BIGINT)")
+}
+
+/// An index hint for SQLite (`INDEXED BY …`, `NOT INDEXED`), whose planner has no statistics
+/// to choose by; PostgreSQL plans from its own and takes none.
+pub fn sqlite_hint(backend: DbBackend, hint: &'static str) -> &'static str {
+    if backend == DbBackend::Sqlite {
+        hint
+    } else {
+        ""
+    }
+}
+
+/// Ids as an SQL list; they are integers, so nothing can be injected.
+pub fn id_list(ids: &[i64]) -> String {
+    let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+    ids.join(",")
+}
+
+/// Rewrites `?` placeholders as `$1, $2, …` for PostgreSQL.
+pub fn numbered(backend: DbBackend, sql: &str) -> String {
+    if backend != DbBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
