@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +40,18 @@ const SWEEP: Duration = Duration::from_secs(60);
 /// The most outcomes the writer records in one transaction.
 const WRITE_BATCH: usize = 512;
 
+/// While the worker is busy, a claim for fewer than `1/SMALL_CLAIM` of its slots waits up to
+/// [`CLAIM_GAP`] after the previous claim for more to free up: a claim costs about the same
+/// for one delivery as for a hundred, and on SQLite it holds the one write lock meanwhile.
+const SMALL_CLAIM: usize = 8;
+
+/// See [`SMALL_CLAIM`].
+const CLAIM_GAP: Duration = Duration::from_millis(5);
+
+/// How long the writer waits for more outcomes while requests are still unanswered, so that
+/// the answers to one claim, which come close together, share a transaction.
+const GATHER: Duration = Duration::from_millis(5);
+
 /// The delivery worker of one process.
 pub struct Worker {
     state: AppState,
@@ -61,6 +74,7 @@ impl Worker {
         // as the receiver has answered (see [`Slot`]), not when the outcome is written.
         let mut per: HashMap<i64, usize> = HashMap::new();
         let (freed, mut answered) = mpsc::unbounded_channel::<i64>();
+        let unanswered = Arc::new(AtomicUsize::new(0));
         tracing::info!(concurrency = limit, "delivery worker started");
         let database_url = &config.database.database_url;
         let listener = database_url.starts_with("postgres").then(|| {
@@ -72,7 +86,11 @@ impl Worker {
             ))
         });
         let (outcomes, written) = mpsc::channel(limit.max(1));
-        let writer = tokio::spawn(write_outcomes(self.state.clone(), written));
+        let writer = tokio::spawn(write_outcomes(
+            self.state.clone(),
+            written,
+            unanswered.clone(),
+        ));
         let mut failures = 0u32;
         let mut last_look_past = tokio::time::Instant::now();
         let mut last_sweep: Option<tokio::time::Instant> = None;
@@ -82,6 +100,7 @@ impl Worker {
         let mut claim_now = true;
         let mut saturated = false;
         let mut poll_at = tokio::time::Instant::now();
+        let mut last_claim = tokio::time::Instant::now();
         loop {
             if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP) {
                 last_sweep = Some(tokio::time::Instant::now());
@@ -89,7 +108,13 @@ impl Worker {
             }
             let room = limit - in_flight.len();
             let mut more = false;
-            if room > 0 && claim_now {
+            let worth_it = room >= limit.div_ceil(SMALL_CLAIM)
+                || in_flight.is_empty()
+                || last_claim.elapsed() >= CLAIM_GAP;
+            if room > 0 && claim_now && !worth_it {
+                poll_at = poll_at.min(last_claim + CLAIM_GAP);
+            } else if room > 0 && claim_now {
+                last_claim = tokio::time::Instant::now();
                 let mut pause = POLL;
                 let busy: Vec<i64> = per
                     .iter()
@@ -121,10 +146,7 @@ impl Worker {
                         saturated = capped && claimed.rows == 0;
                         for (row, endpoint) in claimed.ready {
                             *per.entry(row.endpoint_id).or_default() += 1;
-                            let slot = Slot {
-                                endpoint_id: row.endpoint_id,
-                                freed: freed.clone(),
-                            };
+                            let slot = Slot::take(row.endpoint_id, &freed, &unanswered);
                             let state = self.state.clone();
                             let outcomes = outcomes.clone();
                             let token = claimed.token.clone();
@@ -154,7 +176,10 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
                     claim_now = true;
-                    // Free every finished slot, so the next claim fills them all at once.
+                    // A batch of outcomes ends its attempts all at once, but they finish one
+                    // by one as they are scheduled: let them, and free every finished slot, so
+                    // that the next claim fills them all rather than the first few.
+                    tokio::task::yield_now().await;
                     while in_flight.try_join_next().is_some() {}
                 }
                 Some(endpoint_id) = answered.recv() => {
@@ -269,10 +294,28 @@ struct Target {
 struct Slot {
     endpoint_id: i64,
     freed: mpsc::UnboundedSender<i64>,
+    /// How many slots are held: requests not answered yet.
+    unanswered: Arc<AtomicUsize>,
+}
+
+impl Slot {
+    fn take(
+        endpoint_id: i64,
+        freed: &mpsc::UnboundedSender<i64>,
+        unanswered: &Arc<AtomicUsize>,
+    ) -> Self {
+        unanswered.fetch_add(1, Ordering::Relaxed);
+        Self {
+            endpoint_id,
+            freed: freed.clone(),
+            unanswered: unanswered.clone(),
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.unanswered.fetch_sub(1, Ordering::Relaxed);
         let _ = self.freed.send(self.endpoint_id);
     }
 }
@@ -399,9 +442,25 @@ async fn attempt(
 /// Records outcomes as they come: everything waiting is written in one transaction. The answer
 /// is in hand, so a short database outage is waited out (up to the lease) rather than letting
 /// the lease expire and the delivery be sent again.
-async fn write_outcomes(state: AppState, mut written: mpsc::Receiver<Written>) {
+///
+/// While requests are still `unanswered`, it waits up to [`GATHER`] for their outcomes: the
+/// answers to one claim arrive together, and the first would otherwise take a transaction of
+/// its own (on SQLite, a turn at the one write lock, which the next claim waits for).
+async fn write_outcomes(
+    state: AppState,
+    mut written: mpsc::Receiver<Written>,
+    unanswered: Arc<AtomicUsize>,
+) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while written.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let until = tokio::time::Instant::now() + GATHER;
+        while batch.len() < WRITE_BATCH && unanswered.load(Ordering::Relaxed) > 0 {
+            let room = WRITE_BATCH - batch.len();
+            match tokio::time::timeout_at(until, written.recv_many(&mut batch, room)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
         let mut wait = Duration::from_millis(100);
         let result = loop {
             match write_batch(&state, &batch).await {

@@ -179,53 +179,38 @@ async fn release_next(conn: &impl ConnectionTrait, chains: &HashSet<(i64, i64)>)
         return Ok(());
     }
     let backend = conn.get_database_backend();
-    // The next ids first, then an update by primary key: an `UPDATE … WHERE id IN (SELECT …)`
-    // may be planned as a scan of the whole table.
-    #[derive(FromQueryResult)]
-    struct Next {
-        id: Option<i64>,
-    }
     let rows = sql::rows(
         chains
             .iter()
             .map(|(endpoint, build)| serde_json::json!([endpoint, build])),
     );
-    let statement = Statement::from_sql_and_values(backend, next_held_sql(backend), [rows]);
-    let next: Vec<i64> = Next::find_by_statement(statement)
-        .all(conn)
-        .await?
-        .into_iter()
-        .filter_map(|next| next.id)
-        .collect();
-    if next.is_empty() {
-        return Ok(());
-    }
-    let sql = sql::numbered(
-        backend,
-        &format!(
-            "UPDATE deliveries SET held = false WHERE {}",
-            sql::in_ids(backend, "id")
-        ),
-    );
-    let statement = Statement::from_sql_and_values(backend, sql, [sql::ids(backend, &next)]);
+    let statement = Statement::from_sql_and_values(backend, release_next_sql(backend), [rows]);
     conn.execute_raw(statement).await?;
     Ok(())
 }
 
-/// The first held delivery of each (endpoint, build) chain, one row per chain; its parameter
-/// is the chains, as `[endpoint, build]` rows.
-fn next_held_sql(backend: DbBackend) -> String {
-    let sql = format!(
-        "WITH finished(f_endpoint, f_build) AS (SELECT {}, {} FROM {})
-        SELECT (SELECT MIN(p.id) FROM deliveries p
-                WHERE p.endpoint_id = f_endpoint AND p.build_id = f_build
-                  AND p.held = true AND p.state IN ('PENDING', 'RETRYING')) AS id
-        FROM finished",
+/// Releases the first held delivery of each chain; its parameter is the chains, as
+/// `[endpoint, build]` rows. The next ids are found first, each in the index of unfinished
+/// chains, and the update reads only them: PostgreSQL may plan an `UPDATE … WHERE id IN
+/// (SELECT …)` as a scan of the whole table, so there the ids are an array computed once.
+fn release_next_sql(backend: DbBackend) -> String {
+    let next = format!(
+        "SELECT (SELECT MIN(p.id) FROM deliveries p
+                WHERE p.endpoint_id = {} AND p.build_id = {}
+                  AND p.held = true AND p.state IN ('PENDING', 'RETRYING'))
+        FROM {}",
         sql::int_field("c", 0),
         sql::int_field("c", 1),
         sql::json_rows(backend, "c")
     );
-    sql::numbered(backend, &sql)
+    let chosen = match backend {
+        DbBackend::Postgres => format!("id = ANY(ARRAY({next}))"),
+        _ => format!("id IN ({next})"),
+    };
+    sql::numbered(
+        backend,
+        &format!("UPDATE deliveries SET held = false WHERE {chosen}"),
+    )
 }
 
 /// Releases every held delivery that no longer waits for anything: the first unfinished
@@ -775,7 +760,7 @@ mod tests {
             ),
             ("lease", lease_sql(sqlite)),
             ("chain check", unfinished_chains_sql(sqlite)),
-            ("next held", next_held_sql(sqlite)),
+            ("release of the next held", release_next_sql(sqlite)),
             ("outcomes", outcomes_sql(sqlite)),
         ];
         for (name, sql) in statements {
