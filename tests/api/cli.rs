@@ -150,14 +150,31 @@ async fn a_process_killed_with_a_backlog_delivers_all_of_it_after_restart() {
 
 #[test]
 fn bench_runs_every_scenario_in_its_quick_form() {
+    quick_bench(None);
+}
+
+#[test]
+fn bench_runs_every_scenario_in_its_quick_form_on_postgres() {
+    match std::env::var("HERALD_TEST_POSTGRES_URL") {
+        Ok(url) => quick_bench(Some(&url)),
+        Err(_) => eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set"),
+    }
+}
+
+/// Runs `herald bench --quick` on SQLite, or on the PostgreSQL server of `database_url` (the
+/// bench makes and drops a database of its own per scenario), and checks its table and JSON.
+fn quick_bench(database_url: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("bench.json");
-    let output = herald()
+    let mut command = herald();
+    command
         .args(["bench", "--quick", "--drain", "100", "--json"])
         .arg(&json_path)
-        .env_remove("HERALD_DATABASE_URL")
-        .output()
-        .unwrap();
+        .env_remove("HERALD_DATABASE_URL");
+    if let Some(url) = database_url {
+        command.args(["--database-url", url]);
+    }
+    let output = command.output().unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -193,7 +210,13 @@ fn bench_runs_every_scenario_in_its_quick_form() {
             "{f}"
         );
     }
+    let backend = if database_url.is_some() {
+        "postgresql"
+    } else {
+        "sqlite"
+    };
     for f in &figures[1..] {
         assert!(f["peak_rss_mib"].as_f64().unwrap() > 1.0, "{f}");
+        assert_eq!(f["backend"], backend, "{f}");
     }
 }
