@@ -108,9 +108,8 @@ impl Worker {
             }
             let room = limit - in_flight.len();
             let mut more = false;
-            let worth_it = room >= limit.div_ceil(SMALL_CLAIM)
-                || in_flight.is_empty()
-                || last_claim.elapsed() >= CLAIM_GAP;
+            // An idle worker's room is all its slots, so only a busy one waits.
+            let worth_it = room >= limit.div_ceil(SMALL_CLAIM) || last_claim.elapsed() >= CLAIM_GAP;
             if room > 0 && claim_now && !worth_it {
                 poll_at = poll_at.min(last_claim + CLAIM_GAP);
             } else if room > 0 && claim_now {

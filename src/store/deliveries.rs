@@ -487,12 +487,12 @@ async fn candidates(
     limit: usize,
 ) -> Result<Vec<Candidate>> {
     let backend = conn.get_database_backend();
+    let skipping = !skip.is_empty();
     let mut values: Vec<Value> = vec![now.into(), now.into()];
-    if !skip.is_empty() {
+    if skipping {
         values.push(sql::ids(backend, skip));
     }
     values.extend([true.into(), (limit as i64).into()]);
-    let skipping = !skip.is_empty();
     let statement =
         Statement::from_sql_and_values(backend, candidates_sql(backend, skipping), values);
     Ok(Candidate::find_by_statement(statement).all(conn).await?)

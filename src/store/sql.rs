@@ -62,7 +62,7 @@ pub fn sqlite_hint(backend: DbBackend, hint: &'static str) -> &'static str {
 }
 
 /// Ids as an SQL list; they are integers, so nothing can be injected.
-pub fn id_list(ids: &[i64]) -> String {
+fn id_list(ids: &[i64]) -> String {
     let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
     ids.join(",")
 }
