@@ -24,6 +24,9 @@ use crate::store;
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
+    /// Where changes and the worker's claims and outcomes are written (see
+    /// [`store::connect_writer`]).
+    pub writer: DatabaseConnection,
     pub keys: TokenKeys,
     pub schema: HeraldSchema,
     pub outbox: Outbox,
@@ -41,6 +44,7 @@ impl AppState {
         // Certificate checks use ring; installing it twice (tests) is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let db = store::connect(&config.database.database_url).await?;
+        let writer = store::connect_writer(&config.database.database_url, &db).await?;
         let keys = TokenKeys::new(&token_secret(&db).await?);
         let vault = match &config.encryption_key {
             Some(key) => Vault::with_key(&key.0)?,
@@ -69,6 +73,7 @@ impl AppState {
             ),
             config: Arc::new(config),
             db,
+            writer,
             keys,
             metrics,
             vault,

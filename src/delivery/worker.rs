@@ -228,7 +228,7 @@ impl Worker {
             claimed
         } else {
             let _turn = self.state.outbox.worker_turn().await;
-            store::deliveries::claim(db, request).await?
+            store::deliveries::claim(&self.state.writer, request).await?
         };
         let count = rows.len();
         let mut endpoints: HashMap<i64, Arc<Target>> = HashMap::new();
@@ -260,7 +260,7 @@ impl Worker {
     /// Releases held deliveries that no longer wait for anything (see
     /// [`store::deliveries::release_stranded`]).
     async fn release_stranded(&self) {
-        match store::deliveries::release_stranded(&self.state.db).await {
+        match store::deliveries::release_stranded(&self.state.writer).await {
             Ok(0) => {}
             Ok(released) => {
                 tracing::warn!(
@@ -489,7 +489,7 @@ async fn write_batch(
 ) -> Result<std::collections::HashSet<i64>> {
     let records: Vec<&AttemptRecord> = batch.iter().map(|w| &w.record).collect();
     let _turn = state.outbox.worker_turn().await;
-    let tx = store::begin_worker_write(&state.db).await?;
+    let tx = store::begin_worker_write(&state.writer).await?;
     let recorded = store::deliveries::record_attempts(&tx, &records).await?;
     for written in batch.iter().filter(|w| w.gone) {
         if recorded.contains(&written.record.delivery_id) {

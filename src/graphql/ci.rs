@@ -6,7 +6,7 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::auth::require;
 use super::types::{Build, OwnerInfo, Repository, Task};
-use super::{db, state};
+use super::{db, rows, state};
 use crate::domain::{BuildStatus, Notification, NotificationLevel, Permission, TaskStatus};
 use crate::payload::outbox::Change;
 use crate::store::{self, parse_id};
@@ -50,16 +50,14 @@ impl CiQuery {
         let viewer = require(ctx, Permission::Read)?;
         let id = parse_id("repository", &id)?;
         Ok(Some(Repository(
-            store::ci::repository(&db(ctx)?.conn(), viewer.org_id, id).await?,
+            rows::repository(ctx, viewer.org_id, id).await?,
         )))
     }
 
     async fn build(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Build>> {
         let viewer = require(ctx, Permission::Read)?;
         let id = parse_id("build", &id)?;
-        Ok(Some(Build(
-            store::ci::build(&db(ctx)?.conn(), viewer.org_id, id).await?,
-        )))
+        Ok(Some(Build(rows::build(ctx, viewer.org_id, id).await?)))
     }
 
     /// A task; null for a null id, so one payload selection serves build and task events.
@@ -67,14 +65,12 @@ impl CiQuery {
         let viewer = require(ctx, Permission::Read)?;
         let Some(id) = id else { return Ok(None) };
         let id = parse_id("task", &id)?;
-        Ok(Some(Task(
-            store::ci::task(&db(ctx)?.conn(), viewer.org_id, id).await?,
-        )))
+        Ok(Some(Task(rows::task(ctx, viewer.org_id, id).await?)))
     }
 }
 
 async fn owner(ctx: &Context<'_>, org_id: i64, uid: &str) -> Result<OwnerInfo> {
-    store::orgs::find(&db(ctx)?.conn(), org_id)
+    rows::organization(ctx, org_id)
         .await?
         .map(OwnerInfo)
         .ok_or_else(|| Error::not_found("organization", uid))
@@ -193,7 +189,7 @@ impl CiMutation {
         let state = state(ctx)?;
         let repository_id = parse_id("repository", &input.repository_id)?;
         let _turn = state.outbox.turn().await?;
-        let tx = Arc::new(store::begin_write(&state.db).await?);
+        let tx = Arc::new(store::begin_write(&state.writer).await?);
         let repository = store::ci::repository(&*tx, viewer.org_id, repository_id).await?;
         let now = crate::now_ms();
         let new = store::ci::NewBuild {
@@ -228,7 +224,7 @@ impl CiMutation {
         let state = state(ctx)?;
         let id = parse_id("build", &input.build_id)?;
         let _turn = state.outbox.turn().await?;
-        let tx = Arc::new(store::begin_write(&state.db).await?);
+        let tx = Arc::new(store::begin_write(&state.writer).await?);
         let before = store::ci::build(&*tx, viewer.org_id, id).await?;
         let Some(after) =
             store::ci::set_build_status(&*tx, before.clone(), input.status, crate::now_ms())
@@ -256,7 +252,7 @@ impl CiMutation {
         let state = state(ctx)?;
         let build_id = parse_id("build", &input.build_id)?;
         let _turn = state.outbox.turn().await?;
-        let tx = Arc::new(store::begin_write(&state.db).await?);
+        let tx = Arc::new(store::begin_write(&state.writer).await?);
         let build = store::ci::build(&*tx, viewer.org_id, build_id).await?;
         let new = store::ci::NewTask {
             name: input.name,
@@ -268,7 +264,7 @@ impl CiMutation {
         let task = store::ci::create_task(&*tx, &build, new, crate::now_ms()).await?;
         state
             .outbox
-            .record(&tx, Change::task_created(&task))
+            .record(&tx, Change::task_created(&task).with_build(&build))
             .await?;
         state.outbox.commit(tx).await?;
         Ok(TaskPayload {
@@ -303,7 +299,7 @@ impl CiMutation {
             )
             .collect();
         let _turn = state.outbox.turn().await?;
-        let tx = Arc::new(store::begin_write(&state.db).await?);
+        let tx = Arc::new(store::begin_write(&state.writer).await?);
         let before = store::ci::task(&*tx, viewer.org_id, id).await?;
         let Some(after) = store::ci::set_task_status(
             &*tx,

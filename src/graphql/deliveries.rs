@@ -202,7 +202,7 @@ impl DeliveryMutation {
     ) -> Result<DeliveryPayload> {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
-        let tx = store::begin_write(&state.db).await?;
+        let tx = store::begin_write(&state.writer).await?;
         let row = store::deliveries::find(&tx, viewer.org_id, &input.delivery_id).await?;
         store::deliveries::redeliver(&tx, &row, crate::now_ms()).await?;
         store::deliveries::announce(&tx).await?;
@@ -224,7 +224,7 @@ impl DeliveryMutation {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
         let id = parse_id("webhook endpoint", &input.endpoint_id)?;
-        let tx = store::begin_write(&state.db).await?;
+        let tx = store::begin_write(&state.writer).await?;
         let endpoint = store::endpoints::find(&tx, viewer.org_id, id).await?;
         if !endpoint.enabled {
             return Err(Error::Invalid(

@@ -7,6 +7,7 @@
 pub mod auth;
 mod ci;
 mod deliveries;
+pub mod rows;
 mod types;
 mod webhook_draft;
 mod webhooks;

@@ -4,7 +4,7 @@ use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, ID, Object, OutputType};
 
 use super::auth::require;
-use super::{db, deliveries::WebHookDelivery, webhooks::WebHookSettings};
+use super::{db, deliveries::WebHookDelivery, rows, webhooks::WebHookSettings};
 use crate::Result;
 use crate::domain::status::parse_stored;
 use crate::domain::{
@@ -98,7 +98,7 @@ impl Repository {
 
     /// The owning organization's name.
     async fn owner(&self, ctx: &Context<'_>) -> Result<String> {
-        let org = store::orgs::find(&db(ctx)?.conn(), self.0.org_id).await?;
+        let org = rows::organization(ctx, self.0.org_id).await?;
         Ok(org.map(|org| org.name).unwrap_or_default())
     }
 
@@ -144,7 +144,7 @@ impl Build {
 
     async fn repository(&self, ctx: &Context<'_>) -> Result<Repository> {
         Ok(Repository(
-            store::ci::repository(&db(ctx)?.conn(), self.0.org_id, self.0.repository_id).await?,
+            rows::repository(ctx, self.0.org_id, self.0.repository_id).await?,
         ))
     }
 
@@ -223,13 +223,13 @@ impl Task {
 
     async fn build(&self, ctx: &Context<'_>) -> Result<Build> {
         Ok(Build(
-            store::ci::build(&db(ctx)?.conn(), self.0.org_id, self.0.build_id).await?,
+            rows::build(ctx, self.0.org_id, self.0.build_id).await?,
         ))
     }
 
     async fn repository(&self, ctx: &Context<'_>) -> Result<Repository> {
         Ok(Repository(
-            store::ci::repository(&db(ctx)?.conn(), self.0.org_id, self.0.repository_id).await?,
+            rows::repository(ctx, self.0.org_id, self.0.repository_id).await?,
         ))
     }
 

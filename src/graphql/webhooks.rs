@@ -287,7 +287,7 @@ impl WebhookMutation {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
         let id = parse_id("webhook endpoint", &input.id)?;
-        let tx = store::begin_write(&state.db).await?;
+        let tx = store::begin_write(&state.writer).await?;
         let endpoint = store::endpoints::find(&tx, viewer.org_id, id).await?;
         store::endpoints::delete(&tx, &endpoint).await?;
         tx.commit().await?;
@@ -336,7 +336,7 @@ impl WebhookMutation {
             }
             checked.push((current.cloned(), fields));
         }
-        let tx = store::begin_write(&state.db).await?;
+        let tx = store::begin_write(&state.writer).await?;
         for row in &existing {
             if !checked
                 .iter()

@@ -33,6 +33,11 @@ pub struct Change {
     pub build_id: i64,
     pub task_id: Option<i64>,
     pub timestamp: i64,
+    /// The build row as the change left it, when the change has it: the payload reads it
+    /// instead of reading it back.
+    pub build_row: Option<build::Model>,
+    /// The task row as the change left it (task events).
+    pub task_row: Option<task::Model>,
 }
 
 impl Change {
@@ -47,6 +52,8 @@ impl Change {
             build_id: build.id,
             task_id: None,
             timestamp: build.created_at,
+            build_row: Some(build.clone()),
+            task_row: None,
         }
     }
 
@@ -70,6 +77,17 @@ impl Change {
             build_id: task.build_id,
             task_id: Some(task.id),
             timestamp: task.creation_timestamp,
+            build_row: None,
+            task_row: Some(task.clone()),
+        }
+    }
+
+    /// The change also hands the payload its task's `build` row, which it read in its
+    /// transaction and did not change.
+    pub fn with_build(self, build: &build::Model) -> Self {
+        Self {
+            build_row: Some(build.clone()),
+            ..self
         }
     }
 

@@ -10,6 +10,7 @@ use serde_json::{Map, Value as Json, json};
 use super::outbox::Change;
 use super::selection::{self, DEFAULT_SELECTION, Prepared};
 use crate::domain::{PayloadFormat, Permission};
+use crate::graphql::rows::{Known, Settled};
 use crate::graphql::{self, HeraldSchema, Limits, Viewer};
 use crate::slack::SLACK_SELECTION;
 use crate::store::Db;
@@ -22,6 +23,8 @@ const CACHE_CAPACITY: usize = 1024;
 pub struct Renderer {
     schema: HeraldSchema,
     cache: Mutex<HashMap<String, Arc<Prepared>>>,
+    /// Repositories and organizations read by earlier payloads.
+    settled: Arc<Settled>,
     /// Where Slack messages link builds and tasks (`HERALD_PUBLIC_URL`).
     public_url: Option<String>,
 }
@@ -32,6 +35,7 @@ impl Renderer {
         Self {
             schema: graphql::build_schema(Limits::PAYLOAD),
             cache: Mutex::default(),
+            settled: Arc::default(),
             public_url,
         }
     }
@@ -65,7 +69,7 @@ impl Renderer {
         };
         let variables = json!({ "repositoryId": "0", "buildId": "0", "taskId": null });
         let response = self
-            .run(&prepared, Db::Pool(db.clone()), viewer, variables)
+            .run(&prepared, Db::Pool(db.clone()), viewer, variables, None)
             .await;
         match response.errors.iter().find(|error| error.path.is_empty()) {
             None => Ok(()),
@@ -107,7 +111,14 @@ impl Renderer {
             "buildId": change.build_id.to_string(),
             "taskId": change.task_id.map(|id| id.to_string()),
         });
-        let response = self.run(&prepared, db, viewer, variables).await;
+        let known = Known {
+            build: change.build_row.clone(),
+            task: change.task_row.clone(),
+            settled: self.settled.clone(),
+        };
+        let response = self
+            .run(&prepared, db, viewer, variables, Some(known))
+            .await;
         for error in &response.errors {
             tracing::warn!(org = change.org_id, error = %error.message, "payload selection reported an error");
         }
@@ -132,11 +143,15 @@ impl Renderer {
         db: Db,
         viewer: Viewer,
         variables: Json,
+        known: Option<Known>,
     ) -> async_graphql::Response {
         let mut request = Request::new(prepared.text.clone())
             .variables(Variables::from_json(variables))
             .data(db)
             .data(viewer);
+        if let Some(known) = known {
+            request = request.data(known);
+        }
         request.set_parsed_query(prepared.doc.clone());
         graphql::execute(&self.schema, request).await
     }

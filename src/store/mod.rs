@@ -26,10 +26,35 @@ use crate::{Error, Result};
 
 /// Opens the database at `url`, creating an SQLite file if needed, and applies migrations.
 pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
-    let mut options = ConnectOptions::new(url.to_owned());
     let sqlite = url.starts_with("sqlite:");
+    let db = open(url, if sqlite { 8 } else { 16 }).await?;
+    Migrator::up(&db, None)
+        .await
+        .context("applying database migrations")?;
+    Ok(db)
+}
+
+/// The connection that writes, beside `db` (opened by [`connect`] on the same `url`).
+///
+/// On SQLite it is a pool of its own with one connection. The database takes one writer at a
+/// time anyway, and a connection discards its whole page cache whenever another connection has
+/// written since its last transaction: with every write of the process on one connection, its
+/// cache stays warm, instead of each change and each claim reading its pages back from the
+/// file. On PostgreSQL it is `db` itself.
+pub async fn connect_writer(
+    url: &str,
+    db: &DatabaseConnection,
+) -> anyhow::Result<DatabaseConnection> {
+    match db.get_database_backend() {
+        DbBackend::Sqlite => open(url, 1).await,
+        _ => Ok(db.clone()),
+    }
+}
+
+async fn open(url: &str, connections: u32) -> anyhow::Result<DatabaseConnection> {
+    let mut options = ConnectOptions::new(url.to_owned());
     options
-        .max_connections(if sqlite { 8 } else { 16 })
+        .max_connections(connections)
         .min_connections(1)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
@@ -55,16 +80,12 @@ pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
             })
         });
     }
-    let db = Database::connect(options).await.with_context(|| {
+    Database::connect(options).await.with_context(|| {
         format!(
             "connecting to the database at {}",
             crate::config::redact_url(url)
         )
-    })?;
-    Migrator::up(&db, None)
-        .await
-        .context("applying database migrations")?;
-    Ok(db)
+    })
 }
 
 /// Begins a transaction that will write. On SQLite it takes the write lock at once
