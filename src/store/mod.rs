@@ -58,6 +58,11 @@ async fn open(url: &str, connections: u32) -> anyhow::Result<DatabaseConnection>
         .min_connections(1)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
+        // sqlx pings a connection on every acquire by default: on SQLite one more crossing
+        // to the connection's thread, on PostgreSQL one more round trip, for each transaction
+        // and each statement outside one. Only a connection idle long enough for a server,
+        // proxy or firewall to have dropped it is pinged.
+        .test_before_acquire_if_idle_for(Duration::from_secs(30))
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|opts| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
