@@ -52,17 +52,19 @@ pub async fn connect_writer(
 }
 
 async fn open(url: &str, connections: u32) -> anyhow::Result<DatabaseConnection> {
+    let sqlite = url.starts_with("sqlite:");
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(connections)
         .min_connections(1)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
-        // sqlx pings a connection on every acquire by default: on SQLite one more crossing
-        // to the connection's thread, on PostgreSQL one more round trip, for each transaction
-        // and each statement outside one. Only a connection idle long enough for a server,
-        // proxy or firewall to have dropped it is pinged.
-        .test_before_acquire_if_idle_for(Duration::from_secs(30))
+        // sqlx pings a connection each time it leaves the pool. An SQLite connection is this
+        // process's own and cannot be dropped by anyone, and each ping is one more crossing to
+        // its thread per transaction and per statement outside one. PostgreSQL's connections
+        // are still pinged: after a restart of the server, the dead ones are replaced before
+        // a request gets one.
+        .test_before_acquire(!sqlite)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|opts| {
             use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
