@@ -14,7 +14,7 @@ use super::Renderer;
 use crate::domain::status::parse_stored;
 use crate::domain::{BuildStatus, EventKind, PayloadFormat, TaskStatus};
 use crate::metrics::Metrics;
-use crate::store::deliveries::{NewDelivery, NewEvent};
+use crate::store::deliveries::{EventDeliveries, NewDelivery, NewEvent};
 use crate::store::entities::{build, delivery, task, webhook_endpoint};
 use crate::store::{self, Db};
 use crate::{Error, Result};
@@ -233,28 +233,25 @@ impl Outbox {
             };
             rendered.push((endpoint.id, body));
         }
-        // A delivery queued behind an unfinished one of its chain waits for it. The chains are
-        // locked (on PostgreSQL) only now that the bodies are rendered: the worker's outcome
-        // writes that finish a delivery of this build wait for this commit.
-        let ids: Vec<i64> = rendered.iter().map(|(id, _)| *id).collect();
-        store::deliveries::lock_chains(conn, &[change.build_id]).await?;
-        let waiting = store::deliveries::unfinished_chains(conn, change.build_id, &ids).await?;
-        let deliveries: Vec<NewDelivery> = rendered
-            .into_iter()
-            .map(|(endpoint_id, body)| NewDelivery {
-                org_id: change.org_id,
-                endpoint_id,
-                event_id: Some(event.id),
-                build_id: Some(change.build_id),
-                event: change.kind.header_value().into(),
-                action: change.action.into(),
-                body,
-                timestamp: change.timestamp,
-                held: waiting.contains(&endpoint_id),
-            })
-            .collect();
-        if !deliveries.is_empty() {
-            store::deliveries::insert_many(conn, deliveries).await?;
+        // A delivery queued behind an unfinished one of its chain waits for it (the insert
+        // checks). The chains are locked (on PostgreSQL) only now that the bodies are
+        // rendered: the worker's outcome writes that finish a delivery of this build wait for
+        // this commit.
+        if !rendered.is_empty() {
+            store::deliveries::lock_chains(conn, &[change.build_id]).await?;
+            store::deliveries::queue_event(
+                conn,
+                EventDeliveries {
+                    org_id: change.org_id,
+                    event_id: event.id,
+                    build_id: change.build_id,
+                    event: change.kind.header_value(),
+                    action: change.action,
+                    timestamp: change.timestamp,
+                    bodies: rendered,
+                },
+            )
+            .await?;
             store::deliveries::announce(conn).await?;
         }
         Ok(())
@@ -299,7 +296,6 @@ impl Outbox {
             action: "ping".into(),
             body: serde_json::to_string(&body).map_err(Error::internal)?,
             timestamp: now,
-            held: false,
         };
         let row = store::deliveries::insert_one(conn, new).await?;
         store::deliveries::announce(conn).await?;

@@ -65,8 +65,6 @@ pub struct NewDelivery {
     pub action: String,
     pub body: String,
     pub timestamp: i64,
-    /// An earlier delivery of its (endpoint, build) chain is unfinished: it waits for it.
-    pub held: bool,
 }
 
 impl NewDelivery {
@@ -80,7 +78,6 @@ impl NewDelivery {
             action,
             body,
             timestamp,
-            held,
         } = self;
         delivery::ActiveModel {
             uid: Set(uuid::Uuid::now_v7().to_string()),
@@ -102,7 +99,8 @@ impl NewDelivery {
             last_duration: Set(None),
             last_response: Set(None),
             updated_at: Set(timestamp),
-            held: Set(held),
+            // Only an event's deliveries wait behind their chain ([`queue_event`]).
+            held: Set(false),
             ..Default::default()
         }
     }
@@ -132,42 +130,68 @@ pub async fn lock_chains(conn: &impl ConnectionTrait, builds: &[i64]) -> Result<
     Ok(())
 }
 
-/// The endpoints among `endpoints` with an unfinished delivery of `build_id`: a new delivery
-/// of the build to one of them is held behind it.
-pub async fn unfinished_chains(
-    conn: &impl ConnectionTrait,
-    build_id: i64,
-    endpoints: &[i64],
-) -> Result<HashSet<i64>> {
-    if endpoints.is_empty() {
-        return Ok(HashSet::new());
-    }
-    #[derive(FromQueryResult)]
-    struct Chain {
-        endpoint_id: i64,
-    }
-    let backend = conn.get_database_backend();
-    let sql = unfinished_chains_sql(backend);
-    let values = [sql::ids(backend, endpoints), build_id.into()];
-    let statement = Statement::from_sql_and_values(backend, sql, values);
-    Ok(Chain::find_by_statement(statement)
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|chain| chain.endpoint_id)
-        .collect())
+/// An event's deliveries, one per endpoint, ready to be queued.
+pub struct EventDeliveries<'a> {
+    pub org_id: i64,
+    pub event_id: i64,
+    pub build_id: i64,
+    pub event: &'a str,
+    pub action: &'a str,
+    pub timestamp: i64,
+    /// Each endpoint and the body it gets.
+    pub bodies: Vec<(i64, String)>,
 }
 
-/// [`unfinished_chains`]' statement; its parameters are the endpoints and the build.
-fn unfinished_chains_sql(backend: DbBackend) -> String {
-    // Without statistics, SQLite's planner may answer the state test from an index of every
-    // queued delivery once the list of endpoints is long (it did, with the former
-    // `deliveries_due`); the index of unfinished chains reads only the build's.
+/// Queues an event's deliveries, due at once, each with a new public id, in one statement. A
+/// delivery whose (endpoint, build) chain has an unfinished delivery is held behind it: the
+/// insert checks each chain itself, in `deliveries_unfinished`.
+pub async fn queue_event(conn: &impl ConnectionTrait, new: EventDeliveries<'_>) -> Result<()> {
+    if new.bodies.is_empty() {
+        return Ok(());
+    }
+    let backend = conn.get_database_backend();
+    let rows = sql::rows(new.bodies.into_iter().map(|(endpoint_id, body)| {
+        serde_json::json!([uuid::Uuid::now_v7().to_string(), endpoint_id, body])
+    }));
+    let values: Vec<Value> = vec![
+        new.build_id.into(),
+        new.org_id.into(),
+        new.event_id.into(),
+        new.build_id.into(),
+        new.event.into(),
+        new.action.into(),
+        new.timestamp.into(),
+        rows,
+    ];
+    let statement = Statement::from_sql_and_values(backend, queue_event_sql(backend), values);
+    conn.execute_raw(statement).await?;
+    Ok(())
+}
+
+/// [`queue_event`]'s statement; its parameters are the build (for the chain check), the
+/// organization, the event, the build, the event's kind and action, its time, and one row per
+/// delivery: public id, endpoint and body.
+fn queue_event_sql(backend: DbBackend) -> String {
+    let (int, text) = (|n| sql::int_field("n", n), |n| sql::field("n", n));
+    // Without statistics, SQLite's planner may answer the state test from another index; the
+    // index of unfinished chains reads only the chain's.
     let index = sql::sqlite_hint(backend, "INDEXED BY deliveries_unfinished");
     let sql = format!(
-        "SELECT DISTINCT endpoint_id FROM deliveries {index}
-        WHERE {} AND build_id = ? AND state IN ('PENDING', 'RETRYING')",
-        sql::in_ids(backend, "endpoint_id")
+        "INSERT INTO deliveries
+            (uid, org_id, endpoint_id, event_id, build_id, event, action, body, state, attempts,
+             round_attempts, next_attempt_at, created_at, updated_at, held)
+        SELECT {}, o.org_id, {}, o.event_id, o.build_id, o.event, o.action, {}, 'PENDING', 0, 0,
+            o.at, o.at, o.at,
+            EXISTS (SELECT 1 FROM deliveries p {index}
+                    WHERE p.endpoint_id = {} AND p.build_id = ?
+                      AND p.state IN ('PENDING', 'RETRYING'))
+        FROM (SELECT ? AS org_id, ? AS event_id, ? AS build_id, ? AS event, ? AS action,
+                     ? AS at) AS o, {}",
+        text(0),
+        int(1),
+        text(2),
+        int(1),
+        sql::json_rows(backend, "n"),
     );
     sql::numbered(backend, &sql)
 }
@@ -229,18 +253,6 @@ pub async fn release_stranded(conn: &impl ConnectionTrait) -> Result<u64> {
         .execute_raw(Statement::from_string(backend, sql))
         .await?
         .rows_affected())
-}
-
-/// Queues deliveries, due at once, each with a new public id, in one statement. Their ids
-/// follow the order given, which is the order of their chains.
-pub async fn insert_many(conn: &impl ConnectionTrait, new: Vec<NewDelivery>) -> Result<()> {
-    if new.is_empty() {
-        return Ok(());
-    }
-    delivery::Entity::insert_many(new.into_iter().map(NewDelivery::into_row))
-        .exec(conn)
-        .await?;
-    Ok(())
 }
 
 /// Queues one delivery, due at once, with a new public id.
@@ -759,7 +771,7 @@ mod tests {
                 candidates_sql(sqlite, true),
             ),
             ("lease", lease_sql(sqlite)),
-            ("chain check", unfinished_chains_sql(sqlite)),
+            ("an event's deliveries", queue_event_sql(sqlite)),
             ("release of the next held", release_next_sql(sqlite)),
             ("outcomes", outcomes_sql(sqlite)),
         ];
