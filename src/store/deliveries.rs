@@ -174,7 +174,9 @@ pub async fn queue_event(conn: &impl ConnectionTrait, new: EventDeliveries<'_>) 
 fn queue_event_sql(backend: DbBackend) -> String {
     let (int, text) = (|n| sql::int_field("n", n), |n| sql::field("n", n));
     // Without statistics, SQLite's planner may answer the state test from another index; the
-    // index of unfinished chains reads only the chain's.
+    // index of unfinished chains reads only the chain's. The check is a scalar subquery, not
+    // `EXISTS`, which PostgreSQL may run as a hashed subplan that reads every unfinished
+    // delivery of the build through that index (its first column is the endpoint).
     let index = sql::sqlite_hint(backend, "INDEXED BY deliveries_unfinished");
     let sql = format!(
         "INSERT INTO deliveries
@@ -182,9 +184,9 @@ fn queue_event_sql(backend: DbBackend) -> String {
              round_attempts, next_attempt_at, created_at, updated_at, held)
         SELECT {}, o.org_id, {}, o.event_id, o.build_id, o.event, o.action, {}, 'PENDING', 0, 0,
             o.at, o.at, o.at,
-            EXISTS (SELECT 1 FROM deliveries p {index}
-                    WHERE p.endpoint_id = {} AND p.build_id = ?
-                      AND p.state IN ('PENDING', 'RETRYING'))
+            (SELECT p.id FROM deliveries p {index}
+             WHERE p.endpoint_id = {} AND p.build_id = ? AND p.state IN ('PENDING', 'RETRYING')
+             LIMIT 1) IS NOT NULL
         FROM (SELECT ? AS org_id, ? AS event_id, ? AS build_id, ? AS event, ? AS action,
                      ? AS at) AS o, {}",
         text(0),
