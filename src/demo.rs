@@ -70,7 +70,7 @@ async fn run_in(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     let state = app.state().clone();
     let server = tokio::spawn(app.run(shutdown.clone()));
 
-    let org = store::orgs::create(&state.db, "demo")
+    let org = store::orgs::create(&state.writer, "demo")
         .await
         .map_err(|err| anyhow!("{err}"))?;
     let token = state

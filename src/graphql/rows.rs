@@ -4,8 +4,8 @@
 //! or task the event is about: [`Known`] hands those rows to the resolvers instead of reading
 //! them back. It also keeps the repositories and organizations the process has read, which are
 //! never updated or deleted once created (a change that makes them so must drop [`Settled`]).
-//! The default selection of a task event then reads two rows (its build, and the build's tasks
-//! for `uniqueLabels`) instead of five. The API's own requests carry no [`Known`] and read
+//! The default selection of a task event then reads at most two rows (its build, unless the
+//! change holds it, and the build's tasks for `uniqueLabels`) instead of five. The API's own requests carry no [`Known`] and read
 //! everything from the database.
 
 use std::collections::HashMap;

@@ -235,7 +235,8 @@ impl WebhookMutation {
             status_filter: input.status_filter.unwrap_or_default(),
         };
         let fields = check(state, draft, None).await?;
-        let endpoint = store::endpoints::create(&state.db, org_id, fields, &state.vault).await?;
+        let endpoint =
+            store::endpoints::create(&state.writer, org_id, fields, &state.vault).await?;
         Ok(EndpointPayload {
             endpoint: WebHookDeliveryEndpoint(endpoint),
             client_mutation_id: input.client_mutation_id,
@@ -271,7 +272,8 @@ impl WebhookMutation {
             status_filter: input.status_filter.unwrap_or(stored.status_filter),
         };
         let fields = check(state, draft, Some(&current)).await?;
-        let endpoint = store::endpoints::update(&state.db, current, fields, &state.vault).await?;
+        let endpoint =
+            store::endpoints::update(&state.writer, current, fields, &state.vault).await?;
         Ok(EndpointPayload {
             endpoint: WebHookDeliveryEndpoint(endpoint),
             client_mutation_id: input.client_mutation_id,
