@@ -5,8 +5,8 @@
 //! them back. It also keeps the repositories and organizations the process has read, which are
 //! never updated or deleted once created (a change that makes them so must drop [`Settled`]).
 //! The default selection of a task event then reads at most two rows (its build, unless the
-//! change holds it, and the build's tasks for `uniqueLabels`) instead of five. The API's own requests carry no [`Known`] and read
-//! everything from the database.
+//! change holds it, and the build's tasks for `uniqueLabels`) instead of five. The API's own
+//! requests carry no [`Known`] and read everything from the database.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -290,8 +290,6 @@ impl Outbox {
         let new = NewDelivery {
             org_id: endpoint.org_id,
             endpoint_id: endpoint.id,
-            event_id: None,
-            build_id: None,
             event: "ping".into(),
             action: "ping".into(),
             body: serde_json::to_string(&body).map_err(Error::internal)?,

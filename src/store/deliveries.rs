@@ -55,12 +55,11 @@ pub async fn insert_event(conn: &impl ConnectionTrait, new: NewEvent) -> Result<
     Ok(event::Entity::insert(row).exec_with_returning(conn).await?)
 }
 
-/// A delivery ready to be queued.
+/// A delivery of no event and no build (a ping), ready to be queued; an event's deliveries are
+/// queued by [`queue_event`].
 pub struct NewDelivery {
     pub org_id: i64,
     pub endpoint_id: i64,
-    pub event_id: Option<i64>,
-    pub build_id: Option<i64>,
     pub event: String,
     pub action: String,
     pub body: String,
@@ -72,8 +71,6 @@ impl NewDelivery {
         let NewDelivery {
             org_id,
             endpoint_id,
-            event_id,
-            build_id,
             event,
             action,
             body,
@@ -83,8 +80,8 @@ impl NewDelivery {
             uid: Set(uuid::Uuid::now_v7().to_string()),
             org_id: Set(org_id),
             endpoint_id: Set(endpoint_id),
-            event_id: Set(event_id),
-            build_id: Set(build_id),
+            event_id: Set(None),
+            build_id: Set(None),
             event: Set(event),
             action: Set(action),
             body: Set(body),
@@ -99,7 +96,7 @@ impl NewDelivery {
             last_duration: Set(None),
             last_response: Set(None),
             updated_at: Set(timestamp),
-            // Only an event's deliveries wait behind their chain ([`queue_event`]).
+            // A delivery of no build is in no chain, so nothing holds it.
             held: Set(false),
             ..Default::default()
         }
