@@ -15,6 +15,7 @@ use crate::delivery::client::Sender;
 use crate::delivery::guard::SystemLookup;
 use crate::graphql::{self, HeraldSchema, Limits, TokenKeys};
 use crate::metrics::Metrics;
+use crate::payload::commit::Changes;
 use crate::payload::outbox::Outbox;
 use crate::secrets::Vault;
 use crate::store;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub keys: TokenKeys,
     pub schema: HeraldSchema,
     pub outbox: Outbox,
+    /// Writes the changes that record events, many in one transaction.
+    pub changes: Changes,
     pub sender: Sender,
     pub metrics: Metrics,
     /// Seals and opens endpoint secrets at rest.
@@ -53,6 +56,13 @@ impl AppState {
         store::endpoints::reconcile_sealing(&db, &vault).await?;
         let metrics = Metrics::default();
         let wake = Arc::new(Notify::new());
+        let outbox = Outbox::new(
+            wake.clone(),
+            metrics.clone(),
+            config.public_url.clone(),
+            db.get_database_backend() == sea_orm::DbBackend::Sqlite,
+        );
+        let changes = Changes::start(writer.clone(), outbox.clone());
         let limits = Limits {
             introspection: config.graphiql,
             ..Limits::API
@@ -65,12 +75,8 @@ impl AppState {
             )
             .context("building the outbound HTTP client")?,
             schema: graphql::build_schema(limits),
-            outbox: Outbox::new(
-                wake.clone(),
-                metrics.clone(),
-                config.public_url.clone(),
-                db.get_database_backend() == sea_orm::DbBackend::Sqlite,
-            ),
+            outbox,
+            changes,
             config: Arc::new(config),
             db,
             writer,

@@ -1,14 +1,13 @@
 //! Queries and mutations of the CI engine: repositories, builds, tasks.
 
-use std::sync::Arc;
-
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::auth::require;
 use super::types::{Build, OwnerInfo, Repository, Task};
 use super::{db, rows, state};
 use crate::domain::{BuildStatus, Notification, NotificationLevel, Permission, TaskStatus};
-use crate::payload::outbox::Change;
+use crate::payload::commit::{ChangeRequest, Changed};
+use crate::store::entities::{build, task};
 use crate::store::{self, parse_id};
 use crate::{Error, Result};
 
@@ -187,30 +186,22 @@ impl CiMutation {
         input: CreateBuildInput,
     ) -> Result<BuildPayload> {
         let viewer = require(ctx, Permission::Write)?;
-        let state = state(ctx)?;
-        let repository_id = parse_id("repository", &input.repository_id)?;
-        let _turn = state.outbox.turn().await?;
-        let tx = Arc::new(store::begin_write(&state.writer).await?);
-        let repository = store::ci::repository(&*tx, viewer.org_id, repository_id).await?;
-        let now = crate::now_ms();
-        let new = store::ci::NewBuild {
-            branch: input.branch,
-            tag: input.tag,
-            change_id_in_repo: input.change_id_in_repo,
-            change_message_title: input.change_message_title.unwrap_or_default(),
-            change_message: input.change_message.unwrap_or_default(),
-            pull_request: input.pull_request,
-            pull_request_draft: input.pull_request_draft,
-            change_timestamp: input.change_timestamp,
+        let request = ChangeRequest::CreateBuild {
+            org_id: viewer.org_id,
+            repository_id: parse_id("repository", &input.repository_id)?,
+            new: store::ci::NewBuild {
+                branch: input.branch,
+                tag: input.tag,
+                change_id_in_repo: input.change_id_in_repo,
+                change_message_title: input.change_message_title.unwrap_or_default(),
+                change_message: input.change_message.unwrap_or_default(),
+                pull_request: input.pull_request,
+                pull_request_draft: input.pull_request_draft,
+                change_timestamp: input.change_timestamp,
+            },
         };
-        let build = store::ci::create_build(&*tx, &repository, new, now).await?;
-        state
-            .outbox
-            .record(&tx, Change::build_created(&build))
-            .await?;
-        state.outbox.commit(tx).await?;
         Ok(BuildPayload {
-            build: Build(build),
+            build: Build(changed_build(ctx, request).await?),
             client_mutation_id: input.client_mutation_id,
         })
     }
@@ -222,27 +213,13 @@ impl CiMutation {
         input: UpdateBuildStatusInput,
     ) -> Result<BuildPayload> {
         let viewer = require(ctx, Permission::Write)?;
-        let state = state(ctx)?;
-        let id = parse_id("build", &input.build_id)?;
-        let _turn = state.outbox.turn().await?;
-        let tx = Arc::new(store::begin_write(&state.writer).await?);
-        let before = store::ci::build(&*tx, viewer.org_id, id).await?;
-        let Some(after) =
-            store::ci::set_build_status(&*tx, before.clone(), input.status, crate::now_ms())
-                .await?
-        else {
-            return Ok(BuildPayload {
-                build: Build(before),
-                client_mutation_id: input.client_mutation_id,
-            });
+        let request = ChangeRequest::UpdateBuildStatus {
+            org_id: viewer.org_id,
+            build_id: parse_id("build", &input.build_id)?,
+            status: input.status,
         };
-        state
-            .outbox
-            .record(&tx, Change::build_updated(&before, &after)?)
-            .await?;
-        state.outbox.commit(tx).await?;
         Ok(BuildPayload {
-            build: Build(after),
+            build: Build(changed_build(ctx, request).await?),
             client_mutation_id: input.client_mutation_id,
         })
     }
@@ -250,26 +227,19 @@ impl CiMutation {
     /// Records a task in status CREATED and emits its `created` event (WRITE).
     async fn create_task(&self, ctx: &Context<'_>, input: CreateTaskInput) -> Result<TaskPayload> {
         let viewer = require(ctx, Permission::Write)?;
-        let state = state(ctx)?;
-        let build_id = parse_id("build", &input.build_id)?;
-        let _turn = state.outbox.turn().await?;
-        let tx = Arc::new(store::begin_write(&state.writer).await?);
-        let build = store::ci::build(&*tx, viewer.org_id, build_id).await?;
-        let new = store::ci::NewTask {
-            name: input.name,
-            name_alias: input.name_alias,
-            labels: input.labels.unwrap_or_default(),
-            instance_type: input.instance_type,
-            local_group_id: input.local_group_id,
+        let request = ChangeRequest::CreateTask {
+            org_id: viewer.org_id,
+            build_id: parse_id("build", &input.build_id)?,
+            new: store::ci::NewTask {
+                name: input.name,
+                name_alias: input.name_alias,
+                labels: input.labels.unwrap_or_default(),
+                instance_type: input.instance_type,
+                local_group_id: input.local_group_id,
+            },
         };
-        let task = store::ci::create_task(&*tx, &build, new, crate::now_ms()).await?;
-        state
-            .outbox
-            .record(&tx, Change::task_created(&task).with_build(&build))
-            .await?;
-        state.outbox.commit(tx).await?;
         Ok(TaskPayload {
-            task: Task(task),
+            task: Task(changed_task(ctx, request).await?),
             client_mutation_id: input.client_mutation_id,
         })
     }
@@ -281,8 +251,6 @@ impl CiMutation {
         input: UpdateTaskStatusInput,
     ) -> Result<TaskPayload> {
         let viewer = require(ctx, Permission::Write)?;
-        let state = state(ctx)?;
-        let id = parse_id("task", &input.task_id)?;
         let notifications = input
             .notifications
             .unwrap_or_default()
@@ -299,31 +267,31 @@ impl CiMutation {
                 },
             )
             .collect();
-        let _turn = state.outbox.turn().await?;
-        let tx = Arc::new(store::begin_write(&state.writer).await?);
-        let before = store::ci::task(&*tx, viewer.org_id, id).await?;
-        let Some(after) = store::ci::set_task_status(
-            &*tx,
-            before.clone(),
-            input.status,
+        let request = ChangeRequest::UpdateTaskStatus {
+            org_id: viewer.org_id,
+            task_id: parse_id("task", &input.task_id)?,
+            status: input.status,
             notifications,
-            crate::now_ms(),
-        )
-        .await?
-        else {
-            return Ok(TaskPayload {
-                task: Task(before),
-                client_mutation_id: input.client_mutation_id,
-            });
         };
-        state
-            .outbox
-            .record(&tx, Change::task_updated(&before, &after)?)
-            .await?;
-        state.outbox.commit(tx).await?;
         Ok(TaskPayload {
-            task: Task(after),
+            task: Task(changed_task(ctx, request).await?),
             client_mutation_id: input.client_mutation_id,
         })
+    }
+}
+
+/// Writes a change of a build through the process's writer of changes.
+async fn changed_build(ctx: &Context<'_>, request: ChangeRequest) -> Result<build::Model> {
+    match state(ctx)?.changes.submit(request).await? {
+        Changed::Build(build) => Ok(build),
+        Changed::Task(_) => Err(Error::internal("a build's change came back as a task")),
+    }
+}
+
+/// Writes a change of a task through the process's writer of changes.
+async fn changed_task(ctx: &Context<'_>, request: ChangeRequest) -> Result<task::Model> {
+    match state(ctx)?.changes.submit(request).await? {
+        Changed::Task(task) => Ok(task),
+        Changed::Build(_) => Err(Error::internal("a task's change came back as a build")),
     }
 }

@@ -1,12 +1,12 @@
 //! The CI rows resolvers read, and the ones a payload already has.
 //!
 //! A payload is rendered inside the transaction of its change, which has just written the build
-//! or task the event is about: [`Known`] hands those rows to the resolvers instead of reading
-//! them back. It also keeps the repositories and organizations the process has read, which are
-//! never updated or deleted once created (a change that makes them so must drop [`Settled`]).
-//! The default selection of a task event then reads at most two rows (its build, unless the
-//! change holds it, and the build's tasks for `uniqueLabels`) instead of five. The API's own
-//! requests carry no [`Known`] and read everything from the database.
+//! or task the event is about: [`Known`] hands those rows, and the build's tasks, which the
+//! batch of changes read for all its payloads at once, to the resolvers instead of reading them
+//! back. It also keeps the repositories and organizations the process has read, which are never
+//! updated or deleted once created (a change that makes them so must drop [`Settled`]). The
+//! default selection of a task event then reads nothing of its own, where it read five rows.
+//! The API's own requests carry no [`Known`] and read everything from the database.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,8 @@ pub struct Settled {
 pub struct Known {
     pub build: Option<build::Model>,
     pub task: Option<task::Model>,
+    /// The tasks of the change's build, in creation order.
+    pub build_tasks: Option<Arc<Vec<task::Model>>>,
     pub settled: Arc<Settled>,
 }
 
@@ -97,5 +99,23 @@ pub async fn task(ctx: &Context<'_>, org_id: i64, id: i64) -> Result<task::Model
     match known(ctx).and_then(|known| known.task.as_ref()) {
         Some(row) if row.id == id && row.org_id == org_id => Ok(row.clone()),
         _ => store::ci::task(&db(ctx)?.conn(), org_id, id).await,
+    }
+}
+
+/// The tasks of the organization's build with this id, in creation order.
+pub async fn tasks_of_build(
+    ctx: &Context<'_>,
+    org_id: i64,
+    build_id: i64,
+) -> Result<Arc<Vec<task::Model>>> {
+    match known(ctx) {
+        Some(Known {
+            build: Some(build),
+            build_tasks: Some(tasks),
+            ..
+        }) if build.id == build_id && build.org_id == org_id => Ok(tasks.clone()),
+        _ => Ok(Arc::new(
+            store::ci::tasks_of_build(&db(ctx)?.conn(), org_id, build_id).await?,
+        )),
     }
 }

@@ -199,8 +199,8 @@ impl Build {
     }
 
     async fn tasks(&self, ctx: &Context<'_>) -> Result<Vec<Task>> {
-        let rows = store::ci::tasks_of_build(&db(ctx)?.conn(), self.0.org_id, self.0.id).await?;
-        Ok(rows.into_iter().map(Task).collect())
+        let rows = rows::tasks_of_build(ctx, self.0.org_id, self.0.id).await?;
+        Ok(rows.iter().cloned().map(Task).collect())
     }
 }
 
@@ -281,8 +281,7 @@ impl Task {
     /// (a matrix); all its labels when its name is unique.
     async fn unique_labels(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
         let own: Vec<String> = store::ci::labels_or_notes(&self.0.labels)?;
-        let siblings =
-            store::ci::tasks_of_build(&db(ctx)?.conn(), self.0.org_id, self.0.build_id).await?;
+        let siblings = rows::tasks_of_build(ctx, self.0.org_id, self.0.build_id).await?;
         let mut others = Vec::new();
         for sibling in siblings
             .iter()

@@ -4,6 +4,7 @@
 //! parsed once and cached, and run inside the transaction of the change it describes, so the
 //! body shows the state at the event and every attempt sends the same bytes.
 
+pub mod commit;
 pub mod outbox;
 pub mod render;
 pub mod selection;

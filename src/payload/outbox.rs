@@ -38,6 +38,9 @@ pub struct Change {
     pub build_row: Option<build::Model>,
     /// The task row as the change left it (task events).
     pub task_row: Option<task::Model>,
+    /// The tasks of the build once the change is written, read for the payload with those of
+    /// the other changes of its batch.
+    pub build_tasks: Option<Arc<Vec<task::Model>>>,
 }
 
 impl Change {
@@ -54,6 +57,7 @@ impl Change {
             timestamp: build.created_at,
             build_row: Some(build.clone()),
             task_row: None,
+            build_tasks: None,
         }
     }
 
@@ -79,6 +83,7 @@ impl Change {
             timestamp: task.creation_timestamp,
             build_row: None,
             task_row: Some(task.clone()),
+            build_tasks: None,
         }
     }
 
@@ -184,14 +189,19 @@ impl Outbox {
         &self.renderer
     }
 
-    /// Writes the event of `change` and one delivery per enabled endpoint that subscribes to
-    /// its kind (and, if it filters on status, to the new status), each body rendered inside
-    /// `tx`. Endpoints sharing a selection and format share one rendering.
-    pub async fn record(&self, tx: &Arc<DatabaseTransaction>, change: Change) -> Result<()> {
+    /// Writes the events of `changes`, at most one per build, and one delivery per enabled
+    /// endpoint that subscribes to an event's kind (and, if it filters on status, to the new
+    /// status), each body rendered inside `tx`. Endpoints sharing a selection and format share
+    /// one rendering of an event. Every step is one statement for all the changes: the events,
+    /// the endpoints, the builds and tasks the payloads read, and the deliveries.
+    pub async fn record(&self, tx: &Arc<DatabaseTransaction>, changes: Vec<Change>) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         let conn = &**tx;
-        let event = store::deliveries::insert_event(
-            conn,
-            NewEvent {
+        let events: Vec<NewEvent> = changes
+            .iter()
+            .map(|change| NewEvent {
                 org_id: change.org_id,
                 kind: change.kind.header_value(),
                 action: change.action,
@@ -200,69 +210,119 @@ impl Outbox {
                 build_id: change.build_id,
                 task_id: change.task_id,
                 timestamp: change.timestamp,
-            },
-        )
-        .await?;
-        let endpoints =
-            store::endpoints::subscribed(conn, change.org_id, change.kind, &change.status).await?;
-        let mut bodies: HashMap<(Option<String>, PayloadFormat), String> = HashMap::new();
-        let mut rendered = Vec::with_capacity(endpoints.len());
-        for endpoint in endpoints {
-            let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
-            // A Slack message ignores the stored selection, so all Slack endpoints share one.
-            let query = match format {
-                PayloadFormat::Slack => None,
-                PayloadFormat::Data | PayloadFormat::Flat => endpoint.payload_query.clone(),
-            };
-            let key = (query, format);
-            let body = match bodies.get(&key) {
-                Some(body) => body.clone(),
-                None => {
-                    let body = self
-                        .renderer
-                        .render(
-                            Db::Tx(tx.clone()),
-                            &change,
-                            endpoint.payload_query.as_deref(),
-                            format,
-                        )
-                        .await?;
-                    bodies.insert(key, body.clone());
-                    body
+            })
+            .collect();
+        let event_ids = store::deliveries::insert_events(conn, &events).await?;
+        let mut orgs: Vec<i64> = changes.iter().map(|change| change.org_id).collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        let endpoints = store::endpoints::enabled_of(conn, &orgs).await?;
+        let mut addressed = Vec::with_capacity(changes.len());
+        for change in changes {
+            let mut to = Vec::new();
+            for endpoint in endpoints.iter().filter(|e| e.org_id == change.org_id) {
+                if store::endpoints::subscribes(endpoint, change.kind, &change.status)? {
+                    to.push(endpoint);
                 }
-            };
-            rendered.push((endpoint.id, body));
+            }
+            if !to.is_empty() {
+                addressed.push((change, to));
+            }
+        }
+        if addressed.is_empty() {
+            return Ok(());
+        }
+        self.read_for_payloads(conn, &mut addressed).await?;
+        let mut queued = Vec::with_capacity(addressed.len());
+        for (change, to) in &addressed {
+            let mut bodies: HashMap<(Option<&str>, PayloadFormat), String> = HashMap::new();
+            let mut rendered = Vec::with_capacity(to.len());
+            for endpoint in to {
+                let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
+                // A Slack message ignores the stored selection, so all Slack endpoints share one.
+                let query = match format {
+                    PayloadFormat::Slack => None,
+                    PayloadFormat::Data | PayloadFormat::Flat => endpoint.payload_query.as_deref(),
+                };
+                let body = match bodies.get(&(query, format)) {
+                    Some(body) => body.clone(),
+                    None => {
+                        let body = self
+                            .renderer
+                            .render(Db::Tx(tx.clone()), change, query, format)
+                            .await?;
+                        bodies.insert((query, format), body.clone());
+                        body
+                    }
+                };
+                rendered.push((endpoint.id, body));
+            }
+            let event_id = *event_ids.get(&change.build_id).ok_or_else(|| {
+                Error::internal("an event's id did not come back from its insert")
+            })?;
+            queued.push(EventDeliveries {
+                org_id: change.org_id,
+                event_id,
+                build_id: change.build_id,
+                event: change.kind.header_value(),
+                action: change.action,
+                timestamp: change.timestamp,
+                bodies: rendered,
+            });
         }
         // A delivery queued behind an unfinished one of its chain waits for it (the insert
         // checks). The chains are locked (on PostgreSQL) only now that the bodies are
-        // rendered: the worker's outcome writes that finish a delivery of this build wait for
+        // rendered: the worker's outcome writes that finish a delivery of these builds wait for
         // this commit.
-        if !rendered.is_empty() {
-            store::deliveries::lock_chains(conn, &[change.build_id]).await?;
-            store::deliveries::queue_event(
-                conn,
-                EventDeliveries {
-                    org_id: change.org_id,
-                    event_id: event.id,
-                    build_id: change.build_id,
-                    event: change.kind.header_value(),
-                    action: change.action,
-                    timestamp: change.timestamp,
-                    bodies: rendered,
-                },
-            )
-            .await?;
-            store::deliveries::announce(conn).await?;
+        let builds: Vec<i64> = queued.iter().map(|event| event.build_id).collect();
+        store::deliveries::lock_chains(conn, &builds).await?;
+        store::deliveries::queue_events(conn, &queued).await?;
+        store::deliveries::announce(conn).await?;
+        Ok(())
+    }
+
+    /// Hands each change with deliveries to render its build row, if it does not hold it, and
+    /// its build's tasks: one read of each for all of them.
+    async fn read_for_payloads(
+        &self,
+        conn: &DatabaseTransaction,
+        addressed: &mut [(Change, Vec<&webhook_endpoint::Model>)],
+    ) -> Result<()> {
+        let builds: Vec<(i64, i64)> = addressed
+            .iter()
+            .map(|(change, _)| (change.org_id, change.build_id))
+            .collect();
+        let missing: Vec<(i64, i64)> = addressed
+            .iter()
+            .filter(|(change, _)| change.build_row.is_none())
+            .map(|(change, _)| (change.org_id, change.build_id))
+            .collect();
+        let mut rows: HashMap<i64, build::Model> = HashMap::new();
+        if !missing.is_empty() {
+            for row in store::ci::builds_of(conn, &missing).await? {
+                rows.insert(row.id, row);
+            }
+        }
+        let mut tasks: HashMap<i64, Vec<task::Model>> = HashMap::new();
+        for task in store::ci::tasks_of_builds(conn, &builds).await? {
+            tasks.entry(task.build_id).or_default().push(task);
+        }
+        for (change, _) in addressed.iter_mut() {
+            if change.build_row.is_none() {
+                change.build_row = rows.remove(&change.build_id);
+            }
+            let own = tasks.remove(&change.build_id).unwrap_or_default();
+            change.build_tasks = Some(Arc::new(own));
         }
         Ok(())
     }
 
-    /// Commits the transaction of a recorded event and wakes the worker.
-    pub async fn commit(&self, tx: Arc<DatabaseTransaction>) -> Result<()> {
+    /// Commits the transaction of `events` recorded events and wakes the worker.
+    pub async fn commit(&self, tx: Arc<DatabaseTransaction>, events: u64) -> Result<()> {
         let tx = Arc::try_unwrap(tx)
             .map_err(|_| Error::internal("the event's transaction is still shared at commit"))?;
         tx.commit().await?;
-        self.metrics.events_recorded.inc();
+        self.metrics.events_recorded.inc_by(events);
         self.wake();
         Ok(())
     }

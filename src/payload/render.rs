@@ -114,6 +114,7 @@ impl Renderer {
         let known = Known {
             build: change.build_row.clone(),
             task: change.task_row.clone(),
+            build_tasks: change.build_tasks.clone(),
             settled: self.settled.clone(),
         };
         let response = self

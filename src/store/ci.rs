@@ -84,6 +84,7 @@ pub async fn repositories(
 }
 
 /// A build as the CI engine announces it.
+#[derive(Clone, Debug)]
 pub struct NewBuild {
     pub branch: String,
     pub tag: Option<String>,
@@ -142,6 +143,22 @@ pub async fn build(conn: &impl ConnectionTrait, org_id: i64, id: i64) -> Result<
         .ok_or_else(|| Error::not_found("build", id))
 }
 
+/// The builds these (organization, build) pairs name; a pair naming another organization's
+/// build finds nothing.
+pub async fn builds_of(
+    conn: &impl ConnectionTrait,
+    keys: &[(i64, i64)],
+) -> Result<Vec<build::Model>> {
+    let rows = build::Entity::find()
+        .filter(build::Column::Id.is_in(keys.iter().map(|(_, id)| *id)))
+        .all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|row| keys.contains(&(row.org_id, row.id)))
+        .collect())
+}
+
 /// A repository's builds, newest first, optionally of one status.
 pub async fn builds(
     conn: &impl ConnectionTrait,
@@ -188,6 +205,7 @@ pub async fn set_build_status(
 }
 
 /// A task as the CI engine announces it.
+#[derive(Clone, Debug)]
 pub struct NewTask {
     pub name: String,
     pub name_alias: Option<String>,
@@ -257,6 +275,23 @@ pub async fn tasks_of_build(
         .order_by_asc(task::Column::Id)
         .all(conn)
         .await?)
+}
+
+/// The tasks of the builds these (organization, build) pairs name, in creation order; a pair
+/// naming another organization's build finds nothing.
+pub async fn tasks_of_builds(
+    conn: &impl ConnectionTrait,
+    keys: &[(i64, i64)],
+) -> Result<Vec<task::Model>> {
+    let rows = task::Entity::find()
+        .filter(task::Column::BuildId.is_in(keys.iter().map(|(_, id)| *id)))
+        .order_by_asc(task::Column::Id)
+        .all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|row| keys.contains(&(row.org_id, row.build_id)))
+        .collect())
 }
 
 /// Moves a task to `status` and appends `notifications`; `None` when it already had that status

@@ -12,7 +12,7 @@ use sea_orm::{
 };
 
 use super::Page;
-use super::entities::{delivery, delivery_attempt, event};
+use super::entities::{delivery, delivery_attempt};
 use super::sql;
 use crate::domain::DeliveryState;
 use crate::{Error, Result};
@@ -29,34 +29,66 @@ pub struct NewEvent {
     pub timestamp: i64,
 }
 
-/// Records an event.
-pub async fn insert_event(conn: &impl ConnectionTrait, new: NewEvent) -> Result<event::Model> {
-    let NewEvent {
-        org_id,
-        kind,
-        action,
-        old_status,
-        repository_id,
-        build_id,
-        task_id,
-        timestamp,
-    } = new;
-    let row = event::ActiveModel {
-        org_id: Set(org_id),
-        kind: Set(kind.into()),
-        action: Set(action.into()),
-        old_status: Set(old_status.map(Into::into)),
-        repository_id: Set(repository_id),
-        build_id: Set(build_id),
-        task_id: Set(task_id),
-        timestamp: Set(timestamp),
-        ..Default::default()
-    };
-    Ok(event::Entity::insert(row).exec_with_returning(conn).await?)
+/// Records events in one statement; the id of each, by its build. A batch of changes holds at
+/// most one change per build (see [`crate::payload::commit`]), so the build names the event.
+pub async fn insert_events(
+    conn: &impl ConnectionTrait,
+    events: &[NewEvent],
+) -> Result<HashMap<i64, i64>> {
+    if events.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let backend = conn.get_database_backend();
+    let rows = sql::rows(events.iter().map(|event| {
+        serde_json::json!([
+            event.org_id,
+            event.kind,
+            event.action,
+            event.old_status,
+            event.repository_id,
+            event.build_id,
+            event.task_id,
+            event.timestamp,
+        ])
+    }));
+    #[derive(FromQueryResult)]
+    struct Inserted {
+        id: i64,
+        build_id: i64,
+    }
+    let statement = Statement::from_sql_and_values(backend, insert_events_sql(backend), [rows]);
+    Ok(Inserted::find_by_statement(statement)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|row| (row.build_id, row.id))
+        .collect())
+}
+
+/// [`insert_events`]' statement; its parameter is one row per event: organization, kind,
+/// action, old status, repository, build, task and time.
+fn insert_events_sql(backend: DbBackend) -> String {
+    let (int, text) = (|n| sql::int_field("e", n), |n| sql::field("e", n));
+    let sql = format!(
+        "INSERT INTO events
+            (org_id, kind, action, old_status, repository_id, build_id, task_id, timestamp)
+        SELECT {}, {}, {}, {}, {}, {}, {}, {} FROM {}
+        RETURNING id, build_id",
+        int(0),
+        text(1),
+        text(2),
+        text(3),
+        int(4),
+        int(5),
+        int(6),
+        int(7),
+        sql::json_rows(backend, "e"),
+    );
+    sql::numbered(backend, &sql)
 }
 
 /// A delivery of no event and no build (a ping), ready to be queued; an event's deliveries are
-/// queued by [`queue_event`].
+/// queued by [`queue_events`].
 pub struct NewDelivery {
     pub org_id: i64,
     pub endpoint_id: i64,
@@ -139,36 +171,45 @@ pub struct EventDeliveries<'a> {
     pub bodies: Vec<(i64, String)>,
 }
 
-/// Queues an event's deliveries, due at once, each with a new public id, in one statement. A
+/// Queues events' deliveries, due at once, each with a new public id, in one statement. A
 /// delivery whose (endpoint, build) chain has an unfinished delivery is held behind it: the
-/// insert checks each chain itself, in `deliveries_unfinished`.
-pub async fn queue_event(conn: &impl ConnectionTrait, new: EventDeliveries<'_>) -> Result<()> {
-    if new.bodies.is_empty() {
+/// insert checks each chain itself, in `deliveries_unfinished`. The statement does not see its
+/// own rows, so it takes at most one event per build.
+pub async fn queue_events(
+    conn: &impl ConnectionTrait,
+    events: &[EventDeliveries<'_>],
+) -> Result<()> {
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .flat_map(|event| {
+            event.bodies.iter().map(|(endpoint_id, body)| {
+                serde_json::json!([
+                    uuid::Uuid::now_v7().to_string(),
+                    endpoint_id,
+                    body,
+                    event.org_id,
+                    event.event_id,
+                    event.build_id,
+                    event.event,
+                    event.action,
+                    event.timestamp,
+                ])
+            })
+        })
+        .collect();
+    if rows.is_empty() {
         return Ok(());
     }
     let backend = conn.get_database_backend();
-    let rows = sql::rows(new.bodies.into_iter().map(|(endpoint_id, body)| {
-        serde_json::json!([uuid::Uuid::now_v7().to_string(), endpoint_id, body])
-    }));
-    let values: Vec<Value> = vec![
-        new.build_id.into(),
-        new.org_id.into(),
-        new.event_id.into(),
-        new.build_id.into(),
-        new.event.into(),
-        new.action.into(),
-        new.timestamp.into(),
-        rows,
-    ];
-    let statement = Statement::from_sql_and_values(backend, queue_event_sql(backend), values);
+    let statement =
+        Statement::from_sql_and_values(backend, queue_events_sql(backend), [sql::rows(rows)]);
     conn.execute_raw(statement).await?;
     Ok(())
 }
 
-/// [`queue_event`]'s statement; its parameters are the build (for the chain check), the
-/// organization, the event, the build, the event's kind and action, its time, and one row per
-/// delivery: public id, endpoint and body.
-fn queue_event_sql(backend: DbBackend) -> String {
+/// [`queue_events`]' statement; its parameter is one row per delivery: public id, endpoint,
+/// body, organization, event, build, the event's kind and action, and its time.
+fn queue_events_sql(backend: DbBackend) -> String {
     let (int, text) = (|n| sql::int_field("n", n), |n| sql::field("n", n));
     // Without statistics, SQLite's planner may answer the state test from another index; the
     // index of unfinished chains reads only the chain's. The check is a scalar subquery, not
@@ -179,18 +220,23 @@ fn queue_event_sql(backend: DbBackend) -> String {
         "INSERT INTO deliveries
             (uid, org_id, endpoint_id, event_id, build_id, event, action, body, state, attempts,
              round_attempts, next_attempt_at, created_at, updated_at, held)
-        SELECT {}, o.org_id, {}, o.event_id, o.build_id, o.event, o.action, {}, 'PENDING', 0, 0,
-            o.at, o.at, o.at,
+        SELECT {uid}, {org}, {endpoint}, {event_id}, {build}, {event}, {action}, {body},
+            'PENDING', 0, 0, {at}, {at}, {at},
             (SELECT p.id FROM deliveries p {index}
-             WHERE p.endpoint_id = {} AND p.build_id = ? AND p.state IN ('PENDING', 'RETRYING')
+             WHERE p.endpoint_id = {endpoint} AND p.build_id = {build}
+               AND p.state IN ('PENDING', 'RETRYING')
              LIMIT 1) IS NOT NULL
-        FROM (SELECT ? AS org_id, ? AS event_id, ? AS build_id, ? AS event, ? AS action,
-                     ? AS at) AS o, {}",
-        text(0),
-        int(1),
-        text(2),
-        int(1),
-        sql::json_rows(backend, "n"),
+        FROM {rows}",
+        uid = text(0),
+        endpoint = int(1),
+        body = text(2),
+        org = int(3),
+        event_id = int(4),
+        build = int(5),
+        event = text(6),
+        action = text(7),
+        at = int(8),
+        rows = sql::json_rows(backend, "n"),
     );
     sql::numbered(backend, &sql)
 }
@@ -770,7 +816,7 @@ mod tests {
                 candidates_sql(sqlite, true),
             ),
             ("lease", lease_sql(sqlite)),
-            ("an event's deliveries", queue_event_sql(sqlite)),
+            ("events' deliveries", queue_events_sql(sqlite)),
             ("release of the next held", release_next_sql(sqlite)),
             ("outcomes", outcomes_sql(sqlite)),
         ];

@@ -187,31 +187,27 @@ pub async fn list(
         .await?)
 }
 
-/// The organization's enabled endpoints that subscribe to `kind` and, when they filter on
-/// status, to `status` (the build's or task's status after the change).
-pub async fn subscribed(
+/// The enabled endpoints of these organizations, in order of creation; [`subscribes`] tells
+/// which of them an event goes to.
+pub async fn enabled_of(
     conn: &impl ConnectionTrait,
-    org_id: i64,
-    kind: EventKind,
-    status: &str,
+    org_ids: &[i64],
 ) -> Result<Vec<webhook_endpoint::Model>> {
-    let mut matching = Vec::new();
-    for row in webhook_endpoint::Entity::find()
-        .filter(webhook_endpoint::Column::OrgId.eq(org_id))
+    Ok(webhook_endpoint::Entity::find()
+        .filter(webhook_endpoint::Column::OrgId.is_in(org_ids.iter().copied()))
         .filter(webhook_endpoint::Column::Enabled.eq(true))
         .order_by_asc(webhook_endpoint::Column::Id)
         .all(conn)
-        .await?
-    {
-        let kinds = event_kinds(&row)?;
-        let statuses = status_filter(&row)?;
-        if (kinds.is_empty() || kinds.contains(&kind))
-            && (statuses.is_empty() || statuses.iter().any(|wanted| wanted == status))
-        {
-            matching.push(row);
-        }
-    }
-    Ok(matching)
+        .await?)
+}
+
+/// Whether the endpoint `row` subscribes to events of `kind` and, when it filters on status, to
+/// `status` (the build's or task's status after the change).
+pub fn subscribes(row: &webhook_endpoint::Model, kind: EventKind, status: &str) -> Result<bool> {
+    let kinds = event_kinds(row)?;
+    let statuses = status_filter(row)?;
+    Ok((kinds.is_empty() || kinds.contains(&kind))
+        && (statuses.is_empty() || statuses.iter().any(|wanted| wanted == status)))
 }
 
 /// Deletes an endpoint with its deliveries and their attempts.

@@ -1,0 +1,329 @@
+//! Group commit: the changes that record events are written by one task of the process, as
+//! many as are waiting in one transaction.
+//!
+//! A change is a few statements of its own (read the build or task, write it) and the outbox's
+//! (the event, the endpoints, the payloads' reads, the deliveries), each a round trip to the
+//! database made while holding, on SQLite, its one write lock. Written one transaction per
+//! change, clients queue for that lock; written together, a batch pays for the transaction and
+//! the outbox's statements once (see [`Outbox::record`]). A lone change is not delayed: the
+//! batch is whatever waited while the previous one was written.
+//!
+//! A batch holds at most one change per build: a build's events then reach its endpoints in the
+//! order of their changes (each event's deliveries are queued behind the build's unfinished
+//! ones, and one statement does not see its own rows), and a payload shows its build as its own
+//! change left it. A change whose build is taken waits for the next batch, ahead of the changes
+//! that came after it.
+//!
+//! A change fails on its own (the task does not exist, the input is wrong) before it writes
+//! anything, and the rest of the batch goes on. Any other failure before the commit rolls the
+//! batch back, and each of its changes is then written in a transaction of its own, so that one
+//! change's failure is never another's.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+
+use sea_orm::{DatabaseConnection, DatabaseTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::outbox::{Change, Outbox};
+use crate::domain::{BuildStatus, Notification, TaskStatus};
+use crate::store::entities::{build, task};
+use crate::store::{self, ci::NewBuild, ci::NewTask};
+use crate::{Error, Result};
+
+/// The most changes one transaction writes.
+const MAX_BATCH: usize = 64;
+
+/// How many changes may wait for the writer before callers wait to hand theirs over.
+const QUEUE: usize = 1024;
+
+/// A change to a build or task that records an event.
+#[derive(Clone, Debug)]
+pub enum ChangeRequest {
+    CreateBuild {
+        org_id: i64,
+        repository_id: i64,
+        new: NewBuild,
+    },
+    UpdateBuildStatus {
+        org_id: i64,
+        build_id: i64,
+        status: BuildStatus,
+    },
+    CreateTask {
+        org_id: i64,
+        build_id: i64,
+        new: NewTask,
+    },
+    UpdateTaskStatus {
+        org_id: i64,
+        task_id: i64,
+        status: TaskStatus,
+        notifications: Vec<Notification>,
+    },
+}
+
+/// The build or task as a change left it.
+#[derive(Clone, Debug)]
+pub enum Changed {
+    Build(build::Model),
+    Task(task::Model),
+}
+
+/// Hands changes to the process's writer and waits for their commit.
+#[derive(Clone)]
+pub struct Changes {
+    queue: mpsc::Sender<Job>,
+}
+
+struct Job {
+    request: ChangeRequest,
+    reply: oneshot::Sender<Result<Changed>>,
+}
+
+impl Changes {
+    /// Starts the writer of this process's changes on `writer` (see
+    /// [`store::connect_writer`]); it runs while a handle is left.
+    pub fn start(writer: DatabaseConnection, outbox: Outbox) -> Self {
+        let (queue, jobs) = mpsc::channel(QUEUE);
+        tokio::spawn(write_changes(writer, outbox, jobs));
+        Self { queue }
+    }
+
+    /// Writes `request` with its event and deliveries; the build or task as it left it once it
+    /// is committed. A change whose build or task already has the status is not written and
+    /// records no event: the row comes back as it is.
+    pub async fn submit(&self, request: ChangeRequest) -> Result<Changed> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { request, reply })
+            .await
+            .map_err(|_| Error::internal("the writer of changes stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::internal("the writer of changes dropped a change"))?
+    }
+}
+
+/// The writer: takes what is waiting, up to [`MAX_BATCH`], and writes it in one transaction.
+async fn write_changes(writer: DatabaseConnection, outbox: Outbox, mut jobs: mpsc::Receiver<Job>) {
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match jobs.recv().await {
+                Some(job) => waiting.push_back(job),
+                None => return,
+            }
+        }
+        while waiting.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => waiting.push_back(job),
+                Err(_) => break,
+            }
+        }
+        let take = waiting.len().min(MAX_BATCH);
+        let batch: Vec<Job> = waiting.drain(..take).collect();
+        let deferred = write_batch(&writer, &outbox, batch).await;
+        for job in deferred.into_iter().rev() {
+            waiting.push_front(job);
+        }
+    }
+}
+
+/// Writes a batch and answers its changes; the changes whose build was taken, to go first in
+/// the next batch.
+async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Job>) -> Vec<Job> {
+    let requests: Vec<&ChangeRequest> = batch.iter().map(|job| &job.request).collect();
+    match write(writer, outbox, &requests).await {
+        Ok(results) => {
+            let mut deferred = Vec::new();
+            for (job, result) in batch.into_iter().zip(results) {
+                match result {
+                    Some(result) => {
+                        let _ = job.reply.send(result);
+                    }
+                    None => deferred.push(job),
+                }
+            }
+            deferred
+        }
+        Err(Failed::Commit(err)) => {
+            // Whether a failed commit took effect is unknown: the changes are not written
+            // again, their clients learn of the error.
+            for job in batch {
+                let _ = job.reply.send(Err(same_error(&err)));
+            }
+            Vec::new()
+        }
+        Err(Failed::Before(err)) if batch.len() == 1 => {
+            if let Some(job) = batch.into_iter().next() {
+                let _ = job.reply.send(Err(err));
+            }
+            Vec::new()
+        }
+        Err(Failed::Before(_)) => {
+            for job in batch {
+                let result = match write(writer, outbox, &[&job.request]).await {
+                    Ok(mut results) => results
+                        .pop()
+                        .flatten()
+                        .unwrap_or_else(|| Err(Error::internal("a lone change was deferred"))),
+                    Err(Failed::Before(err) | Failed::Commit(err)) => Err(err),
+                };
+                let _ = job.reply.send(result);
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// Why a batch was not written.
+enum Failed {
+    /// Before the commit: nothing was written.
+    Before(Error),
+    /// The commit failed: whether it took effect is unknown.
+    Commit(Error),
+}
+
+/// The error to give each change of a batch whose commit failed.
+fn same_error(err: &Error) -> Error {
+    match err {
+        Error::Unavailable => Error::Unavailable,
+        _ => Error::Internal,
+    }
+}
+
+/// Whether a change failing with `err` wrote nothing, so the batch goes on without it.
+fn is_the_changes_own(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::NotFound { .. } | Error::Invalid(_) | Error::Conflict(_)
+    )
+}
+
+/// Writes `requests` in one transaction; each one's result, or `None` for a change deferred to
+/// the next batch because its build was taken.
+async fn write(
+    writer: &DatabaseConnection,
+    outbox: &Outbox,
+    requests: &[&ChangeRequest],
+) -> Result<Vec<Option<Result<Changed>>>, Failed> {
+    let _turn = outbox.turn().await.map_err(Failed::Before)?;
+    let tx = Arc::new(store::begin_write(writer).await.map_err(Failed::Before)?);
+    let now = crate::now_ms();
+    let mut taken = Taken::default();
+    let mut results = Vec::with_capacity(requests.len());
+    let mut changes = Vec::new();
+    for request in requests {
+        match apply(&tx, request, now, &mut taken).await {
+            Ok(None) => results.push(None),
+            Ok(Some((changed, change))) => {
+                changes.extend(change);
+                results.push(Some(Ok(changed)));
+            }
+            Err(err) if is_the_changes_own(&err) => results.push(Some(Err(err))),
+            Err(err) => return Err(Failed::Before(err)),
+        }
+    }
+    let events = changes.len() as u64;
+    outbox.record(&tx, changes).await.map_err(Failed::Before)?;
+    outbox.commit(tx, events).await.map_err(Failed::Commit)?;
+    Ok(results)
+}
+
+/// The builds and tasks a batch has reached so far.
+#[derive(Default)]
+struct Taken {
+    builds: HashSet<i64>,
+    /// Tasks of deferred changes: a later change of the same task waits too.
+    tasks: HashSet<i64>,
+}
+
+impl Taken {
+    /// Takes `build` for a change; false when an earlier change of the batch has it.
+    fn build(&mut self, build: i64) -> bool {
+        self.builds.insert(build)
+    }
+}
+
+/// What one change of a batch did: written (or unchanged), with its event when it records one;
+/// `None` when its build was taken and it goes in the next batch.
+type Step = Option<(Changed, Option<Change>)>;
+
+/// Applies one change inside the batch's transaction. It fails with its own error
+/// ([`is_the_changes_own`]) only before it writes.
+async fn apply(
+    tx: &DatabaseTransaction,
+    request: &ChangeRequest,
+    now: i64,
+    taken: &mut Taken,
+) -> Result<Step> {
+    match request {
+        ChangeRequest::CreateBuild {
+            org_id,
+            repository_id,
+            new,
+        } => {
+            let repository = store::ci::repository(tx, *org_id, *repository_id).await?;
+            let build = store::ci::create_build(tx, &repository, new.clone(), now).await?;
+            taken.build(build.id);
+            let change = Change::build_created(&build);
+            Ok(Some((Changed::Build(build), Some(change))))
+        }
+        ChangeRequest::UpdateBuildStatus {
+            org_id,
+            build_id,
+            status,
+        } => {
+            if !taken.build(*build_id) {
+                return Ok(None);
+            }
+            let before = store::ci::build(tx, *org_id, *build_id).await?;
+            match store::ci::set_build_status(tx, before.clone(), *status, now).await? {
+                None => Ok(Some((Changed::Build(before), None))),
+                Some(after) => {
+                    let change = Change::build_updated(&before, &after)?;
+                    Ok(Some((Changed::Build(after), Some(change))))
+                }
+            }
+        }
+        ChangeRequest::CreateTask {
+            org_id,
+            build_id,
+            new,
+        } => {
+            if !taken.build(*build_id) {
+                return Ok(None);
+            }
+            let build = store::ci::build(tx, *org_id, *build_id).await?;
+            let task = store::ci::create_task(tx, &build, new.clone(), now).await?;
+            let change = Change::task_created(&task).with_build(&build);
+            Ok(Some((Changed::Task(task), Some(change))))
+        }
+        ChangeRequest::UpdateTaskStatus {
+            org_id,
+            task_id,
+            status,
+            notifications,
+        } => {
+            if taken.tasks.contains(task_id) {
+                return Ok(None);
+            }
+            let before = store::ci::task(tx, *org_id, *task_id).await?;
+            if !taken.build(before.build_id) {
+                taken.tasks.insert(*task_id);
+                return Ok(None);
+            }
+            let written =
+                store::ci::set_task_status(tx, before.clone(), *status, notifications.clone(), now)
+                    .await?;
+            match written {
+                None => Ok(Some((Changed::Task(before), None))),
+                Some(after) => {
+                    let change = Change::task_updated(&before, &after)?;
+                    Ok(Some((Changed::Task(after), Some(change))))
+                }
+            }
+        }
+    }
+}
