@@ -23,6 +23,7 @@ crate::on_both_backends!(
     redelivery_and_test_pings,
     preview_equals_what_is_sent,
     each_build_arrives_in_order_under_a_slow_receiver,
+    changes_sent_at_once_get_their_own_answers_and_payloads,
     a_retrying_delivery_holds_back_its_own_build_only,
     shutdown_lets_in_flight_attempts_finish,
 );
@@ -524,6 +525,68 @@ async fn each_build_arrives_in_order_under_a_slow_receiver(app: TestApp) {
         expected.extend(statuses.iter().map(|s| s.to_string()));
         assert_eq!(seen, expected, "task {task} arrived out of order");
     }
+}
+
+/// Changes that arrive together are written together; each still gets its own answer, a change
+/// that fails does not take the others with it, and each payload shows its build as its own
+/// change left it, in the order the build's changes were made.
+async fn changes_sent_at_once_get_their_own_answers_and_payloads(app: TestApp) {
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    let selection = "build(id: $buildId) { tasks { id status } } task(id: $taskId) { id status }";
+    world
+        .endpoint(
+            &app,
+            &receiver.url("/hook"),
+            json!({ "events": ["TASK"], "payloadQuery": selection }),
+        )
+        .await;
+    let mut builds = Vec::new();
+    for _ in 0..6 {
+        let build = world.build(&app).await;
+        let first = world.task(&app, &build, "a").await;
+        let second = world.task(&app, &build, "b").await;
+        builds.push([first, second]);
+    }
+    receiver.wait_for(12).await;
+    const UPDATE: &str = "mutation($task: ID!, $status: TaskStatus!) { updateTaskStatus(input: {taskId: $task, status: $status}) { task { id status } } }";
+    let mut requests: Vec<(&str, Value)> = builds
+        .iter()
+        .flatten()
+        .map(|task| (UPDATE, json!({ "task": task, "status": "EXECUTING" })))
+        .collect();
+    requests.extend((0..4).map(|_| (UPDATE, json!({ "task": "999999", "status": "EXECUTING" }))));
+    let answers = app.gql_at_once(&world.write, requests).await;
+    for (answer, task) in answers.iter().zip(builds.iter().flatten()) {
+        let written = &answer["data"]["updateTaskStatus"]["task"];
+        assert_eq!(written["id"], task.as_str(), "{answer}");
+        assert_eq!(written["status"], "EXECUTING", "{answer}");
+    }
+    for answer in &answers[12..] {
+        assert_eq!(code(answer), "NOT_FOUND", "{answer}");
+    }
+    let received = receiver.wait_for(24).await;
+    for tasks in &builds {
+        let events: Vec<Value> = received[12..]
+            .iter()
+            .map(|r| r.json()["data"].clone())
+            .filter(|data| tasks.iter().any(|task| data["task"]["id"] == task.as_str()))
+            .collect();
+        assert_eq!(events.len(), 2, "{events:?}");
+        for (n, data) in events.iter().enumerate() {
+            assert_eq!(data["task"]["status"], "EXECUTING");
+            let executing = data["build"]["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|task| task["status"] == "EXECUTING")
+                .count();
+            assert_eq!(executing, n + 1, "event {n} of its build: {data}");
+        }
+    }
+    receiver
+        .expect_no_more_than(24, Duration::from_millis(300))
+        .await;
 }
 
 async fn a_retrying_delivery_holds_back_its_own_build_only(app: TestApp) {

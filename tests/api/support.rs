@@ -167,6 +167,34 @@ impl TestApp {
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
     }
 
+    /// Runs GraphQL requests at once, as that many concurrent clients would; the responses in
+    /// the order of `requests`.
+    pub async fn gql_at_once(&self, token: &str, requests: Vec<(&str, Value)>) -> Vec<Value> {
+        let mut running = tokio::task::JoinSet::new();
+        for (n, (query, variables)) in requests.into_iter().enumerate() {
+            let request = self
+                .http
+                .post(self.url("/graphql"))
+                .header("content-type", "application/json")
+                .bearer_auth(token)
+                .body(json!({ "query": query, "variables": variables }).to_string());
+            running.spawn(async move {
+                let response = request.send().await.expect("the GraphQL request");
+                let text = response.text().await.expect("a response body");
+                (
+                    n,
+                    serde_json::from_str::<Value>(&text).expect("a JSON response"),
+                )
+            });
+        }
+        let mut responses = running.join_all().await;
+        responses.sort_by_key(|(n, _)| *n);
+        responses
+            .into_iter()
+            .map(|(_, response)| response)
+            .collect()
+    }
+
     /// Runs a GraphQL request that must succeed and returns its `data`.
     pub async fn ok(&self, token: &str, query: &str, variables: Value) -> Value {
         let response = self.gql(Some(token), query, variables).await;
