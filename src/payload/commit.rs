@@ -123,9 +123,19 @@ async fn write_changes(writer: DatabaseConnection, outbox: Outbox, mut jobs: mps
         }
         let take = waiting.len().min(MAX_BATCH);
         let batch: Vec<Job> = waiting.drain(..take).collect();
-        let deferred = write_batch(&writer, &outbox, batch).await;
-        for job in deferred.into_iter().rev() {
-            waiting.push_front(job);
+        // A batch runs as a task of its own: should it panic, its changes' callers get an
+        // error (their answers are dropped) and the writer goes on with the next ones.
+        let written = tokio::spawn({
+            let (writer, outbox) = (writer.clone(), outbox.clone());
+            async move { write_batch(&writer, &outbox, batch).await }
+        });
+        match written.await {
+            Ok(deferred) => {
+                for job in deferred.into_iter().rev() {
+                    waiting.push_front(job);
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "a batch of changes failed"),
         }
     }
 }
