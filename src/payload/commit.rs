@@ -218,7 +218,7 @@ async fn write(
     outbox: &Outbox,
     requests: &[&ChangeRequest],
 ) -> Result<Vec<Option<Result<Changed>>>, Failed> {
-    let _turn = outbox.turn().await.map_err(Failed::Before)?;
+    let _turn = outbox.turn().await;
     let tx = Arc::new(store::begin_write(writer).await.map_err(Failed::Before)?);
     let now = crate::now_ms();
     let mut taken = Taken::default();

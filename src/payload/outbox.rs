@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
 use serde_json::json;
-use tokio::sync::{
-    Notify, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore,
-};
+use tokio::sync::{Notify, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use super::Renderer;
 use crate::domain::status::parse_stored;
@@ -112,28 +110,20 @@ pub struct Outbox {
     renderer: Arc<Renderer>,
     wake: Arc<Notify>,
     metrics: Metrics,
-    /// On SQLite, which takes one writing transaction at a time: how writers take turns.
-    one_writer: Option<OneWriter>,
+    /// On SQLite, which takes one writing transaction at a time: how the batches of changes and
+    /// the delivery worker take turns.
+    gate: Option<Arc<RwLock<()>>>,
 }
 
-/// The turns of an SQLite database's writers in this process.
-#[derive(Clone)]
-struct OneWriter {
-    /// One change at a time, first come first served.
-    turns: Arc<Semaphore>,
-    /// Changes hold it shared, the delivery worker's writes exclusively.
-    gate: Arc<RwLock<()>>,
-}
-
-/// A change's turn to write; the transaction must end before it is dropped.
+/// A batch of changes' turn to write; the transaction must end before it is dropped.
 pub struct Turn {
-    _held: Option<(OwnedSemaphorePermit, OwnedRwLockReadGuard<()>)>,
+    _held: Option<OwnedRwLockReadGuard<()>>,
 }
 
 impl Outbox {
     /// An outbox whose Slack messages link to `public_url`, when given. `one_writer` (SQLite,
-    /// whose database takes one writing transaction at a time) makes the changes that record
-    /// events take turns in this process, first come first served.
+    /// whose database takes one writing transaction at a time) makes the batches of changes and
+    /// the delivery worker's writes take turns in this process.
     pub fn new(
         wake: Arc<Notify>,
         metrics: Metrics,
@@ -144,42 +134,29 @@ impl Outbox {
             renderer: Arc::new(Renderer::new(public_url)),
             wake,
             metrics,
-            one_writer: one_writer.then(|| OneWriter {
-                turns: Arc::new(Semaphore::new(1)),
-                gate: Arc::new(RwLock::new(())),
-            }),
+            gate: one_writer.then(|| Arc::new(RwLock::new(()))),
         }
     }
 
-    /// Waits for this change's turn to record an event; hold it until the transaction ends.
-    ///
-    /// On SQLite the changes queue here, first come first served, instead of all retrying the
-    /// database's write lock (its busy handler sleeps between tries, and a retrying writer
-    /// loses to luckier ones), and the delivery worker's writes go first (see
-    /// [`Outbox::worker_turn`]).
-    pub async fn turn(&self) -> Result<Turn> {
-        let Some(one) = &self.one_writer else {
-            return Ok(Turn { _held: None });
-        };
-        let permit = one
-            .turns
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::internal("the outbox's turns were closed"))?;
-        let gate = one.gate.clone().read_owned().await;
-        Ok(Turn {
-            _held: Some((permit, gate)),
-        })
+    /// Waits for a batch of changes' turn to write; hold it until the transaction ends. The
+    /// process's one writer of changes ([`crate::payload::commit`]) takes it, and on SQLite the
+    /// delivery worker's writes go first (see [`Outbox::worker_turn`]).
+    pub async fn turn(&self) -> Turn {
+        Turn {
+            _held: match &self.gate {
+                Some(gate) => Some(gate.clone().read_owned().await),
+                None => None,
+            },
+        }
     }
 
     /// On SQLite, the delivery worker's turn to write (a claim, a batch of outcomes): it waits
-    /// for the change being written, if any, and changes wait for it. Under a stream of
-    /// changes the worker would otherwise get the write lock only now and then, and deliveries
-    /// would fall behind. Hold it until the transaction ends.
+    /// for the batch of changes being written, if any, and the next batch waits for it. Under a
+    /// stream of changes the worker would otherwise get the write lock only now and then, and
+    /// deliveries would fall behind. Hold it until the transaction ends.
     pub async fn worker_turn(&self) -> Option<OwnedRwLockWriteGuard<()>> {
-        match &self.one_writer {
-            Some(one) => Some(one.gate.clone().write_owned().await),
+        match &self.gate {
+            Some(gate) => Some(gate.clone().write_owned().await),
             None => None,
         }
     }
