@@ -19,7 +19,7 @@
 //! batch back, and each of its changes is then written in a transaction of its own, so that one
 //! change's failure is never another's.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
@@ -221,7 +221,24 @@ async fn write(
     let _turn = outbox.turn().await;
     let tx = Arc::new(store::begin_write(writer).await.map_err(Failed::Before)?);
     let now = crate::now_ms();
-    let mut taken = Taken::default();
+    // The tasks whose status changes are read at once, and their new statuses written at once
+    // after the other changes: a change of a task is the batch's only change of its build, so
+    // no other change of the batch reads or writes it.
+    let keys: Vec<(i64, i64)> = requests
+        .iter()
+        .filter_map(|request| match request {
+            ChangeRequest::UpdateTaskStatus {
+                org_id, task_id, ..
+            } => Some((*org_id, *task_id)),
+            _ => None,
+        })
+        .collect();
+    let mut taken = Taken {
+        known_tasks: store::ci::tasks_of(&*tx, &keys)
+            .await
+            .map_err(Failed::Before)?,
+        ..Taken::default()
+    };
     let mut results = Vec::with_capacity(requests.len());
     let mut changes = Vec::new();
     for request in requests {
@@ -235,6 +252,9 @@ async fn write(
             Err(err) => return Err(Failed::Before(err)),
         }
     }
+    store::ci::write_task_statuses(&*tx, &taken.task_statuses)
+        .await
+        .map_err(Failed::Before)?;
     let events = changes.len() as u64;
     outbox.record(&tx, changes).await.map_err(Failed::Before)?;
     outbox.commit(tx, events).await.map_err(Failed::Commit)?;
@@ -247,6 +267,10 @@ struct Taken {
     builds: HashSet<i64>,
     /// Tasks of deferred changes: a later change of the same task waits too.
     tasks: HashSet<i64>,
+    /// The tasks whose status the batch changes, as read at its start.
+    known_tasks: HashMap<i64, task::Model>,
+    /// The tasks' new statuses, written after the batch's other changes.
+    task_statuses: Vec<task::Model>,
 }
 
 impl Taken {
@@ -319,18 +343,21 @@ async fn apply(
             if taken.tasks.contains(task_id) {
                 return Ok(None);
             }
-            let before = store::ci::task(tx, *org_id, *task_id).await?;
+            let before = taken
+                .known_tasks
+                .get(task_id)
+                .filter(|task| task.org_id == *org_id)
+                .cloned()
+                .ok_or_else(|| Error::not_found("task", task_id))?;
             if !taken.build(before.build_id) {
                 taken.tasks.insert(*task_id);
                 return Ok(None);
             }
-            let written =
-                store::ci::set_task_status(tx, before.clone(), *status, notifications.clone(), now)
-                    .await?;
-            match written {
+            match store::ci::next_task_status(&before, *status, notifications.clone(), now)? {
                 None => Ok(Some((Changed::Task(before), None))),
                 Some(after) => {
                     let change = Change::task_updated(&before, &after)?;
+                    taken.task_statuses.push(after.clone());
                     Ok(Some((Changed::Task(after), Some(change))))
                 }
             }

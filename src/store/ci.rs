@@ -1,12 +1,14 @@
 //! What the CI engine records: repositories, builds and tasks.
 
+use std::collections::HashMap;
+
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
 };
 
-use super::Page;
 use super::entities::{build, repository, task};
+use super::{Page, sql};
 use crate::domain::{BuildStatus, Notification, TaskStatus};
 use crate::{Error, Result};
 
@@ -294,11 +296,31 @@ pub async fn tasks_of_builds(
         .collect())
 }
 
-/// Moves a task to `status` and appends `notifications`; `None` when it already had that status
-/// (nothing changes, not even the notifications).
-pub async fn set_task_status(
+/// The tasks these (organization, task) pairs name, by id; a pair naming another
+/// organization's task finds nothing.
+pub async fn tasks_of(
     conn: &impl ConnectionTrait,
-    current: task::Model,
+    keys: &[(i64, i64)],
+) -> Result<HashMap<i64, task::Model>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = task::Entity::find()
+        .filter(task::Column::Id.is_in(keys.iter().map(|(_, id)| *id)))
+        .all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|row| keys.contains(&(row.org_id, row.id)))
+        .map(|row| (row.id, row))
+        .collect())
+}
+
+/// The task `current` moved to `status`, with `notifications` appended; `None` when it already
+/// had that status (nothing changes, not even the notifications). [`write_task_statuses`]
+/// writes it.
+pub fn next_task_status(
+    current: &task::Model,
     status: TaskStatus,
     notifications: Vec<Notification>,
     now: i64,
@@ -308,16 +330,77 @@ pub async fn set_task_status(
     }
     let mut all = labels_or_notes::<Notification>(&current.notifications)?;
     all.extend(notifications);
-    let executing = current.executing_timestamp;
-    let mut row: task::ActiveModel = current.into();
-    row.status = Set(status.as_str().into());
-    row.status_timestamp = Set(now);
-    if status == TaskStatus::Executing && executing.is_none() {
-        row.executing_timestamp = Set(Some(now));
+    let mut next = current.clone();
+    next.status = status.as_str().into();
+    next.status_timestamp = now;
+    if status == TaskStatus::Executing && next.executing_timestamp.is_none() {
+        next.executing_timestamp = Some(now);
     }
-    row.final_status_timestamp = Set(status.is_final().then_some(now));
-    row.notifications = Set(serde_json::to_string(&all).map_err(Error::internal)?);
-    Ok(Some(row.update(conn).await?))
+    next.final_status_timestamp = status.is_final().then_some(now);
+    next.notifications = serde_json::to_string(&all).map_err(Error::internal)?;
+    Ok(Some(next))
+}
+
+/// Writes the status, its times and the notifications of these tasks, as
+/// [`next_task_status`] left them, in one statement.
+pub async fn write_task_statuses(conn: &impl ConnectionTrait, tasks: &[task::Model]) -> Result<()> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let backend = conn.get_database_backend();
+    let rows = sql::rows(tasks.iter().map(|task| {
+        serde_json::json!([
+            task.id,
+            task.status,
+            task.status_timestamp,
+            task.executing_timestamp,
+            task.final_status_timestamp,
+            task.notifications,
+        ])
+    }));
+    let mut values = vec![rows];
+    if backend == DbBackend::Postgres {
+        let ids: Vec<i64> = tasks.iter().map(|task| task.id).collect();
+        values.push(sql::ids(backend, &ids));
+    }
+    let statement = Statement::from_sql_and_values(backend, task_statuses_sql(backend), values);
+    let written = conn.execute_raw(statement).await?.rows_affected();
+    if written != tasks.len() as u64 {
+        return Err(Error::internal(format!(
+            "{written} of {} task status changes were written",
+            tasks.len()
+        )));
+    }
+    Ok(())
+}
+
+/// [`write_task_statuses`]' statement; its parameter is one row per task: id, status, status
+/// time, executing time, final time and notifications, and on PostgreSQL the tasks' ids again.
+fn task_statuses_sql(backend: DbBackend) -> String {
+    let (int, text) = (|n| sql::int_field("t", n), |n| sql::field("t", n));
+    let sql = format!(
+        "WITH v(v_id, v_status, v_at, v_executing, v_final, v_notes) AS (
+            SELECT {}, {}, {}, {}, {}, {} FROM {})
+        UPDATE tasks SET status = v_status, status_timestamp = v_at,
+            executing_timestamp = v_executing, final_status_timestamp = v_final,
+            notifications = v_notes
+        FROM v WHERE id = v_id {}",
+        int(0),
+        text(1),
+        int(2),
+        int(3),
+        int(4),
+        text(5),
+        sql::json_rows(backend, "t"),
+        // As for the deliveries' outcomes: PostgreSQL reads the listed rows by primary key
+        // rather than join the whole table; SQLite does so from the rows' own ids.
+        if backend == DbBackend::Postgres {
+            format!("AND {}", sql::in_ids(backend, "id"))
+        } else {
+            String::new()
+        },
+    );
+    sql::numbered(backend, &sql)
 }
 
 /// Reads a stored JSON list (labels or notifications).
