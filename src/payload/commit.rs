@@ -221,32 +221,22 @@ async fn write(
     let _turn = outbox.turn().await;
     let tx = Arc::new(store::begin_write(writer).await.map_err(Failed::Before)?);
     let now = crate::now_ms();
-    // The tasks whose status changes are read at once, and their new statuses written at once
-    // after the other changes: a change of a task is the batch's only change of its build, so
-    // no other change of the batch reads or writes it.
-    let keys: Vec<(i64, i64)> = requests
-        .iter()
-        .filter_map(|request| match request {
-            ChangeRequest::UpdateTaskStatus {
-                org_id, task_id, ..
-            } => Some((*org_id, *task_id)),
-            _ => None,
-        })
-        .collect();
-    let mut taken = Taken {
-        known_tasks: store::ci::tasks_of(&*tx, &keys)
-            .await
-            .map_err(Failed::Before)?,
-        ..Taken::default()
-    };
+    let mut taken = Taken::read(&tx, requests).await.map_err(Failed::Before)?;
     let mut results = Vec::with_capacity(requests.len());
     let mut changes = Vec::new();
+    // The results of the new tasks, which are inserted together after the loop.
+    let mut later = Vec::new();
     for request in requests {
         match apply(&tx, request, now, &mut taken).await {
-            Ok(None) => results.push(None),
-            Ok(Some((changed, change))) => {
+            Ok(Step::Deferred) => results.push(None),
+            Ok(Step::Done(done)) => {
+                let (changed, change) = *done;
                 changes.extend(change);
                 results.push(Some(Ok(changed)));
+            }
+            Ok(Step::Later) => {
+                results.push(Some(Err(Error::internal("a new task was not written"))));
+                later.push(results.len() - 1);
             }
             Err(err) if is_the_changes_own(&err) => results.push(Some(Err(err))),
             Err(err) => return Err(Failed::Before(err)),
@@ -255,6 +245,22 @@ async fn write(
     store::ci::write_task_statuses(&*tx, &taken.task_statuses)
         .await
         .map_err(Failed::Before)?;
+    let new_rows = taken.new_tasks.iter().map(|(_, row)| row.clone()).collect();
+    let mut created: HashMap<i64, task::Model> = store::ci::insert_tasks(&*tx, new_rows)
+        .await
+        .map_err(Failed::Before)?
+        .into_iter()
+        .map(|task| (task.build_id, task))
+        .collect();
+    for (index, (build, _)) in later.into_iter().zip(&taken.new_tasks) {
+        let task = created.remove(&build.id).ok_or_else(|| {
+            Failed::Before(Error::internal(
+                "a new task did not come back from its insert",
+            ))
+        })?;
+        changes.push(Change::task_created(&task).with_build(build));
+        results[index] = Some(Ok(Changed::Task(task)));
+    }
     let events = changes.len() as u64;
     outbox.record(&tx, changes).await.map_err(Failed::Before)?;
     outbox.commit(tx, events).await.map_err(Failed::Commit)?;
@@ -269,20 +275,79 @@ struct Taken {
     tasks: HashSet<i64>,
     /// The tasks whose status the batch changes, as read at its start.
     known_tasks: HashMap<i64, task::Model>,
+    /// Their builds, and those of the tasks the batch creates, as read at its start.
+    known_builds: HashMap<i64, build::Model>,
     /// The tasks' new statuses, written after the batch's other changes.
     task_statuses: Vec<task::Model>,
+    /// The new tasks, each with its build, inserted after the batch's other changes.
+    new_tasks: Vec<(build::Model, task::ActiveModel)>,
 }
 
 impl Taken {
+    /// Reads, in two statements, the tasks whose status the batch changes and the builds of
+    /// those tasks and of the tasks it creates. A change of a task or a new task is the batch's
+    /// only change of its build, so no other change of the batch writes these rows, and their
+    /// own writes wait until every change of the batch has been applied.
+    async fn read(tx: &DatabaseTransaction, requests: &[&ChangeRequest]) -> Result<Self> {
+        let task_keys: Vec<(i64, i64)> = requests
+            .iter()
+            .filter_map(|request| match request {
+                ChangeRequest::UpdateTaskStatus {
+                    org_id, task_id, ..
+                } => Some((*org_id, *task_id)),
+                _ => None,
+            })
+            .collect();
+        let known_tasks = store::ci::tasks_of(tx, &task_keys).await?;
+        let build_keys: Vec<(i64, i64)> = requests
+            .iter()
+            .filter_map(|request| match request {
+                ChangeRequest::CreateTask {
+                    org_id, build_id, ..
+                } => Some((*org_id, *build_id)),
+                _ => None,
+            })
+            .chain(
+                known_tasks
+                    .values()
+                    .map(|task| (task.org_id, task.build_id)),
+            )
+            .collect();
+        let known_builds = if build_keys.is_empty() {
+            HashMap::new()
+        } else {
+            store::ci::builds_of(tx, &build_keys)
+                .await?
+                .into_iter()
+                .map(|build| (build.id, build))
+                .collect()
+        };
+        Ok(Self {
+            known_tasks,
+            known_builds,
+            ..Self::default()
+        })
+    }
+
     /// Takes `build` for a change; false when an earlier change of the batch has it.
     fn build(&mut self, build: i64) -> bool {
         self.builds.insert(build)
     }
 }
 
-/// What one change of a batch did: written (or unchanged), with its event when it records one;
-/// `None` when its build was taken and it goes in the next batch.
-type Step = Option<(Changed, Option<Change>)>;
+/// What one change of a batch did.
+enum Step {
+    /// Its build was taken: it goes in the next batch.
+    Deferred,
+    /// Written (or unchanged), with its event when it records one.
+    Done(Box<(Changed, Option<Change>)>),
+    /// A new task, inserted with the batch's others after every change has been applied.
+    Later,
+}
+
+fn done(changed: Changed, change: Option<Change>) -> Result<Step> {
+    Ok(Step::Done(Box::new((changed, change))))
+}
 
 /// Applies one change inside the batch's transaction. It fails with its own error
 /// ([`is_the_changes_own`]) only before it writes.
@@ -302,7 +367,7 @@ async fn apply(
             let build = store::ci::create_build(tx, &repository, new.clone(), now).await?;
             taken.build(build.id);
             let change = Change::build_created(&build);
-            Ok(Some((Changed::Build(build), Some(change))))
+            done(Changed::Build(build), Some(change))
         }
         ChangeRequest::UpdateBuildStatus {
             org_id,
@@ -310,14 +375,14 @@ async fn apply(
             status,
         } => {
             if !taken.build(*build_id) {
-                return Ok(None);
+                return Ok(Step::Deferred);
             }
             let before = store::ci::build(tx, *org_id, *build_id).await?;
             match store::ci::set_build_status(tx, before.clone(), *status, now).await? {
-                None => Ok(Some((Changed::Build(before), None))),
+                None => done(Changed::Build(before), None),
                 Some(after) => {
                     let change = Change::build_updated(&before, &after)?;
-                    Ok(Some((Changed::Build(after), Some(change))))
+                    done(Changed::Build(after), Some(change))
                 }
             }
         }
@@ -327,12 +392,17 @@ async fn apply(
             new,
         } => {
             if !taken.build(*build_id) {
-                return Ok(None);
+                return Ok(Step::Deferred);
             }
-            let build = store::ci::build(tx, *org_id, *build_id).await?;
-            let task = store::ci::create_task(tx, &build, new.clone(), now).await?;
-            let change = Change::task_created(&task).with_build(&build);
-            Ok(Some((Changed::Task(task), Some(change))))
+            let build = taken
+                .known_builds
+                .get(build_id)
+                .filter(|build| build.org_id == *org_id)
+                .cloned()
+                .ok_or_else(|| Error::not_found("build", build_id))?;
+            let row = store::ci::new_task_row(&build, new.clone(), now)?;
+            taken.new_tasks.push((build, row));
+            Ok(Step::Later)
         }
         ChangeRequest::UpdateTaskStatus {
             org_id,
@@ -341,7 +411,7 @@ async fn apply(
             notifications,
         } => {
             if taken.tasks.contains(task_id) {
-                return Ok(None);
+                return Ok(Step::Deferred);
             }
             let before = taken
                 .known_tasks
@@ -351,14 +421,17 @@ async fn apply(
                 .ok_or_else(|| Error::not_found("task", task_id))?;
             if !taken.build(before.build_id) {
                 taken.tasks.insert(*task_id);
-                return Ok(None);
+                return Ok(Step::Deferred);
             }
             match store::ci::next_task_status(&before, *status, notifications.clone(), now)? {
-                None => Ok(Some((Changed::Task(before), None))),
+                None => done(Changed::Task(before), None),
                 Some(after) => {
-                    let change = Change::task_updated(&before, &after)?;
+                    let mut change = Change::task_updated(&before, &after)?;
+                    if let Some(build) = taken.known_builds.get(&before.build_id) {
+                        change = change.with_build(build);
+                    }
                     taken.task_statuses.push(after.clone());
-                    Ok(Some((Changed::Task(after), Some(change))))
+                    done(Changed::Task(after), Some(change))
                 }
             }
         }

@@ -216,13 +216,8 @@ pub struct NewTask {
     pub local_group_id: Option<i64>,
 }
 
-/// Records a new task of a build, in status `CREATED`.
-pub async fn create_task(
-    conn: &impl ConnectionTrait,
-    build: &build::Model,
-    new: NewTask,
-    now: i64,
-) -> Result<task::Model> {
+/// A new task of a build, in status `CREATED`, checked and ready for [`insert_tasks`].
+pub fn new_task_row(build: &build::Model, new: NewTask, now: i64) -> Result<task::ActiveModel> {
     let NewTask {
         name,
         name_alias,
@@ -253,7 +248,20 @@ pub async fn create_task(
         notifications: Set("[]".into()),
         ..Default::default()
     };
-    Ok(task::Entity::insert(row).exec_with_returning(conn).await?)
+    Ok(row)
+}
+
+/// Records new tasks in one statement; the rows as written.
+pub async fn insert_tasks(
+    conn: &impl ConnectionTrait,
+    rows: Vec<task::ActiveModel>,
+) -> Result<Vec<task::Model>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(task::Entity::insert_many(rows)
+        .exec_with_returning(conn)
+        .await?)
 }
 
 /// The organization's task with this id.

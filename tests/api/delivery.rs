@@ -541,13 +541,43 @@ async fn changes_sent_at_once_get_their_own_answers_and_payloads(app: TestApp) {
             json!({ "events": ["TASK"], "payloadQuery": selection }),
         )
         .await;
-    let mut builds = Vec::new();
+    const CREATE: &str = "mutation($build: ID!, $name: String!) { createTask(input: {buildId: $build, name: $name}) { task { id name } } }";
+    let mut created = Vec::new();
     for _ in 0..6 {
         let build = world.build(&app).await;
-        let first = world.task(&app, &build, "a").await;
-        let second = world.task(&app, &build, "b").await;
-        builds.push([first, second]);
+        created.push((
+            CREATE,
+            json!({ "build": build, "name": format!("a{build}") }),
+        ));
+        created.push((
+            CREATE,
+            json!({ "build": build, "name": format!("b{build}") }),
+        ));
     }
+    let failing = [
+        (CREATE, json!({ "build": "999999", "name": "x" })),
+        (
+            CREATE,
+            json!({ "build": created[0].1["build"], "name": " " }),
+        ),
+    ];
+    created.extend(failing);
+    let answers = app.gql_at_once(&world.write, created.clone()).await;
+    let mut builds = Vec::new();
+    for (pair, requests) in answers[..12].chunks(2).zip(created.chunks(2)) {
+        let tasks: Vec<String> = pair
+            .iter()
+            .zip(requests)
+            .map(|(answer, (_, asked))| {
+                let task = &answer["data"]["createTask"]["task"];
+                assert_eq!(task["name"], asked["name"], "{answer}");
+                task["id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        builds.push([tasks[0].clone(), tasks[1].clone()]);
+    }
+    assert_eq!(code(&answers[12]), "NOT_FOUND", "{}", answers[12]);
+    assert_eq!(code(&answers[13]), "BAD_USER_INPUT", "{}", answers[13]);
     receiver.wait_for(12).await;
     const UPDATE: &str = "mutation($task: ID!, $status: TaskStatus!) { updateTaskStatus(input: {taskId: $task, status: $status}) { task { id status } } }";
     let mut requests: Vec<(&str, Value)> = builds
