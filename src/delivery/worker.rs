@@ -7,7 +7,7 @@
 //! outcome that is waiting in one transaction: under load, a few statements per batch instead
 //! of a transaction per delivery.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -73,6 +73,9 @@ impl Worker {
         // Requests in flight per endpoint: a slot is taken at the claim and given back as soon
         // as the receiver has answered (see [`Slot`]), not when the outcome is written.
         let mut per: HashMap<i64, usize> = HashMap::new();
+        // Claimed deliveries of endpoints whose slots are all taken, up to `per_endpoint` more
+        // per endpoint: a freed slot sends the next one at once instead of waiting for a claim.
+        let mut ready: Ready = Ready::default();
         let (freed, mut answered) = mpsc::unbounded_channel::<i64>();
         let unanswered = Arc::new(AtomicUsize::new(0));
         tracing::info!(concurrency = limit, "delivery worker started");
@@ -86,6 +89,13 @@ impl Worker {
             ))
         });
         let (outcomes, written) = mpsc::channel(limit.max(1));
+        let launcher = Launcher {
+            state: self.state.clone(),
+            outcomes: outcomes.clone(),
+            freed: freed.clone(),
+            unanswered: unanswered.clone(),
+            margin: config.delivery_timeout.min(config.lease / 2),
+        };
         let writer = tokio::spawn(write_outcomes(
             self.state.clone(),
             written,
@@ -106,7 +116,7 @@ impl Worker {
                 last_sweep = Some(tokio::time::Instant::now());
                 self.release_stranded().await;
             }
-            let room = limit - in_flight.len();
+            let room = limit.saturating_sub(in_flight.len() + ready.total);
             let mut more = false;
             // An idle worker's room is all its slots, so only a busy one waits.
             let worth_it = room >= limit.div_ceil(SMALL_CLAIM) || last_claim.elapsed() >= CLAIM_GAP;
@@ -115,14 +125,19 @@ impl Worker {
             } else if room > 0 && claim_now {
                 last_claim = tokio::time::Instant::now();
                 let mut pause = POLL;
+                // An endpoint takes as many claimed deliveries as it has slots, and as many
+                // again to send as slots free up.
+                let held =
+                    |endpoint: i64| per.get(&endpoint).copied().unwrap_or(0) + ready.of(endpoint);
                 let busy: Vec<i64> = per
-                    .iter()
-                    .filter(|(_, n)| **n >= per_endpoint)
-                    .map(|(id, _)| *id)
+                    .keys()
+                    .chain(ready.by_endpoint.keys())
+                    .copied()
+                    .filter(|id| held(*id) >= 2 * per_endpoint)
+                    .collect::<std::collections::HashSet<i64>>()
+                    .into_iter()
                     .collect();
-                let room_of = |endpoint: i64| {
-                    per_endpoint - per.get(&endpoint).copied().unwrap_or(0).min(per_endpoint)
-                };
+                let room_of = |endpoint: i64| (2 * per_endpoint).saturating_sub(held(endpoint));
                 // Reading past the queues of endpoints at their cap costs a read of those
                 // queues: a few times a second is enough to keep other endpoints moving.
                 let look_past_busy = last_look_past.elapsed() >= POLL;
@@ -144,18 +159,17 @@ impl Worker {
                         more = claimed.rows == room;
                         saturated = capped && claimed.rows == 0;
                         for (row, endpoint) in claimed.ready {
-                            *per.entry(row.endpoint_id).or_default() += 1;
-                            let slot = Slot::take(row.endpoint_id, &freed, &unanswered);
-                            let state = self.state.clone();
-                            let outcomes = outcomes.clone();
-                            let token = claimed.token.clone();
-                            in_flight.spawn(async move {
-                                if let Err(err) =
-                                    attempt(&state, row, &endpoint, slot, token, &outcomes).await
-                                {
-                                    tracing::warn!(error = %err, "a delivery attempt could not be recorded");
-                                }
-                            });
+                            let claim = Claim {
+                                row,
+                                endpoint,
+                                token: claimed.token.clone(),
+                            };
+                            if per.get(&claim.row.endpoint_id).copied().unwrap_or(0) < per_endpoint
+                            {
+                                launcher.launch(&mut in_flight, &mut per, claim);
+                            } else {
+                                ready.push(claim);
+                            }
                         }
                     }
                     Err(err) => {
@@ -168,7 +182,7 @@ impl Worker {
             } else if poll_at <= tokio::time::Instant::now() {
                 poll_at = tokio::time::Instant::now() + POLL;
             }
-            if more && in_flight.len() < limit {
+            if more && in_flight.len() + ready.total < limit {
                 continue;
             }
             tokio::select! {
@@ -183,9 +197,18 @@ impl Worker {
                 }
                 Some(endpoint_id) = answered.recv() => {
                     claim_now = true;
-                    release_slot(&mut per, endpoint_id);
+                    let mut endpoints = vec![endpoint_id];
                     while let Ok(endpoint_id) = answered.try_recv() {
+                        endpoints.push(endpoint_id);
+                    }
+                    for endpoint_id in endpoints {
                         release_slot(&mut per, endpoint_id);
+                        // A claim that is not sent (its lease is ending) leaves the slot free
+                        // for the next one.
+                        while per.get(&endpoint_id).copied().unwrap_or(0) < per_endpoint {
+                            let Some(claim) = ready.pop(endpoint_id) else { break };
+                            launcher.launch(&mut in_flight, &mut per, claim);
+                        }
                     }
                 }
                 _ = self.state.wake.notified(), if failures == 0 => claim_now = !saturated,
@@ -195,6 +218,8 @@ impl Worker {
         if let Some(listener) = listener {
             let _ = listener.await;
         }
+        self.give_back(ready).await;
+        drop(launcher);
         drop(outcomes);
         let grace = config.shutdown_grace;
         tracing::info!(in_flight = in_flight.len(), "delivery worker stopping");
@@ -257,6 +282,27 @@ impl Worker {
 }
 
 impl Worker {
+    /// Gives back the claims of deliveries that were claimed but not sent, so that another
+    /// worker sends them at once rather than when their lease ends.
+    async fn give_back(&self, ready: Ready) {
+        let claims: Vec<(i64, String)> = ready
+            .by_endpoint
+            .into_values()
+            .flatten()
+            .map(|claim| (claim.row.id, claim.token.to_string()))
+            .collect();
+        if claims.is_empty() {
+            return;
+        }
+        let _turn = self.state.outbox.worker_turn().await;
+        match store::deliveries::give_back(&self.state.writer, &claims).await {
+            Ok(()) => tracing::info!(deliveries = claims.len(), "unsent claims were given back"),
+            Err(err) => {
+                tracing::warn!(error = %err, "giving back unsent claims failed; their leases will expire")
+            }
+        }
+    }
+
     /// Releases held deliveries that no longer wait for anything (see
     /// [`store::deliveries::release_stranded`]).
     async fn release_stranded(&self) {
@@ -280,6 +326,84 @@ struct Claimed {
     rows: usize,
     /// The claimed deliveries whose endpoint still exists, with it.
     ready: Vec<(delivery::Model, Arc<Target>)>,
+}
+
+/// A claimed delivery, with its endpoint and the claim's token.
+struct Claim {
+    row: delivery::Model,
+    endpoint: Arc<Target>,
+    token: Arc<str>,
+}
+
+/// Claimed deliveries waiting for a slot of their endpoint, oldest first.
+#[derive(Default)]
+struct Ready {
+    by_endpoint: HashMap<i64, VecDeque<Claim>>,
+    total: usize,
+}
+
+impl Ready {
+    fn of(&self, endpoint: i64) -> usize {
+        self.by_endpoint.get(&endpoint).map_or(0, VecDeque::len)
+    }
+
+    fn push(&mut self, claim: Claim) {
+        self.total += 1;
+        self.by_endpoint
+            .entry(claim.row.endpoint_id)
+            .or_default()
+            .push_back(claim);
+    }
+
+    fn pop(&mut self, endpoint: i64) -> Option<Claim> {
+        let queue = self.by_endpoint.get_mut(&endpoint)?;
+        let claim = queue.pop_front();
+        if queue.is_empty() {
+            self.by_endpoint.remove(&endpoint);
+        }
+        if claim.is_some() {
+            self.total -= 1;
+        }
+        claim
+    }
+}
+
+/// Starts attempts: what each one needs from the worker.
+struct Launcher {
+    state: AppState,
+    outcomes: mpsc::Sender<Written>,
+    freed: mpsc::UnboundedSender<i64>,
+    unanswered: Arc<AtomicUsize>,
+    /// A claim whose lease ends sooner than this is not sent: the longest an attempt takes,
+    /// or half the lease when the lease is shorter, so that a fresh claim is always sent.
+    margin: Duration,
+}
+
+impl Launcher {
+    /// Sends `claim` in a task of `in_flight`, holding a slot of its endpoint. A claim that
+    /// waited so long that its lease could end during the attempt is not sent: another claim
+    /// takes it once the lease ends.
+    fn launch(&self, in_flight: &mut JoinSet<()>, per: &mut HashMap<i64, usize>, claim: Claim) {
+        let Claim {
+            row,
+            endpoint,
+            token,
+        } = claim;
+        let left = row.lease_until.unwrap_or(i64::MAX) - crate::now_ms();
+        if left <= self.margin.as_millis() as i64 {
+            tracing::info!(delivery = %row.uid, "a claim waited past its lease's margin and was not sent");
+            return;
+        }
+        *per.entry(row.endpoint_id).or_default() += 1;
+        let slot = Slot::take(row.endpoint_id, &self.freed, &self.unanswered);
+        let state = self.state.clone();
+        let outcomes = self.outcomes.clone();
+        in_flight.spawn(async move {
+            if let Err(err) = attempt(&state, row, &endpoint, slot, token, &outcomes).await {
+                tracing::warn!(error = %err, "a delivery attempt could not be recorded");
+            }
+        });
+    }
 }
 
 /// An endpoint as an attempt needs it: the stored row and its opened fields.

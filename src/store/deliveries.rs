@@ -321,6 +321,42 @@ pub async fn announce(conn: &impl ConnectionTrait) -> Result<()> {
     Ok(())
 }
 
+/// Ends these claims, each a delivery and its claim's token, where they are still current: the
+/// deliveries are due again at once.
+pub async fn give_back(conn: &impl ConnectionTrait, claims: &[(i64, String)]) -> Result<()> {
+    if claims.is_empty() {
+        return Ok(());
+    }
+    let backend = conn.get_database_backend();
+    let rows = sql::rows(
+        claims
+            .iter()
+            .map(|(id, token)| serde_json::json!([id, token])),
+    );
+    let mut values = vec![rows];
+    if backend == DbBackend::Postgres {
+        let ids: Vec<i64> = claims.iter().map(|(id, _)| *id).collect();
+        values.push(sql::ids(backend, &ids));
+    }
+    let (int, text) = (|n| sql::int_field("g", n), |n| sql::field("g", n));
+    let sql = format!(
+        "WITH v(v_id, v_token) AS (SELECT {}, {} FROM {})
+        UPDATE deliveries SET lease_until = NULL, lease_token = NULL
+        FROM v WHERE id = v_id AND lease_token = v_token {}",
+        int(0),
+        text(1),
+        sql::json_rows(backend, "g"),
+        if backend == DbBackend::Postgres {
+            format!("AND {}", sql::in_ids(backend, "id"))
+        } else {
+            String::new()
+        },
+    );
+    let statement = Statement::from_sql_and_values(backend, sql::numbered(backend, &sql), values);
+    conn.execute_raw(statement).await?;
+    Ok(())
+}
+
 /// The organization's delivery with this public id.
 pub async fn find(conn: &impl ConnectionTrait, org_id: i64, uid: &str) -> Result<delivery::Model> {
     delivery::Entity::find()
