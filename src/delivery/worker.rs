@@ -3,7 +3,9 @@
 //! fallback for retries coming due and for deliveries another process queued.
 //!
 //! Claims take as many deliveries as there are free slots in one transaction, and the
-//! endpoints they name in one query. Outcomes go to one writer task, which records every
+//! endpoints they name in one query. An endpoint whose slots are all taken may have as many
+//! claimed deliveries again waiting for them, so that a freed slot sends at once instead of
+//! waiting for the next claim; a stopping worker gives back those it did not send. Outcomes go to one writer task, which records every
 //! outcome that is waiting in one transaction: under load, a few statements per batch instead
 //! of a transaction per delivery.
 

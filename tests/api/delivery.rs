@@ -26,6 +26,7 @@ crate::on_both_backends!(
     changes_sent_at_once_get_their_own_answers_and_payloads,
     a_retrying_delivery_holds_back_its_own_build_only,
     shutdown_lets_in_flight_attempts_finish,
+    shutdown_gives_back_claims_it_did_not_send,
 );
 
 fn hmac_hex(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -688,4 +689,45 @@ async fn shutdown_lets_in_flight_attempts_finish(mut app: TestApp) {
         "the in-flight attempt finished and was recorded before exit"
     );
     assert_eq!(receiver.received().len(), 1);
+}
+
+/// A worker holds claimed deliveries of a busy endpoint ready for its next free slot; when it
+/// stops, it gives back those it did not send, so that they do not wait for their lease to end.
+async fn shutdown_gives_back_claims_it_did_not_send(app: TestApp) {
+    let backend = app.backend;
+    drop(app);
+    let mut app = TestApp::start_with(backend, |config| config.endpoint_concurrency = 1)
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    // The first build's delivery is answered after the stop, within the shutdown's grace; the
+    // second waits, claimed, for the endpoint's one slot; the third is not claimed.
+    receiver.default_reply(Reply::status(200).delay(Duration::from_millis(1200)));
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(&app, &receiver.url("/hook"), json!({ "events": ["BUILD"] }))
+        .await;
+    for _ in 0..3 {
+        world.build(&app).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.stop().await;
+    assert_eq!(receiver.received().len(), 1);
+    let org: i64 = world.org.parse().unwrap();
+    let page = herald::store::Page::new(Some(10), None).unwrap();
+    let rows = herald::store::deliveries::list(&app.state.db, org, None, None, page)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let states: Vec<&str> = rows.iter().map(|row| row.state.as_str()).collect();
+    assert_eq!(
+        states.iter().filter(|state| **state == "DELIVERED").count(),
+        1,
+        "{states:?}"
+    );
+    for row in rows.iter().filter(|row| row.state == "PENDING") {
+        assert_eq!(row.lease_token, None, "a claim was kept: {row:?}");
+        assert_eq!(row.lease_until, None, "a claim was kept: {row:?}");
+    }
 }
