@@ -367,10 +367,7 @@ pub async fn write_task_statuses(conn: &impl ConnectionTrait, tasks: &[task::Mod
         ])
     }));
     let mut values = vec![rows];
-    if backend == DbBackend::Postgres {
-        let ids: Vec<i64> = tasks.iter().map(|task| task.id).collect();
-        values.push(sql::ids(backend, &ids));
-    }
+    values.extend(sql::pg_ids(backend, tasks.iter().map(|task| task.id)));
     let statement = Statement::from_sql_and_values(backend, task_statuses_sql(backend), values);
     let written = conn.execute_raw(statement).await?.rows_affected();
     if written != tasks.len() as u64 {
@@ -400,13 +397,7 @@ fn task_statuses_sql(backend: DbBackend) -> String {
         int(4),
         text(5),
         sql::json_rows(backend, "t"),
-        // As for the deliveries' outcomes: PostgreSQL reads the listed rows by primary key
-        // rather than join the whole table; SQLite does so from the rows' own ids.
-        if backend == DbBackend::Postgres {
-            format!("AND {}", sql::in_ids(backend, "id"))
-        } else {
-            String::new()
-        },
+        sql::pg_by_ids(backend, "id"),
     );
     sql::numbered(backend, &sql)
 }

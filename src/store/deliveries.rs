@@ -334,10 +334,7 @@ pub async fn give_back(conn: &impl ConnectionTrait, claims: &[(i64, String)]) ->
             .map(|(id, token)| serde_json::json!([id, token])),
     );
     let mut values = vec![rows];
-    if backend == DbBackend::Postgres {
-        let ids: Vec<i64> = claims.iter().map(|(id, _)| *id).collect();
-        values.push(sql::ids(backend, &ids));
-    }
+    values.extend(sql::pg_ids(backend, claims.iter().map(|(id, _)| *id)));
     let (int, text) = (|n| sql::int_field("g", n), |n| sql::field("g", n));
     let sql = format!(
         "WITH v(v_id, v_token) AS (SELECT {}, {} FROM {})
@@ -346,11 +343,7 @@ pub async fn give_back(conn: &impl ConnectionTrait, claims: &[(i64, String)]) ->
         int(0),
         text(1),
         sql::json_rows(backend, "g"),
-        if backend == DbBackend::Postgres {
-            format!("AND {}", sql::in_ids(backend, "id"))
-        } else {
-            String::new()
-        },
+        sql::pg_by_ids(backend, "id"),
     );
     let statement = Statement::from_sql_and_values(backend, sql::numbered(backend, &sql), values);
     conn.execute_raw(statement).await?;
@@ -700,10 +693,10 @@ async fn record_distinct(
         attempts: i32,
     }
     let mut values = vec![outcomes];
-    if backend == DbBackend::Postgres {
-        let ids: Vec<i64> = records.iter().map(|record| record.delivery_id).collect();
-        values.push(sql::ids(backend, &ids));
-    }
+    values.extend(sql::pg_ids(
+        backend,
+        records.iter().map(|record| record.delivery_id),
+    ));
     let statement = Statement::from_sql_and_values(backend, outcomes_sql(backend), values);
     let numbers: HashMap<i64, i32> = Recorded::find_by_statement(statement)
         .all(conn)
@@ -764,14 +757,7 @@ fn outcomes_sql(backend: DbBackend) -> String {
         text(6),
         int(7),
         sql::json_rows(backend, "o"),
-        // PostgreSQL's planner reads the rows named by an id list by primary key rather than
-        // join the whole table. SQLite reads them by primary key from the rows' own ids; with
-        // a list as well, it would read all the rows again for each delivery.
-        if backend == DbBackend::Postgres {
-            format!("AND {}", sql::in_ids(backend, "id"))
-        } else {
-            String::new()
-        },
+        sql::pg_by_ids(backend, "id"),
     );
     sql::numbered(backend, &sql)
 }

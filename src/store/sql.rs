@@ -15,6 +15,24 @@ pub fn in_ids(backend: DbBackend, column: &str) -> String {
     }
 }
 
+/// On PostgreSQL, `AND` [`in_ids`] for a statement that joins a table to its [`json_rows`] by
+/// primary key: its planner then reads the listed rows by key rather than join the whole table.
+/// SQLite reads them by key from the rows' own ids (with a list as well, it would read every
+/// listed row again for each one), so it gets nothing. Bind [`pg_ids`] after the rows.
+pub fn pg_by_ids(backend: DbBackend, column: &str) -> String {
+    if backend == DbBackend::Postgres {
+        format!("AND {}", in_ids(backend, column))
+    } else {
+        String::new()
+    }
+}
+
+/// The parameter of [`pg_by_ids`], which only PostgreSQL takes.
+pub fn pg_ids(backend: DbBackend, ids: impl IntoIterator<Item = i64>) -> Option<Value> {
+    (backend == DbBackend::Postgres)
+        .then(|| self::ids(backend, &ids.into_iter().collect::<Vec<_>>()))
+}
+
 /// The parameter of [`in_ids`]: a PostgreSQL array literal, or a JSON array for SQLite.
 pub fn ids(backend: DbBackend, ids: &[i64]) -> Value {
     let list = id_list(ids);
