@@ -20,7 +20,8 @@ pub async fn listen(url: String, wake: Arc<Notify>, shutdown: CancellationToken)
     let mut backoff = Duration::from_millis(100);
     loop {
         let session = async {
-            let mut listener = PgListener::connect(&url).await?;
+            let mut listener =
+                PgListener::connect(&crate::store::tls::without_loopback_tls(&url)).await?;
             listener.listen(CHANNEL).await?;
             tracing::debug!("listening for deliveries");
             // Anything committed while we were not listening is picked up now.

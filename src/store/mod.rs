@@ -11,6 +11,7 @@ pub mod entities;
 mod nodelay;
 pub mod orgs;
 mod sql;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +54,7 @@ pub async fn connect_writer(
 
 async fn open(url: &str, connections: u32) -> anyhow::Result<DatabaseConnection> {
     let sqlite = url.starts_with("sqlite:");
-    let mut options = ConnectOptions::new(url.to_owned());
+    let mut options = ConnectOptions::new(tls::without_loopback_tls(url).into_owned());
     options
         .max_connections(connections)
         .min_connections(1)

@@ -283,6 +283,67 @@ async fn terminated_database_connections_lose_nothing_and_need_no_restart() {
     println!("{rounds} rounds of pg_terminate_backend during {acknowledged} events: nothing lost");
 }
 
+/// Herald's connections to a PostgreSQL on loopback are in the clear although the server offers
+/// TLS (which sqlx, like libpq, otherwise takes whenever offered): on loopback it protects
+/// nothing and costs every statement. The same query sees TLS on a connection that asks for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_postgres_on_loopback_do_not_use_tls() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let receiver = Receiver::start().await;
+    let Some(cluster) = Cluster::start(1, &receiver).await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let acknowledged = record_events(&cluster.client, &cluster.repository, 2, 3, 2).await;
+    settle(&receiver, acknowledged).await;
+    let mut asking = url::Url::parse(&cluster.database.url).unwrap();
+    asking.query_pairs_mut().append_pair("sslmode", "prefer");
+    // One connection, so that `pg_backend_pid()` is the only one of the test's.
+    let mut options = sea_orm::ConnectOptions::new(asking.to_string());
+    options.max_connections(1).sqlx_logging(false);
+    let admin = sea_orm::Database::connect(options).await.unwrap();
+    let query = |sql: &str| Statement::from_string(sea_orm::DbBackend::Postgres, sql.to_owned());
+    let offered = admin
+        .query_one_raw(query("SHOW ssl"))
+        .await
+        .unwrap()
+        .unwrap();
+    if offered.try_get::<String>("", "ssl").unwrap() != "on" {
+        return eprintln!("skipped: the test PostgreSQL does not offer TLS");
+    }
+    let own = admin
+        .query_one_raw(query(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        own.try_get::<bool>("", "ssl").unwrap(),
+        "a connection with sslmode=prefer uses TLS"
+    );
+    let herald = admin
+        .query_all_raw(query(&format!(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = '{}' AND a.pid <> pg_backend_pid()",
+            cluster.database.name()
+        )))
+        .await
+        .unwrap();
+    let tls: Vec<bool> = herald
+        .iter()
+        .map(|row| row.try_get::<bool>("", "ssl").unwrap())
+        .collect();
+    admin.close().await.ok();
+    assert!(
+        tls.len() >= 3,
+        "the API's and the worker's connections, with the listener: {tls:?}"
+    );
+    assert!(
+        tls.iter().all(|tls| !tls),
+        "no connection of Herald's uses TLS: {tls:?}"
+    );
+}
+
 async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
     // An API-only Herald: this test plays the workers itself.
     let backend = app.backend;
