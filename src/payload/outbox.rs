@@ -252,9 +252,8 @@ impl Outbox {
         // rendered: the worker's outcome writes that finish a delivery of these builds wait for
         // this commit.
         let builds: Vec<i64> = queued.iter().map(|event| event.build_id).collect();
-        store::deliveries::lock_chains(conn, &builds).await?;
+        store::deliveries::lock_chains_announcing(conn, &builds, true).await?;
         store::deliveries::queue_events(conn, &queued).await?;
-        store::deliveries::announce(conn).await?;
         Ok(())
     }
 

@@ -143,14 +143,37 @@ const CHAIN_LOCK_CLASS: i32 = 0x4845_5244;
 /// is held only behind an unfinished one, and finishing a delivery releases the next one held.
 /// SQLite runs one writing transaction at a time, so it needs no lock.
 pub async fn lock_chains(conn: &impl ConnectionTrait, builds: &[i64]) -> Result<()> {
+    lock_chains_announcing(conn, builds, false).await
+}
+
+/// [`lock_chains`], and with `announce` also [`announce`] in the same statement: a batch of
+/// changes that queues deliveries makes one round trip for both. `NOTIFY` is sent at the
+/// commit whenever it was issued, so it may come before the deliveries are inserted.
+pub async fn lock_chains_announcing(
+    conn: &impl ConnectionTrait,
+    builds: &[i64],
+    announce: bool,
+) -> Result<()> {
     let backend = conn.get_database_backend();
-    if backend != DbBackend::Postgres || builds.is_empty() {
+    if backend != DbBackend::Postgres {
         return Ok(());
+    }
+    if builds.is_empty() {
+        return if announce {
+            self::announce(conn).await
+        } else {
+            Ok(())
+        };
     }
     // One key per build, taken in ascending order so that two lockers never deadlock.
     let keys: Vec<i64> = builds.iter().map(|id| id & 0x7fff_ffff).collect();
+    let notify = if announce {
+        format!(", pg_notify('{CHANNEL}', '')::text AS announced")
+    } else {
+        String::new()
+    };
     let sql = format!(
-        "SELECT pg_advisory_xact_lock({CHAIN_LOCK_CLASS}, CAST(k AS INTEGER))::text AS locked
+        "SELECT count(pg_advisory_xact_lock({CHAIN_LOCK_CLASS}, CAST(k AS INTEGER))::text) AS locked{notify}
          FROM (SELECT DISTINCT k FROM unnest(CAST($1 AS BIGINT[])) AS v(k) ORDER BY k OFFSET 0)
            AS sorted"
     );

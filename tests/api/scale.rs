@@ -283,6 +283,30 @@ async fn terminated_database_connections_lose_nothing_and_need_no_restart() {
     println!("{rounds} rounds of pg_terminate_backend during {acknowledged} events: nothing lost");
 }
 
+/// Each change that queues deliveries announces them on PostgreSQL's channel at its commit, so a
+/// worker of another process sends them at once instead of at its next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_queues_deliveries_notifies_the_workers() {
+    let receiver = Receiver::start().await;
+    let Some(cluster) = Cluster::start(0, &receiver).await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let mut listener = sea_orm::sqlx::postgres::PgListener::connect(&cluster.database.url)
+        .await
+        .unwrap();
+    listener.listen(deliveries::CHANNEL).await.unwrap();
+    let acknowledged = record_events(&cluster.client, &cluster.repository, 1, 2, 1).await;
+    assert_eq!(acknowledged, 3);
+    let mut announced = 0;
+    while let Ok(notification) = tokio::time::timeout(Duration::from_secs(2), listener.recv()).await
+    {
+        notification.unwrap();
+        announced += 1;
+    }
+    // PostgreSQL folds identical notifications of one transaction; each change here is one.
+    assert_eq!(announced, 3, "one notification per committed change");
+}
+
 /// Herald's connections to a PostgreSQL on loopback are in the clear although the server offers
 /// TLS (which sqlx, like libpq, otherwise takes whenever offered): on loopback it protects
 /// nothing and costs every statement. The same query sees TLS on a connection that asks for it.
