@@ -54,7 +54,13 @@ pub async fn connect_writer(
 
 async fn open(url: &str, connections: u32) -> anyhow::Result<DatabaseConnection> {
     let sqlite = url.starts_with("sqlite:");
-    let mut options = ConnectOptions::new(tls::without_loopback_tls(url).into_owned());
+    let connect_url = tls::without_loopback_tls(url);
+    // A server that takes only TLS connections, even on loopback, needs the URL to say so.
+    let plain = match connect_url {
+        std::borrow::Cow::Owned(_) => " without TLS (set sslmode in the URL to use it)",
+        std::borrow::Cow::Borrowed(_) => "",
+    };
+    let mut options = ConnectOptions::new(connect_url.into_owned());
     options
         .max_connections(connections)
         .min_connections(1)
@@ -90,7 +96,7 @@ async fn open(url: &str, connections: u32) -> anyhow::Result<DatabaseConnection>
     }
     Database::connect(options).await.with_context(|| {
         format!(
-            "connecting to the database at {}",
+            "connecting to the database at {}{plain}",
             crate::config::redact_url(url)
         )
     })
