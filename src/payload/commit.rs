@@ -377,7 +377,7 @@ async fn apply(
             if !taken.build(*build_id) {
                 return Ok(Step::Deferred);
             }
-            let before = store::ci::build(tx, *org_id, *build_id).await?;
+            let before = store::ci::build_to_change(tx, *org_id, *build_id).await?;
             match store::ci::set_build_status(tx, before.clone(), *status, now).await? {
                 None => done(Changed::Build(before), None),
                 Some(after) => {

@@ -138,11 +138,27 @@ pub async fn create_build(
 
 /// The organization's build with this id.
 pub async fn build(conn: &impl ConnectionTrait, org_id: i64, id: i64) -> Result<build::Model> {
-    build::Entity::find_by_id(id)
-        .filter(build::Column::OrgId.eq(org_id))
+    build_by_id(org_id, id)
         .one(conn)
         .await?
         .ok_or_else(|| Error::not_found("build", id))
+}
+
+/// [`build`], locked until the transaction ends (see [`tasks_of`]), for a change of its status.
+pub async fn build_to_change(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+    id: i64,
+) -> Result<build::Model> {
+    build_by_id(org_id, id)
+        .lock_exclusive()
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found("build", id))
+}
+
+fn build_by_id(org_id: i64, id: i64) -> sea_orm::Select<build::Entity> {
+    build::Entity::find_by_id(id).filter(build::Column::OrgId.eq(org_id))
 }
 
 /// The builds these (organization, build) pairs name; a pair naming another organization's
@@ -304,8 +320,10 @@ pub async fn tasks_of_builds(
         .collect())
 }
 
-/// The tasks these (organization, task) pairs name, by id; a pair naming another
-/// organization's task finds nothing.
+/// The tasks these (organization, task) pairs name, by id, locked until the transaction ends
+/// (on PostgreSQL; SQLite's writer holds the database's one write lock): a change of a task
+/// reads it as the last change committed left it, though another process changes it at the
+/// same moment. A pair naming another organization's task finds nothing.
 pub async fn tasks_of(
     conn: &impl ConnectionTrait,
     keys: &[(i64, i64)],
@@ -313,8 +331,11 @@ pub async fn tasks_of(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
+    // In the order of their ids, so that two batches never wait for each other's locks.
     let rows = task::Entity::find()
         .filter(task::Column::Id.is_in(keys.iter().map(|(_, id)| *id)))
+        .order_by_asc(task::Column::Id)
+        .lock_exclusive()
         .all(conn)
         .await?;
     Ok(rows

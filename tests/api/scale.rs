@@ -283,6 +283,96 @@ async fn terminated_database_connections_lose_nothing_and_need_no_restart() {
     println!("{rounds} rounds of pg_terminate_backend during {acknowledged} events: nothing lost");
 }
 
+/// Two API processes changing the same tasks at the same moment record one event per task, from
+/// the status it really had: a batch's read of the tasks it changes locks them, so the second
+/// batch reads them as the first left them and finds nothing to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_processes_changing_the_same_tasks_record_one_event_each() {
+    const TASKS: usize = 20;
+    let receiver = Receiver::start().await;
+    let Some(cluster) = Cluster::start(1, &receiver).await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let port = free_port();
+    let _second_api = Herald::spawn(
+        &cluster.database.url,
+        &[
+            "serve",
+            "--no-worker",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    let second = Client::new(port, &cluster.client.token);
+    second.wait_healthy().await;
+    // A build per task: each process takes all the changes in one batch.
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let build = cluster
+            .client
+            .gql(CREATE_BUILD, json!({ "repo": cluster.repository }))
+            .await;
+        let build = build["createBuild"]["build"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let task = cluster
+            .client
+            .gql(
+                CREATE_TASK,
+                json!({ "build": build, "name": format!("task-{t}") }),
+            )
+            .await;
+        tasks.push(
+            task["createTask"]["task"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut requests = tokio::task::JoinSet::new();
+    for task in &tasks {
+        for client in [&cluster.client, &second] {
+            let (client, task) = (client.clone(), task.clone());
+            requests.spawn(async move {
+                client
+                    .gql(
+                        "mutation($task: ID!) { updateTaskStatus(input: {taskId: $task, status: EXECUTING}) { task { status } } }",
+                        json!({ "task": task }),
+                    )
+                    .await
+            });
+        }
+    }
+    while let Some(answer) = requests.join_next().await {
+        assert_eq!(
+            answer.unwrap()["updateTaskStatus"]["task"]["status"],
+            "EXECUTING"
+        );
+    }
+    let expected = 2 * TASKS + TASKS;
+    let (distinct, _) = settle(&receiver, expected).await;
+    let mut updates: HashMap<String, Vec<Value>> = HashMap::new();
+    for received in receiver.received() {
+        let body = received.json();
+        if body["action"] == "updated" {
+            let task = body["data"]["task"]["id"].as_str().unwrap().to_owned();
+            updates
+                .entry(task)
+                .or_default()
+                .push(body["old_status"].clone());
+        }
+    }
+    let twice: Vec<_> = updates.iter().filter(|(_, olds)| olds.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "tasks with more than one event: {twice:?}"
+    );
+    assert_eq!(updates.len(), TASKS);
+    assert!(updates.values().all(|olds| olds == &vec![json!("CREATED")]));
+    assert_eq!(distinct, expected, "one event per change that happened");
+}
+
 /// Each change that queues deliveries announces them on PostgreSQL's channel at its commit, so a
 /// worker of another process sends them at once instead of at its next poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
