@@ -331,7 +331,8 @@ pub async fn tasks_of(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    // In the order of their ids, so that two batches never wait for each other's locks.
+    // In the order of their ids, so that two batches locking some of the same tasks never
+    // deadlock: the later one waits for the earlier one's commit.
     let rows = task::Entity::find()
         .filter(task::Column::Id.is_in(keys.iter().map(|(_, id)| *id)))
         .order_by_asc(task::Column::Id)

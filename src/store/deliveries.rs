@@ -148,7 +148,8 @@ pub async fn lock_chains(conn: &impl ConnectionTrait, builds: &[i64]) -> Result<
 
 /// [`lock_chains`], and with `announce` also [`announce`] in the same statement: a batch of
 /// changes that queues deliveries makes one round trip for both. `NOTIFY` is sent at the
-/// commit whenever it was issued, so it may come before the deliveries are inserted.
+/// commit wherever in the transaction it was issued, so it may come before the deliveries'
+/// insert.
 pub async fn lock_chains_announcing(
     conn: &impl ConnectionTrait,
     builds: &[i64],

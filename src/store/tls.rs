@@ -33,7 +33,7 @@ fn is_loopback_postgres(url: &str) -> bool {
     }
     let chosen = parsed
         .query_pairs()
-        .any(|(key, _)| key == "sslmode" || key == "host" || key == "hostaddr");
+        .any(|(key, _)| matches!(&*key, "sslmode" | "ssl-mode" | "host" | "hostaddr"));
     if chosen {
         return false;
     }
@@ -76,6 +76,7 @@ mod tests {
         for url in [
             "postgres://u@127.0.0.1/db?sslmode=require",
             "postgres://u@localhost/db?sslmode=verify-full&sslrootcert=/ca.pem",
+            "postgres://u@127.0.0.1/db?ssl-mode=require",
             "postgres://u@db.internal/db",
             "postgres://u@10.0.0.5:5432/db",
             "postgres://u@localhost/db?host=/var/run/postgresql",
