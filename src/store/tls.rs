@@ -12,26 +12,24 @@ use std::net::IpAddr;
 /// `sslmode` (neither in the URL nor in `PGSSLMODE`) gets `sslmode=disable`; any other URL is
 /// unchanged, so an explicit `sslmode` always wins.
 pub fn without_loopback_tls(url: &str) -> Cow<'_, str> {
-    if std::env::var_os("PGSSLMODE").is_some() || !is_loopback_postgres(url) {
+    if std::env::var_os("PGSSLMODE").is_some() {
         return Cow::Borrowed(url);
     }
-    let mut parsed = match url::Url::parse(url) {
-        Ok(parsed) => parsed,
-        Err(_) => return Cow::Borrowed(url),
-    };
-    parsed.query_pairs_mut().append_pair("sslmode", "disable");
-    Cow::Owned(parsed.into())
+    match url::Url::parse(url) {
+        Ok(mut parsed) if is_loopback_postgres(&parsed) => {
+            parsed.query_pairs_mut().append_pair("sslmode", "disable");
+            Cow::Owned(parsed.into())
+        }
+        _ => Cow::Borrowed(url),
+    }
 }
 
 /// Whether `url` is a `postgres://` URL to a loopback host over TCP that names no `sslmode`.
-fn is_loopback_postgres(url: &str) -> bool {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return false;
-    };
-    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+fn is_loopback_postgres(url: &url::Url) -> bool {
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
         return false;
     }
-    let chosen = parsed
+    let chosen = url
         .query_pairs()
         .any(|(key, _)| matches!(&*key, "sslmode" | "ssl-mode" | "host" | "hostaddr"));
     if chosen {
@@ -39,7 +37,7 @@ fn is_loopback_postgres(url: &str) -> bool {
     }
     // A `postgres:` URL's host is opaque to the `url` crate (not a special scheme), so an
     // IPv4 address comes back as a name.
-    match parsed.host() {
+    match url.host() {
         Some(url::Host::Domain(name)) => {
             name.eq_ignore_ascii_case("localhost")
                 || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())

@@ -40,21 +40,10 @@ impl Cluster {
             &database.url,
             &["token", "issue", "--org", "acme", "--permission", "ADMIN"],
         );
-        let port = free_port();
-        let api = Herald::spawn(
-            &database.url,
-            &[
-                "serve",
-                "--no-worker",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ],
-        );
+        let (api, client) = api_process(&database, &token).await;
         let workers = (0..workers)
             .map(|_| Herald::spawn(&database.url, &["worker"]))
             .collect();
-        let client = Client::new(port, &token);
-        client.wait_healthy().await;
         client
             .gql(
                 "mutation($org: ID!, $url: String!) { createWebHookEndpoint(input: {ownerUid: $org, webhookURL: $url}) { endpoint { id } } }",
@@ -74,6 +63,23 @@ impl Cluster {
             repository,
         })
     }
+}
+
+/// A `herald serve --no-worker` on `database`, once healthy, and a client of it with `token`.
+async fn api_process(database: &PgDatabase, token: &str) -> (Herald, Client) {
+    let port = free_port();
+    let api = Herald::spawn(
+        &database.url,
+        &[
+            "serve",
+            "--no-worker",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    let client = Client::new(port, token);
+    client.wait_healthy().await;
+    (api, client)
 }
 
 const CREATE_BUILD: &str = "mutation($repo: ID!) { createBuild(input: {repositoryId: $repo, branch: \"main\", changeIdInRepo: \"c\"}) { build { id } } }";
@@ -293,18 +299,7 @@ async fn two_api_processes_changing_the_same_tasks_record_one_event_each() {
     let Some(cluster) = Cluster::start(1, &receiver).await else {
         return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
     };
-    let port = free_port();
-    let _second_api = Herald::spawn(
-        &cluster.database.url,
-        &[
-            "serve",
-            "--no-worker",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ],
-    );
-    let second = Client::new(port, &cluster.client.token);
-    second.wait_healthy().await;
+    let (_second_api, second) = api_process(&cluster.database, &cluster.client.token).await;
     // A build per task: each process takes all the changes in one batch.
     let mut tasks = Vec::new();
     for t in 0..TASKS {
