@@ -15,6 +15,9 @@ pub struct Metrics {
     registry: Arc<Registry>,
     /// Build and task events committed.
     pub events_recorded: Counter,
+    /// Batches of changes that failed before their commit and were written again one change
+    /// at a time (a deadlock, a lost connection).
+    pub change_batches_split: Counter,
     /// Attempt outcomes: `delivered`, `retrying`, `failed`, `lease_lost`.
     pub attempts: Family<Vec<(String, String)>, Counter>,
     /// Seconds from sending a request to its outcome.
@@ -27,6 +30,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("herald");
         let events_recorded = Counter::default();
+        let change_batches_split = Counter::default();
         let attempts = Family::<Vec<(String, String)>, Counter>::default();
         let attempt_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let queue_depth = Gauge::default();
@@ -34,6 +38,11 @@ impl Default for Metrics {
             "events_recorded",
             "Build and task events committed",
             events_recorded.clone(),
+        );
+        registry.register(
+            "change_batches_split",
+            "Batches of changes that failed before their commit and were written one change at a time",
+            change_batches_split.clone(),
         );
         registry.register(
             "delivery_attempts",
@@ -53,6 +62,7 @@ impl Default for Metrics {
         Self {
             registry: Arc::new(registry),
             events_recorded,
+            change_batches_split,
             attempts,
             attempt_seconds,
             queue_depth,

@@ -172,6 +172,12 @@ async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Jo
             Vec::new()
         }
         Err(Failed::Before(_)) => {
+            // The cause was logged where it became an [`Error`].
+            tracing::warn!(
+                changes = batch.len(),
+                "a batch of changes failed before its commit; writing its changes one at a time"
+            );
+            outbox.metrics().change_batches_split.inc();
             for job in batch {
                 let result = match write(writer, outbox, &[&job.request]).await {
                     Ok(mut results) => results
@@ -277,6 +283,8 @@ struct Taken {
     known_tasks: HashMap<i64, task::Model>,
     /// Their builds, and those of the tasks the batch creates, as read at its start.
     known_builds: HashMap<i64, build::Model>,
+    /// The builds whose status the batch changes, as read and locked at its start.
+    changed_builds: HashMap<i64, build::Model>,
     /// The tasks' new statuses, written after the batch's other changes.
     task_statuses: Vec<task::Model>,
     /// The new tasks, each with its build, inserted after the batch's other changes.
@@ -284,35 +292,36 @@ struct Taken {
 }
 
 impl Taken {
-    /// Reads, in two statements, the tasks whose status the batch changes and the builds of
-    /// those tasks and of the tasks it creates. A change of a task or a new task is the batch's
-    /// only change of its build, so no other change of the batch writes these rows, and their
-    /// own writes wait until every change of the batch has been applied.
+    /// Reads, in three statements at most, the tasks whose status the batch changes, the
+    /// builds whose status it changes (both locked until the commit, see
+    /// [`store::ci::tasks_of`]), and the builds of those tasks and of the tasks it creates. A
+    /// change is the batch's only change of its build, so no other change of the batch writes
+    /// these rows, and the tasks' own writes wait until every change of the batch has been
+    /// applied.
     async fn read(tx: &DatabaseTransaction, requests: &[&ChangeRequest]) -> Result<Self> {
-        let task_keys: Vec<(i64, i64)> = requests
-            .iter()
-            .filter_map(|request| match request {
+        let (mut task_keys, mut build_changes, mut build_keys) =
+            (Vec::new(), Vec::new(), Vec::new());
+        for request in requests {
+            match request {
                 ChangeRequest::UpdateTaskStatus {
                     org_id, task_id, ..
-                } => Some((*org_id, *task_id)),
-                _ => None,
-            })
-            .collect();
-        let known_tasks = store::ci::tasks_of(tx, &task_keys).await?;
-        let build_keys: Vec<(i64, i64)> = requests
-            .iter()
-            .filter_map(|request| match request {
+                } => task_keys.push((*org_id, *task_id)),
+                ChangeRequest::UpdateBuildStatus {
+                    org_id, build_id, ..
+                } => build_changes.push((*org_id, *build_id)),
                 ChangeRequest::CreateTask {
                     org_id, build_id, ..
-                } => Some((*org_id, *build_id)),
-                _ => None,
-            })
-            .chain(
-                known_tasks
-                    .values()
-                    .map(|task| (task.org_id, task.build_id)),
-            )
-            .collect();
+                } => build_keys.push((*org_id, *build_id)),
+                ChangeRequest::CreateBuild { .. } => {}
+            }
+        }
+        let known_tasks = store::ci::tasks_of(tx, &task_keys).await?;
+        let changed_builds = store::ci::builds_to_change(tx, &build_changes).await?;
+        build_keys.extend(
+            known_tasks
+                .values()
+                .map(|task| (task.org_id, task.build_id)),
+        );
         let known_builds = if build_keys.is_empty() {
             HashMap::new()
         } else {
@@ -325,6 +334,7 @@ impl Taken {
         Ok(Self {
             known_tasks,
             known_builds,
+            changed_builds,
             ..Self::default()
         })
     }
@@ -377,7 +387,12 @@ async fn apply(
             if !taken.build(*build_id) {
                 return Ok(Step::Deferred);
             }
-            let before = store::ci::build_to_change(tx, *org_id, *build_id).await?;
+            let before = taken
+                .changed_builds
+                .get(build_id)
+                .filter(|build| build.org_id == *org_id)
+                .cloned()
+                .ok_or_else(|| Error::not_found("build", build_id))?;
             match store::ci::set_build_status(tx, before.clone(), *status, now).await? {
                 None => done(Changed::Build(before), None),
                 Some(after) => {

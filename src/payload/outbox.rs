@@ -161,6 +161,11 @@ impl Outbox {
         }
     }
 
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The payload renderer.
     pub fn renderer(&self) -> &Renderer {
         &self.renderer

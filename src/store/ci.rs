@@ -138,27 +138,30 @@ pub async fn create_build(
 
 /// The organization's build with this id.
 pub async fn build(conn: &impl ConnectionTrait, org_id: i64, id: i64) -> Result<build::Model> {
-    build_by_id(org_id, id)
+    build::Entity::find_by_id(id)
+        .filter(build::Column::OrgId.eq(org_id))
         .one(conn)
         .await?
         .ok_or_else(|| Error::not_found("build", id))
 }
 
-/// [`build`], locked until the transaction ends (see [`tasks_of`]), for a change of its status.
-pub async fn build_to_change(
+/// The builds these (organization, build) pairs name, by id, locked until the transaction ends
+/// (see [`tasks_of`]), for changes of their status. A pair naming another organization's build
+/// finds nothing.
+pub async fn builds_to_change(
     conn: &impl ConnectionTrait,
-    org_id: i64,
-    id: i64,
-) -> Result<build::Model> {
-    build_by_id(org_id, id)
-        .lock_exclusive()
-        .one(conn)
-        .await?
-        .ok_or_else(|| Error::not_found("build", id))
-}
-
-fn build_by_id(org_id: i64, id: i64) -> sea_orm::Select<build::Entity> {
-    build::Entity::find_by_id(id).filter(build::Column::OrgId.eq(org_id))
+    keys: &[(i64, i64)],
+) -> Result<HashMap<i64, build::Model>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // After the tasks (see [`tasks_of`]).
+    let rows = locked::<build::Entity>(conn, build::Column::Id, keys).await?;
+    Ok(rows
+        .into_iter()
+        .filter(|row| keys.contains(&(row.org_id, row.id)))
+        .map(|row| (row.id, row))
+        .collect())
 }
 
 /// The builds these (organization, build) pairs name; a pair naming another organization's
@@ -331,19 +334,28 @@ pub async fn tasks_of(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    // In the order of their ids, so that two batches locking some of the same tasks never
-    // deadlock: the later one waits for the earlier one's commit.
-    let rows = task::Entity::find()
-        .filter(task::Column::Id.is_in(keys.iter().map(|(_, id)| *id)))
-        .order_by_asc(task::Column::Id)
-        .lock_exclusive()
-        .all(conn)
-        .await?;
+    let rows = locked::<task::Entity>(conn, task::Column::Id, keys).await?;
     Ok(rows
         .into_iter()
         .filter(|row| keys.contains(&(row.org_id, row.id)))
         .map(|row| (row.id, row))
         .collect())
+}
+
+/// The rows whose `id` is the second of one of these pairs, locked until the transaction ends
+/// (on PostgreSQL), in the order of their ids: two batches locking some of the same rows take
+/// them in one order and never deadlock; the later one waits for the earlier one's commit.
+async fn locked<E: EntityTrait>(
+    conn: &impl ConnectionTrait,
+    id: E::Column,
+    keys: &[(i64, i64)],
+) -> Result<Vec<E::Model>> {
+    Ok(E::find()
+        .filter(id.is_in(keys.iter().map(|(_, id)| *id)))
+        .order_by_asc(id)
+        .lock_exclusive()
+        .all(conn)
+        .await?)
 }
 
 /// The task `current` moved to `status`, with `notifications` appended; `None` when it already

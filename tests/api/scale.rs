@@ -63,6 +63,18 @@ impl Cluster {
             repository,
         })
     }
+
+    /// Records a build of the repository; its id.
+    async fn new_build(&self) -> String {
+        let build = self
+            .client
+            .gql(CREATE_BUILD, json!({ "repo": self.repository }))
+            .await;
+        build["createBuild"]["build"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
 }
 
 /// A `herald serve --no-worker` on `database`, once healthy, and a client of it with `token`.
@@ -303,14 +315,7 @@ async fn two_api_processes_changing_the_same_tasks_record_one_event_each() {
     // A build per task: each process takes all the changes in one batch.
     let mut tasks = Vec::new();
     for t in 0..TASKS {
-        let build = cluster
-            .client
-            .gql(CREATE_BUILD, json!({ "repo": cluster.repository }))
-            .await;
-        let build = build["createBuild"]["build"]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let build = cluster.new_build().await;
         let task = cluster
             .client
             .gql(
@@ -366,6 +371,73 @@ async fn two_api_processes_changing_the_same_tasks_record_one_event_each() {
     assert_eq!(updates.len(), TASKS);
     assert!(updates.values().all(|olds| olds == &vec![json!("CREATED")]));
     assert_eq!(distinct, expected, "one event per change that happened");
+}
+
+/// Two API processes changing the same builds' statuses at once, each in the opposite order,
+/// lock the builds in one order: no batch of changes deadlocks and has to be written again one
+/// change at a time, and each change records one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_processes_changing_builds_in_opposite_orders_do_not_deadlock() {
+    const BUILDS: usize = 48;
+    const STATUSES: [&str; 5] = ["TRIGGERED", "EXECUTING", "FAILED", "EXECUTING", "COMPLETED"];
+    let receiver = Receiver::start().await;
+    let Some(cluster) = Cluster::start(1, &receiver).await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let (_second_api, second) = api_process(&cluster.database, &cluster.client.token).await;
+    let mut builds = Vec::new();
+    for _ in 0..BUILDS {
+        builds.push(cluster.new_build().await);
+    }
+    for status in STATUSES {
+        let mut requests = tokio::task::JoinSet::new();
+        for n in 0..BUILDS {
+            let forward = (cluster.client.clone(), builds[n].clone());
+            let backward = (second.clone(), builds[BUILDS - 1 - n].clone());
+            for (client, build) in [forward, backward] {
+                requests.spawn(async move {
+                    client
+                        .gql(
+                            "mutation($build: ID!, $status: BuildStatus!) { updateBuildStatus(input: {buildId: $build, status: $status}) { build { status } } }",
+                            json!({ "build": build, "status": status }),
+                        )
+                        .await
+                });
+            }
+        }
+        while let Some(answer) = requests.join_next().await {
+            assert_eq!(
+                answer.unwrap()["updateBuildStatus"]["build"]["status"],
+                status
+            );
+        }
+    }
+    for client in [&cluster.client, &second] {
+        assert_eq!(
+            client.metric("herald_change_batches_split_total").await,
+            0.0
+        );
+    }
+    let expected = BUILDS * (1 + STATUSES.len());
+    let (distinct, _) = settle(&receiver, expected).await;
+    assert_eq!(distinct, expected, "one event per change that happened");
+    let mut olds: HashMap<String, Vec<Value>> = HashMap::new();
+    for received in receiver.received() {
+        let body = received.json();
+        if body["action"] == "updated" {
+            let build = body["data"]["build"]["id"].as_str().unwrap().to_owned();
+            olds.entry(build)
+                .or_default()
+                .push(body["old_status"].clone());
+        }
+    }
+    assert_eq!(olds.len(), BUILDS);
+    let changes: Vec<Value> = ["CREATED"]
+        .iter()
+        .chain(&STATUSES[..STATUSES.len() - 1])
+        .map(|status| json!(status))
+        .collect();
+    assert!(olds.values().all(|olds| olds == &changes), "{olds:?}");
 }
 
 /// Each change that queues deliveries announces them on PostgreSQL's channel at its commit, so a

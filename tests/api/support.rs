@@ -397,6 +397,22 @@ impl Client {
         }
     }
 
+    /// The value of a counter or gauge in `/metrics`, without labels.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("a metrics body");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    }
+
     /// Runs a request that must succeed.
     pub async fn gql(&self, query: &str, variables: Value) -> Value {
         self.try_gql(query, variables)
