@@ -8,9 +8,13 @@
 use sea_orm::{DbBackend, Value};
 
 /// `column` is one of the ids bound, as [`ids`], to the one parameter this adds.
+///
+/// On PostgreSQL the list is read once, in a subquery of its own. A plan that tests it on each
+/// row of a scan (which a statement prepared while its table was nearly empty may keep for
+/// good, until the table is analyzed) would otherwise parse the whole list again for each row.
 pub fn in_ids(backend: DbBackend, column: &str) -> String {
     match backend {
-        DbBackend::Postgres => format!("{column} = ANY(CAST(? AS BIGINT[]))"),
+        DbBackend::Postgres => format!("{column} = ANY(ARRAY(SELECT unnest(CAST(? AS BIGINT[]))))"),
         _ => format!("{column} IN (SELECT value FROM json_each(?))"),
     }
 }
