@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
 };
 
 use super::entities::{build, repository, task};
@@ -156,12 +156,9 @@ pub async fn builds_to_change(
         return Ok(HashMap::new());
     }
     // After the tasks (see [`tasks_of`]).
-    let rows = locked::<build::Entity>(conn, build::Column::Id, keys).await?;
-    Ok(rows
-        .into_iter()
-        .filter(|row| keys.contains(&(row.org_id, row.id)))
-        .map(|row| (row.id, row))
-        .collect())
+    let rows =
+        locked::<build::Entity>(conn, (build::Column::OrgId, build::Column::Id), keys).await?;
+    Ok(rows.into_iter().map(|row| (row.id, row)).collect())
 }
 
 /// The builds these (organization, build) pairs name; a pair naming another organization's
@@ -334,24 +331,24 @@ pub async fn tasks_of(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = locked::<task::Entity>(conn, task::Column::Id, keys).await?;
-    Ok(rows
-        .into_iter()
-        .filter(|row| keys.contains(&(row.org_id, row.id)))
-        .map(|row| (row.id, row))
-        .collect())
+    let rows = locked::<task::Entity>(conn, (task::Column::OrgId, task::Column::Id), keys).await?;
+    Ok(rows.into_iter().map(|row| (row.id, row)).collect())
 }
 
-/// The rows whose `id` is the second of one of these pairs, locked until the transaction ends
-/// (on PostgreSQL), in the order of their ids: two batches locking some of the same rows take
-/// them in one order and never deadlock; the later one waits for the earlier one's commit.
+/// The rows these (organization, id) pairs name, locked until the transaction ends (on
+/// PostgreSQL), in the order of their ids: two batches locking some of the same rows take them
+/// in one order and never deadlock; the later one waits for the earlier one's commit. A pair
+/// naming another organization's row neither finds nor locks it.
 async fn locked<E: EntityTrait>(
     conn: &impl ConnectionTrait,
-    id: E::Column,
+    (org, id): (E::Column, E::Column),
     keys: &[(i64, i64)],
 ) -> Result<Vec<E::Model>> {
+    let named = keys.iter().fold(Condition::any(), |any, (org_id, row_id)| {
+        any.add(Condition::all().add(org.eq(*org_id)).add(id.eq(*row_id)))
+    });
     Ok(E::find()
-        .filter(id.is_in(keys.iter().map(|(_, id)| *id)))
+        .filter(named)
         .order_by_asc(id)
         .lock_exclusive()
         .all(conn)
