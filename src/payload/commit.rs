@@ -345,6 +345,15 @@ impl Taken {
     }
 }
 
+/// The organization's build with this id among the builds a batch read.
+fn build_of(builds: &HashMap<i64, build::Model>, org_id: i64, id: i64) -> Result<build::Model> {
+    builds
+        .get(&id)
+        .filter(|build| build.org_id == org_id)
+        .cloned()
+        .ok_or_else(|| Error::not_found("build", id))
+}
+
 /// What one change of a batch did.
 enum Step {
     /// Its build was taken: it goes in the next batch.
@@ -387,12 +396,7 @@ async fn apply(
             if !taken.build(*build_id) {
                 return Ok(Step::Deferred);
             }
-            let before = taken
-                .changed_builds
-                .get(build_id)
-                .filter(|build| build.org_id == *org_id)
-                .cloned()
-                .ok_or_else(|| Error::not_found("build", build_id))?;
+            let before = build_of(&taken.changed_builds, *org_id, *build_id)?;
             match store::ci::set_build_status(tx, before.clone(), *status, now).await? {
                 None => done(Changed::Build(before), None),
                 Some(after) => {
@@ -409,12 +413,7 @@ async fn apply(
             if !taken.build(*build_id) {
                 return Ok(Step::Deferred);
             }
-            let build = taken
-                .known_builds
-                .get(build_id)
-                .filter(|build| build.org_id == *org_id)
-                .cloned()
-                .ok_or_else(|| Error::not_found("build", build_id))?;
+            let build = build_of(&taken.known_builds, *org_id, *build_id)?;
             let row = store::ci::new_task_row(&build, new.clone(), now)?;
             taken.new_tasks.push((build, row));
             Ok(Step::Later)
