@@ -33,7 +33,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Measure throughput, latency and memory end to end on fresh databases.
+    /// Measure throughput, latency and memory end to end, on fresh databases or a running server.
     Bench(Box<crate::bench::BenchArgs>),
     /// Run the API, the web console and the delivery worker.
     Serve {

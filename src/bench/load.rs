@@ -1,4 +1,5 @@
-//! The scenarios: a fresh Herald per scenario, load through GraphQL, arrivals at the receiver.
+//! The scenarios: a fresh Herald per scenario (or fresh endpoints on the server of `--url`),
+//! load through GraphQL, arrivals at the receiver.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -21,13 +22,118 @@ use crate::store;
 /// The selection every bench endpoint uses: small, and enough to key arrivals.
 const SELECTION: &str = "task(id: $taskId) { id status }";
 
-/// A Herald under test: a `serve` child process (and extra workers) on a fresh database.
+/// The secret every bench endpoint signs with.
+const BENCH_SECRET: &str = "bench-secret";
+
+/// Where the bench's deliveries go, and so where their arrivals are read.
+pub enum Sink {
+    /// The built-in receiver, which records each arrival as it comes.
+    Builtin(Receiver),
+    /// A receiver of the user's (`--receiver-url`): arrivals are read from Herald's delivery log.
+    External(url::Url),
+}
+
+impl Sink {
+    /// The URL of a scenario's `index`th endpoint.
+    fn endpoint_url(&self, index: usize) -> String {
+        match self {
+            Sink::Builtin(receiver) => receiver.url(&format!("/endpoint/{index}")),
+            Sink::External(url) => {
+                let mut url = url.clone();
+                url.query_pairs_mut()
+                    .append_pair("bench-endpoint", &index.to_string());
+                url.to_string()
+            }
+        }
+    }
+
+    /// The URL of the `ceiling` scenario's plain POSTs.
+    fn ceiling_url(&self) -> String {
+        match self {
+            Sink::Builtin(receiver) => receiver.url("/ceiling"),
+            Sink::External(url) => url.to_string(),
+        }
+    }
+
+    /// Forgets every arrival (between scenarios, and after a warm-up).
+    fn reset(&self) {
+        if let Sink::Builtin(receiver) = self {
+            receiver.reset();
+        }
+    }
+
+    /// Waits until the `expected` deliveries of the events `recorded` acknowledged arrived, or
+    /// `deadline` passed, and reads when each arrived.
+    async fn landed(
+        &self,
+        server: &Server,
+        recorded: &Recorded,
+        expected: usize,
+        deadline: Duration,
+    ) -> anyhow::Result<Landed> {
+        match self {
+            Sink::Builtin(receiver) => {
+                let last = receiver.wait_for(expected, deadline).await;
+                Ok(Landed {
+                    count: receiver.count(),
+                    by_key: receiver.arrivals(),
+                    last,
+                    peak_rss_mib: server.peak_rss_mib(),
+                })
+            }
+            Sink::External(_) => {
+                let finished = server.wait_finished(deadline).await?;
+                // Before the log is read: serving it is not part of the scenario.
+                let mut landed = Landed {
+                    count: 0,
+                    by_key: HashMap::new(),
+                    last: None,
+                    peak_rss_mib: server.peak_rss_mib(),
+                };
+                for (key, at) in server.answers().await? {
+                    if recorded.acks.contains_key(&key) {
+                        landed.count += 1;
+                        landed.last = landed.last.max(Some(at));
+                        landed.by_key.entry(key).or_default().push(at);
+                    }
+                }
+                if !finished || landed.count < expected {
+                    landed.last = None;
+                }
+                Ok(landed)
+            }
+        }
+    }
+}
+
+/// What reached the receiver.
+struct Landed {
+    /// Deliveries that arrived.
+    count: usize,
+    /// When each arrived, by event key.
+    by_key: HashMap<String, Vec<Instant>>,
+    /// When the last expected one arrived; `None` when some had not by the deadline.
+    last: Option<Instant>,
+    /// The largest peak RSS of the Herald processes the bench started, once they had arrived.
+    peak_rss_mib: Option<f64>,
+}
+
+/// A Herald under test: a `serve` child process (and extra workers) on a fresh database, or
+/// with `--url` a server of the user's, in whose organization the bench adds its endpoints.
 struct Server {
-    children: Vec<Child>,
     base: String,
     token: String,
     repository: String,
     http: reqwest::Client,
+    /// What the bench started, when it started the server.
+    owned: Option<Owned>,
+    /// The endpoints the bench added to a server it did not start, deleted at the end.
+    added: Vec<String>,
+}
+
+/// A server the bench started, and what to remove once it stops.
+struct Owned {
+    children: Vec<Child>,
     database_url: String,
     cleanup: Cleanup,
 }
@@ -40,10 +146,14 @@ enum Cleanup {
 impl Server {
     async fn start(
         args: &BenchArgs,
-        receiver: &Receiver,
+        sink: &Sink,
         endpoints: usize,
         api_only: bool,
     ) -> anyhow::Result<Self> {
+        if let Some(url) = &args.url {
+            return Self::attach(args, sink, endpoints, url).await;
+        }
+        let http = reqwest::Client::builder().no_proxy().build()?;
         let (database_url, cleanup) = fresh_database(&args.database_url).await?;
         let db = store::connect(&database_url).await?;
         let org = store::orgs::create(&db, "bench")
@@ -66,8 +176,8 @@ impl Server {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         for i in 0..endpoints {
             let fields = store::endpoints::EndpointFields {
-                url: EndpointUrl::parse(&receiver.url(&format!("/endpoint/{i}")))?,
-                secret: Some("bench-secret".into()),
+                url: EndpointUrl::parse(&sink.endpoint_url(i))?,
+                secret: Some(BENCH_SECRET.into()),
                 events: vec![EventKind::Task],
                 payload_query: Some(SELECTION.into()),
                 payload_format: PayloadFormat::Data,
@@ -91,22 +201,26 @@ impl Server {
         if api_only {
             serve.push("--no-worker".into());
         }
-        let mut server = Self {
+        let mut owned = Owned {
             children: vec![spawn(&database_url, &serve)?],
-            base: format!("http://127.0.0.1:{port}"),
-            token,
-            repository: repository.id.to_string(),
-            http: reqwest::Client::new(),
             database_url,
             cleanup,
         };
         if !api_only {
             for _ in 0..args.workers {
-                server
+                owned
                     .children
-                    .push(spawn(&server.database_url, &["worker".into()])?);
+                    .push(spawn(&owned.database_url, &["worker".into()])?);
             }
         }
+        let server = Self {
+            base: format!("http://127.0.0.1:{port}"),
+            token,
+            repository: repository.id.to_string(),
+            http,
+            owned: Some(owned),
+            added: Vec::new(),
+        };
         for _ in 0..400 {
             if server
                 .http
@@ -119,12 +233,97 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        server.stop().await;
         anyhow::bail!("herald serve did not start")
     }
 
+    /// Prepares a scenario on the server at `url`: a repository of its own, and `endpoints`
+    /// endpoints in the token's organization, which must have none (they would be sent the
+    /// bench's events). On failure, the endpoints added so far are deleted again.
+    async fn attach(
+        args: &BenchArgs,
+        sink: &Sink,
+        endpoints: usize,
+        url: &url::Url,
+    ) -> anyhow::Result<Self> {
+        let mut server = Self {
+            base: url.as_str().trim_end_matches('/').to_owned(),
+            token: args.token.clone().unwrap_or_default(),
+            repository: String::new(),
+            http: reqwest::Client::builder().no_proxy().build()?,
+            owned: None,
+            added: Vec::new(),
+        };
+        match server.prepare(sink, endpoints).await {
+            Ok(()) => Ok(server),
+            Err(err) => {
+                server.stop().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn prepare(&mut self, sink: &Sink, endpoints: usize) -> anyhow::Result<()> {
+        let viewer = self
+            .gql(
+                "{ viewer { uid viewerPermission webhookSettings { endpoints { id } } } }",
+                json!({}),
+            )
+            .await
+            .with_context(|| format!("asking the server at {} who the token is", self.base))?;
+        let viewer = &viewer["viewer"];
+        if viewer["viewerPermission"] != "ADMIN" {
+            anyhow::bail!(
+                "the token is not an ADMIN token, and the bench adds webhook endpoints, which takes ADMIN"
+            );
+        }
+        let existing = viewer["webhookSettings"]["endpoints"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if existing > 0 {
+            anyhow::bail!(
+                "the token's organization has {existing} webhook endpoint(s), which would be sent the bench's events: give the bench an organization of its own (herald org create bench)"
+            );
+        }
+        let owner = viewer["uid"].clone();
+        let name = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let created = self
+            .gql(
+                "mutation($owner: ID!, $name: String!) { createRepository(input: {ownerUid: $owner, name: $name}) { repository { id } } }",
+                json!({ "owner": owner, "name": name }),
+            )
+            .await
+            .context("creating the bench's repository")?;
+        self.repository = string(&created["createRepository"]["repository"]["id"])?;
+        for i in 0..endpoints {
+            let created = self
+                .gql(
+                    "mutation($input: CreateWebHookEndpointInput!) { createWebHookEndpoint(input: $input) { endpoint { id } } }",
+                    json!({ "input": {
+                        "ownerUid": owner,
+                        "webhookURL": sink.endpoint_url(i),
+                        "secretToken": BENCH_SECRET,
+                        "events": ["TASK"],
+                        "payloadQuery": SELECTION,
+                    } }),
+                )
+                .await
+                .context(
+                    "adding the bench's endpoints (a server reaches the bench's receiver on loopback only with HERALD_ALLOW_PRIVATE_TARGETS=true)",
+                )?;
+            self.added
+                .push(string(&created["createWebHookEndpoint"]["endpoint"]["id"])?);
+        }
+        Ok(())
+    }
+
     fn start_worker(&mut self) -> anyhow::Result<()> {
-        let child = spawn(&self.database_url, &["worker".into()])?;
-        self.children.push(child);
+        let owned = self
+            .owned
+            .as_mut()
+            .context("a worker can be added only to a server the bench started")?;
+        let child = spawn(&owned.database_url, &["worker".into()])?;
+        owned.children.push(child);
         Ok(())
     }
 
@@ -145,9 +344,73 @@ impl Server {
         }
     }
 
-    /// The largest peak RSS of the Herald processes, in MiB.
+    /// Waits until the organization has no delivery waiting for an attempt, polling Herald's
+    /// delivery log; whether that came before `deadline`.
+    async fn wait_finished(&self, deadline: Duration) -> anyhow::Result<bool> {
+        const UNFINISHED: &str = "{ viewer {
+            pending: webhookDeliveries(first: 1, state: PENDING) { nodes { id } }
+            retrying: webhookDeliveries(first: 1, state: RETRYING) { nodes { id } } } }";
+        let until = Instant::now() + deadline;
+        loop {
+            let data = self.gql(UNFINISHED, json!({})).await?;
+            let waiting = ["pending", "retrying"].iter().any(|state| {
+                data["viewer"][state]["nodes"]
+                    .as_array()
+                    .is_some_and(|n| !n.is_empty())
+            });
+            if !waiting {
+                return Ok(true);
+            }
+            if Instant::now() > until {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every delivered delivery's event key and when its receiver's answer came, from Herald's
+    /// delivery log (its last attempt's start and duration, to the millisecond).
+    async fn answers(&self) -> anyhow::Result<Vec<(String, Instant)>> {
+        const DELIVERED: &str = "query($after: String) { viewer {
+            webhookDeliveries(first: 100, after: $after, state: DELIVERED) {
+                pageInfo { hasNextPage endCursor }
+                nodes { payload { data } attemptLog { timestamp duration } } } } }";
+        // Herald's log keeps wall-clock milliseconds; arrivals are compared as `Instant`s.
+        let (now, now_ms) = (Instant::now(), crate::now_ms());
+        let instant = |ms: i64| {
+            now.checked_sub(Duration::from_millis(
+                now_ms.saturating_sub(ms).max(0) as u64
+            ))
+            .unwrap_or(now)
+        };
+        let mut answers = Vec::new();
+        let mut after = Value::Null;
+        loop {
+            let data = self.gql(DELIVERED, json!({ "after": after })).await?;
+            let page = &data["viewer"]["webhookDeliveries"];
+            for node in page["nodes"].as_array().into_iter().flatten() {
+                let key = node["payload"]["data"]
+                    .as_str()
+                    .and_then(|body| super::receiver::event_key(body.as_bytes()));
+                let last = node["attemptLog"].as_array().and_then(|log| log.last());
+                if let (Some(key), Some(last)) = (key, last) {
+                    let answered = last["timestamp"].as_i64().unwrap_or_default()
+                        + last["duration"].as_i64().unwrap_or_default();
+                    answers.push((key, instant(answered)));
+                }
+            }
+            if page["pageInfo"]["hasNextPage"] != true {
+                return Ok(answers);
+            }
+            after = page["pageInfo"]["endCursor"].clone();
+        }
+    }
+
+    /// The largest peak RSS of the Herald processes the bench started, in MiB.
     fn peak_rss_mib(&self) -> Option<f64> {
-        self.children
+        self.owned
+            .as_ref()?
+            .children
             .iter()
             .filter_map(|child| {
                 let status =
@@ -159,12 +422,26 @@ impl Server {
             .reduce(f64::max)
     }
 
-    async fn stop(mut self) {
-        for child in &mut self.children {
+    /// Stops what the bench started and removes its database; on a server the bench did not
+    /// start, deletes the endpoints it added (and with them their delivery log).
+    async fn stop(self) {
+        for id in &self.added {
+            let deleted = self
+                .gql(
+                    "mutation($id: ID!) { deleteWebHookEndpoint(input: {id: $id}) { clientMutationId } }",
+                    json!({ "id": id }),
+                )
+                .await;
+            if let Err(err) = deleted {
+                eprintln!("the bench's endpoint {id} could not be deleted: {err}");
+            }
+        }
+        let Some(mut owned) = self.owned else { return };
+        for child in &mut owned.children {
             let _ = child.kill();
             let _ = child.wait();
         }
-        match &self.cleanup {
+        match &owned.cleanup {
             Cleanup::File(path) => {
                 for suffix in ["", "-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -179,6 +456,14 @@ impl Server {
             }
         }
     }
+}
+
+/// A JSON string's value, or an error naming what came instead.
+fn string(value: &Value) -> anyhow::Result<String> {
+    value
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("expected an id, got {value}"))
 }
 
 fn spawn(database_url: &str, args: &[String]) -> anyhow::Result<Child> {
@@ -243,6 +528,7 @@ async fn record(
     args: &BenchArgs,
     events: usize,
     pace: Option<Duration>,
+    progress: &Progress,
 ) -> Recorded {
     let budget = Arc::new(AtomicUsize::new(0));
     let recorded = Arc::new(Mutex::new(Recorded::default()));
@@ -251,6 +537,7 @@ async fn record(
     let mut handles = Vec::new();
     for _ in 0..args.clients {
         let (server, budget, recorded) = (server.clone(), budget.clone(), recorded.clone());
+        let acked = progress.acked.clone();
         handles.push(tokio::spawn(async move {
             let mut build = String::new();
             let mut task: Option<String> = None;
@@ -304,6 +591,7 @@ async fn record(
                         let id = node["id"].as_str().unwrap_or_default().to_owned();
                         let key = format!("{id}:{}", node["status"].as_str().unwrap_or_default());
                         recorded.lock().await.acks.insert(key, at);
+                        acked.fetch_add(1, Ordering::Relaxed);
                         task = (step % 3 != 2).then_some(id);
                         step += 1;
                     }
@@ -320,30 +608,74 @@ async fn record(
         .unwrap_or_default()
 }
 
+/// How far a scenario got, shown on the terminal (and only there) a few times a second while
+/// it runs: its events recorded and, with the built-in receiver, its deliveries arrived.
+struct Progress {
+    acked: Arc<AtomicUsize>,
+    shown: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(name: &str, sink: &Sink) -> Self {
+        use std::io::IsTerminal as _;
+        let acked = Arc::new(AtomicUsize::new(0));
+        let shown = std::io::stderr().is_terminal().then(|| {
+            let (name, acked) = (name.to_owned(), acked.clone());
+            let receiver = match sink {
+                Sink::Builtin(receiver) => Some(receiver.clone()),
+                Sink::External(_) => None,
+            };
+            tokio::spawn(async move {
+                let started = Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let mut shown = format!("{:.1} s", started.elapsed().as_secs_f64());
+                    match acked.load(Ordering::Relaxed) {
+                        0 => {}
+                        events => shown.push_str(&format!(", {events} events recorded")),
+                    }
+                    if let Some(receiver) = &receiver {
+                        shown.push_str(&format!(", {} deliveries arrived", receiver.count()));
+                    }
+                    eprint!("\r\x1b[2K{name}: {shown}");
+                }
+            })
+        });
+        Self { acked, shown }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(shown) = self.shown.take() {
+            shown.abort();
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
 /// Turns acknowledgements and arrivals into figures.
 fn measure(
     name: &str,
     args: &BenchArgs,
     recorded: &Recorded,
-    receiver: &Receiver,
+    landed: &Landed,
     started: Instant,
-    last: Option<Instant>,
     per_event: usize,
 ) -> Figures {
-    let arrivals = receiver.arrivals();
     let mut latencies = Vec::new();
     for (key, acked) in &recorded.acks {
-        for arrived in arrivals.get(key).into_iter().flatten() {
+        for arrived in landed.by_key.get(key).into_iter().flatten() {
             latencies.push(arrived.saturating_duration_since(*acked));
         }
     }
     let last_ack = recorded.acks.values().max().copied().unwrap_or(started);
-    let delivered = receiver.count();
-    let end = last.unwrap_or_else(Instant::now);
+    let delivered = landed.count;
+    let end = landed.last.unwrap_or_else(Instant::now);
     let events = recorded.acks.len();
     Figures {
         scenario: name.into(),
-        backend: backend(&args.database_url).into(),
+        backend: backend(args).into(),
         events,
         deliveries: delivered,
         events_per_second: events as f64 / last_ack.duration_since(started).as_secs_f64().max(1e-9),
@@ -351,62 +683,109 @@ fn measure(
             / end.duration_since(started).as_secs_f64().max(1e-9),
         seconds: end.duration_since(started).as_secs_f64(),
         errors: recorded.errors + (events * per_event).saturating_sub(delivered),
+        peak_rss_mib: landed.peak_rss_mib,
         ..Figures::default()
     }
     .with_latencies(latencies)
 }
 
-fn backend(spec: &str) -> &'static str {
-    if spec.starts_with("postgres") {
+/// The database of the server measured: `unknown` for a server the bench did not start.
+fn backend(args: &BenchArgs) -> &'static str {
+    if args.url.is_some() {
+        "unknown"
+    } else if args.database_url.starts_with("postgres") {
         "postgresql"
     } else {
         "sqlite"
     }
 }
 
-async fn scenario(
-    name: &str,
-    args: &BenchArgs,
-    receiver: &Receiver,
-    endpoints: usize,
+/// The events of a scenario: how many, how far apart (none: as fast as the clients go), and how
+/// many to record first without measuring them.
+struct Load {
     events: usize,
     pace: Option<Duration>,
     warmup: usize,
+}
+
+impl Load {
+    fn flat_out(events: usize) -> Self {
+        Self {
+            events,
+            pace: None,
+            warmup: 0,
+        }
+    }
+}
+
+async fn scenario(
+    name: &str,
+    args: &BenchArgs,
+    sink: &Sink,
+    endpoints: usize,
+    load: Load,
 ) -> anyhow::Result<Figures> {
     eprintln!(
-        "{name}: {events} events × {endpoints} endpoint(s) on {}…",
-        backend(&args.database_url)
+        "{name}: {} events × {endpoints} endpoint(s) on {}…",
+        load.events,
+        super::target(args)
     );
-    receiver.reset();
-    let server = Arc::new(Server::start(args, receiver, endpoints, false).await?);
-    if warmup > 0 {
-        eprintln!("{name}: warming up with {warmup} events, not measured…");
-        let warm = record(&server, args, warmup, pace).await;
-        receiver
-            .wait_for(warm.acks.len() * endpoints, DELIVERY_DEADLINE)
-            .await;
-        receiver.reset();
-    }
-    let started = Instant::now();
-    let recorded = record(&server, args, events, pace).await;
-    let last = receiver
-        .wait_for(recorded.acks.len() * endpoints, DELIVERY_DEADLINE)
-        .await;
-    let mut figures = measure(name, args, &recorded, receiver, started, last, endpoints);
-    figures.peak_rss_mib = server.peak_rss_mib();
+    sink.reset();
+    let server = Arc::new(Server::start(args, sink, endpoints, false).await?);
+    let progress = Progress::start(name, sink);
+    let measured = run_scenario(name, args, sink, &server, endpoints, load, &progress).await;
+    drop(progress);
     if let Ok(server) = Arc::try_unwrap(server) {
         server.stop().await;
     }
-    Ok(figures)
+    measured
 }
 
-pub async fn ingest_deliver(args: &BenchArgs, receiver: &Receiver) -> anyhow::Result<Figures> {
-    scenario("ingest-deliver", args, receiver, 1, args.events, None, 0).await
+/// [`scenario`] on a started server, which the caller stops whatever happens.
+async fn run_scenario(
+    name: &str,
+    args: &BenchArgs,
+    sink: &Sink,
+    server: &Arc<Server>,
+    endpoints: usize,
+    load: Load,
+    progress: &Progress,
+) -> anyhow::Result<Figures> {
+    if load.warmup > 0 {
+        eprintln!(
+            "{name}: warming up with {} events, not measured…",
+            load.warmup
+        );
+        let warm = record(server, args, load.warmup, load.pace, progress).await;
+        sink.landed(
+            server,
+            &warm,
+            warm.acks.len() * endpoints,
+            DELIVERY_DEADLINE,
+        )
+        .await?;
+        sink.reset();
+    }
+    let started = Instant::now();
+    let recorded = record(server, args, load.events, load.pace, progress).await;
+    let landed = sink
+        .landed(
+            server,
+            &recorded,
+            recorded.acks.len() * endpoints,
+            DELIVERY_DEADLINE,
+        )
+        .await?;
+    Ok(measure(name, args, &recorded, &landed, started, endpoints))
 }
 
-pub async fn fanout(args: &BenchArgs, receiver: &Receiver) -> anyhow::Result<Figures> {
+pub async fn ingest_deliver(args: &BenchArgs, sink: &Sink) -> anyhow::Result<Figures> {
+    scenario("ingest-deliver", args, sink, 1, Load::flat_out(args.events)).await
+}
+
+pub async fn fanout(args: &BenchArgs, sink: &Sink) -> anyhow::Result<Figures> {
     let events = (args.events / args.fanout.max(1)).max(1);
-    scenario("fanout", args, receiver, args.fanout, events, None, 0).await
+    scenario("fanout", args, sink, args.fanout, Load::flat_out(events)).await
 }
 
 /// Seconds of load `steady` runs before it measures.
@@ -415,48 +794,65 @@ const STEADY_WARMUP_SECONDS: usize = 2;
 /// A fixed rate for a fixed time, after a short warm-up at the same rate that is not measured:
 /// the first events after a start wait for the server's pool to open its connections (on
 /// PostgreSQL, tens of milliseconds each), which is a start's latency, not a steady one's.
-pub async fn steady(args: &BenchArgs, receiver: &Receiver) -> anyhow::Result<Figures> {
-    let events = args.rate * args.seconds as usize;
-    let pace = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
-    let warmup = args.rate * STEADY_WARMUP_SECONDS;
-    scenario("steady", args, receiver, 1, events, Some(pace), warmup).await
+pub async fn steady(args: &BenchArgs, sink: &Sink) -> anyhow::Result<Figures> {
+    let load = Load {
+        events: args.rate * args.seconds as usize,
+        pace: Some(Duration::from_secs_f64(1.0 / args.rate.max(1) as f64)),
+        warmup: args.rate * STEADY_WARMUP_SECONDS,
+    };
+    scenario("steady", args, sink, 1, load).await
 }
 
-pub async fn burst(args: &BenchArgs, receiver: &Receiver) -> anyhow::Result<Figures> {
-    scenario("burst", args, receiver, 1, args.burst, None, 0).await
+pub async fn burst(args: &BenchArgs, sink: &Sink) -> anyhow::Result<Figures> {
+    scenario("burst", args, sink, 1, Load::flat_out(args.burst)).await
 }
 
 /// Queues `size` deliveries with no worker running (events to the `fanout` endpoints, as a
 /// backlog of many receivers), then times one worker emptying the queue.
-pub async fn drain(args: &BenchArgs, receiver: &Receiver, size: usize) -> anyhow::Result<Figures> {
+pub async fn drain(args: &BenchArgs, sink: &Sink, size: usize) -> anyhow::Result<Figures> {
     let endpoints = args.fanout.clamp(1, size.max(1));
     let events = size.div_ceil(endpoints);
     eprintln!(
         "drain-{size}: queueing {} deliveries ({events} events × {endpoints} endpoints) with no worker…",
         events * endpoints
     );
-    receiver.reset();
-    let server = Arc::new(Server::start(args, receiver, endpoints, true).await?);
-    let recorded = record(&server, args, events, None).await;
+    sink.reset();
+    let server = Arc::new(Server::start(args, sink, endpoints, true).await?);
+    let queueing = Progress::start(&format!("drain-{size}"), sink);
+    let recorded = record(&server, args, events, None, &queueing).await;
+    drop(queueing);
     let queued = recorded.acks.len() * endpoints;
     let mut server =
         Arc::try_unwrap(server).map_err(|_| anyhow::anyhow!("the server is still shared"))?;
     eprintln!("drain-{size}: starting one worker…");
+    let draining = Progress::start(&format!("drain-{size}"), sink);
     let started = Instant::now();
-    server.start_worker()?;
-    let last = receiver.wait_for(queued, DELIVERY_DEADLINE).await;
-    let delivered = receiver.count();
-    let end = last.unwrap_or_else(Instant::now);
+    let landed = match server.start_worker() {
+        Ok(()) => {
+            sink.landed(&server, &recorded, queued, DELIVERY_DEADLINE)
+                .await
+        }
+        Err(err) => Err(err),
+    };
+    drop(draining);
+    let landed = match landed {
+        Ok(landed) => landed,
+        Err(err) => {
+            server.stop().await;
+            return Err(err);
+        }
+    };
+    let end = landed.last.unwrap_or_else(Instant::now);
     let figures = Figures {
         scenario: format!("drain-{size}"),
-        backend: backend(&args.database_url).into(),
+        backend: backend(args).into(),
         events: recorded.acks.len(),
-        deliveries: delivered,
-        deliveries_per_second: delivered as f64
+        deliveries: landed.count,
+        deliveries_per_second: landed.count as f64
             / end.duration_since(started).as_secs_f64().max(1e-9),
         seconds: end.duration_since(started).as_secs_f64(),
-        peak_rss_mib: server.peak_rss_mib(),
-        errors: recorded.errors + queued.saturating_sub(delivered),
+        peak_rss_mib: landed.peak_rss_mib,
+        errors: recorded.errors + queued.saturating_sub(landed.count),
         ..Figures::default()
     };
     server.stop().await;
@@ -464,45 +860,47 @@ pub async fn drain(args: &BenchArgs, receiver: &Receiver, size: usize) -> anyhow
 }
 
 /// Plain keep-alive POSTs from the same HTTP client to the same receiver: the machine's limit.
-pub async fn ceiling(args: &BenchArgs, receiver: &Receiver) -> anyhow::Result<Figures> {
+pub async fn ceiling(args: &BenchArgs, sink: &Sink) -> anyhow::Result<Figures> {
     eprintln!("ceiling: {} plain POSTs…", args.requests);
-    receiver.reset();
+    sink.reset();
     let client = reqwest::Client::builder().no_proxy().build()?;
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..args.clients {
-        let (client, next, url) = (client.clone(), next.clone(), receiver.url("/ceiling"));
+        let (client, next, url) = (client.clone(), next.clone(), sink.ceiling_url());
         let total = args.requests;
         handles.push(tokio::spawn(async move {
-            let mut errors = 0;
+            let (mut answered, mut errors) = (0, 0);
             while next.fetch_add(1, Ordering::SeqCst) < total {
                 let body =
                     r#"{"action":"updated","data":{"task":{"id":"0","status":"EXECUTING"}}}"#;
-                if client
+                let sent = client
                     .post(&url)
                     .header("content-type", "application/json")
                     .body(body)
                     .send()
-                    .await
-                    .is_err()
-                {
-                    errors += 1;
+                    .await;
+                match sent {
+                    Ok(response) if response.status().is_success() => answered += 1,
+                    _ => errors += 1,
                 }
             }
-            errors
+            (answered, errors)
         }));
     }
-    let mut errors = 0;
+    let (mut answered, mut errors) = (0, 0);
     for handle in handles {
-        errors += handle.await.unwrap_or(1);
+        let (a, e) = handle.await.unwrap_or((0, 1));
+        answered += a;
+        errors += e;
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(Figures {
         scenario: "ceiling".into(),
         backend: "-".into(),
-        deliveries: receiver.count(),
-        deliveries_per_second: receiver.count() as f64 / seconds,
+        deliveries: answered,
+        deliveries_per_second: answered as f64 / seconds,
         seconds,
         errors,
         ..Figures::default()

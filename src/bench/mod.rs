@@ -18,17 +18,29 @@ pub use report::Figures;
 /// Options of `herald bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Scenarios to run (comma-separated): ingest-deliver, fanout, steady, burst, drain, ceiling.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "ceiling,ingest-deliver,fanout,steady,burst,drain"
-    )]
-    pub scenario: Vec<String>,
+    /// Scenarios to run (comma-separated): ingest-deliver, fanout, steady, burst, drain, ceiling
+    /// [default: all of them; with --url, all but drain].
+    #[arg(long, value_delimiter = ',')]
+    pub scenario: Option<Vec<String>>,
     /// `sqlite` (a fresh file per scenario) or a `postgres://…` server URL (a fresh database per
     /// scenario is created on it and dropped afterwards).
     #[arg(long, default_value = "sqlite")]
     pub database_url: String,
+    /// Measure a Herald server already running on this machine instead of starting one: its
+    /// base URL (loopback only). The server must allow private targets
+    /// (`HERALD_ALLOW_PRIVATE_TARGETS=true`) to reach the bench's receiver; each scenario adds a
+    /// repository and its own endpoints to the token's organization, which must have no
+    /// endpoints of its own, and deletes the endpoints afterwards.
+    #[arg(long, value_parser = parse_loopback_url)]
+    pub url: Option<url::Url>,
+    /// An ADMIN token of the organization to measure in, with --url (`herald token issue`).
+    #[arg(long, env = "HERALD_BENCH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Deliver to this receiver on this machine instead of the built-in one (loopback only).
+    /// It is given every delivery, each endpoint's with `?bench-endpoint=N` added; arrivals are
+    /// then read from Herald's delivery log, as the time each answer came, to the millisecond.
+    #[arg(long, value_parser = parse_loopback_url)]
+    pub receiver_url: Option<url::Url>,
     /// Extra `herald worker` processes beside the server's own worker.
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
@@ -68,7 +80,65 @@ pub struct BenchArgs {
     pub json: Option<PathBuf>,
 }
 
+/// Every scenario, in the order they run by default.
+const SCENARIOS: [&str; 6] = [
+    "ceiling",
+    "ingest-deliver",
+    "fanout",
+    "steady",
+    "burst",
+    "drain",
+];
+
 impl BenchArgs {
+    /// The scenarios to run: those asked for, or by default every one the target allows.
+    fn scenarios(&self) -> Vec<String> {
+        match &self.scenario {
+            Some(chosen) => chosen.clone(),
+            None => SCENARIOS
+                .iter()
+                .filter(|name| self.url.is_none() || **name != "drain")
+                .map(|name| (*name).to_owned())
+                .collect(),
+        }
+    }
+
+    /// Refuses combinations of options that cannot run, before anything starts.
+    fn check(&self) -> anyhow::Result<()> {
+        for name in self.scenarios() {
+            if !SCENARIOS.contains(&name.as_str()) {
+                anyhow::bail!(
+                    "unknown scenario {name:?}; choose from {}",
+                    SCENARIOS.join(", ")
+                );
+            }
+        }
+        if self.url.is_none() {
+            return Ok(());
+        }
+        if self.token.as_deref().is_none_or(str::is_empty) {
+            anyhow::bail!(
+                "--url needs an ADMIN token of the organization to measure in: pass --token or set HERALD_BENCH_TOKEN (herald token issue prints one)"
+            );
+        }
+        if self.scenarios().iter().any(|name| name == "drain") {
+            anyhow::bail!(
+                "drain stops and starts Herald's worker, so it runs only on a server the bench starts: leave out --url or the drain scenario"
+            );
+        }
+        if self.workers > 0 {
+            anyhow::bail!(
+                "--workers adds worker processes to a server the bench starts; with --url, start them beside your server yourself"
+            );
+        }
+        if self.database_url != "sqlite" {
+            anyhow::bail!(
+                "--database-url chooses the database of a server the bench starts; with --url, the server keeps its own"
+            );
+        }
+        Ok(())
+    }
+
     fn scaled(mut self) -> Self {
         if self.quick {
             self.events = self.events.min(400);
@@ -87,22 +157,28 @@ impl BenchArgs {
 /// Runs the chosen scenarios and prints the table (and JSON when asked).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    args.check()?;
     let args = args.scaled();
-    let receiver = receiver::Receiver::start()
-        .await
-        .context("starting the bench receiver")?;
+    let sink = match &args.receiver_url {
+        Some(url) => load::Sink::External(url.clone()),
+        None => load::Sink::Builtin(
+            receiver::Receiver::start()
+                .await
+                .context("starting the bench receiver")?,
+        ),
+    };
+    let scenarios = args.scenarios();
     let mut results: Vec<Figures> = Vec::new();
-    let ceiling_first = args.scenario.iter().any(|s| s == "ceiling");
-    if ceiling_first {
-        results.push(load::ceiling(&args, &receiver).await?);
+    if scenarios.iter().any(|s| s == "ceiling") {
+        results.push(load::ceiling(&args, &sink).await?);
     }
-    for scenario in &args.scenario {
+    for scenario in &scenarios {
         let figures = match scenario.as_str() {
             "ceiling" => continue,
-            "ingest-deliver" => vec![load::ingest_deliver(&args, &receiver).await?],
-            "fanout" => vec![load::fanout(&args, &receiver).await?],
-            "steady" => vec![load::steady(&args, &receiver).await?],
-            "burst" => vec![load::burst(&args, &receiver).await?],
+            "ingest-deliver" => vec![load::ingest_deliver(&args, &sink).await?],
+            "fanout" => vec![load::fanout(&args, &sink).await?],
+            "steady" => vec![load::steady(&args, &sink).await?],
+            "burst" => vec![load::burst(&args, &sink).await?],
             "drain" => {
                 let mut all = Vec::new();
                 for size in &args.drain {
@@ -115,15 +191,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     };
                     let mut figures = Vec::with_capacity(runs);
                     for _ in 0..runs {
-                        figures.push(load::drain(&args, &receiver, *size).await?);
+                        figures.push(load::drain(&args, &sink, *size).await?);
                     }
                     all.extend(report::median(figures));
                 }
                 all
             }
-            other => anyhow::bail!(
-                "unknown scenario {other:?}; choose from ingest-deliver, fanout, steady, burst, drain, ceiling"
-            ),
+            other => unreachable!("scenario {other:?} passed the check"),
         };
         results.extend(figures);
     }
@@ -136,12 +210,46 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .filter(|c| *c > 0.0)
             .map(|c| figures.deliveries_per_second / c);
     }
-    println!("{}", report::table(&results, &args.database_url));
+    println!("{}", report::table(&results, &target(&args)));
+    if args.receiver_url.is_some() {
+        println!(
+            "Arrivals were read from Herald's delivery log: the time each answer came, to the millisecond."
+        );
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// What the table's heading says was measured.
+fn target(args: &BenchArgs) -> String {
+    match &args.url {
+        Some(url) => format!("the server at {url}"),
+        None if args.database_url.starts_with("postgres") => "PostgreSQL".into(),
+        None => "SQLite".into(),
+    }
+}
+
+/// Reads a URL naming this machine: the bench measures on loopback only.
+fn parse_loopback_url(value: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(value).map_err(|err| format!("not a URL: {err}"))?;
+    if url.scheme() != "http" {
+        return Err("use an http:// URL (the bench measures over plain loopback HTTP)".into());
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if !loopback {
+        return Err(
+            "the bench measures on loopback only: use 127.0.0.1, [::1] or localhost".into(),
+        );
+    }
+    Ok(url)
 }
 
 /// How long a scenario may wait for its deliveries before it reports what it has.

@@ -90,7 +90,7 @@ async fn record(State(arrivals): State<Arc<Arrivals>>, body: Bytes) -> &'static 
 }
 
 /// `task:status` from a body rendered by the bench's selection, `task(id: $taskId) { id status }`.
-fn event_key(body: &[u8]) -> Option<String> {
+pub fn event_key(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let task = &value["data"]["task"];
     Some(format!(

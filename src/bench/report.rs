@@ -74,14 +74,10 @@ fn opt(value: Option<f64>, precision: usize) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-/// The results as a Markdown table.
-pub fn table(results: &[Figures], database: &str) -> String {
-    let backend = if database.starts_with("postgres") {
-        "PostgreSQL"
-    } else {
-        "SQLite"
-    };
-    let mut out = format!("\nherald bench on {backend}\n\n");
+/// The results as a Markdown table, headed by what was measured (`SQLite`, `PostgreSQL`, or the
+/// server the bench was pointed at).
+pub fn table(results: &[Figures], target: &str) -> String {
+    let mut out = format!("\nherald bench on {target}\n\n");
     out.push_str("| scenario | events | events/s | deliveries | deliveries/s | vs ceiling | p50 ms | p95 ms | p99 ms | max ms | seconds | peak RSS MiB | errors |\n");
     out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for f in results {

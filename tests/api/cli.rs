@@ -148,49 +148,32 @@ async fn a_process_killed_with_a_backlog_delivers_all_of_it_after_restart() {
     assert_eq!(names.len(), 20);
 }
 
-#[test]
-fn bench_runs_every_scenario_in_its_quick_form() {
-    quick_bench(None);
+#[tokio::test]
+async fn bench_runs_every_scenario_in_its_quick_form() {
+    quick_bench(None).await;
 }
 
-#[test]
-fn bench_runs_every_scenario_in_its_quick_form_on_postgres() {
+#[tokio::test]
+async fn bench_runs_every_scenario_in_its_quick_form_on_postgres() {
     match std::env::var("HERALD_TEST_POSTGRES_URL") {
-        Ok(url) => quick_bench(Some(&url)),
+        Ok(url) => quick_bench(Some(&url)).await,
         Err(_) => eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set"),
     }
 }
 
 /// Runs `herald bench --quick` on SQLite, or on the PostgreSQL server of `database_url` (the
 /// bench makes and drops a database of its own per scenario), and checks its table and JSON.
-fn quick_bench(database_url: Option<&str>) {
-    let dir = tempfile::tempdir().unwrap();
-    let json_path = dir.path().join("bench.json");
-    let mut command = herald();
-    command
-        .args(["bench", "--quick", "--drain", "100", "--json"])
-        .arg(&json_path)
-        .env_remove("HERALD_DATABASE_URL");
+async fn quick_bench(database_url: Option<&str>) {
+    let mut args = vec!["--quick", "--drain", "100"];
     if let Some(url) = database_url {
-        command.args(["--database-url", url]);
+        args.extend(["--database-url", url]);
     }
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let table = String::from_utf8(output.stdout).unwrap();
+    let (table, figures) = bench_figures(&args).await;
     assert!(
         table.contains("| scenario |") && table.contains("| drain-100 |"),
         "{table}"
     );
-    let figures: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-    let names: Vec<&str> = figures
-        .iter()
-        .map(|f| f["scenario"].as_str().unwrap())
-        .collect();
+    let names = scenarios(&figures);
     assert_eq!(
         names,
         [
@@ -218,5 +201,251 @@ fn quick_bench(database_url: Option<&str>) {
     for f in &figures[1..] {
         assert!(f["peak_rss_mib"].as_f64().unwrap() > 1.0, "{f}");
         assert_eq!(f["backend"], backend, "{f}");
+    }
+}
+
+/// Runs `herald bench` with `args` off the test's runtime (whose server it may be measuring);
+/// its exit code, stdout and stderr.
+async fn bench(args: Vec<String>) -> (Option<i32>, String, String) {
+    let output = tokio::task::spawn_blocking(move || {
+        herald()
+            .arg("bench")
+            .args(args)
+            .env_remove("HERALD_DATABASE_URL")
+            .env_remove("HERALD_BENCH_TOKEN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|arg| (*arg).to_owned()).collect()
+}
+
+/// Runs `herald bench` with `args` and `--json`, which must succeed; its table and figures.
+async fn bench_figures(args: &[&str]) -> (String, Vec<serde_json::Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("bench.json");
+    let mut args = strings(args);
+    args.extend(["--json".to_owned(), json_path.display().to_string()]);
+    let (code, table, stderr) = bench(args).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let figures = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    (table, figures)
+}
+
+/// The scenarios' names, in the order of the figures.
+fn scenarios(figures: &[serde_json::Value]) -> Vec<&str> {
+    figures
+        .iter()
+        .map(|f| f["scenario"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_a_running_server_in_an_organization_of_its_own() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let org = app.org("bench").await;
+    let admin = app.token(&org, herald::domain::Permission::Admin);
+    let (table, figures) = bench_figures(&[
+        "--quick",
+        "--url",
+        &app.url("/"),
+        "--token",
+        &admin,
+        "--scenario",
+        "ceiling,ingest-deliver,fanout",
+    ])
+    .await;
+    assert!(
+        table.contains(&format!("herald bench on the server at {}", app.url("/"))),
+        "{table}"
+    );
+    let names = scenarios(&figures);
+    assert_eq!(names, ["ceiling", "ingest-deliver", "fanout"]);
+    for f in &figures[1..] {
+        assert_eq!(f["errors"], 0, "{f}");
+        assert_eq!(f["backend"], "unknown", "{f}");
+        assert!(f["peak_rss_mib"].is_null(), "{f}");
+        assert!(f["latency_p50_ms"].is_number(), "{f}");
+    }
+    // Every event went through this server: one repository per scenario, and the deliveries
+    // the figures count. The bench's endpoints are gone again, and their log with them.
+    let data = app
+        .ok(
+            &admin,
+            "{ viewer { webhookSettings { endpoints { id } } repositories(first: 10) { nodes { name } }
+                webhookDeliveries(first: 1) { nodes { id } } } }",
+            json!({}),
+        )
+        .await;
+    let viewer = &data["viewer"];
+    assert_eq!(
+        viewer["webhookSettings"]["endpoints"],
+        json!([]),
+        "{viewer}"
+    );
+    assert_eq!(viewer["webhookDeliveries"]["nodes"], json!([]), "{viewer}");
+    let repositories = viewer["repositories"]["nodes"].as_array().unwrap();
+    assert_eq!(repositories.len(), 2, "{viewer}");
+    let tasks: i64 = sea_orm::ConnectionTrait::query_one_raw(
+        &app.state.db,
+        sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT COUNT(*) AS n FROM events WHERE kind = 'task'",
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get("", "n")
+    .unwrap();
+    let recorded: u64 = figures[1..]
+        .iter()
+        .map(|f| f["events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(tasks as u64, recorded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_leaves_an_organization_with_endpoints_alone() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let world = crate::support::World::new(&app, "acme").await;
+    world
+        .endpoint(&app, "http://127.0.0.1:9/hook", json!({}))
+        .await;
+    let (code, _, stderr) = bench(strings(&[
+        "--quick",
+        "--url",
+        &app.url(""),
+        "--token",
+        &world.admin,
+        "--scenario",
+        "ingest-deliver",
+    ]))
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("has 1 webhook endpoint(s), which would be sent the bench's events"),
+        "{stderr}"
+    );
+    let data = app
+        .ok(
+            &world.admin,
+            "{ viewer { webhookSettings { endpoints { id } } repositories(first: 10) { nodes { name } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        data["viewer"]["webhookSettings"]["endpoints"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        data["viewer"]["repositories"]["nodes"],
+        json!([{ "name": "app" }]),
+        "nothing was added"
+    );
+}
+
+#[tokio::test]
+async fn bench_refuses_options_it_cannot_honour_before_it_starts() {
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--url", "http://192.0.2.1:8080"],
+            "the bench measures on loopback only",
+        ),
+        (
+            &["--receiver-url", "https://127.0.0.1:9/hook"],
+            "use an http:// URL",
+        ),
+        (
+            &["--url", "http://127.0.0.1:9"],
+            "--url needs an ADMIN token",
+        ),
+        (
+            &[
+                "--url",
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "--scenario",
+                "fanout,drain",
+            ],
+            "drain stops and starts Herald's worker",
+        ),
+        (
+            &[
+                "--url",
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "--workers",
+                "2",
+            ],
+            "--workers adds worker processes",
+        ),
+        (&["--scenario", "ceiling,fast"], "unknown scenario \"fast\""),
+    ];
+    for (args, message) in cases {
+        let (code, stdout, stderr) = bench(strings(args)).await;
+        assert_ne!(code, Some(0), "{args:?}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!stderr.contains("ceiling:"), "{args:?} started: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_delivers_to_the_receiver_of_receiver_url() {
+    let receiver = crate::support::Receiver::start().await;
+    let (table, figures) = bench_figures(&[
+        "--quick",
+        "--receiver-url",
+        &receiver.url("/hooks"),
+        "--scenario",
+        "ceiling,fanout,steady,drain",
+        "--drain",
+        "100",
+    ])
+    .await;
+    assert!(
+        table.contains("Arrivals were read from Herald's delivery log"),
+        "{table}"
+    );
+    for f in &figures {
+        assert_eq!(f["errors"], 0, "{f}");
+        assert!(f["deliveries"].as_u64().unwrap() > 0, "{f}");
+    }
+    for f in &figures[1..3] {
+        assert!(f["latency_p50_ms"].is_number(), "{f}");
+    }
+    // Every figure counts what this receiver got (the steady warm-up's, too, unmeasured):
+    // `ceiling`'s plain POSTs on its URL, and each endpoint's signed deliveries with the
+    // endpoint's number added.
+    let received = receiver.received();
+    let counted: u64 = figures
+        .iter()
+        .map(|f| f["deliveries"].as_u64().unwrap())
+        .sum();
+    let warmup = received.len() as u64 - counted;
+    assert_eq!(warmup, 100, "50 events/s for 2 s in --quick");
+    let plain = received.iter().filter(|r| r.uri.query().is_none()).count() as u64;
+    assert_eq!(plain, figures[0]["deliveries"].as_u64().unwrap());
+    let endpoints: std::collections::HashSet<&str> =
+        received.iter().filter_map(|r| r.uri.query()).collect();
+    assert_eq!(endpoints.len(), 10, "{endpoints:?}");
+    for r in received.iter().filter(|r| r.uri.query().is_some()) {
+        assert_eq!(r.uri.path(), "/hooks");
+        assert!(r.header("x-cirrus-signature").is_some());
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
 use herald::app::{App, AppState, Role};
 use herald::config::Config;
@@ -431,6 +431,8 @@ pub fn code(response: &Value) -> &str {
 /// A request the receiver got.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// The path and query the request was sent to.
+    pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -556,6 +558,7 @@ impl Receiver {
 
 async fn record(
     State(state): State<Arc<ReceiverState>>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
@@ -571,7 +574,7 @@ async fn record(
         .received
         .lock()
         .unwrap()
-        .push(Received { headers, body });
+        .push(Received { uri, headers, body });
     state.arrived.notify_waiters();
     let mut response = (StatusCode::from_u16(reply.status).unwrap(), "received").into_response();
     for (name, value) in reply.headers {
