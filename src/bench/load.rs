@@ -37,11 +37,11 @@ impl Sink {
     /// The URL of a scenario's `index`th endpoint.
     fn endpoint_url(&self, index: usize) -> String {
         match self {
-            Sink::Builtin(receiver) => receiver.url(&format!("/endpoint/{index}")),
+            Sink::Builtin(receiver) => receiver.url(&format!("/herald-bench/endpoint/{index}")),
             Sink::External(url) => {
                 let mut url = url.clone();
                 url.query_pairs_mut()
-                    .append_pair("bench-endpoint", &index.to_string());
+                    .append_pair("herald-bench-endpoint", &index.to_string());
                 url.to_string()
             }
         }
@@ -63,42 +63,54 @@ impl Sink {
     }
 
     /// Waits until the `expected` deliveries of the events `recorded` acknowledged arrived, or
-    /// `deadline` passed, and reads when each arrived.
+    /// `deadline` passed, or the bench is interrupted, and reads when each arrived.
     async fn landed(
         &self,
+        args: &BenchArgs,
         server: &Server,
         recorded: &Recorded,
         expected: usize,
         deadline: Duration,
     ) -> anyhow::Result<Landed> {
+        let interrupted = args.interrupted.cancelled();
         match self {
             Sink::Builtin(receiver) => {
-                let last = receiver.wait_for(expected, deadline).await;
+                let last = tokio::select! {
+                    last = receiver.wait_for(expected, deadline) => last,
+                    () = interrupted => None,
+                };
                 Ok(Landed {
                     count: receiver.count(),
                     by_key: receiver.arrivals(),
-                    last,
+                    end: last.unwrap_or_else(Instant::now),
                     peak_rss_mib: server.peak_rss_mib(),
                 })
             }
             Sink::External(_) => {
-                let finished = server.wait_finished(deadline).await?;
+                let finished = tokio::select! {
+                    finished = server.wait_finished(deadline) => finished?,
+                    () = interrupted => false,
+                };
                 // Before the log is read: serving it is not part of the scenario.
                 let mut landed = Landed {
                     count: 0,
                     by_key: HashMap::new(),
-                    last: None,
+                    end: Instant::now(),
                     peak_rss_mib: server.peak_rss_mib(),
                 };
+                if args.interrupted.is_cancelled() {
+                    return Ok(landed);
+                }
+                let mut last = None;
                 for (key, at) in server.answers().await? {
                     if recorded.acks.contains_key(&key) {
                         landed.count += 1;
-                        landed.last = landed.last.max(Some(at));
+                        last = last.max(Some(at));
                         landed.by_key.entry(key).or_default().push(at);
                     }
                 }
-                if !finished || landed.count < expected {
-                    landed.last = None;
+                if finished && landed.count >= expected {
+                    landed.end = last.unwrap_or(landed.end);
                 }
                 Ok(landed)
             }
@@ -112,8 +124,8 @@ struct Landed {
     count: usize,
     /// When each arrived, by event key.
     by_key: HashMap<String, Vec<Instant>>,
-    /// When the last expected one arrived; `None` when some had not by the deadline.
-    last: Option<Instant>,
+    /// When the last expected one arrived, or when the wait for it ended (the deadline passed).
+    end: Instant,
     /// The largest peak RSS of the Herald processes the bench started, once they had arrived.
     peak_rss_mib: Option<f64>,
 }
@@ -143,19 +155,19 @@ enum Cleanup {
     Postgres { admin: String, name: String },
 }
 
-impl Server {
-    async fn start(
+impl Owned {
+    /// Prepares the fresh database (an organization, its token, a repository and `endpoints`
+    /// endpoints) and starts `serve` on it, with the extra workers unless `api_only`; the
+    /// server's base URL, the token and the repository's id once it answers.
+    async fn launch(
+        &mut self,
         args: &BenchArgs,
         sink: &Sink,
         endpoints: usize,
         api_only: bool,
-    ) -> anyhow::Result<Self> {
-        if let Some(url) = &args.url {
-            return Self::attach(args, sink, endpoints, url).await;
-        }
-        let http = reqwest::Client::builder().no_proxy().build()?;
-        let (database_url, cleanup) = fresh_database(&args.database_url).await?;
-        let db = store::connect(&database_url).await?;
+        http: &reqwest::Client,
+    ) -> anyhow::Result<(String, String, String)> {
+        let db = store::connect(&self.database_url).await?;
         let org = store::orgs::create(&db, "bench")
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -201,40 +213,77 @@ impl Server {
         if api_only {
             serve.push("--no-worker".into());
         }
-        let mut owned = Owned {
-            children: vec![spawn(&database_url, &serve)?],
-            database_url,
-            cleanup,
-        };
+        self.children.push(spawn(&self.database_url, &serve)?);
         if !api_only {
             for _ in 0..args.workers {
-                owned
-                    .children
-                    .push(spawn(&owned.database_url, &["worker".into()])?);
+                self.children
+                    .push(spawn(&self.database_url, &["worker".into()])?);
             }
         }
-        let server = Self {
-            base: format!("http://127.0.0.1:{port}"),
-            token,
-            repository: repository.id.to_string(),
-            http,
-            owned: Some(owned),
-            added: Vec::new(),
-        };
+        let base = format!("http://127.0.0.1:{port}");
         for _ in 0..400 {
-            if server
-                .http
-                .get(format!("{}/healthz", server.base))
-                .send()
-                .await
-                .is_ok()
-            {
-                return Ok(server);
+            if http.get(format!("{base}/healthz")).send().await.is_ok() {
+                return Ok((base, token, repository.id.to_string()));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        server.stop().await;
         anyhow::bail!("herald serve did not start")
+    }
+
+    /// Stops the processes and removes the database.
+    async fn remove(mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        match &self.cleanup {
+            Cleanup::File(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Cleanup::Postgres { admin, name } => {
+                if let Ok(db) = sea_orm::Database::connect(admin).await {
+                    let _ = db
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+impl Server {
+    async fn start(
+        args: &BenchArgs,
+        sink: &Sink,
+        endpoints: usize,
+        api_only: bool,
+    ) -> anyhow::Result<Self> {
+        if let Some(url) = &args.url {
+            return Self::attach(args, sink, endpoints, url).await;
+        }
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        let (database_url, cleanup) = fresh_database(&args.database_url).await?;
+        let mut owned = Owned {
+            children: Vec::new(),
+            database_url,
+            cleanup,
+        };
+        match owned.launch(args, sink, endpoints, api_only, &http).await {
+            Ok((base, token, repository)) => Ok(Self {
+                base,
+                token,
+                repository,
+                http,
+                owned: Some(owned),
+                added: Vec::new(),
+            }),
+            Err(err) => {
+                owned.remove().await;
+                Err(err)
+            }
+        }
     }
 
     /// Prepares a scenario on the server at `url`: a repository of its own, and `endpoints`
@@ -265,10 +314,7 @@ impl Server {
 
     async fn prepare(&mut self, sink: &Sink, endpoints: usize) -> anyhow::Result<()> {
         let viewer = self
-            .gql(
-                "{ viewer { uid viewerPermission webhookSettings { endpoints { id } } } }",
-                json!({}),
-            )
+            .gql("{ viewer { uid viewerPermission } }", json!({}))
             .await
             .with_context(|| format!("asking the server at {} who the token is", self.base))?;
         let viewer = &viewer["viewer"];
@@ -277,12 +323,29 @@ impl Server {
                 "the token is not an ADMIN token, and the bench adds webhook endpoints, which takes ADMIN"
             );
         }
-        let existing = viewer["webhookSettings"]["endpoints"]
+        let settings = self
+            .gql(
+                "{ viewer { webhookSettings { endpoints { webhookURL } } } }",
+                json!({}),
+            )
+            .await?;
+        let existing = settings["viewer"]["webhookSettings"]["endpoints"]
             .as_array()
-            .map_or(0, Vec::len);
-        if existing > 0 {
+            .cloned()
+            .unwrap_or_default();
+        let left_behind = existing
+            .iter()
+            .filter(|e| e["webhookURL"].as_str().is_some_and(is_bench_url))
+            .count();
+        if left_behind > 0 {
             anyhow::bail!(
-                "the token's organization has {existing} webhook endpoint(s), which would be sent the bench's events: give the bench an organization of its own (herald org create bench)"
+                "the token's organization still has {left_behind} endpoint(s) of an interrupted bench run: delete them (deleteWebHookEndpoint, or the web console) and run it again"
+            );
+        }
+        if !existing.is_empty() {
+            anyhow::bail!(
+                "the token's organization has {} webhook endpoint(s), which would be sent the bench's events: give the bench an organization of its own (herald org create NAME)",
+                existing.len()
             );
         }
         let owner = viewer["uid"].clone();
@@ -436,26 +499,15 @@ impl Server {
                 eprintln!("the bench's endpoint {id} could not be deleted: {err}");
             }
         }
-        let Some(mut owned) = self.owned else { return };
-        for child in &mut owned.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        match &owned.cleanup {
-            Cleanup::File(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-            }
-            Cleanup::Postgres { admin, name } => {
-                if let Ok(db) = sea_orm::Database::connect(admin).await {
-                    let _ = db
-                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            }
+        if let Some(owned) = self.owned {
+            owned.remove().await;
         }
     }
+}
+
+/// Whether an endpoint's URL is one the bench gives its endpoints.
+fn is_bench_url(url: &str) -> bool {
+    url.contains("/herald-bench/endpoint/") || url.contains("herald-bench-endpoint=")
 }
 
 /// A JSON string's value, or an error naming what came instead.
@@ -537,14 +589,14 @@ async fn record(
     let mut handles = Vec::new();
     for _ in 0..args.clients {
         let (server, budget, recorded) = (server.clone(), budget.clone(), recorded.clone());
-        let acked = progress.acked.clone();
+        let (acked, interrupted) = (progress.acked.clone(), args.interrupted.clone());
         handles.push(tokio::spawn(async move {
             let mut build = String::new();
             let mut task: Option<String> = None;
             let mut step = 0;
             loop {
                 let n = budget.fetch_add(1, Ordering::SeqCst);
-                if n >= events {
+                if n >= events || interrupted.is_cancelled() {
                     return;
                 }
                 if let Some(pace) = pace {
@@ -612,15 +664,19 @@ async fn record(
 /// it runs: its events recorded and, with the built-in receiver, its deliveries arrived.
 struct Progress {
     acked: Arc<AtomicUsize>,
+    /// Set, under the lock of stderr, when the line is cleared for good: the task showing it
+    /// may be in the middle of a redraw when it is stopped.
+    done: Arc<std::sync::atomic::AtomicBool>,
     shown: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Progress {
     fn start(name: &str, sink: &Sink) -> Self {
-        use std::io::IsTerminal as _;
+        use std::io::{IsTerminal as _, Write as _};
         let acked = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let shown = std::io::stderr().is_terminal().then(|| {
-            let (name, acked) = (name.to_owned(), acked.clone());
+            let (name, acked, done) = (name.to_owned(), acked.clone(), done.clone());
             let receiver = match sink {
                 Sink::Builtin(receiver) => Some(receiver.clone()),
                 Sink::External(_) => None,
@@ -637,19 +693,26 @@ impl Progress {
                     if let Some(receiver) = &receiver {
                         shown.push_str(&format!(", {} deliveries arrived", receiver.count()));
                     }
-                    eprint!("\r\x1b[2K{name}: {shown}");
+                    let mut stderr = std::io::stderr().lock();
+                    if done.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let _ = write!(stderr, "\r\x1b[2K{name}: {shown}");
                 }
             })
         });
-        Self { acked, shown }
+        Self { acked, done, shown }
     }
 }
 
 impl Drop for Progress {
     fn drop(&mut self) {
+        use std::io::Write as _;
         if let Some(shown) = self.shown.take() {
+            let mut stderr = std::io::stderr().lock();
+            self.done.store(true, Ordering::SeqCst);
+            let _ = write!(stderr, "\r\x1b[2K");
             shown.abort();
-            eprint!("\r\x1b[2K");
         }
     }
 }
@@ -671,7 +734,7 @@ fn measure(
     }
     let last_ack = recorded.acks.values().max().copied().unwrap_or(started);
     let delivered = landed.count;
-    let end = landed.last.unwrap_or_else(Instant::now);
+    let end = landed.end;
     let events = recorded.acks.len();
     Figures {
         scenario: name.into(),
@@ -758,6 +821,7 @@ async fn run_scenario(
         );
         let warm = record(server, args, load.warmup, load.pace, progress).await;
         sink.landed(
+            args,
             server,
             &warm,
             warm.acks.len() * endpoints,
@@ -770,6 +834,7 @@ async fn run_scenario(
     let recorded = record(server, args, load.events, load.pace, progress).await;
     let landed = sink
         .landed(
+            args,
             server,
             &recorded,
             recorded.acks.len() * endpoints,
@@ -829,7 +894,7 @@ pub async fn drain(args: &BenchArgs, sink: &Sink, size: usize) -> anyhow::Result
     let started = Instant::now();
     let landed = match server.start_worker() {
         Ok(()) => {
-            sink.landed(&server, &recorded, queued, DELIVERY_DEADLINE)
+            sink.landed(args, &server, &recorded, queued, DELIVERY_DEADLINE)
                 .await
         }
         Err(err) => Err(err),
@@ -842,7 +907,7 @@ pub async fn drain(args: &BenchArgs, sink: &Sink, size: usize) -> anyhow::Result
             return Err(err);
         }
     };
-    let end = landed.last.unwrap_or_else(Instant::now);
+    let end = landed.end;
     let figures = Figures {
         scenario: format!("drain-{size}"),
         backend: backend(args).into(),
@@ -869,10 +934,10 @@ pub async fn ceiling(args: &BenchArgs, sink: &Sink) -> anyhow::Result<Figures> {
     let mut handles = Vec::new();
     for _ in 0..args.clients {
         let (client, next, url) = (client.clone(), next.clone(), sink.ceiling_url());
-        let total = args.requests;
+        let (total, interrupted) = (args.requests, args.interrupted.clone());
         handles.push(tokio::spawn(async move {
             let (mut answered, mut errors) = (0, 0);
-            while next.fetch_add(1, Ordering::SeqCst) < total {
+            while next.fetch_add(1, Ordering::SeqCst) < total && !interrupted.is_cancelled() {
                 let body =
                     r#"{"action":"updated","data":{"task":{"id":"0","status":"EXECUTING"}}}"#;
                 let sent = client

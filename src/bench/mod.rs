@@ -2,7 +2,9 @@
 //! Herald (GraphQL mutations in, signed POSTs out), beside the machine's own ceiling.
 //!
 //! Every scenario gets a fresh database and a fresh `herald serve` child process (so its peak
-//! RSS is its own), a built-in receiver on loopback, and stops by itself.
+//! RSS is its own), or with `--url` fresh endpoints on a server already running; deliveries go
+//! to a built-in receiver on loopback, or with `--receiver-url` to the user's, whose arrivals
+//! are read from Herald's delivery log. Every run stops by itself.
 
 mod load;
 mod receiver;
@@ -37,7 +39,7 @@ pub struct BenchArgs {
     #[arg(long, env = "HERALD_BENCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Deliver to this receiver on this machine instead of the built-in one (loopback only).
-    /// It is given every delivery, each endpoint's with `?bench-endpoint=N` added; arrivals are
+    /// It is given every delivery, each endpoint's with `?herald-bench-endpoint=N` added; arrivals are
     /// then read from Herald's delivery log, as the time each answer came, to the millisecond.
     #[arg(long, value_parser = parse_loopback_url)]
     pub receiver_url: Option<url::Url>,
@@ -78,6 +80,10 @@ pub struct BenchArgs {
     /// Also write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Cancelled on Ctrl-C: the running scenario stops early, and its server is stopped and
+    /// what it added removed as usual.
+    #[arg(skip)]
+    pub interrupted: tokio_util::sync::CancellationToken,
 }
 
 /// Every scenario, in the order they run by default.
@@ -167,12 +173,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .context("starting the bench receiver")?,
         ),
     };
+    let interrupted = args.interrupted.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ninterrupted: stopping the scenario and removing what it added…");
+            interrupted.cancel();
+        }
+    });
     let scenarios = args.scenarios();
     let mut results: Vec<Figures> = Vec::new();
     if scenarios.iter().any(|s| s == "ceiling") {
         results.push(load::ceiling(&args, &sink).await?);
     }
     for scenario in &scenarios {
+        if args.interrupted.is_cancelled() {
+            break;
+        }
         let figures = match scenario.as_str() {
             "ceiling" => continue,
             "ingest-deliver" => vec![load::ingest_deliver(&args, &sink).await?],
@@ -191,7 +207,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     };
                     let mut figures = Vec::with_capacity(runs);
                     for _ in 0..runs {
-                        figures.push(load::drain(&args, &sink, *size).await?);
+                        if !args.interrupted.is_cancelled() {
+                            figures.push(load::drain(&args, &sink, *size).await?);
+                        }
                     }
                     all.extend(report::median(figures));
                 }
@@ -200,6 +218,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             other => unreachable!("scenario {other:?} passed the check"),
         };
         results.extend(figures);
+    }
+    if args.interrupted.is_cancelled() {
+        anyhow::bail!(
+            "interrupted; the servers the bench started were stopped and what it added removed"
+        );
     }
     let ceiling = results
         .iter()

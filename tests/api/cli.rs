@@ -241,6 +241,22 @@ async fn bench_figures(args: &[&str]) -> (String, Vec<serde_json::Value>) {
     (table, figures)
 }
 
+/// A scenario's latencies are ordered and lie within its run: a delivery cannot arrive before
+/// the run started nor after it ended.
+fn assert_latencies_within_the_run(f: &serde_json::Value) {
+    let ms = |name: &str| f[name].as_f64().unwrap_or_else(|| panic!("no {name}: {f}"));
+    let (p50, p99, max) = (
+        ms("latency_p50_ms"),
+        ms("latency_p99_ms"),
+        ms("latency_max_ms"),
+    );
+    let run = f["seconds"].as_f64().unwrap() * 1000.0;
+    assert!(
+        0.0 <= p50 && p50 <= p99 && p99 <= max && max > 0.0 && max <= run + 1.0,
+        "{f}"
+    );
+}
+
 /// The scenarios' names, in the order of the figures.
 fn scenarios(figures: &[serde_json::Value]) -> Vec<&str> {
     figures
@@ -274,7 +290,7 @@ async fn bench_measures_a_running_server_in_an_organization_of_its_own() {
         assert_eq!(f["errors"], 0, "{f}");
         assert_eq!(f["backend"], "unknown", "{f}");
         assert!(f["peak_rss_mib"].is_null(), "{f}");
-        assert!(f["latency_p50_ms"].is_number(), "{f}");
+        assert_latencies_within_the_run(f);
     }
     // Every event went through this server: one repository per scenario, and the deliveries
     // the figures count. The bench's endpoints are gone again, and their log with them.
@@ -312,44 +328,103 @@ async fn bench_measures_a_running_server_in_an_organization_of_its_own() {
         .map(|f| f["events"].as_u64().unwrap())
         .sum();
     assert_eq!(tasks as u64, recorded);
+
+    // With a receiver of its own as well, the arrivals come from this server's delivery log.
+    let receiver = crate::support::Receiver::start().await;
+    let (_, figures) = bench_figures(&[
+        "--quick",
+        "--url",
+        &app.url("/"),
+        "--token",
+        &admin,
+        "--receiver-url",
+        &receiver.url("/hooks"),
+        "--scenario",
+        "ingest-deliver",
+    ])
+    .await;
+    assert_eq!(figures[0]["errors"], 0, "{}", figures[0]);
+    assert_eq!(
+        figures[0]["deliveries"].as_u64().unwrap(),
+        receiver.received().len() as u64
+    );
+    assert_latencies_within_the_run(&figures[0]);
+    let data = app
+        .ok(
+            &admin,
+            "{ viewer { webhookSettings { endpoints { id } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["viewer"]["webhookSettings"]["endpoints"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_leaves_an_organization_with_endpoints_alone() {
+async fn bench_leaves_an_organization_it_cannot_use_alone() {
     let app = TestApp::start(Backend::Sqlite).await.unwrap();
     let world = crate::support::World::new(&app, "acme").await;
+    let stderr = refused_bench(&app, &world.write).await;
+    assert!(
+        stderr.contains("the token is not an ADMIN token"),
+        "{stderr}"
+    );
+    assert_nothing_added(&app, &world.admin, 0).await;
+
     world
         .endpoint(&app, "http://127.0.0.1:9/hook", json!({}))
         .await;
-    let (code, _, stderr) = bench(strings(&[
-        "--quick",
-        "--url",
-        &app.url(""),
-        "--token",
-        &world.admin,
-        "--scenario",
-        "ingest-deliver",
-    ]))
-    .await;
-    assert_eq!(code, Some(1), "{stderr}");
+    let stderr = refused_bench(&app, &world.admin).await;
     assert!(
         stderr.contains("has 1 webhook endpoint(s), which would be sent the bench's events"),
         "{stderr}"
     );
+    assert_nothing_added(&app, &world.admin, 1).await;
+
+    world
+        .endpoint(
+            &app,
+            "http://127.0.0.1:9/hook?herald-bench-endpoint=0",
+            json!({}),
+        )
+        .await;
+    let stderr = refused_bench(&app, &world.admin).await;
+    assert!(
+        stderr.contains("still has 1 endpoint(s) of an interrupted bench run"),
+        "{stderr}"
+    );
+    assert_nothing_added(&app, &world.admin, 2).await;
+}
+
+/// Runs a quick `ingest-deliver` on `app` with `token`, which must fail; what it printed.
+async fn refused_bench(app: &TestApp, token: &str) -> String {
+    let (code, stdout, stderr) = bench(strings(&[
+        "--quick",
+        "--url",
+        &app.url(""),
+        "--token",
+        token,
+        "--scenario",
+        "ingest-deliver",
+    ]))
+    .await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    stderr
+}
+
+/// The organization of `admin` still has `endpoints` endpoints and only its one repository.
+async fn assert_nothing_added(app: &TestApp, admin: &str, endpoints: usize) {
     let data = app
         .ok(
-            &world.admin,
+            admin,
             "{ viewer { webhookSettings { endpoints { id } } repositories(first: 10) { nodes { name } } } }",
             json!({}),
         )
         .await;
-    assert_eq!(
-        data["viewer"]["webhookSettings"]["endpoints"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    let found = data["viewer"]["webhookSettings"]["endpoints"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(found, endpoints, "{data}");
     assert_eq!(
         data["viewer"]["repositories"]["nodes"],
         json!([{ "name": "app" }]),
@@ -359,7 +434,7 @@ async fn bench_leaves_an_organization_with_endpoints_alone() {
 
 #[tokio::test]
 async fn bench_refuses_options_it_cannot_honour_before_it_starts() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--url", "http://192.0.2.1:8080"],
             "the bench measures on loopback only",
@@ -394,6 +469,17 @@ async fn bench_refuses_options_it_cannot_honour_before_it_starts() {
             ],
             "--workers adds worker processes",
         ),
+        (
+            &[
+                "--url",
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "--database-url",
+                "postgres://postgres@127.0.0.1/test",
+            ],
+            "--database-url chooses the database of a server the bench starts",
+        ),
         (&["--scenario", "ceiling,fast"], "unknown scenario \"fast\""),
     ];
     for (args, message) in cases {
@@ -427,7 +513,7 @@ async fn bench_delivers_to_the_receiver_of_receiver_url() {
         assert!(f["deliveries"].as_u64().unwrap() > 0, "{f}");
     }
     for f in &figures[1..3] {
-        assert!(f["latency_p50_ms"].is_number(), "{f}");
+        assert_latencies_within_the_run(f);
     }
     // Every figure counts what this receiver got (the steady warm-up's, too, unmeasured):
     // `ceiling`'s plain POSTs on its URL, and each endpoint's signed deliveries with the
