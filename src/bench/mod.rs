@@ -220,9 +220,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         results.extend(figures);
     }
     if args.interrupted.is_cancelled() {
-        anyhow::bail!(
-            "interrupted; the servers the bench started were stopped and what it added removed"
-        );
+        anyhow::bail!("interrupted; what the bench started was stopped and what it added removed");
     }
     let ceiling = results
         .iter()
