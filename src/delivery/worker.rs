@@ -26,8 +26,8 @@ use crate::domain::DeliveryState;
 use crate::store::endpoints::EndpointFields;
 use crate::store::{
     self,
-    deliveries::AttemptRecord,
-    entities::{delivery, webhook_endpoint},
+    deliveries::{AttemptRecord, Leased},
+    entities::webhook_endpoint,
 };
 
 /// How often an idle worker looks for due deliveries it was not woken for.
@@ -327,12 +327,12 @@ struct Claimed {
     /// How many deliveries were claimed.
     rows: usize,
     /// The claimed deliveries whose endpoint still exists, with it.
-    ready: Vec<(delivery::Model, Arc<Target>)>,
+    ready: Vec<(Leased, Arc<Target>)>,
 }
 
 /// A claimed delivery, with its endpoint and the claim's token.
 struct Claim {
-    row: delivery::Model,
+    row: Leased,
     endpoint: Arc<Target>,
     token: Arc<str>,
 }
@@ -465,7 +465,7 @@ struct Written {
 /// Sends one claimed delivery and has its outcome recorded, if the lease is still ours.
 async fn attempt(
     state: &AppState,
-    row: delivery::Model,
+    row: Leased,
     endpoint: &Target,
     slot: Slot,
     token: Arc<str>,

@@ -502,7 +502,7 @@ pub struct ClaimRequest<F> {
 pub async fn claim<F: Fn(i64) -> usize>(
     conn: &impl ConnectionTrait,
     request: ClaimRequest<F>,
-) -> Result<(String, Vec<delivery::Model>)> {
+) -> Result<(String, Vec<Leased>)> {
     let ClaimRequest {
         now,
         lease_ms,
@@ -553,12 +553,28 @@ pub async fn claim<F: Fn(i64) -> usize>(
         now.into(),
     ];
     let statement = Statement::from_sql_and_values(backend, lease_sql(backend), values);
-    let mut rows = delivery::Entity::find()
-        .from_raw_sql(statement)
-        .all(conn)
-        .await?;
+    let mut rows = Leased::find_by_statement(statement).all(conn).await?;
     rows.sort_by_key(|row| row.id);
     Ok((token, rows))
+}
+
+/// A delivery a claim leased: what its attempt needs of it, and no more (a claim reads many,
+/// and the others, such as the last response, can be large).
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct Leased {
+    pub id: i64,
+    /// The public delivery id: `X-Cirrus-Delivery` and `webhook-id`.
+    pub uid: String,
+    pub endpoint_id: i64,
+    pub build_id: Option<i64>,
+    /// `build`, `task` or `ping`.
+    pub event: String,
+    pub body: String,
+    /// Attempts since the delivery was created or last redelivered; drives the schedule.
+    pub round_attempts: i32,
+    pub lease_until: Option<i64>,
+    /// The event's time: `X-Cirrus-Timestamp`.
+    pub created_at: i64,
 }
 
 /// The claim's lease of the chosen deliveries; its parameters are the lease's end, the token,
@@ -575,7 +591,8 @@ fn lease_sql(backend: DbBackend) -> String {
         WHERE {} AND state IN ('PENDING', 'RETRYING') AND held = false
           AND (lease_until IS NULL OR lease_until < ?)
           AND {}
-        RETURNING *",
+        RETURNING id, uid, endpoint_id, build_id, event, body, round_attempts, lease_until,
+            created_at",
         sql::in_ids(backend, "id"),
         chain_head("deliveries")
     );

@@ -52,7 +52,9 @@ pub fn ids(backend: DbBackend, ids: &[i64]) -> Value {
 pub fn json_rows(backend: DbBackend, alias: &str) -> String {
     match backend {
         DbBackend::Postgres => format!("jsonb_array_elements(CAST(? AS jsonb)) AS {alias}"),
-        _ => format!("json_each(?) AS {alias}"),
+        // `jsonb_each`, not `json_each`: each row's array comes as JSONB, which `->>` reads in
+        // place; `json_each` renders it back to text, which each field's `->>` parses again.
+        _ => format!("jsonb_each(?) AS {alias}"),
     }
 }
 
