@@ -286,7 +286,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             crate::listen::run(listen, options).await
         }
-        Command::Bench(args) => crate::bench::run(*args).await,
+        Command::Bench(args) => {
+            // Options that cannot run together are bad usage, like those clap refuses itself.
+            if let Err(err) = args.check() {
+                clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, format!("{err}\n"))
+                    .exit();
+            }
+            crate::bench::run(*args).await
+        }
         Command::Verify {
             secret,
             signature,

@@ -295,14 +295,7 @@ impl Server {
         endpoints: usize,
         url: &url::Url,
     ) -> anyhow::Result<Self> {
-        let mut server = Self {
-            base: url.as_str().trim_end_matches('/').to_owned(),
-            token: args.token.clone().unwrap_or_default(),
-            repository: String::new(),
-            http: reqwest::Client::builder().no_proxy().build()?,
-            owned: None,
-            added: Vec::new(),
-        };
+        let mut server = Self::at(args, url)?;
         match server.prepare(sink, endpoints).await {
             Ok(()) => Ok(server),
             Err(err) => {
@@ -312,7 +305,21 @@ impl Server {
         }
     }
 
-    async fn prepare(&mut self, sink: &Sink, endpoints: usize) -> anyhow::Result<()> {
+    /// The server at `url`, as the bench's token sees it, before anything is added.
+    fn at(args: &BenchArgs, url: &url::Url) -> anyhow::Result<Self> {
+        Ok(Self {
+            base: url.as_str().trim_end_matches('/').to_owned(),
+            token: args.token.clone().unwrap_or_default(),
+            repository: String::new(),
+            http: reqwest::Client::builder().no_proxy().build()?,
+            owned: None,
+            added: Vec::new(),
+        })
+    }
+
+    /// Checks that the token is an ADMIN token of an organization with no endpoints; the
+    /// organization's uid.
+    async fn check_organization(&self) -> anyhow::Result<Value> {
         let viewer = self
             .gql("{ viewer { uid viewerPermission } }", json!({}))
             .await
@@ -320,7 +327,7 @@ impl Server {
         let viewer = &viewer["viewer"];
         if viewer["viewerPermission"] != "ADMIN" {
             anyhow::bail!(
-                "the token is not an ADMIN token, and the bench adds webhook endpoints, which takes ADMIN"
+                "the token is not an ADMIN token (the bench adds webhook endpoints, which takes ADMIN): issue one with herald token issue --permission ADMIN"
             );
         }
         let settings = self
@@ -348,7 +355,11 @@ impl Server {
                 existing.len()
             );
         }
-        let owner = viewer["uid"].clone();
+        Ok(viewer["uid"].clone())
+    }
+
+    async fn prepare(&mut self, sink: &Sink, endpoints: usize) -> anyhow::Result<()> {
+        let owner = self.check_organization().await?;
         let name = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let created = self
             .gql(
@@ -399,29 +410,63 @@ impl Server {
             .header("content-type", "application/json")
             .body(body)
             .send()
-            .await?;
+            .await
+            .map_err(|err| {
+                if err.is_connect() {
+                    anyhow::anyhow!(
+                        "nothing answers at {} (is Herald running there?)",
+                        self.base
+                    )
+                } else {
+                    err.into()
+                }
+            })?;
         let value: Value = serde_json::from_slice(&response.bytes().await?)?;
-        match value.get("errors") {
-            Some(errors) => anyhow::bail!("{errors}"),
+        match value.get("errors").and_then(Value::as_array) {
+            Some(errors) => {
+                let messages: Vec<&str> = errors
+                    .iter()
+                    .filter_map(|error| error["message"].as_str())
+                    .map(|message| message.trim_end_matches('.'))
+                    .collect();
+                anyhow::bail!("{}", messages.join("; "))
+            }
             None => Ok(value["data"].clone()),
         }
     }
 
     /// Waits until the organization has no delivery waiting for an attempt, polling Herald's
-    /// delivery log; whether that came before `deadline`.
+    /// delivery log; whether that came before `deadline`. A delivery waiting for a retry means
+    /// the receiver refused one, and the bench's figures would be its retry schedule's: that
+    /// ends the wait with an error.
     async fn wait_finished(&self, deadline: Duration) -> anyhow::Result<bool> {
         const UNFINISHED: &str = "{ viewer {
             pending: webhookDeliveries(first: 1, state: PENDING) { nodes { id } }
-            retrying: webhookDeliveries(first: 1, state: RETRYING) { nodes { id } } } }";
+            retrying: webhookDeliveries(first: 1, state: RETRYING) {
+                nodes { response { status } attemptLog { error } } } } }";
         let until = Instant::now() + deadline;
         loop {
             let data = self.gql(UNFINISHED, json!({})).await?;
-            let waiting = ["pending", "retrying"].iter().any(|state| {
-                data["viewer"][state]["nodes"]
-                    .as_array()
-                    .is_some_and(|n| !n.is_empty())
-            });
-            if !waiting {
+            let viewer = &data["viewer"];
+            if let Some(retrying) = viewer["retrying"]["nodes"].get(0) {
+                let why = match retrying["response"]["status"].as_i64() {
+                    Some(status) => format!("it answered HTTP {status}"),
+                    None => retrying["attemptLog"]
+                        .as_array()
+                        .and_then(|log| log.last())
+                        .and_then(|attempt| attempt["error"].as_str())
+                        .unwrap_or("no answer came")
+                        .trim_end_matches('.')
+                        .to_owned(),
+                };
+                anyhow::bail!(
+                    "the receiver refused a delivery ({why}); it must answer 2xx to every one, and the bench signs them with the secret bench-secret"
+                );
+            }
+            let pending = viewer["pending"]["nodes"]
+                .as_array()
+                .is_some_and(|nodes| !nodes.is_empty());
+            if !pending {
                 return Ok(true);
             }
             if Instant::now() > until {
@@ -503,6 +548,13 @@ impl Server {
             owned.remove().await;
         }
     }
+}
+
+/// Checks, before any scenario runs, that the server of `--url` answers and that the token can
+/// be measured with (see [`Server::check_organization`]).
+pub async fn check_server(args: &BenchArgs) -> anyhow::Result<()> {
+    let Some(url) = &args.url else { return Ok(()) };
+    Server::at(args, url)?.check_organization().await.map(drop)
 }
 
 /// Whether an endpoint's URL is one the bench gives its endpoints.
@@ -829,6 +881,7 @@ async fn run_scenario(
         )
         .await?;
         sink.reset();
+        progress.acked.store(0, Ordering::Relaxed);
     }
     let started = Instant::now();
     let recorded = record(server, args, load.events, load.pace, progress).await;

@@ -39,7 +39,8 @@ pub struct BenchArgs {
     #[arg(long, env = "HERALD_BENCH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Deliver to this receiver on this machine instead of the built-in one (loopback only).
-    /// It is given every delivery, each endpoint's with `?herald-bench-endpoint=N` added; arrivals are
+    /// It must answer 2xx; deliveries are signed with the secret `bench-secret`. It is given
+    /// every delivery, each endpoint's with `?herald-bench-endpoint=N` added; arrivals are
     /// then read from Herald's delivery log, as the time each answer came, to the millisecond.
     #[arg(long, value_parser = parse_loopback_url)]
     pub receiver_url: Option<url::Url>,
@@ -110,7 +111,7 @@ impl BenchArgs {
     }
 
     /// Refuses combinations of options that cannot run, before anything starts.
-    fn check(&self) -> anyhow::Result<()> {
+    pub fn check(&self) -> anyhow::Result<()> {
         for name in self.scenarios() {
             if !SCENARIOS.contains(&name.as_str()) {
                 anyhow::bail!(
@@ -165,6 +166,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     args.check()?;
     let args = args.scaled();
+    load::check_server(&args).await?;
     let sink = match &args.receiver_url {
         Some(url) => load::Sink::External(url.clone()),
         None => load::Sink::Builtin(
@@ -255,7 +257,8 @@ fn target(args: &BenchArgs) -> String {
 
 /// Reads a URL naming this machine: the bench measures on loopback only.
 fn parse_loopback_url(value: &str) -> Result<url::Url, String> {
-    let url = url::Url::parse(value).map_err(|err| format!("not a URL: {err}"))?;
+    let url = url::Url::parse(value)
+        .map_err(|err| format!("not a URL ({err}): write it whole, like http://127.0.0.1:8080"))?;
     if url.scheme() != "http" {
         return Err("use an http:// URL (the bench measures over plain loopback HTTP)".into());
     }

@@ -70,6 +70,9 @@ impl TokenKeys {
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iss", "iat"]);
         validation.validate_nbf = true;
+        // Herald issues and checks its tokens on one clock: an expired token gets no grace
+        // (jsonwebtoken's default allows 60 s).
+        validation.leeway = 0;
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|err| {
                 use jsonwebtoken::errors::ErrorKind;

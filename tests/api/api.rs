@@ -568,6 +568,10 @@ async fn bad_tokens_are_unauthenticated(app: TestApp) {
             "not yet valid",
             sign(claims(json!({ "nbf": now + 3600 })), &key),
         ),
+        (
+            "expired two seconds ago",
+            sign(claims(json!({ "exp": now - 2, "iat": now - 60 })), &key),
+        ),
         ("tampered", format!("{head}.{tampered_claims}.{signature}")),
         ("unsigned", unsigned),
         ("wrong algorithm", hs512),

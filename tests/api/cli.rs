@@ -395,7 +395,8 @@ async fn bench_leaves_an_organization_it_cannot_use_alone() {
     assert_nothing_added(&app, &world.admin, 2).await;
 }
 
-/// Runs a quick `ingest-deliver` on `app` with `token`, which must fail; what it printed.
+/// Runs a quick `ceiling` and `ingest-deliver` on `app` with `token`, which must fail before
+/// `ceiling` runs; what it printed.
 async fn refused_bench(app: &TestApp, token: &str) -> String {
     let (code, stdout, stderr) = bench(strings(&[
         "--quick",
@@ -404,10 +405,14 @@ async fn refused_bench(app: &TestApp, token: &str) -> String {
         "--token",
         token,
         "--scenario",
-        "ingest-deliver",
+        "ceiling,ingest-deliver",
     ]))
     .await;
     assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        !stderr.contains("ceiling:"),
+        "checked only after ceiling: {stderr}"
+    );
     stderr
 }
 
@@ -484,7 +489,7 @@ async fn bench_refuses_options_it_cannot_honour_before_it_starts() {
     ];
     for (args, message) in cases {
         let (code, stdout, stderr) = bench(strings(args)).await;
-        assert_ne!(code, Some(0), "{args:?}");
+        assert_eq!(code, Some(2), "bad usage: {args:?}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
         assert!(!stderr.contains("ceiling:"), "{args:?} started: {stderr}");
         assert!(stdout.is_empty(), "{args:?}: {stdout}");
@@ -534,4 +539,30 @@ async fn bench_delivers_to_the_receiver_of_receiver_url() {
         assert_eq!(r.uri.path(), "/hooks");
         assert!(r.header("x-cirrus-signature").is_some());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_stops_at_once_when_the_receiver_of_receiver_url_refuses_deliveries() {
+    let receiver = crate::support::Receiver::start().await;
+    receiver.default_reply(crate::support::Reply::status(400));
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = bench(strings(&[
+        "--quick",
+        "--receiver-url",
+        &receiver.url("/hooks"),
+        "--scenario",
+        "ingest-deliver",
+    ]))
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the receiver refused a delivery (it answered HTTP 400)")
+            && stderr.contains("bench-secret"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "it waited for the retries: {:?}",
+        started.elapsed()
+    );
 }
