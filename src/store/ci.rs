@@ -388,14 +388,14 @@ pub async fn write_task_statuses(conn: &impl ConnectionTrait, tasks: &[task::Mod
     }
     let backend = conn.get_database_backend();
     let rows = sql::rows(tasks.iter().map(|task| {
-        serde_json::json!([
+        (
             task.id,
-            task.status,
+            &task.status,
             task.status_timestamp,
             task.executing_timestamp,
             task.final_status_timestamp,
-            task.notifications,
-        ])
+            &task.notifications,
+        )
     }));
     let mut values = vec![rows];
     values.extend(sql::pg_ids(backend, tasks.iter().map(|task| task.id)));

@@ -40,7 +40,7 @@ pub async fn insert_events(
     }
     let backend = conn.get_database_backend();
     let rows = sql::rows(events.iter().map(|event| {
-        serde_json::json!([
+        (
             event.org_id,
             event.kind,
             event.action,
@@ -49,7 +49,7 @@ pub async fn insert_events(
             event.build_id,
             event.task_id,
             event.timestamp,
-        ])
+        )
     }));
     #[derive(FromQueryResult)]
     struct Inserted {
@@ -203,11 +203,11 @@ pub async fn queue_events(
     conn: &impl ConnectionTrait,
     events: &[EventDeliveries<'_>],
 ) -> Result<()> {
-    let rows: Vec<serde_json::Value> = events
+    let rows: Vec<_> = events
         .iter()
         .flat_map(|event| {
             event.bodies.iter().map(|(endpoint_id, body)| {
-                serde_json::json!([
+                (
                     uuid::Uuid::now_v7().to_string(),
                     endpoint_id,
                     body,
@@ -217,7 +217,7 @@ pub async fn queue_events(
                     event.event,
                     event.action,
                     event.timestamp,
-                ])
+                )
             })
         })
         .collect();
@@ -272,11 +272,7 @@ async fn release_next(conn: &impl ConnectionTrait, chains: &HashSet<(i64, i64)>)
         return Ok(());
     }
     let backend = conn.get_database_backend();
-    let rows = sql::rows(
-        chains
-            .iter()
-            .map(|(endpoint, build)| serde_json::json!([endpoint, build])),
-    );
+    let rows = sql::rows(chains.iter().map(|(endpoint, build)| (endpoint, build)));
     let statement = Statement::from_sql_and_values(backend, release_next_sql(backend), [rows]);
     conn.execute_raw(statement).await?;
     Ok(())
@@ -352,11 +348,7 @@ pub async fn give_back(conn: &impl ConnectionTrait, claims: &[(i64, String)]) ->
         return Ok(());
     }
     let backend = conn.get_database_backend();
-    let rows = sql::rows(
-        claims
-            .iter()
-            .map(|(id, token)| serde_json::json!([id, token])),
-    );
+    let rows = sql::rows(claims.iter().map(|(id, token)| (id, token)));
     let mut values = vec![rows];
     values.extend(sql::pg_ids(backend, claims.iter().map(|(id, _)| *id)));
     let (int, text) = (|n| sql::int_field("g", n), |n| sql::field("g", n));
@@ -717,16 +709,16 @@ async fn record_distinct(
     lock_chains(conn, &builds).await?;
     let backend = conn.get_database_backend();
     let outcomes = sql::rows(records.iter().map(|record| {
-        serde_json::json!([
+        (
             record.delivery_id,
-            record.token,
+            &record.token,
             record.state.as_str(),
             record.next_attempt_at,
             record.status,
             record.duration_ms,
             record.status.is_some().then_some(&record.response_body),
             record.timestamp,
-        ])
+        )
     }));
     #[derive(FromQueryResult)]
     struct Recorded {
@@ -745,20 +737,20 @@ async fn record_distinct(
         .into_iter()
         .map(|row| (row.id, row.attempts))
         .collect();
-    let attempts: Vec<serde_json::Value> = records
+    let attempts: Vec<_> = records
         .iter()
         .filter_map(|record| {
             let number = *numbers.get(&record.delivery_id)?;
-            Some(serde_json::json!([
+            Some((
                 record.delivery_id,
                 number,
                 record.timestamp,
                 record.status,
                 record.duration_ms,
-                record.error,
-                record.response_headers,
-                record.response_body,
-            ]))
+                &record.error,
+                &record.response_headers,
+                &record.response_body,
+            ))
         })
         .collect();
     if !attempts.is_empty() {

@@ -58,10 +58,12 @@ pub fn json_rows(backend: DbBackend, alias: &str) -> String {
     }
 }
 
-/// The parameter of [`json_rows`]: one JSON array per row.
-pub fn rows(rows: impl IntoIterator<Item = serde_json::Value>) -> Value {
-    serde_json::Value::Array(rows.into_iter().collect())
-        .to_string()
+/// The parameter of [`json_rows`]: one JSON array per row, each row a tuple of its fields
+/// (serialized straight to text, borrowing them).
+pub fn rows<T: serde::Serialize>(rows: impl IntoIterator<Item = T>) -> Value {
+    let rows: Vec<T> = rows.into_iter().collect();
+    serde_json::to_string(&rows)
+        .expect("tuples of numbers and strings serialize")
         .into()
 }
 
