@@ -30,6 +30,8 @@ pub struct AppState {
     pub writer: DatabaseConnection,
     pub keys: TokenKeys,
     pub schema: HeraldSchema,
+    /// Parsed documents of the requests clients send, by their text.
+    pub documents: graphql::Documents,
     pub outbox: Outbox,
     /// Writes the changes that record events, many in one transaction.
     pub changes: Changes,
@@ -75,6 +77,7 @@ impl AppState {
             )
             .context("building the outbound HTTP client")?,
             schema: graphql::build_schema(limits),
+            documents: graphql::Documents::default(),
             outbox,
             changes,
             config: Arc::new(config),

@@ -65,6 +65,7 @@ async fn graphql_handler(
         Some(Ok(viewer)) => request = request.data::<Viewer>(viewer),
         Some(Err(err)) => return refusal(StatusCode::OK, err.code(), &err.to_string()),
     }
+    state.documents.prepare(&mut request);
     GraphQLResponse::from(graphql::execute(&state.schema, request).await).into_response()
 }
 

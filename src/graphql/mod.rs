@@ -12,6 +12,10 @@ mod types;
 mod webhook_draft;
 mod webhooks;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{EmptySubscription, MergedObject, Schema, ServerError};
 
 pub use auth::{Claims, TokenKeys, Viewer};
@@ -88,6 +92,52 @@ pub fn sdl() -> String {
 pub const MAX_ALIASES: usize = 30;
 /// The most directives one request may use.
 pub const MAX_DIRECTIVES: usize = 20;
+
+/// The parsed documents of the requests clients send, by their text. A CI engine sends the same
+/// few mutations over and over, and parsing one took about a quarter of the API's
+/// instructions; a cached document is cloned instead. Validation and limits still run on
+/// every request. At most [`Documents::ENTRIES`] texts of at most [`Documents::TEXT`] bytes
+/// are kept; a full cache starts over, so that many distinct queries cost memory only up to
+/// that bound.
+#[derive(Clone, Default)]
+pub struct Documents(Arc<Mutex<ByText>>);
+
+/// Parsed documents by their query text.
+type ByText = HashMap<String, ExecutableDocument>;
+
+impl Documents {
+    /// The most documents kept.
+    pub const ENTRIES: usize = 256;
+    /// The longest query text kept, in bytes.
+    pub const TEXT: usize = 4096;
+
+    /// Gives `request` its parsed document: the cached one for its text, or a fresh parse,
+    /// which is kept when it succeeds.
+    pub fn prepare(&self, request: &mut async_graphql::Request) {
+        if request.query.len() > Self::TEXT {
+            return;
+        }
+        let cached = self.lock().get(&request.query).cloned();
+        if let Some(doc) = cached {
+            request.set_parsed_query(doc);
+            return;
+        }
+        let Ok(doc) = request.parsed_query() else {
+            return;
+        };
+        let doc = doc.clone();
+        let mut documents = self.lock();
+        if documents.len() >= Self::ENTRIES {
+            documents.clear();
+        }
+        documents.insert(request.query.clone(), doc);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ByText> {
+        // A panic while holding the lock leaves a map of complete documents: still usable.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// Runs a request and gives every error its `extensions.code` (CONTRACT §3).
 pub async fn execute(
@@ -182,4 +232,30 @@ pub(crate) fn state<'a>(
 ) -> crate::Result<&'a crate::app::AppState> {
     ctx.data::<crate::app::AppState>()
         .map_err(|_| Error::internal("the request has no application state"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_keep_what_parsed_up_to_their_bounds() {
+        let documents = Documents::default();
+        let prepare = |query: &str| {
+            let mut request = async_graphql::Request::new(query);
+            documents.prepare(&mut request);
+            request.parsed_query().is_ok()
+        };
+        assert!(prepare("{ viewer { name } }"));
+        assert!(prepare("{ viewer { name } }"));
+        assert_eq!(documents.lock().len(), 1, "one text, one document");
+        assert!(!prepare("{ viewer {"), "a syntax error is still one");
+        let long = format!("{{ viewer {{ name }} }}{}", " ".repeat(Documents::TEXT));
+        assert!(prepare(&long));
+        assert_eq!(documents.lock().len(), 1, "neither was kept");
+        for i in 0..Documents::ENTRIES + 10 {
+            assert!(prepare(&format!("{{ f{i} }}")));
+            assert!(documents.lock().len() <= Documents::ENTRIES);
+        }
+    }
 }
