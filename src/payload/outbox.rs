@@ -1,7 +1,7 @@
 //! The transactional outbox: an event and its deliveries are written in the transaction of the
 //! change they describe, and the worker is woken once it commits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
@@ -263,16 +263,23 @@ impl Outbox {
     }
 
     /// Hands each change with deliveries to render its build row, if it does not hold it, and
-    /// its build's tasks: one read of each for all of them.
+    /// its build's tasks when a selection it renders may read them: one read of each for all
+    /// of them.
     async fn read_for_payloads(
         &self,
         conn: &DatabaseTransaction,
         addressed: &mut [(Change, Vec<&webhook_endpoint::Model>)],
     ) -> Result<()> {
-        let builds: Vec<(i64, i64)> = addressed
-            .iter()
-            .map(|(change, _)| (change.org_id, change.build_id))
-            .collect();
+        let mut builds: Vec<(i64, i64)> = Vec::new();
+        for (change, to) in addressed.iter() {
+            for endpoint in to {
+                let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
+                if super::render::reads_build_tasks(endpoint.payload_query.as_deref(), format) {
+                    builds.push((change.org_id, change.build_id));
+                    break;
+                }
+            }
+        }
         let missing: Vec<(i64, i64)> = addressed
             .iter()
             .filter(|(change, _)| change.build_row.is_none())
@@ -285,15 +292,20 @@ impl Outbox {
             }
         }
         let mut tasks: HashMap<i64, Vec<task::Model>> = HashMap::new();
-        for task in store::ci::tasks_of_builds(conn, &builds).await? {
-            tasks.entry(task.build_id).or_default().push(task);
+        if !builds.is_empty() {
+            for task in store::ci::tasks_of_builds(conn, &builds).await? {
+                tasks.entry(task.build_id).or_default().push(task);
+            }
         }
+        let read: HashSet<i64> = builds.iter().map(|(_, build)| *build).collect();
         for (change, _) in addressed.iter_mut() {
             if change.build_row.is_none() {
                 change.build_row = rows.remove(&change.build_id);
             }
-            let own = tasks.remove(&change.build_id).unwrap_or_default();
-            change.build_tasks = Some(Arc::new(own));
+            if read.contains(&change.build_id) {
+                let own = tasks.remove(&change.build_id).unwrap_or_default();
+                change.build_tasks = Some(Arc::new(own));
+            }
         }
         Ok(())
     }

@@ -16,6 +16,19 @@ use crate::slack::SLACK_SELECTION;
 use crate::store::Db;
 use crate::{Error, Result};
 
+/// Whether the selection an endpoint renders (its own, the default when `None`, or Slack's) may
+/// read its build's tasks: through `Build.tasks` or `Task.uniqueLabels`, the only fields that
+/// do. The test is on the text, so it may say yes for a selection that does not (a comment, an
+/// alias), never no for one that does; and a payload that reads them without the batch having
+/// read them reads them itself.
+pub fn reads_build_tasks(source: Option<&str>, format: PayloadFormat) -> bool {
+    let text = match format {
+        PayloadFormat::Slack => SLACK_SELECTION,
+        PayloadFormat::Data | PayloadFormat::Flat => source.unwrap_or(DEFAULT_SELECTION),
+    };
+    text.contains("tasks") || text.contains("uniqueLabels")
+}
+
 /// How many distinct selections the cache keeps before it starts over.
 const CACHE_CAPACITY: usize = 1024;
 
@@ -199,6 +212,32 @@ mod tests {
     #[test]
     fn the_slack_selection_is_a_valid_selection() {
         selection::prepare(SLACK_SELECTION).unwrap();
+    }
+
+    #[test]
+    fn only_selections_naming_a_field_that_reads_them_read_the_builds_tasks() {
+        let data = PayloadFormat::Data;
+        assert!(reads_build_tasks(None, data), "the default's uniqueLabels");
+        assert!(reads_build_tasks(
+            Some("build(id: $buildId) { tasks { name } }"),
+            data
+        ));
+        assert!(reads_build_tasks(
+            Some("task(id: $taskId) { l: uniqueLabels }"),
+            data
+        ));
+        assert!(!reads_build_tasks(
+            Some("task(id: $taskId) { id status }"),
+            data
+        ));
+        assert!(!reads_build_tasks(None, PayloadFormat::Slack));
+        assert!(
+            !reads_build_tasks(
+                Some("build(id: $buildId) { tasks { id } }"),
+                PayloadFormat::Slack
+            ),
+            "Slack's own selection is rendered, not the stored one"
+        );
     }
 
     #[test]
