@@ -62,10 +62,13 @@ async fn graphql_handler(
     let mut request = request.data(Db::Pool(state.db.clone())).data(state.clone());
     match bearer(&headers).map(|token| state.keys.verify(token)) {
         None => {}
-        Some(Ok(viewer)) => request = request.data::<Viewer>(viewer),
+        Some(Ok(viewer)) => {
+            request = request.data::<Viewer>(viewer);
+            // Only a client with a valid token fills the cache of parsed documents.
+            state.documents.prepare(&mut request);
+        }
         Some(Err(err)) => return refusal(StatusCode::OK, err.code(), &err.to_string()),
     }
-    state.documents.prepare(&mut request);
     GraphQLResponse::from(graphql::execute(&state.schema, request).await).into_response()
 }
 

@@ -96,9 +96,9 @@ pub const MAX_DIRECTIVES: usize = 20;
 /// The parsed documents of the requests clients send, by their text. A CI engine sends the same
 /// few mutations over and over, and parsing one took about a quarter of the API's
 /// instructions; a cached document is cloned instead. Validation and limits still run on
-/// every request. At most [`Documents::ENTRIES`] texts of at most [`Documents::TEXT`] bytes
-/// are kept; a full cache starts over, so that many distinct queries cost memory only up to
-/// that bound.
+/// every request. Only requests with a valid token fill it, and at most [`Documents::ENTRIES`]
+/// texts of at most [`Documents::TEXT`] bytes are kept; a full cache starts over, so that many
+/// distinct queries cost memory only up to that bound.
 #[derive(Clone, Default)]
 pub struct Documents(Arc<Mutex<ByText>>);
 
@@ -107,9 +107,9 @@ type ByText = HashMap<String, ExecutableDocument>;
 
 impl Documents {
     /// The most documents kept.
-    pub const ENTRIES: usize = 256;
-    /// The longest query text kept, in bytes.
-    pub const TEXT: usize = 4096;
+    pub const ENTRIES: usize = 64;
+    /// The longest query text kept, in bytes: a CI engine's mutations are a few hundred.
+    pub const TEXT: usize = 2048;
 
     /// Gives `request` its parsed document: the cached one for its text, or a fresh parse,
     /// which is kept when it succeeds.
