@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 
 use super::guard::{BLOCKED, Blocked, GuardedResolver, Lookup, TargetPolicy};
 use crate::domain::EndpointUrl;
@@ -138,24 +138,24 @@ fn build_request(client: &reqwest::Client, out: &Outgoing<'_>) -> reqwest::Reque
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
+    let mut put = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
         }
     };
-    put("x-cirrus-event", out.event.to_owned());
-    put("x-cirrus-delivery", out.delivery_id.to_owned());
-    put("x-cirrus-timestamp", out.event_timestamp.to_string());
-    put("webhook-id", out.delivery_id.to_owned());
-    put("webhook-timestamp", attempt_seconds.to_string());
+    put("x-cirrus-event", out.event);
+    put("x-cirrus-delivery", out.delivery_id);
+    put("x-cirrus-timestamp", &out.event_timestamp.to_string());
+    put("webhook-id", out.delivery_id);
+    put("webhook-timestamp", &attempt_seconds.to_string());
     if let Some(secret) = out.secret {
         put(
             "x-cirrus-signature",
-            signing::cirrus_signature(secret, out.body.as_bytes()),
+            &signing::cirrus_signature(secret, out.body.as_bytes()),
         );
         put(
             "webhook-signature",
-            signing::standard_signature(
+            &signing::standard_signature(
                 secret,
                 out.delivery_id,
                 attempt_seconds,

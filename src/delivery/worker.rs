@@ -514,18 +514,8 @@ async fn attempt(
             (_, Some(status)) => Some(format!("the receiver answered HTTP {status}")),
             (_, None) => None,
         });
-    let headers: serde_json::Map<String, serde_json::Value> = answer
-        .headers
-        .iter()
-        .map(|(name, value)| {
-            (
-                name.to_string(),
-                String::from_utf8_lossy(value.as_bytes())
-                    .into_owned()
-                    .into(),
-            )
-        })
-        .collect();
+    let response_headers =
+        serde_json::to_string(&HeadersJson(&answer.headers)).map_err(crate::Error::internal)?;
     let record = AttemptRecord {
         delivery_id: row.id,
         endpoint_id: row.endpoint_id,
@@ -537,7 +527,7 @@ async fn attempt(
         status: answer.status.map(i32::from),
         duration_ms: answer.duration.as_millis() as i64,
         error,
-        response_headers: serde_json::Value::Object(headers).to_string(),
+        response_headers,
         response_body: answer.body,
     };
     let (reply, recorded) = oneshot::channel();
@@ -562,6 +552,22 @@ async fn attempt(
         tracing::info!(delivery = %row.uid, "the lease was taken over; this attempt's result was discarded");
     }
     Ok(())
+}
+
+/// Response headers as a JSON object, serialized straight from the map: each name once, in the
+/// order of its first appearance, with its last value.
+struct HeadersJson<'a>(&'a reqwest::header::HeaderMap);
+
+impl serde::Serialize for HeadersJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.keys().map(|name| {
+            let value = self.0.get_all(name).iter().next_back();
+            (
+                name.as_str(),
+                String::from_utf8_lossy(value.map_or(&[][..], |v| v.as_bytes())),
+            )
+        }))
+    }
 }
 
 /// Records outcomes as they come: everything waiting is written in one transaction. The answer

@@ -285,7 +285,10 @@ async fn settled(app: &TestApp, world: &World, state: &str) -> Value {
 
 async fn failures_are_retried_with_the_same_id_and_bytes(app: TestApp) {
     let receiver = Receiver::start().await;
-    receiver.script([Reply::status(500), Reply::status(502)]);
+    receiver.script([
+        Reply::status(500).header("x-receipt", "r-1"),
+        Reply::status(502),
+    ]);
     let world = World::new(&app, "acme").await;
     world
         .endpoint(
@@ -318,6 +321,9 @@ async fn failures_are_retried_with_the_same_id_and_bytes(app: TestApp) {
         [json!(500), json!(502), json!(200)]
     );
     assert_eq!(log[0]["error"], "the receiver answered HTTP 500");
+    let headers: Value = serde_json::from_str(log[0]["responseHeaders"].as_str().unwrap()).unwrap();
+    assert_eq!(headers["x-receipt"], "r-1", "{headers}");
+    assert_eq!(headers["content-length"], "8", "{headers}");
     assert_eq!(log[2]["error"], Value::Null);
     assert_eq!(log[2]["responseData"], "received");
     assert_eq!(delivery["response"]["status"], 200);
