@@ -945,13 +945,12 @@ pub async fn drain(args: &BenchArgs, sink: &Sink, size: usize) -> anyhow::Result
     eprintln!("drain-{size}: starting one worker…");
     let draining = Progress::start(&format!("drain-{size}"), sink);
     let started = Instant::now();
-    let landed = match server.start_worker() {
-        Ok(()) => {
-            sink.landed(args, &server, &recorded, queued, DELIVERY_DEADLINE)
-                .await
-        }
-        Err(err) => Err(err),
-    };
+    let landed: anyhow::Result<Landed> = async {
+        server.start_worker()?;
+        sink.landed(args, &server, &recorded, queued, DELIVERY_DEADLINE)
+            .await
+    }
+    .await;
     drop(draining);
     let landed = match landed {
         Ok(landed) => landed,

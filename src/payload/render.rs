@@ -22,11 +22,17 @@ use crate::{Error, Result};
 /// alias), never no for one that does; and a payload that reads them without the batch having
 /// read them reads them itself.
 pub fn reads_build_tasks(source: Option<&str>, format: PayloadFormat) -> bool {
-    let text = match format {
+    let text = rendered_selection(source, format);
+    text.contains("tasks") || text.contains("uniqueLabels")
+}
+
+/// The selection an endpoint's payload runs: Slack's own for the `SLACK` format, which ignores
+/// the stored one; else the stored one, or the default when there is none.
+fn rendered_selection(source: Option<&str>, format: PayloadFormat) -> &str {
+    match format {
         PayloadFormat::Slack => SLACK_SELECTION,
         PayloadFormat::Data | PayloadFormat::Flat => source.unwrap_or(DEFAULT_SELECTION),
-    };
-    text.contains("tasks") || text.contains("uniqueLabels")
+    }
 }
 
 /// How many distinct selections the cache keeps before it starts over.
@@ -110,11 +116,7 @@ impl Renderer {
         source: Option<&str>,
         format: PayloadFormat,
     ) -> Result<String> {
-        let source = match format {
-            PayloadFormat::Slack => SLACK_SELECTION,
-            PayloadFormat::Data | PayloadFormat::Flat => source.unwrap_or(DEFAULT_SELECTION),
-        };
-        let prepared = self.prepared(source)?;
+        let prepared = self.prepared(rendered_selection(source, format))?;
         let viewer = Viewer {
             org_id: change.org_id,
             permission: Permission::Read,
