@@ -1,4 +1,5 @@
-//! Wakes the worker when another process commits deliveries: `LISTEN` on PostgreSQL.
+//! Wakes the worker when another process commits deliveries: `LISTEN` on PostgreSQL. What this
+//! process announced itself is skipped: it woke its worker directly.
 //!
 //! The connection is re-established with backoff when it drops (a database restart, a
 //! terminated backend); a notification missed meanwhile costs at most the worker's poll interval.
@@ -10,7 +11,7 @@ use sea_orm::sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::deliveries::CHANNEL;
+use crate::store::deliveries::{CHANNEL, announcer};
 
 /// The longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -27,9 +28,12 @@ pub async fn listen(url: String, wake: Arc<Notify>, shutdown: CancellationToken)
             // Anything committed while we were not listening is picked up now.
             wake.notify_one();
             loop {
-                // `None` means the connection dropped and was re-established.
-                listener.try_recv().await?;
-                wake.notify_one();
+                // `None` means the connection dropped and was re-established. This process's
+                // own announcements woke its worker already.
+                let notification = listener.try_recv().await?;
+                if notification.is_none_or(|n| n.payload() != announcer()) {
+                    wake.notify_one();
+                }
             }
             #[allow(unreachable_code)]
             Ok::<(), sea_orm::sqlx::Error>(())

@@ -71,7 +71,8 @@ impl Worker {
         let config = &self.state.config;
         let limit = config.worker_concurrency as usize;
         let per_endpoint = config.endpoint_concurrency as usize;
-        let mut in_flight: JoinSet<()> = JoinSet::new();
+        // Each attempt ends with its endpoint's id.
+        let mut in_flight: JoinSet<i64> = JoinSet::new();
         // Requests in flight per endpoint: a slot is taken at the claim and given back as soon
         // as the receiver has answered (see [`Slot`]), not when the outcome is written.
         let mut per: HashMap<i64, usize> = HashMap::new();
@@ -96,6 +97,7 @@ impl Worker {
             outcomes: outcomes.clone(),
             freed: freed.clone(),
             unanswered: unanswered.clone(),
+            per_endpoint,
             margin: config.delivery_timeout.min(config.lease / 2),
         };
         let writer = tokio::spawn(write_outcomes(
@@ -106,17 +108,28 @@ impl Worker {
         let mut failures = 0u32;
         let mut last_look_past = tokio::time::Instant::now();
         let mut last_sweep: Option<tokio::time::Instant> = None;
-        // Whether to claim on the next turn; after a claim that found only deliveries of
-        // endpoints at their cap, a wake does not claim again (it would find the same), a
-        // freed slot or the poll does.
+        // Whether to claim on the next turn. After a claim that found due deliveries, but only
+        // of endpoints at their cap (`saturated`), a wake does not claim again (it would find
+        // the same): a freed slot or the poll does. Those endpoints have requests in flight,
+        // so a slot frees soon.
         let mut claim_now = true;
         let mut saturated = false;
+        // Whether the last claim may have left due deliveries behind, which a freed slot may
+        // let the next claim take. When it took all there were, a slot freed by an answer
+        // makes nothing due (the outcome's write may, and ends the attempt, which claims).
+        let mut left_due = true;
         let mut poll_at = tokio::time::Instant::now();
         let mut last_claim = tokio::time::Instant::now();
         loop {
             if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP) {
                 last_sweep = Some(tokio::time::Instant::now());
                 self.release_stranded().await;
+            }
+            // Slots freed by answers not seen yet are given back first, so that a claim counts
+            // them: a claim made without them finds the endpoints still at their cap.
+            while let Ok(endpoint_id) = answered.try_recv() {
+                claim_now |= left_due;
+                launcher.free(&mut in_flight, &mut per, &mut ready, endpoint_id);
             }
             let room = limit.saturating_sub(in_flight.len() + ready.total);
             let mut more = false;
@@ -129,8 +142,7 @@ impl Worker {
                 let mut pause = POLL;
                 // An endpoint takes as many claimed deliveries as it has slots, and as many
                 // again to send as slots free up.
-                let held =
-                    |endpoint: i64| per.get(&endpoint).copied().unwrap_or(0) + ready.of(endpoint);
+                let held = |endpoint: i64| held(&per, &ready, endpoint);
                 let busy: Vec<i64> = per
                     .keys()
                     .chain(ready.by_endpoint.keys())
@@ -159,7 +171,8 @@ impl Worker {
                     Ok(claimed) => {
                         failures = 0;
                         more = claimed.rows == room;
-                        saturated = capped && claimed.rows == 0;
+                        saturated = capped && claimed.rows == 0 && claimed.more_due;
+                        left_due = claimed.more_due;
                         for (row, endpoint) in claimed.ready {
                             let claim = Claim {
                                 row,
@@ -176,6 +189,7 @@ impl Worker {
                     }
                     Err(err) => {
                         failures += 1;
+                        left_due = true;
                         pause = (POLL * 2u32.saturating_pow(failures.min(5))).min(MAX_BACKOFF);
                         tracing::warn!(error = %err, retry_in = ?pause, "claiming deliveries failed");
                     }
@@ -189,31 +203,28 @@ impl Worker {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    claim_now = true;
+                Some(ended) = in_flight.join_next(), if !in_flight.is_empty() => {
                     // A batch of outcomes ends its attempts all at once, but they finish one
                     // by one as they are scheduled: let them, and free every finished slot, so
                     // that the next claim fills them all rather than the first few.
                     tokio::task::yield_now().await;
-                    while in_flight.try_join_next().is_some() {}
+                    let mut ended = vec![ended];
+                    while let Some(more) = in_flight.try_join_next() {
+                        ended.push(more);
+                    }
+                    // An outcome written may have released the next delivery of its chain,
+                    // which is worth a claim only if its endpoint has room for it.
+                    let has_room = |endpoint: i64| held(&per, &ready, endpoint) < 2 * per_endpoint;
+                    claim_now |= ended.iter().any(|ended| match ended {
+                        Ok(endpoint) => has_room(*endpoint),
+                        Err(_) => true,
+                    });
                 }
                 Some(endpoint_id) = answered.recv() => {
-                    claim_now = true;
-                    let mut endpoints = vec![endpoint_id];
-                    while let Ok(endpoint_id) = answered.try_recv() {
-                        endpoints.push(endpoint_id);
-                    }
-                    for endpoint_id in endpoints {
-                        release_slot(&mut per, endpoint_id);
-                        // A claim that is not sent (its lease is ending) leaves the slot free
-                        // for the next one.
-                        while per.get(&endpoint_id).copied().unwrap_or(0) < per_endpoint {
-                            let Some(claim) = ready.pop(endpoint_id) else { break };
-                            launcher.launch(&mut in_flight, &mut per, claim);
-                        }
-                    }
+                    claim_now |= left_due;
+                    launcher.free(&mut in_flight, &mut per, &mut ready, endpoint_id);
                 }
-                _ = self.state.wake.notified(), if failures == 0 => claim_now = !saturated,
+                _ = self.state.wake.notified(), if failures == 0 => claim_now |= !saturated,
                 _ = tokio::time::sleep_until(poll_at) => claim_now = true,
             }
         }
@@ -248,7 +259,7 @@ impl Worker {
         request: store::deliveries::ClaimRequest<impl Fn(i64) -> usize>,
     ) -> Result<Claimed> {
         let db = &self.state.db;
-        let (token, rows) = if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let leases = if db.get_database_backend() == sea_orm::DbBackend::Postgres {
             let tx = store::begin_worker_write(db).await?;
             let claimed = store::deliveries::claim(&tx, request).await?;
             tx.commit().await?;
@@ -257,6 +268,11 @@ impl Worker {
             let _turn = self.state.outbox.worker_turn().await;
             store::deliveries::claim(&self.state.writer, request).await?
         };
+        let store::deliveries::Leases {
+            token,
+            rows,
+            more_due,
+        } = leases;
         let count = rows.len();
         let mut endpoints: HashMap<i64, Arc<Target>> = HashMap::new();
         if !rows.is_empty() {
@@ -278,6 +294,7 @@ impl Worker {
         Ok(Claimed {
             token: Arc::from(token),
             rows: count,
+            more_due,
             ready,
         })
     }
@@ -326,6 +343,9 @@ struct Claimed {
     token: Arc<str>,
     /// How many deliveries were claimed.
     rows: usize,
+    /// Whether due deliveries may be left that it did not take (see
+    /// [`store::deliveries::Leases::more_due`]).
+    more_due: bool,
     /// The claimed deliveries whose endpoint still exists, with it.
     ready: Vec<(Leased, Arc<Target>)>,
 }
@@ -376,6 +396,8 @@ struct Launcher {
     outcomes: mpsc::Sender<Written>,
     freed: mpsc::UnboundedSender<i64>,
     unanswered: Arc<AtomicUsize>,
+    /// The most requests in flight to one endpoint.
+    per_endpoint: usize,
     /// A claim whose lease ends sooner than this is not sent: the longest an attempt takes,
     /// or half the lease when the lease is shorter, so that a fresh claim is always sent.
     margin: Duration,
@@ -385,7 +407,7 @@ impl Launcher {
     /// Sends `claim` in a task of `in_flight`, holding a slot of its endpoint. A claim that
     /// waited so long that its lease could end during the attempt is not sent: another claim
     /// takes it once the lease ends.
-    fn launch(&self, in_flight: &mut JoinSet<()>, per: &mut HashMap<i64, usize>, claim: Claim) {
+    fn launch(&self, in_flight: &mut JoinSet<i64>, per: &mut HashMap<i64, usize>, claim: Claim) {
         let Claim {
             row,
             endpoint,
@@ -400,11 +422,34 @@ impl Launcher {
         let slot = Slot::take(row.endpoint_id, &self.freed, &self.unanswered);
         let state = self.state.clone();
         let outcomes = self.outcomes.clone();
+        let endpoint_id = row.endpoint_id;
         in_flight.spawn(async move {
             if let Err(err) = attempt(&state, row, &endpoint, slot, token, &outcomes).await {
                 tracing::warn!(error = %err, "a delivery attempt could not be recorded");
             }
+            endpoint_id
         });
+    }
+}
+
+impl Launcher {
+    /// Gives back the slot of an endpoint whose receiver answered, and sends its claims that
+    /// wait for one. A claim that is not sent (its lease is ending) leaves the slot free for
+    /// the next one.
+    fn free(
+        &self,
+        in_flight: &mut JoinSet<i64>,
+        per: &mut HashMap<i64, usize>,
+        ready: &mut Ready,
+        endpoint_id: i64,
+    ) {
+        release_slot(per, endpoint_id);
+        while per.get(&endpoint_id).copied().unwrap_or(0) < self.per_endpoint {
+            let Some(claim) = ready.pop(endpoint_id) else {
+                break;
+            };
+            self.launch(in_flight, per, claim);
+        }
     }
 }
 
@@ -443,6 +488,11 @@ impl Drop for Slot {
         self.unanswered.fetch_sub(1, Ordering::Relaxed);
         let _ = self.freed.send(self.endpoint_id);
     }
+}
+
+/// The claimed deliveries of an endpoint the worker holds: in flight and ready to send.
+fn held(per: &HashMap<i64, usize>, ready: &Ready, endpoint: i64) -> usize {
+    per.get(&endpoint).copied().unwrap_or(0) + ready.of(endpoint)
 }
 
 fn release_slot(per: &mut HashMap<i64, usize>, endpoint_id: i64) {

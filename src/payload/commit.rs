@@ -268,8 +268,11 @@ async fn write(
         results[index] = Some(Ok(Changed::Task(task)));
     }
     let events = changes.len() as u64;
-    outbox.record(&tx, changes).await.map_err(Failed::Before)?;
-    outbox.commit(tx, events).await.map_err(Failed::Commit)?;
+    let due = outbox.record(&tx, changes).await.map_err(Failed::Before)?;
+    outbox
+        .commit(tx, events, due)
+        .await
+        .map_err(Failed::Commit)?;
     Ok(results)
 }
 

@@ -104,7 +104,7 @@ impl Change {
     }
 }
 
-/// Records events with their deliveries and wakes the worker after commit.
+/// Records events with their deliveries and wakes the worker after commit when some are due.
 #[derive(Clone)]
 pub struct Outbox {
     renderer: Arc<Renderer>,
@@ -176,9 +176,15 @@ impl Outbox {
     /// status), each body rendered inside `tx`. Endpoints sharing a selection and format share
     /// one rendering of an event. Every step is one statement for all the changes: the events,
     /// the endpoints, the builds and tasks the payloads read, and the deliveries.
-    pub async fn record(&self, tx: &Arc<DatabaseTransaction>, changes: Vec<Change>) -> Result<()> {
+    ///
+    /// Returns whether a delivery queued is due now (see [`Outbox::commit`]).
+    pub async fn record(
+        &self,
+        tx: &Arc<DatabaseTransaction>,
+        changes: Vec<Change>,
+    ) -> Result<bool> {
         if changes.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let conn = &**tx;
         let events: Vec<NewEvent> = changes
@@ -212,7 +218,7 @@ impl Outbox {
             }
         }
         if addressed.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         self.read_for_payloads(conn, &mut addressed).await?;
         let mut queued = Vec::with_capacity(addressed.len());
@@ -257,9 +263,8 @@ impl Outbox {
         // rendered: the worker's outcome writes that finish a delivery of these builds wait for
         // this commit.
         let builds: Vec<i64> = queued.iter().map(|event| event.build_id).collect();
-        store::deliveries::lock_chains_announcing(conn, &builds, true).await?;
-        store::deliveries::queue_events(conn, &queued).await?;
-        Ok(())
+        store::deliveries::lock_chains(conn, &builds).await?;
+        store::deliveries::queue_events(conn, &queued).await
     }
 
     /// Hands each change with deliveries to render its build row, if it does not hold it, and
@@ -310,13 +315,18 @@ impl Outbox {
         Ok(())
     }
 
-    /// Commits the transaction of `events` recorded events and wakes the worker.
-    pub async fn commit(&self, tx: Arc<DatabaseTransaction>, events: u64) -> Result<()> {
+    /// Commits the transaction of `events` recorded events, and wakes the worker if a delivery
+    /// they queued is `due`. Deliveries held behind an unfinished one of their chain wake no
+    /// one: under a stream of a build's events, nearly all are, and each wake is a claim that
+    /// finds nothing.
+    pub async fn commit(&self, tx: Arc<DatabaseTransaction>, events: u64, due: bool) -> Result<()> {
         let tx = Arc::try_unwrap(tx)
             .map_err(|_| Error::internal("the event's transaction is still shared at commit"))?;
         tx.commit().await?;
         self.metrics.events_recorded.inc_by(events);
-        self.wake();
+        if due {
+            self.wake();
+        }
         Ok(())
     }
 

@@ -143,38 +143,14 @@ const CHAIN_LOCK_CLASS: i32 = 0x4845_5244;
 /// is held only behind an unfinished one, and finishing a delivery releases the next one held.
 /// SQLite runs one writing transaction at a time, so it needs no lock.
 pub async fn lock_chains(conn: &impl ConnectionTrait, builds: &[i64]) -> Result<()> {
-    lock_chains_announcing(conn, builds, false).await
-}
-
-/// [`lock_chains`], and with `announce` also [`announce`] in the same statement: a batch of
-/// changes that queues deliveries makes one round trip for both. `NOTIFY` is sent at the
-/// commit wherever in the transaction it was issued, so it may come before the deliveries'
-/// insert.
-pub async fn lock_chains_announcing(
-    conn: &impl ConnectionTrait,
-    builds: &[i64],
-    announce: bool,
-) -> Result<()> {
     let backend = conn.get_database_backend();
-    if backend != DbBackend::Postgres {
+    if backend != DbBackend::Postgres || builds.is_empty() {
         return Ok(());
-    }
-    if builds.is_empty() {
-        return if announce {
-            self::announce(conn).await
-        } else {
-            Ok(())
-        };
     }
     // One key per build, taken in ascending order so that two lockers never deadlock.
     let keys: Vec<i64> = builds.iter().map(|id| id & 0x7fff_ffff).collect();
-    let notify = if announce {
-        format!(", pg_notify('{CHANNEL}', '')::text AS announced")
-    } else {
-        String::new()
-    };
     let sql = format!(
-        "SELECT count(pg_advisory_xact_lock({CHAIN_LOCK_CLASS}, CAST(k AS INTEGER))::text) AS locked{notify}
+        "SELECT count(pg_advisory_xact_lock({CHAIN_LOCK_CLASS}, CAST(k AS INTEGER))::text) AS locked
          FROM (SELECT DISTINCT k FROM unnest(CAST($1 AS BIGINT[])) AS v(k) ORDER BY k OFFSET 0)
            AS sorted"
     );
@@ -199,10 +175,14 @@ pub struct EventDeliveries<'a> {
 /// delivery whose (endpoint, build) chain has an unfinished delivery is held behind it: the
 /// insert checks each chain itself, in `deliveries_unfinished`. The statement does not see its
 /// own rows, so it takes at most one event per build.
+///
+/// Returns whether a delivery queued is due now, not held; on PostgreSQL the same statement then
+/// announces them (see [`announce`]). A held delivery needs no worker woken for it: the worker
+/// that finishes the one before it releases it.
 pub async fn queue_events(
     conn: &impl ConnectionTrait,
     events: &[EventDeliveries<'_>],
-) -> Result<()> {
+) -> Result<bool> {
     let rows: Vec<_> = events
         .iter()
         .flat_map(|event| {
@@ -222,17 +202,31 @@ pub async fn queue_events(
         })
         .collect();
     if rows.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let backend = conn.get_database_backend();
     let statement =
         Statement::from_sql_and_values(backend, queue_events_sql(backend), [sql::rows(rows)]);
-    conn.execute_raw(statement).await?;
-    Ok(())
+    if backend == DbBackend::Postgres {
+        #[derive(FromQueryResult)]
+        struct Due {
+            due: i64,
+        }
+        let due = Due::find_by_statement(statement).one(conn).await?;
+        Ok(due.is_some_and(|row| row.due > 0))
+    } else {
+        #[derive(FromQueryResult)]
+        struct Queued {
+            held: bool,
+        }
+        let queued = Queued::find_by_statement(statement).all(conn).await?;
+        Ok(queued.iter().any(|row| !row.held))
+    }
 }
 
 /// [`queue_events`]' statement; its parameter is one row per delivery: public id, endpoint,
-/// body, organization, event, build, the event's kind and action, and its time.
+/// body, organization, event, build, the event's kind and action, and its time. On SQLite it
+/// returns each delivery's `held`; on PostgreSQL, how many are `due`, announced if any.
 fn queue_events_sql(backend: DbBackend) -> String {
     let (int, text) = (|n| sql::int_field("n", n), |n| sql::field("n", n));
     // Without statistics, SQLite's planner may answer the state test from another index; the
@@ -250,7 +244,8 @@ fn queue_events_sql(backend: DbBackend) -> String {
              WHERE p.endpoint_id = {endpoint} AND p.build_id = {build}
                AND p.state IN ('PENDING', 'RETRYING')
              LIMIT 1) IS NOT NULL
-        FROM {rows}",
+        FROM {rows}
+        RETURNING held",
         uid = text(0),
         endpoint = int(1),
         body = text(2),
@@ -262,6 +257,18 @@ fn queue_events_sql(backend: DbBackend) -> String {
         at = int(8),
         rows = sql::json_rows(backend, "n"),
     );
+    let sql = match backend {
+        // `NOTIFY` is sent at the commit, and only when some delivery is due.
+        DbBackend::Postgres => format!(
+            "WITH queued AS ({sql})
+            SELECT count(*) AS due,
+                CASE WHEN count(*) > 0 THEN pg_notify('{CHANNEL}', '{announcer}')::text END
+                    AS announced
+            FROM queued WHERE NOT held",
+            announcer = announcer()
+        ),
+        _ => sql,
+    };
     sql::numbered(backend, &sql)
 }
 
@@ -335,10 +342,18 @@ pub const CHANNEL: &str = "herald_deliveries";
 /// worker the outbox wakes directly.
 pub async fn announce(conn: &impl ConnectionTrait) -> Result<()> {
     if conn.get_database_backend() == DbBackend::Postgres {
-        conn.execute_unprepared(&format!("NOTIFY {CHANNEL}"))
+        conn.execute_unprepared(&format!("NOTIFY {CHANNEL}, '{}'", announcer()))
             .await?;
     }
     Ok(())
+}
+
+/// This process's name in its announcements, their payload. The process wakes its own worker
+/// directly, and the worker's listener skips what it announced itself: woken twice for one
+/// commit, the worker would claim twice, and the second claim would find nothing.
+pub fn announcer() -> &'static str {
+    static ANNOUNCER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ANNOUNCER.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
 /// Ends these claims, each a delivery and its claim's token, where they are still current: the
@@ -497,7 +512,7 @@ pub struct ClaimRequest<F> {
 pub async fn claim<F: Fn(i64) -> usize>(
     conn: &impl ConnectionTrait,
     request: ClaimRequest<F>,
-) -> Result<(String, Vec<Leased>)> {
+) -> Result<Leases> {
     let ClaimRequest {
         now,
         lease_ms,
@@ -520,13 +535,16 @@ pub async fn claim<F: Fn(i64) -> usize>(
     let full = first.len() == wanted;
     let mut taken: HashMap<i64, usize> = HashMap::new();
     let mut chosen = Vec::with_capacity(limit);
+    let mut passed_over = false;
     let mut pick = |candidates: Vec<Candidate>, chosen: &mut Vec<i64>| {
         for candidate in candidates {
             if chosen.len() == limit {
                 break;
             }
             let count = taken.entry(candidate.endpoint_id).or_default();
-            if *count < room_of(candidate.endpoint_id) && !chosen.contains(&candidate.id) {
+            if *count >= room_of(candidate.endpoint_id) {
+                passed_over = true;
+            } else if !chosen.contains(&candidate.id) {
                 *count += 1;
                 chosen.push(candidate.id);
             }
@@ -537,8 +555,15 @@ pub async fn claim<F: Fn(i64) -> usize>(
         let more = candidates(conn, now, &busy, wanted).await?;
         pick(more, &mut chosen);
     }
+    // What was read may not be all that is due: the read stopped at its limit, or passed over
+    // deliveries of endpoints without room.
+    let more_due = full || passed_over;
     if chosen.is_empty() {
-        return Ok((token, Vec::new()));
+        return Ok(Leases {
+            token,
+            rows: Vec::new(),
+            more_due,
+        });
     }
     let backend = conn.get_database_backend();
     let values: Vec<Value> = vec![
@@ -550,7 +575,23 @@ pub async fn claim<F: Fn(i64) -> usize>(
     let statement = Statement::from_sql_and_values(backend, lease_sql(backend), values);
     let mut rows = Leased::find_by_statement(statement).all(conn).await?;
     rows.sort_by_key(|row| row.id);
-    Ok((token, rows))
+    Ok(Leases {
+        token,
+        rows,
+        more_due,
+    })
+}
+
+/// What a claim leased.
+pub struct Leases {
+    /// The claim's fencing token.
+    pub token: String,
+    /// The deliveries leased, by id.
+    pub rows: Vec<Leased>,
+    /// Whether more deliveries may be due than the claim read or could take: a claim when an
+    /// endpoint's slot frees may find some. When not, only a change of the queue (new
+    /// deliveries, outcomes written) or the poll can make any due.
+    pub more_due: bool,
 }
 
 /// A delivery a claim leased: what its attempt needs of it, and no more (a claim reads many,

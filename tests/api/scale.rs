@@ -445,10 +445,12 @@ async fn two_api_processes_changing_builds_in_opposite_orders_do_not_deadlock() 
     assert!(olds.values().all(|olds| olds == &changes), "{olds:?}");
 }
 
-/// Each change that queues deliveries announces them on PostgreSQL's channel at its commit, so a
-/// worker of another process sends them at once instead of at its next poll.
+/// Each change that queues a delivery due now announces it on PostgreSQL's channel at its
+/// commit, so a worker of another process sends it at once instead of at its next poll. A
+/// delivery held behind an unfinished one of its chain is not announced: the worker that
+/// finishes that one releases it, and would only claim nothing if woken for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_that_queues_deliveries_notifies_the_workers() {
+async fn a_change_that_queues_due_deliveries_notifies_the_workers() {
     let receiver = Receiver::start().await;
     let Some(cluster) = Cluster::start(0, &receiver).await else {
         return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
@@ -457,16 +459,17 @@ async fn a_change_that_queues_deliveries_notifies_the_workers() {
         .await
         .unwrap();
     listener.listen(deliveries::CHANNEL).await.unwrap();
-    let acknowledged = record_events(&cluster.client, &cluster.repository, 1, 2, 1).await;
-    assert_eq!(acknowledged, 3);
+    // Two builds, one after the other, each with two tasks: with no worker running, each
+    // build's first delivery is due and its tasks' are held behind it.
+    let acknowledged = record_events(&cluster.client, &cluster.repository, 2, 2, 1).await;
+    assert_eq!(acknowledged, 6);
     let mut announced = 0;
     while let Ok(notification) = tokio::time::timeout(Duration::from_secs(2), listener.recv()).await
     {
         notification.unwrap();
         announced += 1;
     }
-    // PostgreSQL folds identical notifications of one transaction; each change here is one.
-    assert_eq!(announced, 3, "one notification per committed change");
+    assert_eq!(announced, 2, "one notification per change with a due delivery");
 }
 
 /// Herald's connections to a PostgreSQL on loopback are in the clear although the server offers
@@ -558,14 +561,20 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
         tx.commit().await.unwrap();
         claimed
     };
-    let (stale, rows) = claim(1).await;
+    let deliveries::Leases {
+        token: stale, rows, ..
+    } = claim(1).await;
     assert_eq!(rows.len(), 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let (current, rows) = claim(60_000).await;
+    let deliveries::Leases {
+        token: current,
+        rows,
+        ..
+    } = claim(60_000).await;
     assert_eq!(rows.len(), 1, "the expired lease was taken over");
     let id = rows[0].id;
     assert!(
-        claim(60_000).await.1.is_empty(),
+        claim(60_000).await.rows.is_empty(),
         "a held lease is not claimed again"
     );
 
