@@ -469,7 +469,10 @@ async fn a_change_that_queues_due_deliveries_notifies_the_workers() {
         notification.unwrap();
         announced += 1;
     }
-    assert_eq!(announced, 2, "one notification per change with a due delivery");
+    assert_eq!(
+        announced, 2,
+        "one notification per change with a due delivery"
+    );
 }
 
 /// Herald's connections to a PostgreSQL on loopback are in the clear although the server offers
