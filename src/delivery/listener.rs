@@ -1,5 +1,5 @@
-//! Wakes the worker when another process commits deliveries: `LISTEN` on PostgreSQL. What this
-//! process announced itself is skipped: it woke its worker directly.
+//! Wakes the worker when another process commits deliveries: `LISTEN` on PostgreSQL. What the
+//! worker's own outbox announced is skipped: it woke the worker directly.
 //!
 //! The connection is re-established with backoff when it drops (a database restart, a
 //! terminated backend); a notification missed meanwhile costs at most the worker's poll interval.
@@ -11,13 +11,15 @@ use sea_orm::sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::deliveries::{CHANNEL, announcer};
+use crate::store::deliveries::CHANNEL;
 
 /// The longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Listens on `url` until `shutdown`, waking `wake` on every notification and reconnection.
-pub async fn listen(url: String, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// Listens on `url` until `shutdown`, waking `wake` on every reconnection and on every
+/// notification but those of `own`, the worker's own outbox (see
+/// [`crate::payload::outbox::Outbox::announcer`]).
+pub async fn listen(url: String, wake: Arc<Notify>, own: String, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let session = async {
@@ -28,10 +30,9 @@ pub async fn listen(url: String, wake: Arc<Notify>, shutdown: CancellationToken)
             // Anything committed while we were not listening is picked up now.
             wake.notify_one();
             loop {
-                // `None` means the connection dropped and was re-established. This process's
-                // own announcements woke its worker already.
+                // `None` means the connection dropped and was re-established.
                 let notification = listener.try_recv().await?;
-                if notification.is_none_or(|n| n.payload() != announcer()) {
+                if notification.is_none_or(|n| n.payload() != own) {
                     wake.notify_one();
                 }
             }

@@ -88,6 +88,7 @@ impl Worker {
             tokio::spawn(super::listener::listen(
                 database_url.clone(),
                 wake,
+                self.state.outbox.announcer().to_owned(),
                 shutdown.clone(),
             ))
         });
@@ -108,16 +109,19 @@ impl Worker {
         let mut failures = 0u32;
         let mut last_look_past = tokio::time::Instant::now();
         let mut last_sweep: Option<tokio::time::Instant> = None;
-        // Whether to claim on the next turn. After a claim that found due deliveries, but only
-        // of endpoints at their cap (`saturated`), a wake does not claim again (it would find
-        // the same): a freed slot or the poll does. Those endpoints have requests in flight,
-        // so a slot frees soon.
+        // Whether to claim on the next turn: set by what may have made deliveries due, or
+        // claimable, since the last claim. After a claim that found due deliveries, but only of
+        // endpoints at their cap (`saturated`), a wake does not claim again (it would find the
+        // same): a freed slot or the poll does. Those endpoints have requests in flight, so a
+        // slot frees soon.
         let mut claim_now = true;
         let mut saturated = false;
         // Whether the last claim may have left due deliveries behind, which a freed slot may
         // let the next claim take. When it took all there were, a slot freed by an answer
         // makes nothing due (the outcome's write may, and ends the attempt, which claims).
         let mut left_due = true;
+        // Attempts that ended since the last turn, each with its endpoint.
+        let mut ended: Vec<Result<i64, tokio::task::JoinError>> = Vec::new();
         let mut poll_at = tokio::time::Instant::now();
         let mut last_claim = tokio::time::Instant::now();
         loop {
@@ -130,6 +134,13 @@ impl Worker {
             while let Ok(endpoint_id) = answered.try_recv() {
                 claim_now |= left_due;
                 launcher.free(&mut in_flight, &mut per, &mut ready, endpoint_id);
+            }
+            // An outcome written may have released the next delivery of its chain, which is
+            // worth a claim only if its endpoint has room for it (counted after the answers).
+            for ended in ended.drain(..) {
+                claim_now |= ended.map_or(true, |endpoint| {
+                    held(&per, &ready, endpoint) < 2 * per_endpoint
+                });
             }
             let room = limit.saturating_sub(in_flight.len() + ready.total);
             let mut more = false;
@@ -167,10 +178,12 @@ impl Worker {
                     look_past_busy,
                 };
                 let capped = !request.busy.is_empty();
+                claim_now = false;
                 match self.claim(request).await {
                     Ok(claimed) => {
                         failures = 0;
                         more = claimed.rows == room;
+                        claim_now = more;
                         saturated = capped && claimed.rows == 0 && claimed.more_due;
                         left_due = claimed.more_due;
                         for (row, endpoint) in claimed.ready {
@@ -203,22 +216,15 @@ impl Worker {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(ended) = in_flight.join_next(), if !in_flight.is_empty() => {
+                Some(first) = in_flight.join_next(), if !in_flight.is_empty() => {
                     // A batch of outcomes ends its attempts all at once, but they finish one
                     // by one as they are scheduled: let them, and free every finished slot, so
                     // that the next claim fills them all rather than the first few.
                     tokio::task::yield_now().await;
-                    let mut ended = vec![ended];
+                    ended.push(first);
                     while let Some(more) = in_flight.try_join_next() {
                         ended.push(more);
                     }
-                    // An outcome written may have released the next delivery of its chain,
-                    // which is worth a claim only if its endpoint has room for it.
-                    let has_room = |endpoint: i64| held(&per, &ready, endpoint) < 2 * per_endpoint;
-                    claim_now |= ended.iter().any(|ended| match ended {
-                        Ok(endpoint) => has_room(*endpoint),
-                        Err(_) => true,
-                    });
                 }
                 Some(endpoint_id) = answered.recv() => {
                     claim_now |= left_due;

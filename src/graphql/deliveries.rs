@@ -205,7 +205,7 @@ impl DeliveryMutation {
         let tx = store::begin_write(&state.writer).await?;
         let row = store::deliveries::find(&tx, viewer.org_id, &input.delivery_id).await?;
         store::deliveries::redeliver(&tx, &row, crate::now_ms()).await?;
-        store::deliveries::announce(&tx).await?;
+        store::deliveries::announce(&tx, state.outbox.announcer()).await?;
         let row = store::deliveries::find(&tx, viewer.org_id, &input.delivery_id).await?;
         tx.commit().await?;
         state.outbox.wake();

@@ -113,6 +113,8 @@ pub struct Outbox {
     /// On SQLite, which takes one writing transaction at a time: how the batches of changes and
     /// the delivery worker take turns.
     gate: Option<Arc<RwLock<()>>>,
+    /// See [`Outbox::announcer`].
+    announcer: Arc<str>,
 }
 
 /// A batch of changes' turn to write; the transaction must end before it is dropped.
@@ -135,7 +137,15 @@ impl Outbox {
             wake,
             metrics,
             gate: one_writer.then(|| Arc::new(RwLock::new(()))),
+            announcer: uuid::Uuid::new_v4().simple().to_string().into(),
         }
+    }
+
+    /// The name this outbox's announcements of due deliveries carry on PostgreSQL's channel.
+    /// It wakes its own worker directly, and that worker's listener skips them: woken twice for
+    /// one commit, the worker would claim twice, and the second claim would find nothing.
+    pub fn announcer(&self) -> &str {
+        &self.announcer
     }
 
     /// Waits for a batch of changes' turn to write; hold it until the transaction ends. The
@@ -264,7 +274,7 @@ impl Outbox {
         // this commit.
         let builds: Vec<i64> = queued.iter().map(|event| event.build_id).collect();
         store::deliveries::lock_chains(conn, &builds).await?;
-        store::deliveries::queue_events(conn, &queued).await
+        store::deliveries::queue_events(conn, &queued, &self.announcer).await
     }
 
     /// Hands each change with deliveries to render its build row, if it does not hold it, and
@@ -359,7 +369,7 @@ impl Outbox {
             timestamp: now,
         };
         let row = store::deliveries::insert_one(conn, new).await?;
-        store::deliveries::announce(conn).await?;
+        store::deliveries::announce(conn, &self.announcer).await?;
         Ok(row)
     }
 }

@@ -177,11 +177,12 @@ pub struct EventDeliveries<'a> {
 /// own rows, so it takes at most one event per build.
 ///
 /// Returns whether a delivery queued is due now, not held; on PostgreSQL the same statement then
-/// announces them (see [`announce`]). A held delivery needs no worker woken for it: the worker
-/// that finishes the one before it releases it.
+/// announces them in the name of `announcer` (see [`announce`]). A held delivery needs no
+/// worker woken for it: the worker that finishes the one before it releases it.
 pub async fn queue_events(
     conn: &impl ConnectionTrait,
     events: &[EventDeliveries<'_>],
+    announcer: &str,
 ) -> Result<bool> {
     let rows: Vec<_> = events
         .iter()
@@ -205,8 +206,11 @@ pub async fn queue_events(
         return Ok(false);
     }
     let backend = conn.get_database_backend();
-    let statement =
-        Statement::from_sql_and_values(backend, queue_events_sql(backend), [sql::rows(rows)]);
+    let mut values = vec![sql::rows(rows)];
+    if backend == DbBackend::Postgres {
+        values.push(announcer.into());
+    }
+    let statement = Statement::from_sql_and_values(backend, queue_events_sql(backend), values);
     if backend == DbBackend::Postgres {
         #[derive(FromQueryResult)]
         struct Due {
@@ -225,8 +229,9 @@ pub async fn queue_events(
 }
 
 /// [`queue_events`]' statement; its parameter is one row per delivery: public id, endpoint,
-/// body, organization, event, build, the event's kind and action, and its time. On SQLite it
-/// returns each delivery's `held`; on PostgreSQL, how many are `due`, announced if any.
+/// body, organization, event, build, the event's kind and action, and its time; on PostgreSQL
+/// also the announcer. On SQLite it returns each delivery's `held`; on PostgreSQL, how many are
+/// `due`, announced if any.
 fn queue_events_sql(backend: DbBackend) -> String {
     let (int, text) = (|n| sql::int_field("n", n), |n| sql::field("n", n));
     // Without statistics, SQLite's planner may answer the state test from another index; the
@@ -262,10 +267,8 @@ fn queue_events_sql(backend: DbBackend) -> String {
         DbBackend::Postgres => format!(
             "WITH queued AS ({sql})
             SELECT count(*) AS due,
-                CASE WHEN count(*) > 0 THEN pg_notify('{CHANNEL}', '{announcer}')::text END
-                    AS announced
-            FROM queued WHERE NOT held",
-            announcer = announcer()
+                CASE WHEN count(*) > 0 THEN pg_notify('{CHANNEL}', ?)::text END AS announced
+            FROM queued WHERE NOT held"
         ),
         _ => sql,
     };
@@ -338,22 +341,19 @@ pub async fn insert_one(conn: &impl ConnectionTrait, new: NewDelivery) -> Result
 pub const CHANNEL: &str = "herald_deliveries";
 
 /// Announces, on PostgreSQL, that deliveries are due once the current transaction commits
-/// (`NOTIFY` is transactional: a rolled-back change wakes nobody). SQLite has one process, whose
-/// worker the outbox wakes directly.
-pub async fn announce(conn: &impl ConnectionTrait) -> Result<()> {
+/// (`NOTIFY` is transactional: a rolled-back change wakes nobody), in the name of `announcer`
+/// (see [`crate::payload::outbox::Outbox::announcer`]). SQLite has one process, whose worker
+/// the outbox wakes directly.
+pub async fn announce(conn: &impl ConnectionTrait, announcer: &str) -> Result<()> {
     if conn.get_database_backend() == DbBackend::Postgres {
-        conn.execute_unprepared(&format!("NOTIFY {CHANNEL}, '{}'", announcer()))
-            .await?;
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_notify($1, $2)::text AS announced",
+            [CHANNEL.into(), announcer.into()],
+        );
+        conn.query_all_raw(statement).await?;
     }
     Ok(())
-}
-
-/// This process's name in its announcements, their payload. The process wakes its own worker
-/// directly, and the worker's listener skips what it announced itself: woken twice for one
-/// commit, the worker would claim twice, and the second claim would find nothing.
-pub fn announcer() -> &'static str {
-    static ANNOUNCER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ANNOUNCER.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
 /// Ends these claims, each a delivery and its claim's token, where they are still current: the
@@ -556,8 +556,8 @@ pub async fn claim<F: Fn(i64) -> usize>(
         pick(more, &mut chosen);
     }
     // What was read may not be all that is due: the read stopped at its limit, or passed over
-    // deliveries of endpoints without room.
-    let more_due = full || passed_over;
+    // deliveries of endpoints without room, or the claim took as many as it could.
+    let more_due = full || passed_over || chosen.len() == limit;
     if chosen.is_empty() {
         return Ok(Leases {
             token,
