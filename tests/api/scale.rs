@@ -17,6 +17,7 @@ use crate::support::{
 
 crate::on_both_backends!(
     an_attempt_whose_lease_was_taken_over_changes_nothing,
+    a_claim_says_whether_it_may_have_left_due_deliveries,
     a_tarpit_endpoint_does_not_starve_another_organization
 );
 
@@ -629,6 +630,57 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
         1,
         "the stale attempt left no record"
     );
+}
+
+/// The worker claims again when a slot frees only if its last claim may have left due
+/// deliveries behind; a claim that says it took them all when it did not would leave them to
+/// the poll.
+async fn a_claim_says_whether_it_may_have_left_due_deliveries(app: TestApp) {
+    // An API-only Herald: this test plays the worker itself.
+    let backend = app.backend;
+    drop(app);
+    let app = TestApp::start_role(backend, Role::ApiOnly, |_| {})
+        .await
+        .unwrap();
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(&app, "http://127.0.0.1:9/hook", json!({}))
+        .await;
+    // Three builds: three chains, each with one due delivery to the one endpoint.
+    for _ in 0..3 {
+        world.build(&app).await;
+    }
+    let db = &app.state.db;
+    let claim = |limit: usize, room: usize| async move {
+        let tx = herald::store::begin_write(db).await.unwrap();
+        let request = deliveries::ClaimRequest {
+            now: herald::now_ms(),
+            lease_ms: 60_000,
+            limit,
+            busy: Vec::new(),
+            room_of: move |_| room,
+            look_past_busy: false,
+        };
+        let leases = deliveries::claim(&tx, request).await.unwrap();
+        tx.commit().await.unwrap();
+        (leases.rows.len(), leases.more_due)
+    };
+    assert_eq!(
+        claim(10, 0).await,
+        (0, true),
+        "due deliveries passed over for an endpoint without room"
+    );
+    assert_eq!(
+        claim(2, 10).await,
+        (2, true),
+        "a claim that took as many as it could"
+    );
+    assert_eq!(
+        claim(10, 10).await,
+        (1, false),
+        "the last due delivery, and nothing left"
+    );
+    assert_eq!(claim(10, 10).await, (0, false), "nothing due");
 }
 
 async fn a_tarpit_endpoint_does_not_starve_another_organization(app: TestApp) {
