@@ -537,8 +537,9 @@ async fn connections_to_postgres_on_loopback_do_not_use_tls() {
     );
 }
 
-async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
-    // An API-only Herald: this test plays the workers itself.
+/// An API-only Herald on `app`'s backend, for a test that plays the worker itself, with an
+/// organization and one endpoint that nothing sends to.
+async fn without_worker(app: TestApp) -> (TestApp, World) {
     let backend = app.backend;
     drop(app);
     let app = TestApp::start_role(backend, Role::ApiOnly, |_| {})
@@ -548,6 +549,11 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
     world
         .endpoint(&app, "http://127.0.0.1:9/hook", json!({}))
         .await;
+    (app, world)
+}
+
+async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
+    let (app, world) = without_worker(app).await;
     world.build(&app).await;
     let db = &app.state.db;
 
@@ -636,16 +642,7 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
 /// deliveries behind; a claim that says it took them all when it did not would leave them to
 /// the poll.
 async fn a_claim_says_whether_it_may_have_left_due_deliveries(app: TestApp) {
-    // An API-only Herald: this test plays the worker itself.
-    let backend = app.backend;
-    drop(app);
-    let app = TestApp::start_role(backend, Role::ApiOnly, |_| {})
-        .await
-        .unwrap();
-    let world = World::new(&app, "acme").await;
-    world
-        .endpoint(&app, "http://127.0.0.1:9/hook", json!({}))
-        .await;
+    let (app, world) = without_worker(app).await;
     // Three builds: three chains, each with one due delivery to the one endpoint.
     for _ in 0..3 {
         world.build(&app).await;
