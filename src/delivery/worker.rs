@@ -436,9 +436,7 @@ impl Launcher {
             endpoint_id
         });
     }
-}
 
-impl Launcher {
     /// Gives back the slot of an endpoint whose receiver answered, and sends its claims that
     /// wait for one. A claim that is not sent (its lease is ending) leaves the slot free for
     /// the next one.
