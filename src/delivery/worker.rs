@@ -71,8 +71,7 @@ impl Worker {
         let config = &self.state.config;
         let limit = config.worker_concurrency as usize;
         let per_endpoint = config.endpoint_concurrency as usize;
-        // Each attempt ends with its endpoint's id.
-        let mut in_flight: JoinSet<i64> = JoinSet::new();
+        let mut in_flight: JoinSet<Ended> = JoinSet::new();
         // Requests in flight per endpoint: a slot is taken at the claim and given back as soon
         // as the receiver has answered (see [`Slot`]), not when the outcome is written.
         let mut per: HashMap<i64, usize> = HashMap::new();
@@ -120,8 +119,8 @@ impl Worker {
         // let the next claim take. When it took all there were, a slot freed by an answer
         // makes nothing due (the outcome's write may, and ends the attempt, which claims).
         let mut left_due = true;
-        // Attempts that ended since the last turn, each with its endpoint.
-        let mut ended: Vec<Result<i64, tokio::task::JoinError>> = Vec::new();
+        // Attempts that ended since the last turn.
+        let mut ended: Vec<Result<Ended, tokio::task::JoinError>> = Vec::new();
         let mut poll_at = tokio::time::Instant::now();
         let mut last_claim = tokio::time::Instant::now();
         loop {
@@ -136,10 +135,12 @@ impl Worker {
                 launcher.free(&mut in_flight, &mut per, &mut ready, endpoint_id);
             }
             // An outcome written may have released the next delivery of its chain, which is
-            // worth a claim only if its endpoint has room for it (counted after the answers).
+            // worth a claim only if it did, and its endpoint has room for it (counted after
+            // the answers). Most outcomes release nothing: the next event of a chain is seldom
+            // recorded before the delivery before it is sent.
             for ended in ended.drain(..) {
-                claim_now |= ended.map_or(true, |endpoint| {
-                    held(&per, &ready, endpoint) < 2 * per_endpoint
+                claim_now |= ended.map_or(true, |ended| {
+                    ended.released && held(&per, &ready, ended.endpoint) < 2 * per_endpoint
                 });
             }
             let room = limit.saturating_sub(in_flight.len() + ready.total);
@@ -413,7 +414,7 @@ impl Launcher {
     /// Sends `claim` in a task of `in_flight`, holding a slot of its endpoint. A claim that
     /// waited so long that its lease could end during the attempt is not sent: another claim
     /// takes it once the lease ends.
-    fn launch(&self, in_flight: &mut JoinSet<i64>, per: &mut HashMap<i64, usize>, claim: Claim) {
+    fn launch(&self, in_flight: &mut JoinSet<Ended>, per: &mut HashMap<i64, usize>, claim: Claim) {
         let Claim {
             row,
             endpoint,
@@ -430,10 +431,17 @@ impl Launcher {
         let outcomes = self.outcomes.clone();
         let endpoint_id = row.endpoint_id;
         in_flight.spawn(async move {
-            if let Err(err) = attempt(&state, row, &endpoint, slot, token, &outcomes).await {
-                tracing::warn!(error = %err, "a delivery attempt could not be recorded");
+            // An outcome that could not be recorded may have changed anything: claim.
+            let released = attempt(&state, row, &endpoint, slot, token, &outcomes)
+                .await
+                .unwrap_or_else(|err| {
+                    tracing::warn!(error = %err, "a delivery attempt could not be recorded");
+                    true
+                });
+            Ended {
+                endpoint: endpoint_id,
+                released,
             }
-            endpoint_id
         });
     }
 
@@ -442,7 +450,7 @@ impl Launcher {
     /// the next one.
     fn free(
         &self,
-        in_flight: &mut JoinSet<i64>,
+        in_flight: &mut JoinSet<Ended>,
         per: &mut HashMap<i64, usize>,
         ready: &mut Ready,
         endpoint_id: i64,
@@ -455,6 +463,14 @@ impl Launcher {
             self.launch(in_flight, per, claim);
         }
     }
+}
+
+/// An attempt that ended.
+struct Ended {
+    endpoint: i64,
+    /// Whether the write of its outcome released held deliveries of its endpoint, which may
+    /// now be claimed.
+    released: bool,
 }
 
 /// An endpoint as an attempt needs it: the stored row and its opened fields.
@@ -508,15 +524,24 @@ fn release_slot(per: &mut HashMap<i64, usize>, endpoint_id: i64) {
     }
 }
 
-/// An outcome on its way to the writer, and where the writer says whether it was recorded.
+/// An outcome on its way to the writer, and where the writer says what became of it.
 struct Written {
     record: AttemptRecord,
     /// The receiver answered 410 Gone: the endpoint is disabled with the outcome.
     gone: bool,
-    recorded: oneshot::Sender<Result<bool>>,
+    recorded: oneshot::Sender<Result<Receipt>>,
 }
 
-/// Sends one claimed delivery and has its outcome recorded, if the lease is still ours.
+/// What the writer did with one outcome.
+struct Receipt {
+    /// Whether it was recorded: the attempt's lease was still current.
+    recorded: bool,
+    /// Whether its transaction released held deliveries of the attempt's endpoint.
+    released: bool,
+}
+
+/// Sends one claimed delivery and has its outcome recorded, if the lease is still ours;
+/// whether the write released held deliveries of its endpoint.
 async fn attempt(
     state: &AppState,
     row: Leased,
@@ -524,7 +549,7 @@ async fn attempt(
     slot: Slot,
     token: Arc<str>,
     outcomes: &mpsc::Sender<Written>,
-) -> Result<()> {
+) -> Result<bool> {
     let fields = &endpoint.fields;
     let answer = state
         .sender
@@ -593,7 +618,7 @@ async fn attempt(
     if outcomes.send(written).await.is_err() {
         return Err(crate::Error::internal("the outcome writer stopped"));
     }
-    let recorded = recorded
+    let Receipt { recorded, released } = recorded
         .await
         .map_err(|_| crate::Error::internal("the outcome writer dropped an outcome"))??;
     let label = if recorded {
@@ -605,7 +630,7 @@ async fn attempt(
     if !recorded {
         tracing::info!(delivery = %row.uid, "the lease was taken over; this attempt's result was discarded");
     }
-    Ok(())
+    Ok(released)
 }
 
 /// Response headers as a JSON object, serialized straight from the map: each name once, in the
@@ -658,7 +683,10 @@ async fn write_outcomes(
         };
         for written in batch.drain(..) {
             let reply = match &result {
-                Ok(recorded) => Ok(recorded.contains(&written.record.delivery_id)),
+                Ok(done) => Ok(Receipt {
+                    recorded: done.ids.contains(&written.record.delivery_id),
+                    released: done.released.contains(&written.record.endpoint_id),
+                }),
                 Err(crate::Error::Unavailable) => Err(crate::Error::Unavailable),
                 Err(_) => Err(crate::Error::Internal),
             };
@@ -668,17 +696,14 @@ async fn write_outcomes(
 }
 
 /// Writes outcomes in one transaction, and disables each endpoint that answered 410 to an
-/// attempt that was recorded; the ids of the deliveries whose outcome was recorded.
-async fn write_batch(
-    state: &AppState,
-    batch: &[Written],
-) -> Result<std::collections::HashSet<i64>> {
+/// attempt that was recorded.
+async fn write_batch(state: &AppState, batch: &[Written]) -> Result<store::deliveries::Recorded> {
     let records: Vec<&AttemptRecord> = batch.iter().map(|w| &w.record).collect();
     let _turn = state.outbox.worker_turn().await;
     let tx = store::begin_worker_write(&state.writer).await?;
     let recorded = store::deliveries::record_attempts(&tx, &records).await?;
     for written in batch.iter().filter(|w| w.gone) {
-        if recorded.contains(&written.record.delivery_id) {
+        if recorded.ids.contains(&written.record.delivery_id) {
             store::endpoints::disable(&tx, written.record.endpoint_id).await?;
         }
     }

@@ -276,16 +276,23 @@ fn queue_events_sql(backend: DbBackend) -> String {
 }
 
 /// Releases the first held delivery of each of these (endpoint, build) chains, whose earlier
-/// delivery has just finished.
-async fn release_next(conn: &impl ConnectionTrait, chains: &HashSet<(i64, i64)>) -> Result<()> {
+/// delivery has just finished; the endpoints of those it released.
+async fn release_next(
+    conn: &impl ConnectionTrait,
+    chains: &HashSet<(i64, i64)>,
+) -> Result<HashSet<i64>> {
     if chains.is_empty() {
-        return Ok(());
+        return Ok(HashSet::new());
+    }
+    #[derive(FromQueryResult)]
+    struct Released {
+        endpoint_id: i64,
     }
     let backend = conn.get_database_backend();
     let rows = sql::rows(chains.iter().map(|(endpoint, build)| (endpoint, build)));
     let statement = Statement::from_sql_and_values(backend, release_next_sql(backend), [rows]);
-    conn.execute_raw(statement).await?;
-    Ok(())
+    let released = Released::find_by_statement(statement).all(conn).await?;
+    Ok(released.into_iter().map(|row| row.endpoint_id).collect())
 }
 
 /// Releases the first held delivery of each chain; its parameter is the chains, as
@@ -308,7 +315,7 @@ fn release_next_sql(backend: DbBackend) -> String {
     };
     sql::numbered(
         backend,
-        &format!("UPDATE deliveries SET held = false WHERE {chosen}"),
+        &format!("UPDATE deliveries SET held = false WHERE {chosen} RETURNING endpoint_id"),
     )
 }
 
@@ -712,33 +719,47 @@ pub struct AttemptRecord {
 
 /// Records attempts, each only if its token still holds the delivery's lease, and releases the
 /// next held delivery of each chain whose delivery finished (delivered, or failed for good).
-/// Returns the ids of the deliveries whose attempt was recorded; the others (lease lost to
-/// another worker, or delivery deleted) changed nothing.
+/// Returns the ids of the deliveries whose attempt was recorded (the others, lease lost to
+/// another worker or delivery deleted, changed nothing) and the endpoints of the held
+/// deliveries it released.
 pub async fn record_attempts(
     conn: &impl ConnectionTrait,
     records: &[&AttemptRecord],
-) -> Result<HashSet<i64>> {
+) -> Result<Recorded> {
     // A delivery appears twice when its lease expired during an attempt and the same worker
     // claimed it again: at most one of its tokens is current. Each statement takes a delivery
     // once, so that its result names the record that was written.
-    let mut recorded = HashSet::new();
+    let mut recorded = Recorded::default();
     let mut rest: Vec<&AttemptRecord> = records.to_vec();
     while !rest.is_empty() {
         let mut seen = HashSet::new();
         let (layer, later): (Vec<&AttemptRecord>, Vec<&AttemptRecord>) = rest
             .into_iter()
             .partition(|record| seen.insert(record.delivery_id));
-        recorded.extend(record_distinct(conn, &layer).await?);
+        let (ids, released) = record_distinct(conn, &layer).await?;
+        recorded.ids.extend(ids);
+        recorded.released.extend(released);
         rest = later;
     }
     Ok(recorded)
 }
 
-/// [`record_attempts`] for records of distinct deliveries.
+/// What [`record_attempts`] wrote.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// The deliveries whose attempt was recorded.
+    pub ids: HashSet<i64>,
+    /// The endpoints of held deliveries released because the one before them in their chain
+    /// finished: the only deliveries outcomes make due at once (a retry comes due later).
+    pub released: HashSet<i64>,
+}
+
+/// [`record_attempts`] for records of distinct deliveries; the ids recorded and the endpoints
+/// of the deliveries released.
 async fn record_distinct(
     conn: &impl ConnectionTrait,
     records: &[&AttemptRecord],
-) -> Result<HashSet<i64>> {
+) -> Result<(HashSet<i64>, HashSet<i64>)> {
     let finishing = |record: &&AttemptRecord| {
         matches!(
             record.state,
@@ -765,7 +786,7 @@ async fn record_distinct(
         )
     }));
     #[derive(FromQueryResult)]
-    struct Recorded {
+    struct Numbered {
         id: i64,
         attempts: i32,
     }
@@ -775,7 +796,7 @@ async fn record_distinct(
         records.iter().map(|record| record.delivery_id),
     ));
     let statement = Statement::from_sql_and_values(backend, outcomes_sql(backend), values);
-    let numbers: HashMap<i64, i32> = Recorded::find_by_statement(statement)
+    let numbers: HashMap<i64, i32> = Numbered::find_by_statement(statement)
         .all(conn)
         .await?
         .into_iter()
@@ -807,8 +828,8 @@ async fn record_distinct(
         .filter(|record| finishing(record) && numbers.contains_key(&record.delivery_id))
         .filter_map(|record| Some((record.endpoint_id, record.build_id?)))
         .collect();
-    release_next(conn, &finished).await?;
-    Ok(numbers.into_keys().collect())
+    let released = release_next(conn, &finished).await?;
+    Ok((numbers.into_keys().collect(), released))
 }
 
 /// The update of the attempted deliveries, each by primary key and only under its token; its

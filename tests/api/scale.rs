@@ -18,6 +18,7 @@ use crate::support::{
 crate::on_both_backends!(
     an_attempt_whose_lease_was_taken_over_changes_nothing,
     a_claim_says_whether_it_may_have_left_due_deliveries,
+    an_outcome_says_for_which_endpoints_it_released_held_deliveries,
     a_tarpit_endpoint_does_not_starve_another_organization
 );
 
@@ -612,7 +613,7 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
     .await
     .unwrap();
     assert_eq!(
-        recorded.into_iter().collect::<Vec<_>>(),
+        recorded.ids.into_iter().collect::<Vec<_>>(),
         vec![id],
         "only the current lease's attempt is recorded"
     );
@@ -620,7 +621,7 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
         deliveries::record_attempts(db, &[&outcome(&stale, DeliveryState::Failed, 500)])
             .await
             .unwrap();
-    assert!(stale_alone.is_empty(), "a stale token records nothing");
+    assert!(stale_alone.ids.is_empty(), "a stale token records nothing");
     let org: i64 = world.org.parse().unwrap();
     let page = herald::store::Page::new(Some(5), None).unwrap();
     let row = deliveries::list(db, org, None, None, page)
@@ -678,6 +679,58 @@ async fn a_claim_says_whether_it_may_have_left_due_deliveries(app: TestApp) {
         "the last due delivery, and nothing left"
     );
     assert_eq!(claim(10, 10).await, (0, false), "nothing due");
+}
+
+async fn an_outcome_says_for_which_endpoints_it_released_held_deliveries(app: TestApp) {
+    let (app, world) = without_worker(app).await;
+    // One chain: the build's delivery is due, the task's is held behind it.
+    let build = world.build(&app).await;
+    world.task(&app, &build, "test").await;
+    let db = &app.state.db;
+    let deliver = || async move {
+        let tx = herald::store::begin_write(db).await.unwrap();
+        let request = deliveries::ClaimRequest {
+            now: herald::now_ms(),
+            lease_ms: 60_000,
+            limit: 10,
+            busy: Vec::new(),
+            room_of: |_| 10,
+            look_past_busy: false,
+        };
+        let deliveries::Leases { token, rows, .. } = deliveries::claim(&tx, request).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(rows.len(), 1, "one delivery of the chain is due at a time");
+        let record = AttemptRecord {
+            delivery_id: rows[0].id,
+            endpoint_id: rows[0].endpoint_id,
+            build_id: rows[0].build_id,
+            token,
+            state: DeliveryState::Delivered,
+            next_attempt_at: herald::now_ms(),
+            timestamp: herald::now_ms(),
+            status: Some(200),
+            duration_ms: 5,
+            error: None,
+            response_headers: "{}".into(),
+            response_body: String::new(),
+        };
+        let tx = herald::store::begin_write(db).await.unwrap();
+        let recorded = deliveries::record_attempts(&tx, &[&record]).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(recorded.ids, HashSet::from([record.delivery_id]));
+        (record.endpoint_id, recorded.released)
+    };
+    let (endpoint, released) = deliver().await;
+    assert_eq!(
+        released,
+        HashSet::from([endpoint]),
+        "the build's delivery released the task's"
+    );
+    let (_, released) = deliver().await;
+    assert!(
+        released.is_empty(),
+        "the chain's last delivery released nothing"
+    );
 }
 
 async fn a_tarpit_endpoint_does_not_starve_another_organization(app: TestApp) {
