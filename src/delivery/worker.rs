@@ -126,7 +126,7 @@ impl Worker {
         loop {
             if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP) {
                 last_sweep = Some(tokio::time::Instant::now());
-                self.release_stranded().await;
+                claim_now |= self.release_stranded().await;
             }
             // Slots freed by answers not seen yet are given back first, so that a claim counts
             // them: a claim made without them finds the endpoints still at their cap.
@@ -308,8 +308,9 @@ impl Worker {
 }
 
 impl Worker {
-    /// Gives back the claims of deliveries that were claimed but not sent, so that another
-    /// worker sends them at once rather than when their lease ends.
+    /// Gives back the claims of deliveries that were claimed but not sent, and announces them,
+    /// so that another worker sends them at once rather than when their lease ends or at its
+    /// next poll.
     async fn give_back(&self, ready: Ready) {
         let claims: Vec<(i64, String)> = ready
             .by_endpoint
@@ -321,7 +322,13 @@ impl Worker {
             return;
         }
         let _turn = self.state.outbox.worker_turn().await;
-        match store::deliveries::give_back(&self.state.writer, &claims).await {
+        let writer = &self.state.writer;
+        let announcer = self.state.outbox.announcer();
+        let given = async {
+            store::deliveries::give_back(writer, &claims).await?;
+            store::deliveries::announce(writer, announcer).await
+        };
+        match given.await {
             Ok(()) => tracing::info!(deliveries = claims.len(), "unsent claims were given back"),
             Err(err) => {
                 tracing::warn!(error = %err, "giving back unsent claims failed; their leases will expire")
@@ -330,17 +337,21 @@ impl Worker {
     }
 
     /// Releases held deliveries that no longer wait for anything (see
-    /// [`store::deliveries::release_stranded`]).
-    async fn release_stranded(&self) {
+    /// [`store::deliveries::release_stranded`]); whether it released any.
+    async fn release_stranded(&self) -> bool {
         match store::deliveries::release_stranded(&self.state.writer).await {
-            Ok(0) => {}
+            Ok(0) => false,
             Ok(released) => {
                 tracing::warn!(
                     released,
                     "held deliveries whose chain had moved on were released"
                 );
+                true
             }
-            Err(err) => tracing::warn!(error = %err, "releasing stranded deliveries failed"),
+            Err(err) => {
+                tracing::warn!(error = %err, "releasing stranded deliveries failed");
+                false
+            }
         }
     }
 }

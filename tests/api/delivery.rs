@@ -7,7 +7,10 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::support::{Receiver, Reply, TestApp, World, code};
+use herald::store::deliveries;
+use sea_orm::sqlx::postgres::PgListener;
+
+use crate::support::{Backend, Receiver, Reply, TestApp, World, code};
 
 crate::on_both_backends!(
     build_and_task_events_arrive_signed_with_cirrus_and_standard_headers,
@@ -718,7 +721,23 @@ async fn shutdown_gives_back_claims_it_did_not_send(app: TestApp) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // On PostgreSQL, the claims given back are announced to the other processes' workers.
+    let mut listener = match backend {
+        Backend::Postgres => {
+            let mut listener = PgListener::connect(&app.database_url).await.unwrap();
+            listener.listen(deliveries::CHANNEL).await.unwrap();
+            Some(listener)
+        }
+        Backend::Sqlite => None,
+    };
     app.stop().await;
+    if let Some(listener) = listener.as_mut() {
+        let announced = tokio::time::timeout(Duration::from_secs(2), listener.recv()).await;
+        assert!(
+            announced.is_ok_and(|notification| notification.is_ok()),
+            "the claims given back were not announced"
+        );
+    }
     assert_eq!(receiver.received().len(), 1);
     let org: i64 = world.org.parse().unwrap();
     let page = herald::store::Page::new(Some(10), None).unwrap();
