@@ -12,6 +12,7 @@ use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use super::cpu;
 use super::receiver::Receiver;
 use super::report::Figures;
 use super::{BenchArgs, DELIVERY_DEADLINE};
@@ -84,6 +85,7 @@ impl Sink {
                     by_key: receiver.arrivals(),
                     end: last.unwrap_or_else(Instant::now),
                     peak_rss_mib: server.peak_rss_mib(),
+                    cpu: server.cpu(),
                 })
             }
             Sink::External(_) => {
@@ -97,6 +99,7 @@ impl Sink {
                     by_key: HashMap::new(),
                     end: Instant::now(),
                     peak_rss_mib: server.peak_rss_mib(),
+                    cpu: server.cpu(),
                 };
                 if args.interrupted.is_cancelled() {
                     return Ok(landed);
@@ -128,6 +131,8 @@ struct Landed {
     end: Instant,
     /// The largest peak RSS of the Herald processes the bench started, once they had arrived.
     peak_rss_mib: Option<f64>,
+    /// CPU time counters, read then.
+    cpu: cpu::Reading,
 }
 
 /// A Herald under test: a `serve` child process (and extra workers) on a fresh database, or
@@ -514,6 +519,16 @@ impl Server {
         }
     }
 
+    /// CPU time counters of the machine and of the Herald processes the bench started.
+    fn cpu(&self) -> cpu::Reading {
+        let pids: Vec<u32> = self
+            .owned
+            .iter()
+            .flat_map(|owned| owned.children.iter().map(Child::id))
+            .collect();
+        cpu::Reading::now(&pids)
+    }
+
     /// The largest peak RSS of the Herald processes the bench started, in MiB.
     fn peak_rss_mib(&self) -> Option<f64> {
         self.owned
@@ -776,6 +791,7 @@ fn measure(
     recorded: &Recorded,
     landed: &Landed,
     started: Instant,
+    cpu_start: &cpu::Reading,
     per_event: usize,
 ) -> Figures {
     let mut latencies = Vec::new();
@@ -802,6 +818,7 @@ fn measure(
         ..Figures::default()
     }
     .with_latencies(latencies)
+    .with_cpu(cpu::Spent::between(cpu_start, &landed.cpu))
 }
 
 /// The database of the server measured: `unknown` for a server the bench did not start.
@@ -883,7 +900,7 @@ async fn run_scenario(
         sink.reset();
         progress.acked.store(0, Ordering::Relaxed);
     }
-    let started = Instant::now();
+    let (started, cpu_start) = (Instant::now(), server.cpu());
     let recorded = record(server, args, load.events, load.pace, progress).await;
     let landed = sink
         .landed(
@@ -894,7 +911,9 @@ async fn run_scenario(
             DELIVERY_DEADLINE,
         )
         .await?;
-    Ok(measure(name, args, &recorded, &landed, started, endpoints))
+    Ok(measure(
+        name, args, &recorded, &landed, started, &cpu_start, endpoints,
+    ))
 }
 
 pub async fn ingest_deliver(args: &BenchArgs, sink: &Sink) -> anyhow::Result<Figures> {
@@ -944,7 +963,7 @@ pub async fn drain(args: &BenchArgs, sink: &Sink, size: usize) -> anyhow::Result
         Arc::try_unwrap(server).map_err(|_| anyhow::anyhow!("the server is still shared"))?;
     eprintln!("drain-{size}: starting one worker…");
     let draining = Progress::start(&format!("drain-{size}"), sink);
-    let started = Instant::now();
+    let (started, cpu_start) = (Instant::now(), server.cpu());
     let landed: anyhow::Result<Landed> = async {
         server.start_worker()?;
         sink.landed(args, &server, &recorded, queued, DELIVERY_DEADLINE)
@@ -971,7 +990,8 @@ pub async fn drain(args: &BenchArgs, sink: &Sink, size: usize) -> anyhow::Result
         peak_rss_mib: landed.peak_rss_mib,
         errors: recorded.errors + queued.saturating_sub(landed.count),
         ..Figures::default()
-    };
+    }
+    .with_cpu(cpu::Spent::between(&cpu_start, &landed.cpu));
     server.stop().await;
     Ok(figures)
 }
@@ -982,7 +1002,7 @@ pub async fn ceiling(args: &BenchArgs, sink: &Sink) -> anyhow::Result<Figures> {
     sink.reset();
     let client = reqwest::Client::builder().no_proxy().build()?;
     let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
+    let (started, cpu_start) = (Instant::now(), cpu::Reading::now(&[]));
     let mut handles = Vec::new();
     for _ in 0..args.clients {
         let (client, next, url) = (client.clone(), next.clone(), sink.ceiling_url());
@@ -1021,5 +1041,6 @@ pub async fn ceiling(args: &BenchArgs, sink: &Sink) -> anyhow::Result<Figures> {
         seconds,
         errors,
         ..Figures::default()
-    })
+    }
+    .with_cpu(cpu::Spent::between(&cpu_start, &cpu::Reading::now(&[]))))
 }

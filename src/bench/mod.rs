@@ -6,6 +6,7 @@
 //! to a built-in receiver on loopback, or with `--receiver-url` to the user's, whose arrivals
 //! are read from Herald's delivery log. Every run stops by itself.
 
+mod cpu;
 mod load;
 mod receiver;
 mod report;

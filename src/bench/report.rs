@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::cpu::Spent;
+
 /// Everything one scenario measured.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Figures {
@@ -24,6 +26,15 @@ pub struct Figures {
     pub seconds: f64,
     /// The largest peak RSS of the Herald processes, in MiB.
     pub peak_rss_mib: Option<f64>,
+    /// CPU time the Herald processes the bench started spent in the measured part (API,
+    /// payloads and worker; not the database's), per delivery received, in microseconds.
+    pub herald_cpu_us_per_delivery: Option<f64>,
+    /// The machine's busy CPU time in the measured part (Herald, the database and the bench
+    /// alike), as a percentage of all its CPU time.
+    pub machine_busy_percent: Option<f64>,
+    /// CPU time the hypervisor took for other machines in the measured part, as a percentage
+    /// of all the machine's: figures of runs with much of it are not comparable.
+    pub steal_percent: Option<f64>,
     /// Failed mutations plus deliveries that never arrived.
     pub errors: usize,
     /// Deliveries per second as a share of the `ceiling` scenario's rate.
@@ -49,6 +60,17 @@ pub fn median(mut runs: Vec<Figures>) -> Option<Figures> {
 }
 
 impl Figures {
+    /// Fills the CPU figures from what was spent in the measured part.
+    pub fn with_cpu(mut self, spent: Spent) -> Self {
+        self.herald_cpu_us_per_delivery = spent
+            .processes_seconds
+            .filter(|_| self.deliveries > 0)
+            .map(|seconds| seconds * 1e6 / self.deliveries as f64);
+        self.machine_busy_percent = spent.busy_share.map(|share| share * 100.0);
+        self.steal_percent = spent.steal_share.map(|share| share * 100.0);
+        self
+    }
+
     /// Fills the latency percentiles from a list of latencies.
     pub fn with_latencies(mut self, mut latencies: Vec<Duration>) -> Self {
         if latencies.is_empty() {
@@ -78,11 +100,13 @@ fn opt(value: Option<f64>, precision: usize) -> String {
 /// server the bench was pointed at).
 pub fn table(results: &[Figures], target: &str) -> String {
     let mut out = format!("\nherald bench on {target}\n\n");
-    out.push_str("| scenario | events | events/s | deliveries | deliveries/s | vs ceiling | p50 ms | p95 ms | p99 ms | max ms | seconds | peak RSS MiB | errors |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| scenario | events | events/s | deliveries | deliveries/s | vs ceiling | p50 ms | p95 ms | p99 ms | max ms | seconds | peak RSS MiB | Herald CPU µs/delivery | busy % | steal % | errors |\n");
+    out.push_str(
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
     for f in results {
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
+            "| {} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
             match f.median_of {
                 Some(runs) => format!("{} (median of {runs})", f.scenario),
                 None => f.scenario.clone(),
@@ -100,6 +124,9 @@ pub fn table(results: &[Figures], target: &str) -> String {
             opt(f.latency_max_ms, 1),
             f.seconds,
             opt(f.peak_rss_mib, 1),
+            opt(f.herald_cpu_us_per_delivery, 0),
+            opt(f.machine_busy_percent, 0),
+            opt(f.steal_percent, 1),
             f.errors,
         ));
     }

@@ -200,7 +200,17 @@ async fn quick_bench(database_url: Option<&str>) {
     };
     for f in &figures[1..] {
         assert!(f["peak_rss_mib"].as_f64().unwrap() > 1.0, "{f}");
+        assert!(
+            f["herald_cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
+            "{f}"
+        );
         assert_eq!(f["backend"], backend, "{f}");
+    }
+    assert!(figures[0]["herald_cpu_us_per_delivery"].is_null());
+    for f in &figures {
+        let busy = f["machine_busy_percent"].as_f64().unwrap();
+        let steal = f["steal_percent"].as_f64().unwrap();
+        assert!(busy > 0.0 && busy + steal <= 100.0, "{f}");
     }
 }
 
@@ -347,6 +357,11 @@ async fn bench_measures_a_running_server_in_an_organization_of_its_own() {
     assert_eq!(
         figures[0]["deliveries"].as_u64().unwrap(),
         receiver.received().len() as u64
+    );
+    assert!(
+        figures[0]["herald_cpu_us_per_delivery"].is_null(),
+        "the bench reads the CPU time only of processes it started: {}",
+        figures[0]
     );
     assert_latencies_within_the_run(&figures[0]);
     let data = app
