@@ -42,6 +42,11 @@ const SWEEP: Duration = Duration::from_secs(60);
 /// The most outcomes the writer records in one transaction.
 const WRITE_BATCH: usize = 512;
 
+/// Attempts a worker keeps per slot, sending or with their outcome waiting to be written: an
+/// answered request frees its slot at once, so that the next delivery is sent while the
+/// outcome waits for the writer's next transaction, and this bounds how many wait.
+const KEPT_PER_SLOT: usize = 2;
+
 /// While the worker is busy, a claim for fewer than `1/SMALL_CLAIM` of its slots waits up to
 /// [`CLAIM_GAP`] after the previous claim for more to free up: a claim costs about the same
 /// for one delivery as for a hundred, and on SQLite it holds the one write lock meanwhile.
@@ -143,7 +148,7 @@ impl Worker {
                     ended.released && held(&per, &ready, ended.endpoint) < 2 * per_endpoint
                 });
             }
-            let room = limit.saturating_sub(in_flight.len() + ready.total);
+            let room = room_for_claims(limit, &per, in_flight.len(), ready.total);
             let mut more = false;
             // An idle worker's room is all its slots, so only a busy one waits.
             let worth_it = room >= limit.div_ceil(SMALL_CLAIM) || last_claim.elapsed() >= CLAIM_GAP;
@@ -212,7 +217,7 @@ impl Worker {
             } else if poll_at <= tokio::time::Instant::now() {
                 poll_at = tokio::time::Instant::now() + POLL;
             }
-            if more && in_flight.len() + ready.total < limit {
+            if more && room_for_claims(limit, &per, in_flight.len(), ready.total) > 0 {
                 continue;
             }
             tokio::select! {
@@ -521,6 +526,21 @@ impl Drop for Slot {
     }
 }
 
+/// How many more deliveries a worker with `limit` slots may claim: as many as it has free slots
+/// (requests in flight, `per` endpoint, and claims `ready` take one each), and no more than
+/// [`KEPT_PER_SLOT`] allows with the attempts it keeps (`in_flight`, also those whose outcome
+/// waits to be written).
+fn room_for_claims(
+    limit: usize,
+    per: &HashMap<i64, usize>,
+    in_flight: usize,
+    ready: usize,
+) -> usize {
+    let sending: usize = per.values().sum();
+    let free = limit.saturating_sub(sending + ready);
+    free.min((KEPT_PER_SLOT * limit).saturating_sub(in_flight + ready))
+}
+
 /// The claimed deliveries of an endpoint the worker holds: in flight and ready to send.
 fn held(per: &HashMap<i64, usize>, ready: &Ready, endpoint: i64) -> usize {
     per.get(&endpoint).copied().unwrap_or(0) + ready.of(endpoint)
@@ -720,4 +740,21 @@ async fn write_batch(state: &AppState, batch: &[Written]) -> Result<store::deliv
     }
     tx.commit().await?;
     Ok(recorded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answered_attempts_free_their_slots_up_to_what_the_worker_keeps() {
+        let sending = HashMap::from([(1, 3), (2, 2)]);
+        // 5 requests in flight and 1 claim ready: 4 of 10 slots are free, whatever the
+        // attempts whose outcome waits to be written (6 of them here).
+        assert_eq!(room_for_claims(10, &sending, 11, 1), 4);
+        // Attempts kept are bounded: 18 of 20 kept leaves room for 1 with the claim ready.
+        assert_eq!(room_for_claims(10, &sending, 18, 1), 1);
+        assert_eq!(room_for_claims(10, &sending, 20, 1), 0);
+        assert_eq!(room_for_claims(10, &HashMap::new(), 0, 0), 10);
+    }
 }
