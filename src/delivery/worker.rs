@@ -120,9 +120,10 @@ impl Worker {
         // slot frees soon.
         let mut claim_now = true;
         let mut saturated = false;
-        // Whether the last claim may have left due deliveries behind, which a freed slot may
-        // let the next claim take. When it took all there were, a slot freed by an answer
-        // makes nothing due (the outcome's write may, and ends the attempt, which claims).
+        // Whether due deliveries may be left unclaimed, which a freed slot may let the next
+        // claim take: the last claim left some behind, or an outcome since released one whose
+        // endpoint had no room for it. When not, a slot freed by an answer makes nothing due
+        // (the outcome's write may, and ends the attempt, which claims).
         let mut left_due = true;
         // Attempts that ended since the last turn.
         let mut ended: Vec<Result<Ended, tokio::task::JoinError>> = Vec::new();
@@ -140,13 +141,20 @@ impl Worker {
                 launcher.free(&mut in_flight, &mut per, &mut ready, endpoint_id);
             }
             // An outcome written may have released the next delivery of its chain, which is
-            // worth a claim only if it did, and its endpoint has room for it (counted after
-            // the answers). Most outcomes release nothing: the next event of a chain is seldom
-            // recorded before the delivery before it is sent.
+            // worth a claim only if it did (most release nothing: the next event of a chain is
+            // seldom recorded before the delivery before it is sent), and at once only if its
+            // endpoint has room for it (counted after the answers). Without room, it is left
+            // due for the claim that the endpoint's next freed slot makes.
             for ended in ended.drain(..) {
-                claim_now |= ended.map_or(true, |ended| {
-                    ended.released && held(&per, &ready, ended.endpoint) < 2 * per_endpoint
-                });
+                match ended {
+                    Ok(Ended {
+                        released: false, ..
+                    }) => {}
+                    Ok(ended) if held(&per, &ready, ended.endpoint) >= 2 * per_endpoint => {
+                        left_due = true;
+                    }
+                    Ok(_) | Err(_) => claim_now = true,
+                }
             }
             let room = room_for_claims(limit, &per, in_flight.len(), ready.total);
             let mut more = false;
