@@ -280,7 +280,8 @@ impl Worker {
     ) -> Result<Claimed> {
         let db = &self.state.db;
         let leases = if db.get_database_backend() == sea_orm::DbBackend::Postgres {
-            let tx = store::begin_worker_write(db).await?;
+            // The claim configures its transaction itself (see [`store::deliveries::claim`]).
+            let tx = store::begin_write(db).await?;
             let claimed = store::deliveries::claim(&tx, request).await?;
             tx.commit().await?;
             claimed

@@ -515,7 +515,8 @@ pub struct ClaimRequest<F> {
 /// claimers skip each other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite the claim runs
 /// outside one, so it takes the write lock only for the lease itself.
 ///
-/// On PostgreSQL it must run inside a transaction, which it configures for the claim.
+/// On PostgreSQL it must run inside a transaction, which it configures for the claim: no sorts,
+/// and a commit that does not wait for the disk.
 pub async fn claim<F: Fn(i64) -> usize>(
     conn: &impl ConnectionTrait,
     request: ClaimRequest<F>,
@@ -533,8 +534,10 @@ pub async fn claim<F: Fn(i64) -> usize>(
         // With statistics, PostgreSQL's planner reads every due delivery and sorts them when it
         // expects few, though the claim needs only the first; in a backlog of ready chains that
         // is thousands of rows per claim. Without sorts, it reads `deliveries_ready` in order
-        // and stops at the limit. `SET LOCAL` ends with the claim's transaction.
-        conn.execute_unprepared("SET LOCAL enable_sort = off")
+        // and stops at the limit. A claim lost to a crash only lets its lease expire, so its
+        // commit need not wait for the disk (see [`crate::store::begin_worker_write`]). One
+        // round trip sets both; `SET LOCAL` ends with the claim's transaction.
+        conn.execute_unprepared("SET LOCAL enable_sort = off; SET LOCAL synchronous_commit = off")
             .await?;
     }
     let wanted = (limit * CANDIDATES_PER_SLOT).min(MAX_CANDIDATES);

@@ -116,7 +116,8 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction>
     Ok(db.begin_with_options(options).await?)
 }
 
-/// Begins a transaction of the delivery worker: a claim or a batch of outcomes. On PostgreSQL
+/// Begins a transaction of the delivery worker's outcomes (a claim configures its own the same
+/// way, see [`crate::store::deliveries::claim`]). On PostgreSQL
 /// its commit does not wait for the WAL to reach the disk (`synchronous_commit = off`): losing
 /// one to a crash only sends a delivery again (its lease expires), which at-least-once allows,
 /// and the worker no longer queues behind the clients' commits. Changes that record events
