@@ -140,15 +140,16 @@ impl Worker {
                 claim_now |= left_due;
                 launcher.free(&mut in_flight, &mut per, &mut ready, endpoint_id);
             }
-            // An outcome written may have released the next delivery of its chain, which is
-            // worth a claim only if it did (most release nothing: the next event of a chain is
-            // seldom recorded before the delivery before it is sent), and at once only if its
-            // endpoint has room for it (counted after the answers). Without room, it is left
-            // due for the claim that the endpoint's next freed slot makes.
+            // An outcome written may have made a delivery due (released the next of its chain,
+            // or scheduled a retry for now), which is worth a claim only if it did (most do
+            // not: the next event of a chain is seldom recorded before the delivery before it
+            // is sent), and at once only if its endpoint has room for it (counted after the
+            // answers). Without room, it is left due for the claim that the endpoint's next
+            // freed slot makes.
             for ended in ended.drain(..) {
                 match ended {
                     Ok(Ended {
-                        released: false, ..
+                        made_due: false, ..
                     }) => {}
                     Ok(ended) if held(&per, &ready, ended.endpoint) >= 2 * per_endpoint => {
                         left_due = true;
@@ -456,8 +457,9 @@ impl Launcher {
         let outcomes = self.outcomes.clone();
         let endpoint_id = row.endpoint_id;
         in_flight.spawn(async move {
-            // An outcome that could not be recorded may have changed anything: claim.
-            let released = attempt(&state, row, &endpoint, slot, token, &outcomes)
+            // Whether an outcome that could not be recorded made anything due is not known:
+            // count it as if it did.
+            let made_due = attempt(&state, row, &endpoint, slot, token, &outcomes)
                 .await
                 .unwrap_or_else(|err| {
                     tracing::warn!(error = %err, "a delivery attempt could not be recorded");
@@ -465,7 +467,7 @@ impl Launcher {
                 });
             Ended {
                 endpoint: endpoint_id,
-                released,
+                made_due,
             }
         });
     }
@@ -493,9 +495,10 @@ impl Launcher {
 /// An attempt that ended.
 struct Ended {
     endpoint: i64,
-    /// Whether the write of its outcome released held deliveries of its endpoint, which may
-    /// now be claimed.
-    released: bool,
+    /// Whether its outcome may have made a delivery of its endpoint due: its write released
+    /// the next delivery of a chain of the endpoint, or scheduled its retry for now (or could
+    /// not be recorded).
+    made_due: bool,
 }
 
 /// An endpoint as an attempt needs it: the stored row and its opened fields.
@@ -576,12 +579,12 @@ struct Written {
 struct Receipt {
     /// Whether it was recorded: the attempt's lease was still current.
     recorded: bool,
-    /// Whether its transaction released held deliveries of the attempt's endpoint.
+    /// Whether its transaction released a delivery of the attempt's endpoint.
     released: bool,
 }
 
 /// Sends one claimed delivery and has its outcome recorded, if the lease is still ours;
-/// whether the write released held deliveries of its endpoint.
+/// whether that made a delivery of its endpoint due (see [`Ended::made_due`]).
 async fn attempt(
     state: &AppState,
     row: Leased,
@@ -670,7 +673,8 @@ async fn attempt(
     if !recorded {
         tracing::info!(delivery = %row.uid, "the lease was taken over; this attempt's result was discarded");
     }
-    Ok(released)
+    let retry_now = matches!(outcome, Outcome::Retry { at } if at <= now);
+    Ok(released || (recorded && retry_now))
 }
 
 /// Response headers as a JSON object, serialized straight from the map: each name once, in the

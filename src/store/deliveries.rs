@@ -275,8 +275,9 @@ fn queue_events_sql(backend: DbBackend) -> String {
     sql::numbered(backend, &sql)
 }
 
-/// Releases the first held delivery of each of these (endpoint, build) chains, whose earlier
-/// delivery has just finished; the endpoints of those it released.
+/// Makes the first unfinished delivery of each of these (endpoint, build) chains, whose earlier
+/// delivery has just finished, the chain's head: releases it when it is held; the endpoints of
+/// the chains that have one, which a claim may now take.
 async fn release_next(
     conn: &impl ConnectionTrait,
     chains: &HashSet<(i64, i64)>,
@@ -295,15 +296,18 @@ async fn release_next(
     Ok(released.into_iter().map(|row| row.endpoint_id).collect())
 }
 
-/// Releases the first held delivery of each chain; its parameter is the chains, as
-/// `[endpoint, build]` rows. The next ids are found first, each in the index of unfinished
-/// chains, and the update reads only them: PostgreSQL may plan an `UPDATE … WHERE id IN
-/// (SELECT …)` as a scan of the whole table, so there the ids are an array computed once.
+/// Releases the first unfinished delivery of each chain; its parameter is the chains, as
+/// `[endpoint, build]` rows. That delivery is the first held one, except after a redelivery:
+/// a finished delivery sent again goes ahead of its chain's unfinished ones, which stay as they
+/// were (the one after it not held, the rest held), and when it finishes, the next to go is
+/// that one, not the first held. The next ids are found first, each in the index of
+/// unfinished chains, and the update reads only them: PostgreSQL may plan an `UPDATE … WHERE
+/// id IN (SELECT …)` as a scan of the whole table, so there the ids are an array computed once.
 fn release_next_sql(backend: DbBackend) -> String {
     let next = format!(
         "SELECT (SELECT MIN(p.id) FROM deliveries p
                 WHERE p.endpoint_id = {} AND p.build_id = {}
-                  AND p.held = true AND p.state IN ('PENDING', 'RETRYING'))
+                  AND p.state IN ('PENDING', 'RETRYING'))
         FROM {}",
         sql::int_field("c", 0),
         sql::int_field("c", 1),
@@ -721,10 +725,10 @@ pub struct AttemptRecord {
 }
 
 /// Records attempts, each only if its token still holds the delivery's lease, and releases the
-/// next held delivery of each chain whose delivery finished (delivered, or failed for good).
+/// next delivery of each chain whose delivery finished (delivered, or failed for good).
 /// Returns the ids of the deliveries whose attempt was recorded (the others, lease lost to
-/// another worker or delivery deleted, changed nothing) and the endpoints of the held
-/// deliveries it released.
+/// another worker or delivery deleted, changed nothing) and the endpoints of the deliveries
+/// it released.
 pub async fn record_attempts(
     conn: &impl ConnectionTrait,
     records: &[&AttemptRecord],
@@ -752,8 +756,9 @@ pub async fn record_attempts(
 pub struct Recorded {
     /// The deliveries whose attempt was recorded.
     pub ids: HashSet<i64>,
-    /// The endpoints of held deliveries released because the one before them in their chain
-    /// finished: the only deliveries outcomes make due at once (a retry comes due later).
+    /// The endpoints of deliveries released because the one before them in their chain
+    /// finished: besides a retry due at once (after `Retry-After: 0`), the only deliveries
+    /// outcomes make due.
     pub released: HashSet<i64>,
 }
 

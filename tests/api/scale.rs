@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use herald::app::Role;
 use herald::domain::DeliveryState;
 use herald::store::deliveries::{self, AttemptRecord};
+use herald::store::entities::delivery;
+use sea_orm::EntityTrait as _;
 use serde_json::{Value, json};
 
 use crate::support::{
@@ -19,6 +21,7 @@ crate::on_both_backends!(
     an_attempt_whose_lease_was_taken_over_changes_nothing,
     a_claim_says_whether_it_may_have_left_due_deliveries,
     an_outcome_says_for_which_endpoints_it_released_held_deliveries,
+    a_redelivered_delivery_hands_its_chain_on_in_order,
     a_tarpit_endpoint_does_not_starve_another_organization
 );
 
@@ -687,50 +690,100 @@ async fn an_outcome_says_for_which_endpoints_it_released_held_deliveries(app: Te
     let build = world.build(&app).await;
     world.task(&app, &build, "test").await;
     let db = &app.state.db;
-    let deliver = || async move {
-        let tx = herald::store::begin_write(db).await.unwrap();
-        let request = deliveries::ClaimRequest {
-            now: herald::now_ms(),
-            lease_ms: 60_000,
-            limit: 10,
-            busy: Vec::new(),
-            room_of: |_| 10,
-            look_past_busy: false,
-        };
-        let deliveries::Leases { token, rows, .. } = deliveries::claim(&tx, request).await.unwrap();
-        tx.commit().await.unwrap();
-        assert_eq!(rows.len(), 1, "one delivery of the chain is due at a time");
-        let record = AttemptRecord {
-            delivery_id: rows[0].id,
-            endpoint_id: rows[0].endpoint_id,
-            build_id: rows[0].build_id,
-            token,
-            state: DeliveryState::Delivered,
-            next_attempt_at: herald::now_ms(),
-            timestamp: herald::now_ms(),
-            status: Some(200),
-            duration_ms: 5,
-            error: None,
-            response_headers: "{}".into(),
-            response_body: String::new(),
-        };
-        let tx = herald::store::begin_write(db).await.unwrap();
-        let recorded = deliveries::record_attempts(&tx, &[&record]).await.unwrap();
-        tx.commit().await.unwrap();
-        assert_eq!(recorded.ids, HashSet::from([record.delivery_id]));
-        (record.endpoint_id, recorded.released)
-    };
-    let (endpoint, released) = deliver().await;
+    let first = deliver_the_one_due(db).await;
     assert_eq!(
-        released,
-        HashSet::from([endpoint]),
+        first.released,
+        HashSet::from([first.endpoint]),
         "the build's delivery released the task's"
     );
-    let (_, released) = deliver().await;
+    let last = deliver_the_one_due(db).await;
     assert!(
-        released.is_empty(),
+        last.released.is_empty(),
         "the chain's last delivery released nothing"
     );
+}
+
+/// A finished delivery sent again goes ahead of its chain's unfinished ones; when it finishes,
+/// the next to go is the first of those, which is not held, and then the held one after it.
+async fn a_redelivered_delivery_hands_its_chain_on_in_order(app: TestApp) {
+    let (app, world) = without_worker(app).await;
+    let build = world.build(&app).await;
+    world.task(&app, &build, "one").await;
+    world.task(&app, &build, "two").await;
+    let db = &app.state.db;
+    let built = deliver_the_one_due(db).await;
+    let row = delivery::Entity::find_by_id(built.id)
+        .one(db)
+        .await
+        .unwrap()
+        .unwrap();
+    deliveries::redeliver(db, &row, herald::now_ms())
+        .await
+        .unwrap();
+    let again = deliver_the_one_due(db).await;
+    assert_eq!(again.id, built.id, "the redelivered delivery goes first");
+    assert_eq!(
+        again.released,
+        HashSet::from([again.endpoint]),
+        "it hands the chain on"
+    );
+    let one = deliver_the_one_due(db).await;
+    assert!(one.id > built.id);
+    assert_eq!(
+        one.released,
+        HashSet::from([one.endpoint]),
+        "the first task's delivery releases the second's"
+    );
+    let two = deliver_the_one_due(db).await;
+    assert!(two.id > one.id);
+    assert!(two.released.is_empty());
+}
+
+/// What [`deliver_the_one_due`] delivered.
+struct Delivered {
+    id: i64,
+    endpoint: i64,
+    /// The endpoints of the deliveries its outcome released.
+    released: HashSet<i64>,
+}
+
+/// Claims the one delivery due, as a worker would, and records it as delivered.
+async fn deliver_the_one_due(db: &sea_orm::DatabaseConnection) -> Delivered {
+    let tx = herald::store::begin_write(db).await.unwrap();
+    let request = deliveries::ClaimRequest {
+        now: herald::now_ms(),
+        lease_ms: 60_000,
+        limit: 10,
+        busy: Vec::new(),
+        room_of: |_| 10,
+        look_past_busy: false,
+    };
+    let deliveries::Leases { token, rows, .. } = deliveries::claim(&tx, request).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(rows.len(), 1, "one delivery of the chain is due at a time");
+    let record = AttemptRecord {
+        delivery_id: rows[0].id,
+        endpoint_id: rows[0].endpoint_id,
+        build_id: rows[0].build_id,
+        token,
+        state: DeliveryState::Delivered,
+        next_attempt_at: herald::now_ms(),
+        timestamp: herald::now_ms(),
+        status: Some(200),
+        duration_ms: 5,
+        error: None,
+        response_headers: "{}".into(),
+        response_body: String::new(),
+    };
+    let tx = herald::store::begin_write(db).await.unwrap();
+    let recorded = deliveries::record_attempts(&tx, &[&record]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(recorded.ids, HashSet::from([record.delivery_id]));
+    Delivered {
+        id: record.delivery_id,
+        endpoint: record.endpoint_id,
+        released: recorded.released,
+    }
 }
 
 async fn a_tarpit_endpoint_does_not_starve_another_organization(app: TestApp) {
