@@ -76,6 +76,9 @@ impl Worker {
         let config = &self.state.config;
         let limit = config.worker_concurrency as usize;
         let per_endpoint = config.endpoint_concurrency as usize;
+        // The most claimed deliveries the worker holds per endpoint: as many as it has slots,
+        // in flight, and as many again ready to send as slots free up.
+        let held_cap = 2 * per_endpoint;
         let mut in_flight: JoinSet<Ended> = JoinSet::new();
         // Requests in flight per endpoint: a slot is taken at the claim and given back as soon
         // as the receiver has answered (see [`Slot`]), not when the outcome is written.
@@ -151,7 +154,7 @@ impl Worker {
                     Ok(Ended {
                         made_due: false, ..
                     }) => {}
-                    Ok(ended) if held(&per, &ready, ended.endpoint) >= 2 * per_endpoint => {
+                    Ok(ended) if held(&per, &ready, ended.endpoint) >= held_cap => {
                         left_due = true;
                     }
                     Ok(_) | Err(_) => claim_now = true,
@@ -166,18 +169,16 @@ impl Worker {
             } else if room > 0 && claim_now {
                 last_claim = tokio::time::Instant::now();
                 let mut pause = POLL;
-                // An endpoint takes as many claimed deliveries as it has slots, and as many
-                // again to send as slots free up.
                 let held = |endpoint: i64| held(&per, &ready, endpoint);
                 let busy: Vec<i64> = per
                     .keys()
                     .chain(ready.by_endpoint.keys())
                     .copied()
-                    .filter(|id| held(*id) >= 2 * per_endpoint)
+                    .filter(|id| held(*id) >= held_cap)
                     .collect::<std::collections::HashSet<i64>>()
                     .into_iter()
                     .collect();
-                let room_of = |endpoint: i64| (2 * per_endpoint).saturating_sub(held(endpoint));
+                let room_of = |endpoint: i64| held_cap.saturating_sub(held(endpoint));
                 // Reading past the queues of endpoints at their cap costs a read of those
                 // queues: a few times a second is enough to keep other endpoints moving.
                 let look_past_busy = last_look_past.elapsed() >= POLL;
