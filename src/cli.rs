@@ -220,7 +220,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let state = AppState::new(*config).await?;
             let shutdown = CancellationToken::new();
             crate::app::cancel_on_signal(shutdown.clone());
-            Worker::new(state).run(shutdown).await;
+            // On the runtime's threads, not the one that waits for it: each wake of the
+            // worker's loop would otherwise cross to a thread of its own.
+            tokio::spawn(Worker::new(state).run(shutdown))
+                .await
+                .context("the delivery worker stopped unexpectedly")?;
             Ok(())
         }
         Command::Migrate { database } => {
