@@ -9,7 +9,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGE
 
 use super::guard::{BLOCKED, Blocked, GuardedResolver, Lookup, TargetPolicy};
 use crate::domain::EndpointUrl;
-use crate::signing;
+use crate::signing::Signer;
 
 /// How much of a response body is kept.
 pub const RESPONSE_CAP: usize = 64 * 1024;
@@ -26,8 +26,10 @@ pub struct Outgoing<'a> {
     pub delivery_id: &'a str,
     /// The event's time, ms since the epoch.
     pub event_timestamp: i64,
-    pub secret: Option<&'a str>,
-    pub body: &'a str,
+    /// The endpoint's secret, ready to sign with; none for an endpoint without one.
+    pub signer: Option<&'a Signer>,
+    /// Moved into the request as it is: the payload is not copied.
+    pub body: String,
 }
 
 /// What came back, or why nothing did.
@@ -106,11 +108,14 @@ impl Sender {
         } else {
             &self.verified
         };
-        let request = build_request(client, &out);
+        let request = match build_request(client, out) {
+            Ok(request) => request,
+            Err(err) => return failed(&describe(&err, self.timeout)),
+        };
         // One deadline bounds the whole attempt. A status that arrived in time is kept even
         // when the body is still trickling at the deadline: the body read just stops there.
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let response = match tokio::time::timeout_at(deadline, request.send()).await {
+        let response = match tokio::time::timeout_at(deadline, client.execute(request)).await {
             Err(_) => {
                 return failed(&format!(
                     "the receiver did not answer within {}",
@@ -133,9 +138,22 @@ impl Sender {
     }
 }
 
-fn build_request(client: &reqwest::Client, out: &Outgoing<'_>) -> reqwest::RequestBuilder {
+/// The request of one attempt. Its headers are set on the request itself, each once.
+fn build_request(client: &reqwest::Client, out: Outgoing<'_>) -> reqwest::Result<reqwest::Request> {
     let attempt_seconds = crate::now_ms() / 1000;
-    let mut headers = HeaderMap::new();
+    let signatures = out.signer.map(|signer| {
+        let body = out.body.as_bytes();
+        (
+            signer.cirrus(body),
+            signer.standard(out.delivery_id, attempt_seconds, body),
+        )
+    });
+    let mut request = client.post(out.url.target());
+    if let Some((user, password)) = out.url.credentials() {
+        request = request.basic_auth(user, password);
+    }
+    let mut request = request.body(out.body).build()?;
+    let headers = request.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
     let mut put = |name: &'static str, value: &str| {
@@ -148,29 +166,11 @@ fn build_request(client: &reqwest::Client, out: &Outgoing<'_>) -> reqwest::Reque
     put("x-cirrus-timestamp", &out.event_timestamp.to_string());
     put("webhook-id", out.delivery_id);
     put("webhook-timestamp", &attempt_seconds.to_string());
-    if let Some(secret) = out.secret {
-        put(
-            "x-cirrus-signature",
-            &signing::cirrus_signature(secret, out.body.as_bytes()),
-        );
-        put(
-            "webhook-signature",
-            &signing::standard_signature(
-                secret,
-                out.delivery_id,
-                attempt_seconds,
-                out.body.as_bytes(),
-            ),
-        );
+    if let Some((cirrus, standard)) = signatures {
+        put("x-cirrus-signature", &cirrus);
+        put("webhook-signature", &standard);
     }
-    let mut request = client
-        .post(out.url.target())
-        .headers(headers)
-        .body(out.body.to_owned());
-    if let Some((user, password)) = out.url.credentials() {
-        request = request.basic_auth(user, password);
-    }
-    request
+    Ok(request)
 }
 
 /// Reads a body up to [`RESPONSE_CAP`] bytes or until `deadline`, and drops the rest unread.

@@ -23,6 +23,7 @@ use super::outcome::{Outcome, decide};
 use crate::Result;
 use crate::app::AppState;
 use crate::domain::DeliveryState;
+use crate::signing::Signer;
 use crate::store::endpoints::EndpointFields;
 use crate::store::{
     self,
@@ -304,7 +305,15 @@ impl Worker {
             ids.dedup();
             for row in store::endpoints::find_many(&self.state.db, &ids).await? {
                 let fields = store::endpoints::fields_of(&row, &self.state.vault)?;
-                endpoints.insert(row.id, Arc::new(Target { row, fields }));
+                let signer = fields.secret.as_deref().map(Signer::new);
+                endpoints.insert(
+                    row.id,
+                    Arc::new(Target {
+                        row,
+                        fields,
+                        signer,
+                    }),
+                );
             }
         }
         let ready = rows
@@ -502,10 +511,12 @@ struct Ended {
     made_due: bool,
 }
 
-/// An endpoint as an attempt needs it: the stored row and its opened fields.
+/// An endpoint as an attempt needs it: the stored row, its opened fields, and its secret ready
+/// to sign with.
 struct Target {
     row: webhook_endpoint::Model,
     fields: EndpointFields,
+    signer: Option<Signer>,
 }
 
 /// An endpoint's slot held by one attempt; dropped once the receiver has answered (or the
@@ -588,7 +599,7 @@ struct Receipt {
 /// whether that made a delivery of its endpoint due (see [`Ended::made_due`]).
 async fn attempt(
     state: &AppState,
-    row: Leased,
+    mut row: Leased,
     endpoint: &Target,
     slot: Slot,
     token: Arc<str>,
@@ -603,8 +614,8 @@ async fn attempt(
             event: &row.event,
             delivery_id: &row.uid,
             event_timestamp: row.created_at,
-            secret: fields.secret.as_deref(),
-            body: &row.body,
+            signer: endpoint.signer.as_ref(),
+            body: std::mem::take(&mut row.body),
         })
         .await;
     drop(slot);
