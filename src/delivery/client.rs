@@ -115,7 +115,7 @@ impl Sender {
         // One deadline bounds the whole attempt. A status that arrived in time is kept even
         // when the body is still trickling at the deadline: the body read just stops there.
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let response = match tokio::time::timeout_at(deadline, client.execute(request)).await {
+        let mut response = match tokio::time::timeout_at(deadline, client.execute(request)).await {
             Err(_) => {
                 return failed(&format!(
                     "the receiver did not answer within {}",
@@ -126,7 +126,7 @@ impl Sender {
             Ok(Ok(response)) => response,
         };
         let status = response.status().as_u16();
-        let headers = response.headers().clone();
+        let headers = std::mem::take(response.headers_mut());
         let body = read_capped(response, deadline).await;
         Answer {
             status: Some(status),
