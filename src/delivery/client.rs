@@ -62,6 +62,9 @@ impl Sender {
         let build = |insecure: bool| {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // reqwest retries only HTTP/2's and HTTP/3's refusals, which an HTTP/1.1
+                // client never gets; without the policy, a request is not kept for a retry.
+                .retry(reqwest::retry::never())
                 .no_proxy()
                 .timeout(timeout)
                 .connect_timeout(timeout)
