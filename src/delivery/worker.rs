@@ -7,14 +7,15 @@
 //! claimed deliveries again waiting for them, so that a freed slot sends at once instead of
 //! waiting for the next claim; a stopping worker gives back those it did not send. Outcomes go to one writer task, which records every
 //! outcome that is waiting in one transaction: under load, a few statements per batch instead
-//! of a transaction per delivery.
+//! of a transaction per delivery. An attempt ends once it has handed its outcome over; the
+//! writer tells the worker's loop, one message per transaction, what the outcomes made due.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -62,12 +63,15 @@ const GATHER: Duration = Duration::from_millis(5);
 
 /// The delivery worker of one process.
 pub struct Worker {
-    state: AppState,
+    /// Shared by every attempt: cloning it is one count, not one per handle it holds.
+    state: Arc<AppState>,
 }
 
 impl Worker {
     pub fn new(state: AppState) -> Self {
-        Self { state }
+        Self {
+            state: Arc::new(state),
+        }
     }
 
     /// Runs until `shutdown`; then stops claiming and gives in-flight attempts the configured
@@ -80,7 +84,8 @@ impl Worker {
         // The most claimed deliveries the worker holds per endpoint: as many as it has slots,
         // in flight, and as many again ready to send as slots free up.
         let held_cap = 2 * per_endpoint;
-        let mut in_flight: JoinSet<Ended> = JoinSet::new();
+        // Attempts sending, up to the hand-off of their outcome to the writer.
+        let mut in_flight: JoinSet<()> = JoinSet::new();
         // Requests in flight per endpoint: a slot is taken at the claim and given back as soon
         // as the receiver has answered (see [`Slot`]), not when the outcome is written.
         let mut per: HashMap<i64, usize> = HashMap::new();
@@ -89,6 +94,10 @@ impl Worker {
         let mut ready: Ready = Ready::default();
         let (freed, mut answered) = mpsc::unbounded_channel::<i64>();
         let unanswered = Arc::new(AtomicUsize::new(0));
+        // Outcomes handed to the writer and not written yet: with the attempts in flight, the
+        // attempts the worker keeps.
+        let unwritten = Arc::new(AtomicUsize::new(0));
+        let (ends, mut written_ends) = mpsc::unbounded_channel::<Vec<Ended>>();
         tracing::info!(concurrency = limit, "delivery worker started");
         let database_url = &config.database.database_url;
         let listener = database_url.starts_with("postgres").then(|| {
@@ -106,6 +115,7 @@ impl Worker {
             outcomes: outcomes.clone(),
             freed: freed.clone(),
             unanswered: unanswered.clone(),
+            unwritten: unwritten.clone(),
             per_endpoint,
             margin: config.delivery_timeout.min(config.lease / 2),
         };
@@ -113,7 +123,10 @@ impl Worker {
             self.state.clone(),
             written,
             unanswered.clone(),
+            unwritten.clone(),
+            ends,
         ));
+        let kept = |in_flight: &JoinSet<()>| in_flight.len() + unwritten.load(Ordering::Relaxed);
         let mut failures = 0u32;
         let mut last_look_past = tokio::time::Instant::now();
         let mut last_sweep: Option<tokio::time::Instant> = None;
@@ -129,8 +142,8 @@ impl Worker {
         // endpoint had no room for it. When not, a slot freed by an answer makes nothing due
         // (the outcome's write may, and ends the attempt, which claims).
         let mut left_due = true;
-        // Attempts that ended since the last turn.
-        let mut ended: Vec<Result<Ended, tokio::task::JoinError>> = Vec::new();
+        // Attempts whose outcome was written since the last turn.
+        let mut ended: Vec<Ended> = Vec::new();
         let mut poll_at = tokio::time::Instant::now();
         let mut last_claim = tokio::time::Instant::now();
         loop {
@@ -151,17 +164,14 @@ impl Worker {
             // answers). Without room, it is left due for the claim that the endpoint's next
             // freed slot makes.
             for ended in ended.drain(..) {
-                match ended {
-                    Ok(Ended {
-                        made_due: false, ..
-                    }) => {}
-                    Ok(ended) if held(&per, &ready, ended.endpoint) >= held_cap => {
-                        left_due = true;
-                    }
-                    Ok(_) | Err(_) => claim_now = true,
+                if !ended.made_due {
+                } else if held(&per, &ready, ended.endpoint) >= held_cap {
+                    left_due = true;
+                } else {
+                    claim_now = true;
                 }
             }
-            let room = room_for_claims(limit, &per, in_flight.len(), ready.total);
+            let room = room_for_claims(limit, &per, kept(&in_flight), ready.total);
             let mut more = false;
             // An idle worker's room is all its slots, so only a busy one waits.
             let worth_it = room >= limit.div_ceil(SMALL_CLAIM) || last_claim.elapsed() >= CLAIM_GAP;
@@ -228,19 +238,23 @@ impl Worker {
             } else if poll_at <= tokio::time::Instant::now() {
                 poll_at = tokio::time::Instant::now() + POLL;
             }
-            if more && room_for_claims(limit, &per, in_flight.len(), ready.total) > 0 {
+            if more && room_for_claims(limit, &per, kept(&in_flight), ready.total) > 0 {
                 continue;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(first) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    // A batch of outcomes ends its attempts all at once, but they finish one
-                    // by one as they are scheduled: let them, and free every finished slot, so
-                    // that the next claim fills them all rather than the first few.
-                    tokio::task::yield_now().await;
-                    ended.push(first);
+                    // An attempt that panicked handed no outcome over: what it would have
+                    // made due is not known.
+                    claim_now |= first.is_err();
                     while let Some(more) = in_flight.try_join_next() {
-                        ended.push(more);
+                        claim_now |= more.is_err();
+                    }
+                }
+                Some(batch) = written_ends.recv() => {
+                    ended.extend(batch);
+                    while let Ok(batch) = written_ends.try_recv() {
+                        ended.extend(batch);
                     }
                 }
                 Some(endpoint_id) = answered.recv() => {
@@ -435,10 +449,12 @@ impl Ready {
 
 /// Starts attempts: what each one needs from the worker.
 struct Launcher {
-    state: AppState,
+    state: Arc<AppState>,
     outcomes: mpsc::Sender<Written>,
     freed: mpsc::UnboundedSender<i64>,
     unanswered: Arc<AtomicUsize>,
+    /// Outcomes handed to the writer and not written yet.
+    unwritten: Arc<AtomicUsize>,
     /// The most requests in flight to one endpoint.
     per_endpoint: usize,
     /// A claim whose lease ends sooner than this is not sent: the longest an attempt takes,
@@ -450,7 +466,7 @@ impl Launcher {
     /// Sends `claim` in a task of `in_flight`, holding a slot of its endpoint. A claim that
     /// waited so long that its lease could end during the attempt is not sent: another claim
     /// takes it once the lease ends.
-    fn launch(&self, in_flight: &mut JoinSet<Ended>, per: &mut HashMap<i64, usize>, claim: Claim) {
+    fn launch(&self, in_flight: &mut JoinSet<()>, per: &mut HashMap<i64, usize>, claim: Claim) {
         let Claim {
             row,
             endpoint,
@@ -465,19 +481,14 @@ impl Launcher {
         let slot = Slot::take(row.endpoint_id, &self.freed, &self.unanswered);
         let state = self.state.clone();
         let outcomes = self.outcomes.clone();
-        let endpoint_id = row.endpoint_id;
+        let unwritten = self.unwritten.clone();
         in_flight.spawn(async move {
-            // Whether an outcome that could not be recorded made anything due is not known:
-            // count it as if it did.
-            let made_due = attempt(&state, row, &endpoint, slot, token, &outcomes)
-                .await
-                .unwrap_or_else(|err| {
-                    tracing::warn!(error = %err, "a delivery attempt could not be recorded");
-                    true
-                });
-            Ended {
-                endpoint: endpoint_id,
-                made_due,
+            // An outcome not handed over is not recorded: the lease expires and the delivery
+            // is sent again.
+            if let Err(err) =
+                attempt(&state, row, &endpoint, slot, token, &outcomes, &unwritten).await
+            {
+                tracing::warn!(error = %err, "a delivery attempt could not be recorded");
             }
         });
     }
@@ -487,7 +498,7 @@ impl Launcher {
     /// the next one.
     fn free(
         &self,
-        in_flight: &mut JoinSet<Ended>,
+        in_flight: &mut JoinSet<()>,
         per: &mut HashMap<i64, usize>,
         ready: &mut Ready,
         endpoint_id: i64,
@@ -502,7 +513,7 @@ impl Launcher {
     }
 }
 
-/// An attempt that ended.
+/// An attempt whose outcome the writer has written (or failed to).
 struct Ended {
     endpoint: i64,
     /// Whether its outcome may have made a delivery of its endpoint due: its write released
@@ -552,17 +563,12 @@ impl Drop for Slot {
 
 /// How many more deliveries a worker with `limit` slots may claim: as many as it has free slots
 /// (requests in flight, `per` endpoint, and claims `ready` take one each), and no more than
-/// [`KEPT_PER_SLOT`] allows with the attempts it keeps (`in_flight`, also those whose outcome
-/// waits to be written).
-fn room_for_claims(
-    limit: usize,
-    per: &HashMap<i64, usize>,
-    in_flight: usize,
-    ready: usize,
-) -> usize {
+/// [`KEPT_PER_SLOT`] allows with the attempts it keeps (`kept`: sending, or with their outcome
+/// waiting to be written).
+fn room_for_claims(limit: usize, per: &HashMap<i64, usize>, kept: usize, ready: usize) -> usize {
     let sending: usize = per.values().sum();
     let free = limit.saturating_sub(sending + ready);
-    free.min((KEPT_PER_SLOT * limit).saturating_sub(in_flight + ready))
+    free.min((KEPT_PER_SLOT * limit).saturating_sub(kept + ready))
 }
 
 /// The claimed deliveries of an endpoint the worker holds: in flight and ready to send.
@@ -579,24 +585,24 @@ fn release_slot(per: &mut HashMap<i64, usize>, endpoint_id: i64) {
     }
 }
 
-/// An outcome on its way to the writer, and where the writer says what became of it.
+/// An outcome on its way to the writer, with what the writer needs to count it and to tell
+/// the worker's loop whether it made a delivery due.
 struct Written {
     record: AttemptRecord,
+    /// The public id of the delivery, for the log.
+    uid: String,
     /// The receiver answered 410 Gone: the endpoint is disabled with the outcome.
     gone: bool,
-    recorded: oneshot::Sender<Result<Receipt>>,
+    /// The outcome schedules the next attempt for now (after `Retry-After: 0`).
+    retry_now: bool,
+    /// The outcome's name in the metrics, once it is recorded.
+    label: &'static str,
+    /// How long the receiver took.
+    duration: Duration,
 }
 
-/// What the writer did with one outcome.
-struct Receipt {
-    /// Whether it was recorded: the attempt's lease was still current.
-    recorded: bool,
-    /// Whether its transaction released a delivery of the attempt's endpoint.
-    released: bool,
-}
-
-/// Sends one claimed delivery and has its outcome recorded, if the lease is still ours;
-/// whether that made a delivery of its endpoint due (see [`Ended::made_due`]).
+/// Sends one claimed delivery and hands its outcome to the writer, which records it if the
+/// lease is still ours and tells the worker's loop what that made due (see [`Ended`]).
 async fn attempt(
     state: &AppState,
     mut row: Leased,
@@ -604,7 +610,8 @@ async fn attempt(
     slot: Slot,
     token: Arc<str>,
     outcomes: &mpsc::Sender<Written>,
-) -> Result<bool> {
+    unwritten: &AtomicUsize,
+) -> Result<()> {
     let fields = &endpoint.fields;
     let answer = state
         .sender
@@ -664,29 +671,20 @@ async fn attempt(
         response_headers,
         response_body: answer.body,
     };
-    let (reply, recorded) = oneshot::channel();
     let written = Written {
         record,
+        uid: row.uid,
         gone: outcome == Outcome::Gone,
-        recorded: reply,
+        retry_now: matches!(outcome, Outcome::Retry { at } if at <= now),
+        label: outcome.label(),
+        duration: answer.duration,
     };
+    unwritten.fetch_add(1, Ordering::Relaxed);
     if outcomes.send(written).await.is_err() {
+        unwritten.fetch_sub(1, Ordering::Relaxed);
         return Err(crate::Error::internal("the outcome writer stopped"));
     }
-    let Receipt { recorded, released } = recorded
-        .await
-        .map_err(|_| crate::Error::internal("the outcome writer dropped an outcome"))??;
-    let label = if recorded {
-        outcome.label()
-    } else {
-        "lease_lost"
-    };
-    state.metrics.attempt(label, answer.duration.as_secs_f64());
-    if !recorded {
-        tracing::info!(delivery = %row.uid, "the lease was taken over; this attempt's result was discarded");
-    }
-    let retry_now = matches!(outcome, Outcome::Retry { at } if at <= now);
-    Ok(released || (recorded && retry_now))
+    Ok(())
 }
 
 /// Response headers as a JSON object, serialized straight from the map: each name once, in the
@@ -712,10 +710,15 @@ impl serde::Serialize for HeadersJson<'_> {
 /// While requests are still `unanswered`, it waits up to [`GATHER`] for their outcomes: the
 /// answers to one claim arrive together, and the first would otherwise take a transaction of
 /// its own (on SQLite, a turn at the one write lock, which the next claim waits for).
+///
+/// After each transaction it counts the outcomes, and sends the worker's loop, in one message,
+/// what each one made due (see [`Ended`]); the outcomes are then no longer `unwritten`.
 async fn write_outcomes(
-    state: AppState,
+    state: Arc<AppState>,
     mut written: mpsc::Receiver<Written>,
     unanswered: Arc<AtomicUsize>,
+    unwritten: Arc<AtomicUsize>,
+    ends: mpsc::UnboundedSender<Vec<Ended>>,
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while written.recv_many(&mut batch, WRITE_BATCH).await > 0 {
@@ -737,17 +740,45 @@ async fn write_outcomes(
                 result => break result,
             }
         };
-        for written in batch.drain(..) {
-            let reply = match &result {
-                Ok(done) => Ok(Receipt {
-                    recorded: done.ids.contains(&written.record.delivery_id),
-                    released: done.released.contains(&written.record.endpoint_id),
-                }),
-                Err(crate::Error::Unavailable) => Err(crate::Error::Unavailable),
-                Err(_) => Err(crate::Error::Internal),
-            };
-            let _ = written.recorded.send(reply);
+        if let Err(err) = &result {
+            tracing::warn!(
+                error = %err,
+                attempts = batch.len(),
+                "delivery attempts could not be recorded; their leases will expire and they will be sent again"
+            );
         }
+        let ended: Vec<Ended> = batch
+            .drain(..)
+            .map(|written| {
+                let endpoint = written.record.endpoint_id;
+                // Whether an outcome that could not be recorded made anything due is not
+                // known: it counts as if it did.
+                let made_due = match &result {
+                    Ok(done) => {
+                        let recorded = done.ids.contains(&written.record.delivery_id);
+                        count(&state, &written, recorded);
+                        done.released.contains(&endpoint) || (recorded && written.retry_now)
+                    }
+                    Err(_) => true,
+                };
+                Ended { endpoint, made_due }
+            })
+            .collect();
+        unwritten.fetch_sub(ended.len(), Ordering::Relaxed);
+        let _ = ends.send(ended);
+    }
+}
+
+/// Counts a written outcome in the metrics, as lost when its lease had been taken over.
+fn count(state: &AppState, written: &Written, recorded: bool) {
+    let label = if recorded {
+        written.label
+    } else {
+        "lease_lost"
+    };
+    state.metrics.attempt(label, written.duration.as_secs_f64());
+    if !recorded {
+        tracing::info!(delivery = %written.uid, "the lease was taken over; this attempt's result was discarded");
     }
 }
 
