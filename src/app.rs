@@ -150,8 +150,16 @@ impl App {
     /// Serves until `shutdown`, then finishes in-flight requests and attempts.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let worker = (self.role == Role::All).then(|| {
-            let worker = Worker::new(self.state.clone());
-            tokio::spawn(worker.run(shutdown.clone()))
+            let worker = tokio::spawn(Worker::new(self.state.clone()).run(shutdown.clone()));
+            // A worker that ends before the shutdown (it panicked) stops the server with it:
+            // the process exits with the error, to be restarted, rather than go on accepting
+            // events that no one delivers.
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let ended = worker.await;
+                stop.cancel();
+                ended
+            })
         });
         let router = crate::http::router(self.state.clone());
         let stop = shutdown.clone();
@@ -160,7 +168,10 @@ impl App {
             .await
             .context("serving HTTP")?;
         if let Some(worker) = worker {
-            worker.await.context("joining the delivery worker")?;
+            worker
+                .await
+                .context("joining the delivery worker")?
+                .context("the delivery worker stopped unexpectedly")?;
         }
         Ok(())
     }

@@ -63,8 +63,9 @@ impl Sender {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 // reqwest retries only HTTP/2's and HTTP/3's refusals, which an HTTP/1.1
-                // client never gets; without the policy, a request is not kept for a retry.
-                .retry(reqwest::retry::never())
+                // client never gets. With no retries allowed, a request is not copied before
+                // it is sent in case of one.
+                .retry(reqwest::retry::never().max_retries_per_request(0))
                 .no_proxy()
                 .timeout(timeout)
                 .connect_timeout(timeout)

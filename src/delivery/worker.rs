@@ -119,7 +119,7 @@ impl Worker {
             per_endpoint,
             margin: config.delivery_timeout.min(config.lease / 2),
         };
-        let writer = tokio::spawn(write_outcomes(
+        let mut writer = tokio::spawn(write_outcomes(
             self.state.clone(),
             written,
             unanswered.clone(),
@@ -140,7 +140,7 @@ impl Worker {
         // Whether due deliveries may be left unclaimed, which a freed slot may let the next
         // claim take: the last claim left some behind, or an outcome since released one whose
         // endpoint had no room for it. When not, a slot freed by an answer makes nothing due
-        // (the outcome's write may, and ends the attempt, which claims).
+        // (the outcome's write may, and the writer's report of it claims).
         let mut left_due = true;
         // Attempts whose outcome was written since the last turn.
         let mut ended: Vec<Ended> = Vec::new();
@@ -150,6 +150,11 @@ impl Worker {
             if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP) {
                 last_sweep = Some(tokio::time::Instant::now());
                 claim_now |= self.release_stranded().await;
+            }
+            // Attempts that handed their outcome over are counted once, as unwritten: collected
+            // first, so that a claim does not count them twice.
+            while let Some(done) = in_flight.try_join_next() {
+                claim_now |= done.is_err();
             }
             // Slots freed by answers not seen yet are given back first, so that a claim counts
             // them: a claim made without them finds the endpoints still at their cap.
@@ -243,6 +248,13 @@ impl Worker {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                // The loop holds a sender of the writer's, so the writer ends only by
+                // panicking: so does the worker, rather than go on claiming with no one to
+                // record outcomes (and, as they are never written, soon with no room).
+                stopped = &mut writer => match stopped {
+                    Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                    _ => panic!("the outcome writer stopped while the worker ran"),
+                },
                 Some(first) = in_flight.join_next(), if !in_flight.is_empty() => {
                     // An attempt that panicked handed no outcome over: what it would have
                     // made due is not known.
