@@ -61,7 +61,7 @@ pub struct Config {
     pub lease: Duration,
 
     /// How many deliveries one worker sends at once.
-    #[arg(long, env = "HERALD_WORKER_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "HERALD_WORKER_CONCURRENCY", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub worker_concurrency: u32,
 
     /// How many deliveries to one endpoint one worker sends at once.
