@@ -258,10 +258,8 @@ impl Worker {
                 Some(first) = in_flight.join_next(), if !in_flight.is_empty() => {
                     // An attempt that panicked handed no outcome over: what it would have
                     // made due is not known.
+                    // The others that ended are collected at the top of the loop.
                     claim_now |= first.is_err();
-                    while let Some(more) = in_flight.try_join_next() {
-                        claim_now |= more.is_err();
-                    }
                 }
                 Some(batch) = written_ends.recv() => {
                     ended.extend(batch);
@@ -603,12 +601,10 @@ struct Written {
     record: AttemptRecord,
     /// The public id of the delivery, for the log.
     uid: String,
-    /// The receiver answered 410 Gone: the endpoint is disabled with the outcome.
-    gone: bool,
+    /// What the answer came to; on 410 Gone the endpoint is disabled with the outcome.
+    outcome: Outcome,
     /// The outcome schedules the next attempt for now (after `Retry-After: 0`).
     retry_now: bool,
-    /// The outcome's name in the metrics, once it is recorded.
-    label: &'static str,
     /// How long the receiver took.
     duration: Duration,
 }
@@ -686,9 +682,8 @@ async fn attempt(
     let written = Written {
         record,
         uid: row.uid,
-        gone: outcome == Outcome::Gone,
+        outcome,
         retry_now: matches!(outcome, Outcome::Retry { at } if at <= now),
-        label: outcome.label(),
         duration: answer.duration,
     };
     unwritten.fetch_add(1, Ordering::Relaxed);
@@ -784,7 +779,7 @@ async fn write_outcomes(
 /// Counts a written outcome in the metrics, as lost when its lease had been taken over.
 fn count(state: &AppState, written: &Written, recorded: bool) {
     let label = if recorded {
-        written.label
+        written.outcome.label()
     } else {
         "lease_lost"
     };
@@ -801,7 +796,7 @@ async fn write_batch(state: &AppState, batch: &[Written]) -> Result<store::deliv
     let _turn = state.outbox.worker_turn().await;
     let tx = store::begin_worker_write(&state.writer).await?;
     let recorded = store::deliveries::record_attempts(&tx, &records).await?;
-    for written in batch.iter().filter(|w| w.gone) {
+    for written in batch.iter().filter(|w| w.outcome == Outcome::Gone) {
         if recorded.ids.contains(&written.record.delivery_id) {
             store::endpoints::disable(&tx, written.record.endpoint_id).await?;
         }
