@@ -5,7 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT,
+};
+use reqwest::{Method, Url};
 
 use super::guard::{BLOCKED, Blocked, GuardedResolver, Lookup, TargetPolicy};
 use crate::domain::EndpointUrl;
@@ -17,10 +22,41 @@ pub const RESPONSE_CAP: usize = 64 * 1024;
 /// The `User-Agent` of every delivery.
 pub const AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
 
+/// Where an endpoint's deliveries go, worked out once for all of them: the URL to send to,
+/// without its credentials, and those credentials as an `Authorization` header.
+pub struct Destination {
+    url: EndpointUrl,
+    target: Url,
+    authorization: Option<HeaderValue>,
+    insecure_ssl: bool,
+}
+
+impl Destination {
+    pub fn new(url: &EndpointUrl, insecure_ssl: bool) -> Self {
+        Self {
+            url: url.clone(),
+            target: url.target(),
+            authorization: url
+                .credentials()
+                .map(|(user, password)| basic_auth(&user, password.as_deref())),
+            insecure_ssl,
+        }
+    }
+}
+
+/// HTTP Basic authentication (RFC 7617) of a user and password, as a header value that is
+/// marked sensitive.
+fn basic_auth(user: &str, password: Option<&str>) -> HeaderValue {
+    let mut header = String::from("Basic ");
+    BASE64.encode_string(format!("{user}:{}", password.unwrap_or("")), &mut header);
+    let mut value = HeaderValue::try_from(header).expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
 /// One request to send.
 pub struct Outgoing<'a> {
-    pub url: &'a EndpointUrl,
-    pub insecure_ssl: bool,
+    pub to: &'a Destination,
     /// `build`, `task` or `ping`.
     pub event: &'a str,
     pub delivery_id: &'a str,
@@ -101,21 +137,19 @@ impl Sender {
             duration: started.elapsed(),
         };
         if out
+            .to
             .url
             .literal_ip()
             .is_some_and(|ip| !self.policy.permits(ip))
         {
             return failed(BLOCKED);
         }
-        let client = if out.insecure_ssl {
+        let client = if out.to.insecure_ssl {
             &self.insecure
         } else {
             &self.verified
         };
-        let request = match build_request(client, out) {
-            Ok(request) => request,
-            Err(err) => return failed(&describe(&err, self.timeout)),
-        };
+        let request = build_request(out);
         // One deadline bounds the whole attempt. A status that arrived in time is kept even
         // when the body is still trickling at the deadline: the body read just stops there.
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -142,39 +176,40 @@ impl Sender {
     }
 }
 
-/// The request of one attempt. Its headers are set on the request itself, each once.
-fn build_request(client: &reqwest::Client, out: Outgoing<'_>) -> reqwest::Result<reqwest::Request> {
+/// The request of one attempt. Its headers are set on the request itself, each once, in a
+/// map made large enough for all of them and the client's own.
+fn build_request(out: Outgoing<'_>) -> reqwest::Request {
     let attempt_seconds = crate::now_ms() / 1000;
-    let signatures = out.signer.map(|signer| {
-        let body = out.body.as_bytes();
-        (
-            signer.cirrus(body),
-            signer.standard(out.delivery_id, attempt_seconds, body),
-        )
-    });
-    let mut request = client.post(out.url.target());
-    if let Some((user, password)) = out.url.credentials() {
-        request = request.basic_auth(user, password);
-    }
-    let mut request = request.body(out.body).build()?;
-    let headers = request.headers_mut();
+    let mut headers = HeaderMap::with_capacity(16);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
-    let mut put = |name: &'static str, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
+    if let Some(authorization) = &out.to.authorization {
+        headers.insert(AUTHORIZATION, authorization.clone());
+    }
+    let mut put = |name: &'static str, value: Option<HeaderValue>| {
+        if let Some(value) = value {
             headers.insert(HeaderName::from_static(name), value);
         }
     };
-    put("x-cirrus-event", out.event);
-    put("x-cirrus-delivery", out.delivery_id);
-    put("x-cirrus-timestamp", &out.event_timestamp.to_string());
-    put("webhook-id", out.delivery_id);
-    put("webhook-timestamp", &attempt_seconds.to_string());
-    if let Some((cirrus, standard)) = signatures {
-        put("x-cirrus-signature", &cirrus);
-        put("webhook-signature", &standard);
+    let delivery_id = HeaderValue::from_str(out.delivery_id).ok();
+    put("x-cirrus-event", HeaderValue::from_str(out.event).ok());
+    put("x-cirrus-delivery", delivery_id.clone());
+    put("x-cirrus-timestamp", Some(out.event_timestamp.into()));
+    put("webhook-id", delivery_id);
+    put("webhook-timestamp", Some(attempt_seconds.into()));
+    if let Some(signer) = out.signer {
+        let body = out.body.as_bytes();
+        let standard = signer.standard(out.delivery_id, attempt_seconds, body);
+        put(
+            "x-cirrus-signature",
+            HeaderValue::try_from(signer.cirrus(body)).ok(),
+        );
+        put("webhook-signature", HeaderValue::try_from(standard).ok());
     }
-    Ok(request)
+    let mut request = reqwest::Request::new(Method::POST, out.to.target.clone());
+    *request.headers_mut() = headers;
+    *request.body_mut() = Some(out.body.into());
+    request
 }
 
 /// Reads a body up to [`RESPONSE_CAP`] bytes or until `deadline`, and drops the rest unread.

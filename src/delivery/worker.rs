@@ -19,17 +19,15 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::client::Outgoing;
+use super::client::{Destination, Outgoing};
 use super::outcome::{Outcome, decide};
 use crate::Result;
 use crate::app::AppState;
 use crate::domain::DeliveryState;
 use crate::signing::Signer;
-use crate::store::endpoints::EndpointFields;
 use crate::store::{
     self,
     deliveries::{AttemptRecord, Leased},
-    entities::webhook_endpoint,
 };
 
 /// How often an idle worker looks for due deliveries it was not woken for.
@@ -329,15 +327,11 @@ impl Worker {
             ids.dedup();
             for row in store::endpoints::find_many(&self.state.db, &ids).await? {
                 let fields = store::endpoints::fields_of(&row, &self.state.vault)?;
-                let signer = fields.secret.as_deref().map(Signer::new);
-                endpoints.insert(
-                    row.id,
-                    Arc::new(Target {
-                        row,
-                        fields,
-                        signer,
-                    }),
-                );
+                let target = Target {
+                    destination: Destination::new(&fields.url, row.insecure_ssl),
+                    signer: fields.secret.as_deref().map(Signer::new),
+                };
+                endpoints.insert(row.id, Arc::new(target));
             }
         }
         let ready = rows
@@ -532,11 +526,9 @@ struct Ended {
     made_due: bool,
 }
 
-/// An endpoint as an attempt needs it: the stored row, its opened fields, and its secret ready
-/// to sign with.
+/// An endpoint as an attempt needs it: where to send, and its secret ready to sign with.
 struct Target {
-    row: webhook_endpoint::Model,
-    fields: EndpointFields,
+    destination: Destination,
     signer: Option<Signer>,
 }
 
@@ -620,12 +612,10 @@ async fn attempt(
     outcomes: &mpsc::Sender<Written>,
     unwritten: &AtomicUsize,
 ) -> Result<()> {
-    let fields = &endpoint.fields;
     let answer = state
         .sender
         .send(Outgoing {
-            url: &fields.url,
-            insecure_ssl: endpoint.row.insecure_ssl,
+            to: &endpoint.destination,
             event: &row.event,
             delivery_id: &row.uid,
             event_timestamp: row.created_at,

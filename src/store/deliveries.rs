@@ -669,14 +669,14 @@ async fn candidates(
     if skipping {
         values.push(sql::ids(backend, skip));
     }
-    values.extend([true.into(), (limit as i64).into()]);
+    values.push((limit as i64).into());
     let statement =
         Statement::from_sql_and_values(backend, candidates_sql(backend, skipping), values);
     Ok(Candidate::find_by_statement(statement).all(conn).await?)
 }
 
 /// [`candidates`]' statement; its parameters are now (twice), the endpoints to skip (when
-/// `skipping`), `true` and the limit.
+/// `skipping`) and the limit.
 fn candidates_sql(backend: DbBackend, skipping: bool) -> String {
     let skip_filter = if skipping {
         format!("AND NOT ({})", sql::in_ids(backend, "d.endpoint_id"))
@@ -684,7 +684,9 @@ fn candidates_sql(backend: DbBackend, skipping: bool) -> String {
         String::new()
     };
     // SQLite's planner, without statistics, may pick another index and sort every queued
-    // delivery; the partial index reads them in due order and stops at the limit.
+    // delivery; the partial index reads them in due order and stops at the limit. The limit is
+    // cast: SQLite plans a bare `LIMIT ?` from the value bound, so binding another one would
+    // make it parse and plan the statement again at every claim.
     let index = sql::sqlite_hint(backend, "INDEXED BY deliveries_ready");
     let lock = if backend == DbBackend::Postgres {
         "FOR UPDATE OF d SKIP LOCKED"
@@ -696,10 +698,10 @@ fn candidates_sql(backend: DbBackend, skipping: bool) -> String {
         WHERE d.state IN ('PENDING', 'RETRYING') AND d.held = false AND d.next_attempt_at <= ?
           AND (d.lease_until IS NULL OR d.lease_until < ?)
           {skip_filter}
-          AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id AND e.enabled = ?)
+          AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id AND e.enabled = true)
           AND {head}
         ORDER BY d.next_attempt_at, d.id
-        LIMIT ? {lock}",
+        LIMIT CAST(? AS BIGINT) {lock}",
         head = chain_head("d")
     );
     sql::numbered(backend, &sql)
