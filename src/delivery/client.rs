@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::header::{
-    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, USER_AGENT,
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT,
 };
 use reqwest::{Method, Url};
 
@@ -72,7 +72,10 @@ pub struct Outgoing<'a> {
 #[derive(Debug)]
 pub struct Answer {
     pub status: Option<u16>,
-    pub headers: HeaderMap,
+    /// The response's headers as a JSON object (see [`HeadersJson`]); `{}` without a response.
+    pub headers: String,
+    /// The response's `Retry-After`, when it has one.
+    pub retry_after: Option<String>,
     pub body: String,
     /// One sentence, when no HTTP answer came.
     pub error: Option<String>,
@@ -131,7 +134,8 @@ impl Sender {
         let started = Instant::now();
         let failed = |error: &str| Answer {
             status: None,
-            headers: HeaderMap::new(),
+            headers: "{}".to_owned(),
+            retry_after: None,
             body: String::new(),
             error: Some(error.to_owned()),
             duration: started.elapsed(),
@@ -164,11 +168,16 @@ impl Sender {
             Ok(Ok(response)) => response,
         };
         let status = response.status().as_u16();
-        let headers = std::mem::take(response.headers_mut());
+        // The header values are slices of the connection's read buffer. Read and let go of
+        // before the connection goes back to the pool (once the body is read), they leave the
+        // buffer to the connection alone, and its next response is read into it instead of
+        // into a new one.
+        let (headers, retry_after) = read_headers(std::mem::take(response.headers_mut()));
         let body = read_capped(response, deadline).await;
         Answer {
             status: Some(status),
             headers,
+            retry_after,
             body: String::from_utf8_lossy(&body).into_owned(),
             error: None,
             duration: started.elapsed(),
@@ -177,10 +186,10 @@ impl Sender {
 }
 
 /// The request of one attempt. Its headers are set on the request itself, each once, in a
-/// map made large enough for all of them and the client's own.
+/// map made just large enough for all of them and the two the client adds (`accept`, `host`).
 fn build_request(out: Outgoing<'_>) -> reqwest::Request {
     let attempt_seconds = crate::now_ms() / 1000;
-    let mut headers = HeaderMap::with_capacity(16);
+    let mut headers = HeaderMap::with_capacity(12);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
     if let Some(authorization) = &out.to.authorization {
@@ -210,6 +219,34 @@ fn build_request(out: Outgoing<'_>) -> reqwest::Request {
     *request.headers_mut() = headers;
     *request.body_mut() = Some(out.body.into());
     request
+}
+
+/// A response's headers as JSON (see [`HeadersJson`]), and its `Retry-After`. The map is
+/// dropped here.
+fn read_headers(headers: HeaderMap) -> (String, Option<String>) {
+    let retry_after = headers
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let json = serde_json::to_string(&HeadersJson(&headers))
+        .expect("header names and lossy text serialize");
+    (json, retry_after)
+}
+
+/// Response headers as a JSON object, serialized straight from the map: each name once, in the
+/// order of its first appearance, with its last value.
+struct HeadersJson<'a>(&'a HeaderMap);
+
+impl serde::Serialize for HeadersJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.keys().map(|name| {
+            let value = self.0.get_all(name).iter().next_back();
+            (
+                name.as_str(),
+                String::from_utf8_lossy(value.map_or(&[][..], |v| v.as_bytes())),
+            )
+        }))
+    }
 }
 
 /// Reads a body up to [`RESPONSE_CAP`] bytes or until `deadline`, and drops the rest unread.

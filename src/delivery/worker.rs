@@ -625,13 +625,9 @@ async fn attempt(
         .await;
     drop(slot);
     let now = crate::now_ms();
-    let retry_after = answer
-        .headers
-        .get("retry-after")
-        .and_then(|value| value.to_str().ok());
     let outcome = decide(
         answer.status,
-        retry_after,
+        answer.retry_after.as_deref(),
         row.round_attempts as usize + 1,
         &state.config.retry_schedule,
         now,
@@ -653,8 +649,6 @@ async fn attempt(
             (_, Some(status)) => Some(format!("the receiver answered HTTP {status}")),
             (_, None) => None,
         });
-    let response_headers =
-        serde_json::to_string(&HeadersJson(&answer.headers)).map_err(crate::Error::internal)?;
     let record = AttemptRecord {
         delivery_id: row.id,
         endpoint_id: row.endpoint_id,
@@ -666,7 +660,7 @@ async fn attempt(
         status: answer.status.map(i32::from),
         duration_ms: answer.duration.as_millis() as i64,
         error,
-        response_headers,
+        response_headers: answer.headers,
         response_body: answer.body,
     };
     let written = Written {
@@ -682,22 +676,6 @@ async fn attempt(
         return Err(crate::Error::internal("the outcome writer stopped"));
     }
     Ok(())
-}
-
-/// Response headers as a JSON object, serialized straight from the map: each name once, in the
-/// order of its first appearance, with its last value.
-struct HeadersJson<'a>(&'a reqwest::header::HeaderMap);
-
-impl serde::Serialize for HeadersJson<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.keys().map(|name| {
-            let value = self.0.get_all(name).iter().next_back();
-            (
-                name.as_str(),
-                String::from_utf8_lossy(value.map_or(&[][..], |v| v.as_bytes())),
-            )
-        }))
-    }
 }
 
 /// Records outcomes as they come: everything waiting is written in one transaction. The answer
