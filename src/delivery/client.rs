@@ -2,6 +2,7 @@
 //! guard as its resolver, every attempt bounded by the delivery timeout, responses read only up
 //! to a cap.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,19 +24,20 @@ pub const RESPONSE_CAP: usize = 64 * 1024;
 pub const AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
 
 /// Where an endpoint's deliveries go, worked out once for all of them: the URL to send to,
-/// without its credentials, and those credentials as an `Authorization` header.
+/// without its credentials, those credentials as an `Authorization` header, and the host's
+/// address when the URL names one.
 pub struct Destination {
-    url: EndpointUrl,
     target: Url,
     authorization: Option<HeaderValue>,
+    literal_ip: Option<IpAddr>,
     insecure_ssl: bool,
 }
 
 impl Destination {
     pub fn new(url: &EndpointUrl, insecure_ssl: bool) -> Self {
         Self {
-            url: url.clone(),
             target: url.target(),
+            literal_ip: url.literal_ip(),
             authorization: url
                 .credentials()
                 .map(|(user, password)| basic_auth(&user, password.as_deref())),
@@ -140,12 +142,7 @@ impl Sender {
             error: Some(error.to_owned()),
             duration: started.elapsed(),
         };
-        if out
-            .to
-            .url
-            .literal_ip()
-            .is_some_and(|ip| !self.policy.permits(ip))
-        {
+        if out.to.literal_ip.is_some_and(|ip| !self.policy.permits(ip)) {
             return failed(BLOCKED);
         }
         let client = if out.to.insecure_ssl {
@@ -168,10 +165,9 @@ impl Sender {
             Ok(Ok(response)) => response,
         };
         let status = response.status().as_u16();
-        // The header values are slices of the connection's read buffer. Read and let go of
-        // before the connection goes back to the pool (once the body is read), they leave the
-        // buffer to the connection alone, and its next response is read into it instead of
-        // into a new one.
+        // The header values are slices of the connection's read buffer: they are read and
+        // dropped before the body is, so that they do not keep the connection from reading its
+        // next response into the same buffer once it is back in the pool.
         let (headers, retry_after) = read_headers(std::mem::take(response.headers_mut()));
         let body = read_capped(response, deadline).await;
         Answer {
