@@ -74,7 +74,8 @@ pub struct Outgoing<'a> {
 #[derive(Debug)]
 pub struct Answer {
     pub status: Option<u16>,
-    /// The response's headers as a JSON object (see [`HeadersJson`]); `{}` without a response.
+    /// The response's headers as a JSON object: each name once, with its last value; `{}`
+    /// without a response.
     pub headers: String,
     /// The response's `Retry-After`, when it has one.
     pub retry_after: Option<String>,
@@ -182,7 +183,7 @@ impl Sender {
 }
 
 /// The request of one attempt. Its headers are set on the request itself, each once, in a
-/// map made just large enough for all of them and the two the client adds (`accept`, `host`).
+/// map made large enough for all of them and the `accept` the client adds to it.
 fn build_request(out: Outgoing<'_>) -> reqwest::Request {
     let attempt_seconds = crate::now_ms() / 1000;
     let mut headers = HeaderMap::with_capacity(12);
