@@ -166,9 +166,8 @@ impl Worker {
             // is sent), and at once only if its endpoint has room for it (counted after the
             // answers). Without room, it is left due for the claim that the endpoint's next
             // freed slot makes.
-            for ended in ended.drain(..) {
-                if !ended.made_due {
-                } else if held(&per, &ready, ended.endpoint) >= held_cap {
+            for ended in ended.drain(..).filter(|ended| ended.made_due) {
+                if held(&per, &ready, ended.endpoint) >= held_cap {
                     left_due = true;
                 } else {
                     claim_now = true;
