@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-/// A reading of the counters, in clock ticks.
+/// A reading of the counters: the machine's in clock ticks, the processes' in nanoseconds.
 #[derive(Clone, Debug, Default)]
 pub struct Reading {
     /// The machine's busy time: user, nice, system, irq and softirq.
@@ -14,7 +14,7 @@ pub struct Reading {
     idle: u64,
     /// Taken by the hypervisor for other machines.
     steal: u64,
-    /// Each process's user plus system time, by pid.
+    /// Each process's CPU time in nanoseconds, by pid.
     processes: HashMap<u32, u64>,
 }
 
@@ -26,9 +26,8 @@ impl Reading {
             .and_then(|stat| machine(&stat))
             .unwrap_or_default();
         for &pid in pids {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
-            if let Some(ticks) = stat.ok().and_then(|stat| process(&stat)) {
-                reading.processes.insert(pid, ticks);
+            if let Some(nanos) = process_nanos(pid) {
+                reading.processes.insert(pid, nanos);
             }
         }
         reading
@@ -55,14 +54,14 @@ impl Spent {
         let all = busy + idle + steal;
         let share = |part: u64| (all > 0).then(|| part as f64 / all as f64);
         let processes = (!end.processes.is_empty()).then(|| {
-            let ticks: u64 = end
+            let nanos: u64 = end
                 .processes
                 .iter()
-                .map(|(pid, ticks)| {
-                    ticks.saturating_sub(start.processes.get(pid).copied().unwrap_or(0))
+                .map(|(pid, nanos)| {
+                    nanos.saturating_sub(start.processes.get(pid).copied().unwrap_or(0))
                 })
                 .sum();
-            ticks as f64 / ticks_per_second()
+            nanos as f64 / 1e9
         });
         Self {
             processes_seconds: processes,
@@ -89,22 +88,26 @@ fn machine(stat: &str) -> Option<Reading> {
     })
 }
 
-/// User plus system time from `/proc/<pid>/stat`, whose second field, the command, is in
-/// parentheses and may hold spaces: the fields after its closing one are counted from there.
-fn process(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state (field 3), …, utime (field 14) and stime (field 15).
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// Clock ticks per second of `/proc`'s counters (`USER_HZ`).
-fn ticks_per_second() -> f64 {
-    // SAFETY: `sysconf` only reads a configuration value; it has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 { hz as f64 } else { 100.0 }
+/// The CPU time a process has used so far, in nanoseconds, from its CPU-time clock; none for a
+/// process that is gone. `/proc/<pid>/stat` counts it in clock ticks, sampled 100 times a
+/// second, so that a process that ran a few milliseconds could count none.
+fn process_nanos(pid: u32) -> Option<u64> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: it only writes the process's clock id into `clock`, a local.
+    if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
+        return None;
+    }
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: it only writes the clock's time into `time`, a local.
+    if unsafe { libc::clock_gettime(clock, &mut time) } != 0 {
+        return None;
+    }
+    let seconds = u64::try_from(time.tv_sec).ok()?;
+    Some(seconds * 1_000_000_000 + u64::try_from(time.tv_nsec).ok()?)
 }
 
 #[cfg(test)]
@@ -116,18 +119,16 @@ mod tests {
         let start = machine("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n").unwrap();
         let mut end = machine("cpu  250 10 90 1000 50 5 5 40 0 0\n").unwrap();
         // busy 150 + 10 + 40 + 5 + 5 = 210, idle 200, steal 40: 450 ticks in all.
-        let stat = "4242 (herald serve) S 1 2 3 4 5 6 7 8 9 10 70 30 0 0";
-        assert_eq!(process(stat), Some(100));
-        end.processes.insert(4242, 100);
+        end.processes.insert(4242, 100_000_000);
         let spent = Spent::between(&start, &end);
         assert_eq!(spent.busy_share, Some(210.0 / 450.0));
         assert_eq!(spent.steal_share, Some(40.0 / 450.0));
-        assert_eq!(spent.processes_seconds, Some(100.0 / ticks_per_second()));
+        assert_eq!(spent.processes_seconds, Some(0.1));
         let mut later = start.clone();
-        later.processes.insert(4242, 60);
+        later.processes.insert(4242, 60_000_000);
         assert_eq!(
             Spent::between(&later, &end).processes_seconds,
-            Some(40.0 / ticks_per_second()),
+            Some(0.04),
             "a process read at the start counts from there"
         );
         assert_eq!(
@@ -138,5 +139,27 @@ mod tests {
                 steal_share: None
             }
         );
+    }
+
+    #[test]
+    fn a_process_cpu_time_moves_in_steps_finer_than_a_clock_tick() {
+        let me = std::process::id();
+        let before = process_nanos(me).expect("this process has a CPU-time clock");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let step = loop {
+            let now = process_nanos(me).unwrap();
+            if now > before {
+                break now - before;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clock did not move"
+            );
+        };
+        // `/proc`'s counters move by 10 ms at a time.
+        assert!(step < 10_000_000, "{step} ns");
+        // The largest pid Linux can give (`pid_max` is at most 2^22): none of the few
+        // processes of a test machine has it.
+        assert_eq!(process_nanos((1 << 22) - 1), None, "no such process");
     }
 }
