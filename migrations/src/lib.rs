@@ -8,6 +8,7 @@ mod m20261210_000002_endpoint_status_filter;
 mod m20261211_000001_delivery_held;
 mod m20261212_000001_delivery_unfinished;
 mod m20261213_000001_delivery_writes;
+mod m20261214_000001_delivery_queue;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261211_000001_delivery_held::Migration),
             Box::new(m20261212_000001_delivery_unfinished::Migration),
             Box::new(m20261213_000001_delivery_writes::Migration),
+            Box::new(m20261214_000001_delivery_queue::Migration),
         ]
     }
 }

@@ -1,8 +1,13 @@
 //! The outbox: events, deliveries and their attempts, and the queue the workers claim from.
 //!
-//! A delivery is claimed by setting a lease (`lease_until`) and a fresh fencing token
-//! (`lease_token`). Only the holder of the current token may record the attempt's outcome, so a
-//! worker that lost its lease (it stalled, or was presumed dead) changes nothing.
+//! Every delivery not yet finished (`PENDING` or `RETRYING`) has a row in `delivery_queue`,
+//! written in the same transactions as the delivery: what the claims read and the leases,
+//! retries and releases write, so that those writes are of a few narrow columns and not of the
+//! delivery's whole row. Finishing a delivery deletes its queue row.
+//!
+//! A delivery is claimed by setting its queue row's lease (`lease_until`) and a fresh fencing
+//! token (`lease_token`). Only the holder of the current token may record the attempt's
+//! outcome, so a worker that lost its lease (it stalled, or was presumed dead) changes nothing.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,7 +17,7 @@ use sea_orm::{
 };
 
 use super::Page;
-use super::entities::{delivery, delivery_attempt};
+use super::entities::{delivery, delivery_attempt, delivery_queue};
 use super::sql;
 use crate::domain::DeliveryState;
 use crate::{Error, Result};
@@ -121,15 +126,11 @@ impl NewDelivery {
             attempts: Set(0),
             round_attempts: Set(0),
             next_attempt_at: Set(timestamp),
-            lease_until: Set(None),
-            lease_token: Set(None),
             created_at: Set(timestamp),
             last_status: Set(None),
             last_duration: Set(None),
             last_response: Set(None),
             updated_at: Set(timestamp),
-            // A delivery of no build is in no chain, so nothing holds it.
-            held: Set(false),
             ..Default::default()
         }
     }
@@ -171,10 +172,10 @@ pub struct EventDeliveries<'a> {
     pub bodies: Vec<(i64, String)>,
 }
 
-/// Queues events' deliveries, due at once, each with a new public id, in one statement. A
-/// delivery whose (endpoint, build) chain has an unfinished delivery is held behind it: the
-/// insert checks each chain itself, in `deliveries_unfinished`. The statement does not see its
-/// own rows, so it takes at most one event per build.
+/// Queues events' deliveries, due at once, each with a new public id. A delivery whose
+/// (endpoint, build) chain has an unfinished delivery is held behind it: the queue's insert
+/// checks each chain itself, in `delivery_queue_chain`. The statement does not see its own
+/// rows, so it takes at most one event per build.
 ///
 /// Returns whether a delivery queued is due now, not held; on PostgreSQL the same statement then
 /// announces them in the name of `announcer` (see [`announce`]). A held delivery needs no
@@ -206,51 +207,61 @@ pub async fn queue_events(
         return Ok(false);
     }
     let backend = conn.get_database_backend();
-    let mut values = vec![sql::rows(rows)];
     if backend == DbBackend::Postgres {
-        values.push(announcer.into());
-    }
-    let statement = Statement::from_sql_and_values(backend, queue_events_sql(backend), values);
-    if backend == DbBackend::Postgres {
+        // One statement inserts the deliveries and their queue rows, and announces the due.
         #[derive(FromQueryResult)]
         struct Due {
             due: i64,
         }
+        let statement = Statement::from_sql_and_values(
+            backend,
+            queue_events_pg_sql(),
+            [sql::rows(rows), announcer.into()],
+        );
         let due = Due::find_by_statement(statement).one(conn).await?;
-        Ok(due.is_some_and(|row| row.due > 0))
-    } else {
-        #[derive(FromQueryResult)]
-        struct Queued {
-            held: bool,
-        }
-        let queued = Queued::find_by_statement(statement).all(conn).await?;
-        Ok(queued.iter().any(|row| !row.held))
+        return Ok(due.is_some_and(|row| row.due > 0));
     }
+    #[derive(FromQueryResult)]
+    struct Inserted {
+        id: i64,
+        endpoint_id: i64,
+        build_id: Option<i64>,
+        next_attempt_at: i64,
+    }
+    let statement = Statement::from_sql_and_values(
+        backend,
+        sql::numbered(backend, &insert_deliveries_sql(backend)),
+        [sql::rows(rows)],
+    );
+    let inserted = Inserted::find_by_statement(statement).all(conn).await?;
+    let rows = sql::rows(
+        inserted
+            .iter()
+            .map(|row| (row.id, row.endpoint_id, row.build_id, row.next_attempt_at)),
+    );
+    #[derive(FromQueryResult)]
+    struct Queued {
+        held: bool,
+    }
+    let statement = Statement::from_sql_and_values(backend, enqueue_sql(backend), [rows]);
+    let queued = Queued::find_by_statement(statement).all(conn).await?;
+    Ok(queued.iter().any(|row| !row.held))
 }
 
-/// [`queue_events`]' statement; its parameter is one row per delivery: public id, endpoint,
-/// body, organization, event, build, the event's kind and action, and its time; on PostgreSQL
-/// also the announcer. On SQLite it returns each delivery's `held`; on PostgreSQL, how many are
-/// `due`, announced if any.
-fn queue_events_sql(backend: DbBackend) -> String {
+/// The insert of events' deliveries; its parameter is one row per delivery: public id,
+/// endpoint, body, organization, event, build, the event's kind and action, and its time. It
+/// returns what their queue rows need: id, endpoint, build and due time. Its placeholders are
+/// `?`, numbered by the caller.
+fn insert_deliveries_sql(backend: DbBackend) -> String {
     let (int, text) = (|n| sql::int_field("n", n), |n| sql::field("n", n));
-    // Without statistics, SQLite's planner may answer the state test from another index; the
-    // index of unfinished chains reads only the chain's. The check is a scalar subquery, not
-    // `EXISTS`, which PostgreSQL may run as a hashed subplan that reads every unfinished
-    // delivery of the build through that index (its first column is the endpoint).
-    let index = sql::sqlite_hint(backend, "INDEXED BY deliveries_unfinished");
-    let sql = format!(
+    format!(
         "INSERT INTO deliveries
             (uid, org_id, endpoint_id, event_id, build_id, event, action, body, state, attempts,
-             round_attempts, next_attempt_at, created_at, updated_at, held)
+             round_attempts, next_attempt_at, created_at, updated_at)
         SELECT {uid}, {org}, {endpoint}, {event_id}, {build}, {event}, {action}, {body},
-            'PENDING', 0, 0, {at}, {at}, {at},
-            (SELECT p.id FROM deliveries p {index}
-             WHERE p.endpoint_id = {endpoint} AND p.build_id = {build}
-               AND p.state IN ('PENDING', 'RETRYING')
-             LIMIT 1) IS NOT NULL
+            'PENDING', 0, 0, {at}, {at}, {at}
         FROM {rows}
-        RETURNING held",
+        RETURNING id, endpoint_id, build_id, next_attempt_at",
         uid = text(0),
         endpoint = int(1),
         body = text(2),
@@ -261,28 +272,71 @@ fn queue_events_sql(backend: DbBackend) -> String {
         action = text(7),
         at = int(8),
         rows = sql::json_rows(backend, "n"),
+    )
+}
+
+/// The queue rows of new deliveries; its parameter is one row per delivery: id, endpoint,
+/// build and due time. Each is held when its chain has a row in the queue already. It returns
+/// each one's `held`.
+fn enqueue_sql(backend: DbBackend) -> String {
+    let int = |n| sql::int_field("r", n);
+    let sql = format!(
+        "INSERT INTO delivery_queue (delivery_id, endpoint_id, build_id, next_attempt_at, held)
+        SELECT {id}, {endpoint}, {build}, {at}, {held}
+        FROM {rows}
+        RETURNING held",
+        id = int(0),
+        endpoint = int(1),
+        build = int(2),
+        at = int(3),
+        held = chain_has_row(backend, &int(1), &int(2)),
+        rows = sql::json_rows(backend, "r"),
     );
-    let sql = match backend {
-        // `NOTIFY` is sent at the commit, and only when some delivery is due.
-        DbBackend::Postgres => format!(
-            "WITH queued AS ({sql})
-            SELECT count(*) AS due,
-                CASE WHEN count(*) > 0 THEN pg_notify('{CHANNEL}', ?)::text END AS announced
-            FROM queued WHERE NOT held"
-        ),
-        _ => sql,
-    };
     sql::numbered(backend, &sql)
 }
 
-/// Makes the first unfinished delivery of each of these (endpoint, build) chains, whose earlier
-/// delivery has just finished, the chain's head: releases it when it is held; the endpoints of
-/// the chains that have one, which a claim may now take.
+/// Whether the chain of `endpoint` and `build` has a row in the queue: an unfinished delivery.
+/// A scalar subquery, not `EXISTS`, which PostgreSQL may run as a hashed subplan that reads the
+/// whole queue.
+fn chain_has_row(backend: DbBackend, endpoint: &str, build: &str) -> String {
+    // Without statistics, SQLite's planner may answer from another index.
+    let index = sql::sqlite_hint(backend, "INDEXED BY delivery_queue_chain");
+    format!(
+        "(SELECT p.delivery_id FROM delivery_queue p {index}
+          WHERE p.endpoint_id = {endpoint} AND p.build_id = {build} LIMIT 1) IS NOT NULL"
+    )
+}
+
+/// [`queue_events`]' statement on PostgreSQL: [`insert_deliveries_sql`] and [`enqueue_sql`] in
+/// one, whose parameters are the deliveries' rows and the announcer; it returns how many are
+/// `due`, announced if any. `NOTIFY` is sent at the commit, and only when some delivery is due.
+fn queue_events_pg_sql() -> String {
+    let backend = DbBackend::Postgres;
+    let enqueue = format!(
+        "INSERT INTO delivery_queue (delivery_id, endpoint_id, build_id, next_attempt_at, held)
+        SELECT id, endpoint_id, build_id, next_attempt_at, {}
+        FROM inserted
+        RETURNING held",
+        chain_has_row(backend, "inserted.endpoint_id", "inserted.build_id")
+    );
+    let sql = format!(
+        "WITH inserted AS ({}), queued AS ({enqueue})
+        SELECT count(*) AS due,
+            CASE WHEN count(*) > 0 THEN pg_notify('{CHANNEL}', ?)::text END AS announced
+        FROM queued WHERE NOT held",
+        insert_deliveries_sql(backend),
+    );
+    sql::numbered(backend, &sql)
+}
+
+/// Makes the next unfinished delivery of each chain whose delivery has just finished the chain's
+/// head: releases it when it is held; the endpoints of the chains that have one, which a claim
+/// may now take. Each chain is given as (endpoint, build, the delivery that finished).
 async fn release_next(
     conn: &impl ConnectionTrait,
-    chains: &HashSet<(i64, i64)>,
+    finished: &[(i64, i64, i64)],
 ) -> Result<HashSet<i64>> {
-    if chains.is_empty() {
+    if finished.is_empty() {
         return Ok(HashSet::new());
     }
     #[derive(FromQueryResult)]
@@ -290,36 +344,38 @@ async fn release_next(
         endpoint_id: i64,
     }
     let backend = conn.get_database_backend();
-    let rows = sql::rows(chains.iter().map(|(endpoint, build)| (endpoint, build)));
-    let statement = Statement::from_sql_and_values(backend, release_next_sql(backend), [rows]);
+    let statement =
+        Statement::from_sql_and_values(backend, release_next_sql(backend), [sql::rows(finished)]);
     let released = Released::find_by_statement(statement).all(conn).await?;
     Ok(released.into_iter().map(|row| row.endpoint_id).collect())
 }
 
-/// Releases the first unfinished delivery of each chain; its parameter is the chains, as
-/// `[endpoint, build]` rows. That delivery is the first held one, except after a redelivery:
-/// a finished delivery sent again goes ahead of its chain's unfinished ones, which stay as they
-/// were (the one after it not held, the rest held), and when it finishes, the next to go is
-/// that one, not the first held. The next ids are found first, each in the index of
-/// unfinished chains, and the update reads only them: PostgreSQL may plan an `UPDATE … WHERE
-/// id IN (SELECT …)` as a scan of the whole table, so there the ids are an array computed once.
+/// Releases the next unfinished delivery of each chain; its parameter is the chains, as
+/// `[endpoint, build, finished delivery]` rows. The next is the first queued after the one
+/// that finished: the queue's rows before it are gone, and reading from it does not step over
+/// what the index of chains still holds of them. After a redelivery, the next may not be the
+/// chain's head (a finished delivery sent again goes ahead of its chain's unfinished ones, and
+/// one of those may have been in flight when it was): it is released all the same, and the
+/// claims' chain check keeps it waiting. The next ids are found first, each in the index of
+/// chains, and the update reads only them: PostgreSQL may plan an `UPDATE … WHERE id IN
+/// (SELECT …)` as a scan of the whole table, so there the ids are an array computed once.
 fn release_next_sql(backend: DbBackend) -> String {
     let next = format!(
-        "SELECT (SELECT MIN(p.id) FROM deliveries p
-                WHERE p.endpoint_id = {} AND p.build_id = {}
-                  AND p.state IN ('PENDING', 'RETRYING'))
+        "SELECT (SELECT MIN(p.delivery_id) FROM delivery_queue p
+                WHERE p.endpoint_id = {} AND p.build_id = {} AND p.delivery_id > {})
         FROM {}",
         sql::int_field("c", 0),
         sql::int_field("c", 1),
+        sql::int_field("c", 2),
         sql::json_rows(backend, "c")
     );
     let chosen = match backend {
-        DbBackend::Postgres => format!("id = ANY(ARRAY({next}))"),
-        _ => format!("id IN ({next})"),
+        DbBackend::Postgres => format!("delivery_id = ANY(ARRAY({next}))"),
+        _ => format!("delivery_id IN ({next})"),
     };
     sql::numbered(
         backend,
-        &format!("UPDATE deliveries SET held = false WHERE {chosen} RETURNING endpoint_id"),
+        &format!("UPDATE delivery_queue SET held = false WHERE {chosen} RETURNING endpoint_id"),
     )
 }
 
@@ -329,23 +385,37 @@ fn release_next_sql(backend: DbBackend) -> String {
 /// no delivery can stay held forever.
 pub async fn release_stranded(conn: &impl ConnectionTrait) -> Result<u64> {
     let backend = conn.get_database_backend();
-    let sql = "UPDATE deliveries SET held = false
-        WHERE held = true AND state IN ('PENDING', 'RETRYING')
+    let sql = "UPDATE delivery_queue SET held = false
+        WHERE held = true
           AND NOT EXISTS (
-            SELECT 1 FROM deliveries p
-            WHERE p.endpoint_id = deliveries.endpoint_id AND p.build_id = deliveries.build_id
-              AND p.id < deliveries.id AND p.state IN ('PENDING', 'RETRYING'))";
+            SELECT 1 FROM delivery_queue p
+            WHERE p.endpoint_id = delivery_queue.endpoint_id
+              AND p.build_id = delivery_queue.build_id
+              AND p.delivery_id < delivery_queue.delivery_id)";
     Ok(conn
         .execute_raw(Statement::from_string(backend, sql))
         .await?
         .rows_affected())
 }
 
-/// Queues one delivery, due at once, with a new public id.
+/// Queues one delivery, due at once, with a new public id. It has no build, so it is in no
+/// chain and nothing holds it.
 pub async fn insert_one(conn: &impl ConnectionTrait, new: NewDelivery) -> Result<delivery::Model> {
-    Ok(delivery::Entity::insert(new.into_row())
+    let row = delivery::Entity::insert(new.into_row())
         .exec_with_returning(conn)
-        .await?)
+        .await?;
+    delivery_queue::Entity::insert(delivery_queue::ActiveModel {
+        delivery_id: Set(row.id),
+        endpoint_id: Set(row.endpoint_id),
+        build_id: Set(None),
+        next_attempt_at: Set(row.next_attempt_at),
+        held: Set(false),
+        lease_until: Set(None),
+        lease_token: Set(None),
+    })
+    .exec_without_returning(conn)
+    .await?;
+    Ok(row)
 }
 
 /// The PostgreSQL channel on which committed deliveries are announced to workers.
@@ -380,12 +450,12 @@ pub async fn give_back(conn: &impl ConnectionTrait, claims: &[(i64, String)]) ->
     let (int, text) = (|n| sql::int_field("g", n), |n| sql::field("g", n));
     let sql = format!(
         "WITH v(v_id, v_token) AS (SELECT {}, {} FROM {})
-        UPDATE deliveries SET lease_until = NULL, lease_token = NULL
-        FROM v WHERE id = v_id AND lease_token = v_token {}",
+        UPDATE delivery_queue SET lease_until = NULL, lease_token = NULL
+        FROM v WHERE delivery_id = v_id AND lease_token = v_token {}",
         int(0),
         text(1),
         sql::json_rows(backend, "g"),
-        sql::pg_by_ids(backend, "id"),
+        sql::pg_by_ids(backend, "delivery_id"),
     );
     let statement = Statement::from_sql_and_values(backend, sql::numbered(backend, &sql), values);
     conn.execute_raw(statement).await?;
@@ -452,7 +522,9 @@ pub async fn attempts(
 }
 
 /// Queues a delivery again, with the same id and body, for an attempt now and a fresh retry
-/// schedule. A delivery still in flight is left to its current attempt.
+/// schedule. A delivery still in flight is left to its current attempt; one still queued keeps
+/// its place in its chain; a finished one goes ahead of its chain's unfinished ones. It must
+/// run inside a transaction.
 pub async fn redeliver(conn: &impl ConnectionTrait, row: &delivery::Model, now: i64) -> Result<()> {
     delivery::Entity::update_many()
         .col_expr(
@@ -465,6 +537,23 @@ pub async fn redeliver(conn: &impl ConnectionTrait, row: &delivery::Model, now: 
         .filter(delivery::Column::Id.eq(row.id))
         .exec(conn)
         .await?;
+    let queued = delivery_queue::ActiveModel {
+        delivery_id: Set(row.id),
+        endpoint_id: Set(row.endpoint_id),
+        build_id: Set(row.build_id),
+        next_attempt_at: Set(now),
+        held: Set(false),
+        lease_until: Set(None),
+        lease_token: Set(None),
+    };
+    delivery_queue::Entity::insert(queued)
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::column(delivery_queue::Column::DeliveryId)
+                .update_column(delivery_queue::Column::NextAttemptAt)
+                .to_owned(),
+        )
+        .exec_without_returning(conn)
+        .await?;
     Ok(())
 }
 
@@ -476,7 +565,7 @@ pub async fn queue_depth(conn: &impl ConnectionTrait) -> Result<u64> {
     }
     let statement = Statement::from_string(
         conn.get_database_backend(),
-        "SELECT COUNT(*) AS n FROM deliveries WHERE state IN ('PENDING', 'RETRYING')",
+        "SELECT COUNT(*) AS n FROM delivery_queue",
     );
     let count = Count::find_by_statement(statement).one(conn).await?;
     Ok(count.map(|c| c.n.max(0) as u64).unwrap_or(0))
@@ -580,14 +669,45 @@ pub async fn claim<F: Fn(i64) -> usize>(
         });
     }
     let backend = conn.get_database_backend();
-    let values: Vec<Value> = vec![
-        (now + lease_ms).into(),
+    let lease_until = now + lease_ms;
+    let mut values: Vec<Value> = vec![
+        lease_until.into(),
         token.clone().into(),
         sql::ids(backend, &chosen),
         now.into(),
     ];
-    let statement = Statement::from_sql_and_values(backend, lease_sql(backend), values);
-    let mut rows = Leased::find_by_statement(statement).all(conn).await?;
+    let mut rows = if backend == DbBackend::Postgres {
+        // One statement leases the queue rows and reads their deliveries.
+        values.push(lease_until.into());
+        let sql = format!(
+            "WITH leased AS ({}) {}",
+            lease_sql(backend),
+            leased_sql(backend, "SELECT delivery_id FROM leased")
+        );
+        let statement =
+            Statement::from_sql_and_values(backend, sql::numbered(backend, &sql), values);
+        Leased::find_by_statement(statement).all(conn).await?
+    } else {
+        #[derive(FromQueryResult)]
+        struct Lease {
+            delivery_id: i64,
+        }
+        let statement = Statement::from_sql_and_values(backend, lease_sql(backend), values);
+        let leased: Vec<i64> = Lease::find_by_statement(statement)
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|row| row.delivery_id)
+            .collect();
+        if leased.is_empty() {
+            Vec::new()
+        } else {
+            let read = leased_sql(backend, "SELECT value FROM json_each(?)");
+            let values = [lease_until.into(), sql::ids(backend, &leased)];
+            let statement = Statement::from_sql_and_values(backend, read, values);
+            Leased::find_by_statement(statement).all(conn).await?
+        }
+    };
     rows.sort_by_key(|row| row.id);
     Ok(Leases {
         token,
@@ -627,26 +747,37 @@ pub struct Leased {
     pub created_at: i64,
 }
 
-/// The claim's lease of the chosen deliveries; its parameters are the lease's end, the token,
-/// the chosen ids and now.
+/// The claim's lease of the chosen deliveries' queue rows, returning their ids; its parameters
+/// are the lease's end, the token, the chosen ids and now. Its placeholders are `?`, numbered
+/// by the caller.
 fn lease_sql(backend: DbBackend) -> String {
-    // The lease is taken only where the delivery is still due and free, so the claim is right
-    // even outside a transaction (SQLite's worker claims that way, without holding the write
-    // lock while it reads). The rows are found by primary key: without statistics, SQLite's
-    // planner may prefer an index for the state test once the list is long (it took the former
-    // `deliveries_due`), and read every queued delivery.
+    // The lease is taken only where the delivery is still queued, its chain's head and free, so
+    // the claim is right even outside a transaction (SQLite's worker claims that way, without
+    // holding the write lock while it reads). A row read unheld stays so until it leaves the
+    // queue, so `held` is not tested again: that test would let PostgreSQL's planner read the
+    // whole index of ready rows to intersect it with the ids. The rows are found by key.
     let by_key = sql::sqlite_hint(backend, "NOT INDEXED");
-    let sql = format!(
-        "UPDATE deliveries {by_key} SET lease_until = ?, lease_token = ?
-        WHERE {} AND state IN ('PENDING', 'RETRYING') AND held = false
-          AND (lease_until IS NULL OR lease_until < ?)
-          AND {}
-        RETURNING id, uid, endpoint_id, build_id, event, body, round_attempts, lease_until,
-            created_at",
-        sql::in_ids(backend, "id"),
-        chain_head("deliveries")
-    );
-    sql::numbered(backend, &sql)
+    format!(
+        "UPDATE delivery_queue {by_key} SET lease_until = ?, lease_token = ?
+        WHERE {} AND (lease_until IS NULL OR lease_until < ?) AND {}
+        RETURNING delivery_id",
+        sql::in_ids(backend, "delivery_id"),
+        chain_head("delivery_queue")
+    )
+}
+
+/// What the attempts of the leased deliveries need, read by key for the ids `leased` selects;
+/// its first parameter is the lease's end, then any that `leased` takes.
+fn leased_sql(backend: DbBackend, leased: &str) -> String {
+    let chosen = match backend {
+        DbBackend::Postgres => format!("id = ANY(ARRAY({leased}))"),
+        _ => format!("id IN ({leased})"),
+    };
+    format!(
+        "SELECT id, uid, endpoint_id, build_id, event, body, round_attempts,
+            CAST(? AS BIGINT) AS lease_until, created_at
+        FROM deliveries WHERE {chosen}"
+    )
 }
 
 #[derive(FromQueryResult)]
@@ -679,7 +810,7 @@ async fn candidates(
 /// `skipping`) and the limit.
 fn candidates_sql(backend: DbBackend, skipping: bool) -> String {
     let skip_filter = if skipping {
-        format!("AND NOT ({})", sql::in_ids(backend, "d.endpoint_id"))
+        format!("AND NOT ({})", sql::in_ids(backend, "q.endpoint_id"))
     } else {
         String::new()
     };
@@ -687,22 +818,22 @@ fn candidates_sql(backend: DbBackend, skipping: bool) -> String {
     // delivery; the partial index reads them in due order and stops at the limit. The limit is
     // cast: SQLite plans a bare `LIMIT ?` from the value bound, so binding another one would
     // make it parse and plan the statement again at every claim.
-    let index = sql::sqlite_hint(backend, "INDEXED BY deliveries_ready");
+    let index = sql::sqlite_hint(backend, "INDEXED BY delivery_queue_ready");
     let lock = if backend == DbBackend::Postgres {
-        "FOR UPDATE OF d SKIP LOCKED"
+        "FOR UPDATE OF q SKIP LOCKED"
     } else {
         ""
     };
     let sql = format!(
-        "SELECT d.id, d.endpoint_id FROM deliveries d {index}
-        WHERE d.state IN ('PENDING', 'RETRYING') AND d.held = false AND d.next_attempt_at <= ?
-          AND (d.lease_until IS NULL OR d.lease_until < ?)
+        "SELECT q.delivery_id AS id, q.endpoint_id FROM delivery_queue q {index}
+        WHERE q.held = false AND q.next_attempt_at <= ?
+          AND (q.lease_until IS NULL OR q.lease_until < ?)
           {skip_filter}
-          AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = d.endpoint_id AND e.enabled = true)
+          AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = q.endpoint_id AND e.enabled = true)
           AND {head}
-        ORDER BY d.next_attempt_at, d.id
+        ORDER BY q.next_attempt_at, q.delivery_id
         LIMIT CAST(? AS BIGINT) {lock}",
-        head = chain_head("d")
+        head = chain_head("q")
     );
     sql::numbered(backend, &sql)
 }
@@ -730,7 +861,8 @@ pub struct AttemptRecord {
 /// next delivery of each chain whose delivery finished (delivered, or failed for good).
 /// Returns the ids of the deliveries whose attempt was recorded (the others, lease lost to
 /// another worker or delivery deleted, changed nothing) and the endpoints of the deliveries
-/// it released.
+/// it released. It must run inside a transaction: its statements change the queue and the
+/// deliveries together.
 pub async fn record_attempts(
     conn: &impl ConnectionTrait,
     records: &[&AttemptRecord],
@@ -765,28 +897,39 @@ pub struct Recorded {
 }
 
 /// [`record_attempts`] for records of distinct deliveries; the ids recorded and the endpoints
-/// of the deliveries released.
+/// of the deliveries released. Each attempt is recorded only where its token still holds the
+/// delivery's queue row, which a finished delivery leaves and a retried one keeps, due again.
 async fn record_distinct(
     conn: &impl ConnectionTrait,
     records: &[&AttemptRecord],
 ) -> Result<(HashSet<i64>, HashSet<i64>)> {
-    let finishing = |record: &&AttemptRecord| {
-        matches!(
-            record.state,
-            DeliveryState::Delivered | DeliveryState::Failed
-        )
-    };
-    let builds: Vec<i64> = records
+    let (finishing, retrying): (Vec<&AttemptRecord>, Vec<&AttemptRecord>) =
+        records.iter().partition(|record| {
+            matches!(
+                record.state,
+                DeliveryState::Delivered | DeliveryState::Failed
+            )
+        });
+    let builds: Vec<i64> = finishing
         .iter()
-        .filter(|record| finishing(record))
         .filter_map(|record| record.build_id)
         .collect();
     lock_chains(conn, &builds).await?;
     let backend = conn.get_database_backend();
-    let outcomes = sql::rows(records.iter().map(|record| {
+    let finished = dequeue(conn, &finishing).await?;
+    let retried = requeue(conn, &retrying).await?;
+    let recorded: Vec<&&AttemptRecord> = records
+        .iter()
+        .filter(|record| {
+            finished.contains(&record.delivery_id) || retried.contains(&record.delivery_id)
+        })
+        .collect();
+    if recorded.is_empty() {
+        return Ok((HashSet::new(), HashSet::new()));
+    }
+    let outcomes = sql::rows(recorded.iter().map(|record| {
         (
             record.delivery_id,
-            &record.token,
             record.state.as_str(),
             record.next_attempt_at,
             record.status,
@@ -803,7 +946,7 @@ async fn record_distinct(
     let mut values = vec![outcomes];
     values.extend(sql::pg_ids(
         backend,
-        records.iter().map(|record| record.delivery_id),
+        recorded.iter().map(|record| record.delivery_id),
     ));
     let statement = Statement::from_sql_and_values(backend, outcomes_sql(backend), values);
     let numbers: HashMap<i64, i32> = Numbered::find_by_statement(statement)
@@ -812,7 +955,7 @@ async fn record_distinct(
         .into_iter()
         .map(|row| (row.id, row.attempts))
         .collect();
-    let attempts: Vec<_> = records
+    let attempts: Vec<_> = recorded
         .iter()
         .filter_map(|record| {
             let number = *numbers.get(&record.delivery_id)?;
@@ -833,37 +976,134 @@ async fn record_distinct(
             Statement::from_sql_and_values(backend, attempts_sql(backend), [sql::rows(attempts)]);
         conn.execute_raw(statement).await?;
     }
-    let finished: HashSet<(i64, i64)> = records
+    let chains: Vec<(i64, i64, i64)> = finishing
         .iter()
-        .filter(|record| finishing(record) && numbers.contains_key(&record.delivery_id))
-        .filter_map(|record| Some((record.endpoint_id, record.build_id?)))
+        .filter(|record| finished.contains(&record.delivery_id))
+        .filter_map(|record| Some((record.endpoint_id, record.build_id?, record.delivery_id)))
         .collect();
-    let released = release_next(conn, &finished).await?;
+    let released = release_next(conn, &chains).await?;
     Ok((numbers.into_keys().collect(), released))
 }
 
-/// The update of the attempted deliveries, each by primary key and only under its token; its
-/// parameter is one row per delivery: id, token, state, next attempt, status, duration,
-/// response and time, and on PostgreSQL the deliveries' ids again.
+/// Takes finished deliveries out of the queue, each only under its token; the ids taken out.
+async fn dequeue(conn: &impl ConnectionTrait, records: &[&AttemptRecord]) -> Result<HashSet<i64>> {
+    if records.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let backend = conn.get_database_backend();
+    let mut values = vec![sql::rows(
+        records
+            .iter()
+            .map(|record| (record.delivery_id, &record.token)),
+    )];
+    values.extend(sql::pg_ids(
+        backend,
+        records.iter().map(|record| record.delivery_id),
+    ));
+    let statement = Statement::from_sql_and_values(backend, dequeue_sql(backend), values);
+    queue_ids(conn, statement).await
+}
+
+/// Makes retried deliveries due again at their next attempt and ends their claims, each only
+/// under its token; the ids of those whose claim was current.
+async fn requeue(conn: &impl ConnectionTrait, records: &[&AttemptRecord]) -> Result<HashSet<i64>> {
+    if records.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let backend = conn.get_database_backend();
+    let mut values =
+        vec![sql::rows(records.iter().map(|record| {
+            (record.delivery_id, &record.token, record.next_attempt_at)
+        }))];
+    values.extend(sql::pg_ids(
+        backend,
+        records.iter().map(|record| record.delivery_id),
+    ));
+    let statement = Statement::from_sql_and_values(backend, requeue_sql(backend), values);
+    queue_ids(conn, statement).await
+}
+
+/// The `delivery_id`s a statement of the queue returns.
+async fn queue_ids(conn: &impl ConnectionTrait, statement: Statement) -> Result<HashSet<i64>> {
+    #[derive(FromQueryResult)]
+    struct Row {
+        delivery_id: i64,
+    }
+    Ok(Row::find_by_statement(statement)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|row| row.delivery_id)
+        .collect())
+}
+
+/// [`dequeue`]'s statement; its parameter is one row per delivery, its id and token, and on
+/// PostgreSQL the ids again. SQLite has no `DELETE … USING`; it finds each row by key from the
+/// pair of id and token.
+fn dequeue_sql(backend: DbBackend) -> String {
+    let (int, text) = (|n| sql::int_field("f", n), |n| sql::field("f", n));
+    let sql = match backend {
+        DbBackend::Postgres => format!(
+            "WITH v(v_id, v_token) AS (SELECT {}, {} FROM {})
+            DELETE FROM delivery_queue USING v
+            WHERE delivery_id = v_id AND lease_token = v_token {}
+            RETURNING delivery_id",
+            int(0),
+            text(1),
+            sql::json_rows(backend, "f"),
+            sql::pg_by_ids(backend, "delivery_id"),
+        ),
+        _ => format!(
+            "DELETE FROM delivery_queue
+            WHERE (delivery_id, lease_token) IN (SELECT {}, {} FROM {})
+            RETURNING delivery_id",
+            int(0),
+            text(1),
+            sql::json_rows(backend, "f"),
+        ),
+    };
+    sql::numbered(backend, &sql)
+}
+
+/// [`requeue`]'s statement; its parameter is one row per delivery: id, token and next attempt,
+/// and on PostgreSQL the ids again.
+fn requeue_sql(backend: DbBackend) -> String {
+    let (int, text) = (|n| sql::int_field("r", n), |n| sql::field("r", n));
+    let sql = format!(
+        "WITH v(v_id, v_token, v_next) AS (SELECT {}, {}, {} FROM {})
+        UPDATE delivery_queue SET next_attempt_at = v_next, lease_until = NULL, lease_token = NULL
+        FROM v WHERE delivery_id = v_id AND lease_token = v_token {}
+        RETURNING delivery_id",
+        int(0),
+        text(1),
+        int(2),
+        sql::json_rows(backend, "r"),
+        sql::pg_by_ids(backend, "delivery_id"),
+    );
+    sql::numbered(backend, &sql)
+}
+
+/// The update of the attempted deliveries whose claim was current, each by primary key; its
+/// parameter is one row per delivery: id, state, next attempt, status, duration, response and
+/// time, and on PostgreSQL the deliveries' ids again.
 fn outcomes_sql(backend: DbBackend) -> String {
     let (int, text) = (|n| sql::int_field("o", n), |n| sql::field("o", n));
     let sql = format!(
-        "WITH v(v_id, v_token, v_state, v_next, v_status, v_duration, v_response, v_at) AS (
-            SELECT {}, {}, {}, {}, {}, {}, {}, {} FROM {})
+        "WITH v(v_id, v_state, v_next, v_status, v_duration, v_response, v_at) AS (
+            SELECT {}, {}, {}, {}, {}, {}, {} FROM {})
         UPDATE deliveries SET state = v_state, attempts = attempts + 1,
-            round_attempts = round_attempts + 1, next_attempt_at = v_next, lease_until = NULL,
-            lease_token = NULL, last_status = v_status, last_duration = v_duration,
-            last_response = v_response, updated_at = v_at
-        FROM v WHERE id = v_id AND lease_token = v_token {}
+            round_attempts = round_attempts + 1, next_attempt_at = v_next,
+            last_status = v_status, last_duration = v_duration, last_response = v_response,
+            updated_at = v_at
+        FROM v WHERE id = v_id {}
         RETURNING id, attempts",
         int(0),
         text(1),
-        text(2),
+        int(2),
         int(3),
         int(4),
-        int(5),
-        text(6),
-        int(7),
+        text(5),
+        int(6),
         sql::json_rows(backend, "o"),
         sql::pg_by_ids(backend, "id"),
     );
@@ -892,16 +1132,15 @@ fn attempts_sql(backend: DbBackend) -> String {
     sql::numbered(backend, &sql)
 }
 
-/// The condition that the delivery `row` names is the head of its (endpoint, build) chain: no
-/// earlier delivery of the chain is unfinished. It is a scalar subquery rather than `NOT
-/// EXISTS`, which PostgreSQL's planner turns into an anti-join over every unfinished delivery
-/// once it has statistics; this way each candidate is checked on its own, in
-/// `deliveries_unfinished`.
+/// The condition that the queue row `row` is the head of its (endpoint, build) chain: no
+/// earlier delivery of the chain is in the queue. It is a scalar subquery rather than `NOT
+/// EXISTS`, which PostgreSQL's planner turns into an anti-join over the whole queue once it has
+/// statistics; this way each row is checked on its own, in `delivery_queue_chain`.
 fn chain_head(row: &str) -> String {
     format!(
-        "(SELECT p.id FROM deliveries p
+        "(SELECT p.delivery_id FROM delivery_queue p
           WHERE p.endpoint_id = {row}.endpoint_id AND p.build_id = {row}.build_id
-            AND p.id < {row}.id AND p.state IN ('PENDING', 'RETRYING')
+            AND p.delivery_id < {row}.delivery_id
           LIMIT 1) IS NULL"
     )
 }
@@ -946,15 +1185,30 @@ mod tests {
                 candidates_sql(sqlite, true),
             ),
             ("lease", lease_sql(sqlite)),
-            ("events' deliveries", queue_events_sql(sqlite)),
+            (
+                "leased deliveries",
+                leased_sql(sqlite, "SELECT value FROM json_each(?)"),
+            ),
+            ("events' deliveries", insert_deliveries_sql(sqlite)),
+            ("events' queue rows", enqueue_sql(sqlite)),
             ("release of the next held", release_next_sql(sqlite)),
+            ("finished", dequeue_sql(sqlite)),
+            ("retried", requeue_sql(sqlite)),
             ("outcomes", outcomes_sql(sqlite)),
         ];
         for (name, sql) in statements {
             let plan = plan(&db, &sql).await;
             let reads_queue = plan.lines().any(|line| {
                 line.contains("TEMP B-TREE")
-                    || ["SCAN d", "SCAN p", "SCAN deliveries"].iter().any(|scan| {
+                    || [
+                        "SCAN d",
+                        "SCAN p",
+                        "SCAN q",
+                        "SCAN deliveries",
+                        "SCAN delivery_queue",
+                    ]
+                    .iter()
+                    .any(|scan| {
                         line.trim_start_matches(['|', '-', '`', ' '])
                             .starts_with(scan)
                     })

@@ -5,7 +5,7 @@ use sea_orm::{
     QueryOrder, SqlErr, Statement,
 };
 
-use super::entities::{delivery, delivery_attempt, webhook_endpoint};
+use super::entities::{delivery, delivery_attempt, delivery_queue, webhook_endpoint};
 use crate::domain::{EndpointUrl, EventKind, PayloadFormat};
 use crate::secrets::Vault;
 use crate::{Error, Result};
@@ -210,8 +210,12 @@ pub fn subscribes(row: &webhook_endpoint::Model, kind: EventKind, status: &str) 
         && (statuses.is_empty() || statuses.iter().any(|wanted| wanted == status)))
 }
 
-/// Deletes an endpoint with its deliveries and their attempts.
+/// Deletes an endpoint with its deliveries, their queue rows and their attempts.
 pub async fn delete(conn: &impl ConnectionTrait, endpoint: &webhook_endpoint::Model) -> Result<()> {
+    delivery_queue::Entity::delete_many()
+        .filter(delivery_queue::Column::EndpointId.eq(endpoint.id))
+        .exec(conn)
+        .await?;
     let deliveries: Vec<i64> = delivery::Entity::find()
         .filter(delivery::Column::EndpointId.eq(endpoint.id))
         .all(conn)

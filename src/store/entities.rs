@@ -197,18 +197,36 @@ pub mod delivery {
         /// Attempts since the delivery was created or last redelivered; drives the schedule.
         pub round_attempts: i32,
         pub next_attempt_at: i64,
-        pub lease_until: Option<i64>,
-        /// The fencing token of the current claim; only its holder may record an outcome.
-        pub lease_token: Option<String>,
         /// The event's time: `X-Cirrus-Timestamp`.
         pub created_at: i64,
         pub last_status: Option<i32>,
         pub last_duration: Option<i64>,
         pub last_response: Option<String>,
         pub updated_at: i64,
+    }
+    no_relations!();
+}
+
+pub mod delivery_queue {
+    use sea_orm::entity::prelude::*;
+
+    /// A delivery not yet finished (`PENDING` or `RETRYING`): what the queue's claims, leases
+    /// and releases write, apart from the delivery's own row.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "delivery_queue")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub delivery_id: i64,
+        pub endpoint_id: i64,
+        pub build_id: Option<i64>,
+        /// When the next attempt is due.
+        pub next_attempt_at: i64,
         /// Waits behind an earlier unfinished delivery of its chain; the claim skips it until
         /// that one finishes.
         pub held: bool,
+        pub lease_until: Option<i64>,
+        /// The fencing token of the current claim; only its holder may record an outcome.
+        pub lease_token: Option<String>,
     }
     no_relations!();
 }

@@ -752,7 +752,13 @@ async fn shutdown_gives_back_claims_it_did_not_send(app: TestApp) {
         "{states:?}"
     );
     for row in rows.iter().filter(|row| row.state == "PENDING") {
-        assert_eq!(row.lease_token, None, "a claim was kept: {row:?}");
-        assert_eq!(row.lease_until, None, "a claim was kept: {row:?}");
+        use sea_orm::EntityTrait;
+        let queued = herald::store::entities::delivery_queue::Entity::find_by_id(row.id)
+            .one(&app.state.db)
+            .await
+            .unwrap()
+            .expect("an unfinished delivery is queued");
+        assert_eq!(queued.lease_token, None, "a claim was kept: {queued:?}");
+        assert_eq!(queued.lease_until, None, "a claim was kept: {queued:?}");
     }
 }
