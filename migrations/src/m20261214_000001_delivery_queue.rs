@@ -26,7 +26,7 @@ const COLUMNS: &str = "endpoint_id, build_id, next_attempt_at, held, lease_until
 /// which changes no indexed column, is written beside its row rather than added to every index.
 fn create_table(backend: DbBackend) -> String {
     let (key, storage) = match backend {
-        DbBackend::Postgres => ("BIGINT NOT NULL PRIMARY KEY", " WITH (fillfactor = 70)"),
+        DbBackend::Postgres => ("BIGINT NOT NULL PRIMARY KEY", " WITH (fillfactor = 50)"),
         _ => ("INTEGER NOT NULL PRIMARY KEY", ""),
     };
     format!(
@@ -74,11 +74,19 @@ impl MigrationTrait for Migration {
             db.execute_unprepared(&format!("ALTER TABLE deliveries DROP COLUMN {column}"))
                 .await?;
         }
+        if backend == DbBackend::Postgres {
+            db.execute_unprepared("ALTER TABLE deliveries SET (fillfactor = 50)")
+                .await?;
+        }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
+        if db.get_database_backend() == DbBackend::Postgres {
+            db.execute_unprepared("ALTER TABLE deliveries SET (fillfactor = 80)")
+                .await?;
+        }
         for column in [
             "held BOOLEAN NOT NULL DEFAULT false",
             "lease_until BIGINT",
