@@ -10,7 +10,7 @@ use sha2::Sha256;
 use herald::store::deliveries;
 use sea_orm::sqlx::postgres::PgListener;
 
-use crate::support::{Backend, Receiver, Reply, TestApp, World, code};
+use crate::support::{Backend, Received, Receiver, Reply, TestApp, World, code, task_at};
 
 crate::on_both_backends!(
     build_and_task_events_arrive_signed_with_cirrus_and_standard_headers,
@@ -652,18 +652,8 @@ async fn a_retrying_delivery_holds_back_its_own_build_only(app: TestApp) {
     let other = world.build(&app).await;
     let free = world.task(&app, &other, "free").await;
     let received = receiver.wait_for(5).await;
-    let order: Vec<(String, String)> = received
-        .iter()
-        .map(|r| r.json())
-        .map(|body| {
-            let task = &body["data"]["task"];
-            (
-                task["id"].as_str().unwrap().to_owned(),
-                task["status"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    let at = |task: &str, status: &str| (task.to_owned(), status.to_owned());
+    let order: Vec<(String, String)> = received.iter().map(Received::task).collect();
+    let at = task_at;
     assert_eq!(
         order,
         [

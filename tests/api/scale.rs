@@ -14,7 +14,8 @@ use sea_orm::EntityTrait as _;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Client, Herald, PgDatabase, Receiver, Reply, TestApp, World, free_port, herald_output,
+    Client, Herald, PgDatabase, Received, Receiver, Reply, TestApp, World, free_port,
+    herald_output, task_at,
 };
 
 crate::on_both_backends!(
@@ -22,7 +23,8 @@ crate::on_both_backends!(
     a_claim_says_whether_it_may_have_left_due_deliveries,
     an_outcome_says_for_which_endpoints_it_released_held_deliveries,
     a_redelivered_delivery_hands_its_chain_on_in_order,
-    a_tarpit_endpoint_does_not_starve_another_organization
+    a_tarpit_endpoint_does_not_starve_another_organization,
+    an_upgrade_keeps_every_queued_delivery_and_its_order
 );
 
 /// One `herald serve --no-worker` and `workers` `herald worker` processes on a fresh database,
@@ -737,6 +739,68 @@ async fn a_redelivered_delivery_hands_its_chain_on_in_order(app: TestApp) {
     let two = deliver_the_one_due(db).await;
     assert!(two.id > one.id);
     assert!(two.released.is_empty());
+}
+
+/// Upgrading a database whose deliveries are still queued keeps every one of them: taken
+/// down a step (before migration `delivery_queue`), the queue's rows are the deliveries' own
+/// columns again; up again, they are queue rows, and a worker started on the upgraded database
+/// sends them all, the build's in order.
+async fn an_upgrade_keeps_every_queued_delivery_and_its_order(app: TestApp) {
+    use herald_migrations::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, Statement};
+    let backend = app.backend;
+    drop(app);
+    let app = TestApp::start_role(backend, Role::ApiOnly, |_| {})
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    world
+        .endpoint(&app, &receiver.url("/hook"), json!({ "events": ["TASK"] }))
+        .await;
+    let build = world.build(&app).await;
+    let one = world.task(&app, &build, "one").await;
+    world.task_status(&app, &one, "EXECUTING").await;
+    let two = world.task(&app, &build, "two").await;
+    let db = &app.state.db;
+    let count = |sql: &'static str| async move {
+        let statement = Statement::from_string(db.get_database_backend(), sql);
+        let row = db.query_one_raw(statement).await.unwrap().unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    };
+    let held_in_queue = "SELECT COUNT(*) AS n FROM delivery_queue WHERE held = true";
+    assert_eq!(count(held_in_queue).await, 2, "two wait behind the first");
+
+    Migrator::down(db, Some(1)).await.unwrap();
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM deliveries WHERE state = 'PENDING' AND held = true").await,
+        2,
+        "taken down, the deliveries hold their queue's state"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) AS n FROM deliveries WHERE state = 'PENDING' AND held = false")
+            .await,
+        1
+    );
+
+    Migrator::up(db, None).await.unwrap();
+    assert_eq!(count("SELECT COUNT(*) AS n FROM delivery_queue").await, 3);
+    assert_eq!(count(held_in_queue).await, 2);
+    let _worker = Herald::spawn(&app.database_url, &["worker"]);
+    let received = receiver.wait_for(3).await;
+    let order: Vec<(String, String)> = received.iter().map(Received::task).collect();
+    let at = task_at;
+    assert_eq!(
+        order,
+        [
+            at(&one, "CREATED"),
+            at(&one, "EXECUTING"),
+            at(&two, "CREATED")
+        ]
+    );
+    receiver
+        .expect_no_more_than(3, Duration::from_millis(300))
+        .await;
 }
 
 /// What [`deliver_the_one_due`] delivered.

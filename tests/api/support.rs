@@ -445,6 +445,21 @@ impl Received {
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
+
+    /// The task of a task event's delivery, as its id and status (see [`task_at`]).
+    pub fn task(&self) -> (String, String) {
+        let body = self.json();
+        let task = &body["data"]["task"];
+        task_at(
+            task["id"].as_str().unwrap(),
+            task["status"].as_str().unwrap(),
+        )
+    }
+}
+
+/// A task and a status, as [`Received::task`] gives them.
+pub fn task_at(task: &str, status: &str) -> (String, String) {
+    (task.to_owned(), status.to_owned())
 }
 
 /// An answer the receiver gives.
