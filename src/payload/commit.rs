@@ -225,7 +225,7 @@ async fn write(
     requests: &[&ChangeRequest],
 ) -> Result<Vec<Option<Result<Changed>>>, Failed> {
     let _turn = outbox.turn().await;
-    let tx = Arc::new(store::begin_write(writer).await.map_err(Failed::Before)?);
+    let tx = Arc::new(store::begin_change(writer).await.map_err(Failed::Before)?);
     let now = crate::now_ms();
     let mut taken = Taken::read(&tx, requests).await.map_err(Failed::Before)?;
     let mut results = Vec::with_capacity(requests.len());

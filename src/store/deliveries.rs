@@ -626,12 +626,12 @@ pub async fn claim<F: Fn(i64) -> usize>(
     if conn.get_database_backend() == DbBackend::Postgres {
         // With statistics, PostgreSQL's planner reads every due delivery and sorts them when it
         // expects few, though the claim needs only the first; in a backlog of ready chains that
-        // is thousands of rows per claim. Without sorts, it reads `deliveries_ready` in order
-        // and stops at the limit. A claim lost to a crash only lets its lease expire, so its
-        // commit need not wait for the disk (see [`crate::store::begin_worker_write`]). One
-        // round trip sets both; `SET LOCAL` ends with the claim's transaction.
-        conn.execute_unprepared("SET LOCAL enable_sort = off; SET LOCAL synchronous_commit = off")
-            .await?;
+        // is thousands of rows per claim. Without sorts, it reads `delivery_queue_ready` in
+        // order and stops at the limit. The rest is the worker's (see
+        // [`crate::store::WORKER_SETTINGS`]): a claim lost to a crash only lets its lease
+        // expire. One round trip sets them all.
+        let settings = format!("SET LOCAL enable_sort = off; {}", super::WORKER_SETTINGS);
+        conn.execute_unprepared(&settings).await?;
     }
     let wanted = (limit * CANDIDATES_PER_SLOT).min(MAX_CANDIDATES);
     let first = candidates(conn, now, &[], wanted).await?;

@@ -123,18 +123,43 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction>
     Ok(db.begin_with_options(options).await?)
 }
 
-/// Begins a transaction of the delivery worker's outcomes (a claim configures its own the same
-/// way, see [`crate::store::deliveries::claim`]). On PostgreSQL
-/// its commit does not wait for the WAL to reach the disk (`synchronous_commit = off`): losing
-/// one to a crash only sends a delivery again (its lease expires), which at-least-once allows,
-/// and the worker no longer queues behind the clients' commits. Changes that record events
-/// keep waiting for the disk.
+/// Begins the transaction of a batch of changes that record events. On PostgreSQL its
+/// statements, each of which reads the rows it names, do not scan tables (see
+/// [`WORKER_SETTINGS`]): the update of tasks' statuses read every task of a new database each
+/// time. Its commit still waits for the disk.
+pub async fn begin_change(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
+    let tx = begin_write(db).await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        use sea_orm::ConnectionTrait as _;
+        tx.execute_unprepared("SET LOCAL enable_seqscan = off")
+            .await?;
+    }
+    Ok(tx)
+}
+
+/// How the delivery worker's transactions run on PostgreSQL, set at their start (`SET LOCAL`
+/// ends with the transaction).
+///
+/// Their commit does not wait for the WAL to reach the disk (`synchronous_commit = off`):
+/// losing one to a crash only sends a delivery again (its lease expires), which at-least-once
+/// allows, and the worker no longer queues behind the clients' commits. Changes that record
+/// events keep waiting for the disk.
+///
+/// And they do not scan tables: each of their statements reads the rows it names, by key or
+/// through an index, but a plan PostgreSQL settles while a table is nearly empty (a new
+/// database, before autovacuum analyzes it) scans the table instead, and keeps scanning it as
+/// it grows. In a `steady` run on a new database, the claim's read of the deliveries it leased
+/// and the update of their outcomes both read the whole of `deliveries`, each time.
+pub const WORKER_SETTINGS: &str =
+    "SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off";
+
+/// Begins a transaction of the delivery worker's outcomes, set up as [`WORKER_SETTINGS`] says
+/// (a claim configures its own the same way, see [`crate::store::deliveries::claim`]).
 pub async fn begin_worker_write(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
     let tx = begin_write(db).await?;
     if db.get_database_backend() == DbBackend::Postgres {
         use sea_orm::ConnectionTrait as _;
-        tx.execute_unprepared("SET LOCAL synchronous_commit = off")
-            .await?;
+        tx.execute_unprepared(WORKER_SETTINGS).await?;
     }
     Ok(tx)
 }
