@@ -526,17 +526,8 @@ pub async fn attempts(
 /// its place in its chain; a finished one goes ahead of its chain's unfinished ones. It must
 /// run inside a transaction.
 pub async fn redeliver(conn: &impl ConnectionTrait, row: &delivery::Model, now: i64) -> Result<()> {
-    delivery::Entity::update_many()
-        .col_expr(
-            delivery::Column::State,
-            DeliveryState::Pending.as_str().into(),
-        )
-        .col_expr(delivery::Column::RoundAttempts, 0.into())
-        .col_expr(delivery::Column::NextAttemptAt, now.into())
-        .col_expr(delivery::Column::UpdatedAt, now.into())
-        .filter(delivery::Column::Id.eq(row.id))
-        .exec(conn)
-        .await?;
+    // The queue row first, as the worker's outcomes and an endpoint's deletion take them: two
+    // transactions that lock the same two rows in opposite orders could deadlock.
     let queued = delivery_queue::ActiveModel {
         delivery_id: Set(row.id),
         endpoint_id: Set(row.endpoint_id),
@@ -553,6 +544,17 @@ pub async fn redeliver(conn: &impl ConnectionTrait, row: &delivery::Model, now: 
                 .to_owned(),
         )
         .exec_without_returning(conn)
+        .await?;
+    delivery::Entity::update_many()
+        .col_expr(
+            delivery::Column::State,
+            DeliveryState::Pending.as_str().into(),
+        )
+        .col_expr(delivery::Column::RoundAttempts, 0.into())
+        .col_expr(delivery::Column::NextAttemptAt, now.into())
+        .col_expr(delivery::Column::UpdatedAt, now.into())
+        .filter(delivery::Column::Id.eq(row.id))
+        .exec(conn)
         .await?;
     Ok(())
 }
@@ -601,15 +603,15 @@ pub struct ClaimRequest<F> {
 /// Only the head of each (endpoint, build) chain is due: a delivery waits while an earlier one
 /// of its chain is unfinished, so one endpoint sees one build's events in order. Deliveries
 /// behind one are `held` and not read at all: the due ones are read in due order through the
-/// `deliveries_ready` partial index, a few per free slot, the worker's per-endpoint cap is
-/// applied to them, and the chosen ones are leased in one statement that checks again that
-/// each is due and free. When all it read belong to endpoints at their cap, a claim allowed to
+/// `delivery_queue_ready` partial index, a few per free slot, the worker's per-endpoint cap is
+/// applied to them, and the chosen ones' queue rows are leased in one statement that checks
+/// again that each is queued, its chain's head and free. When all it read belong to endpoints at their cap, a claim allowed to
 /// `look_past_busy` reads on, skipping them. On PostgreSQL, inside a transaction, concurrent
 /// claimers skip each other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite the claim runs
 /// outside one, so it takes the write lock only for the lease itself.
 ///
 /// On PostgreSQL it must run inside a transaction, which it configures for the claim: no sorts,
-/// and a commit that does not wait for the disk.
+/// no table scans, and a commit that does not wait for the disk.
 pub async fn claim<F: Fn(i64) -> usize>(
     conn: &impl ConnectionTrait,
     request: ClaimRequest<F>,
