@@ -280,30 +280,25 @@ fn insert_deliveries_sql(backend: DbBackend) -> String {
 /// each one's `held`.
 fn enqueue_sql(backend: DbBackend) -> String {
     let int = |n| sql::int_field("r", n);
-    let sql = format!(
-        "INSERT INTO delivery_queue (delivery_id, endpoint_id, build_id, next_attempt_at, held)
-        SELECT {id}, {endpoint}, {build}, {at}, {held}
-        FROM {rows}
-        RETURNING held",
-        id = int(0),
-        endpoint = int(1),
-        build = int(2),
-        at = int(3),
-        held = chain_has_row(backend, &int(1), &int(2)),
-        rows = sql::json_rows(backend, "r"),
-    );
+    let from = sql::json_rows(backend, "r");
+    let sql = enqueue_from(backend, &from, [&int(0), &int(1), &int(2), &int(3)]);
     sql::numbered(backend, &sql)
 }
 
-/// Whether the chain of `endpoint` and `build` has a row in the queue: an unfinished delivery.
-/// A scalar subquery, not `EXISTS`, which PostgreSQL may run as a hashed subplan that reads the
-/// whole queue.
-fn chain_has_row(backend: DbBackend, endpoint: &str, build: &str) -> String {
+/// The insert of queue rows from `from`, whose expressions give each one's delivery, endpoint,
+/// build and due time. Each is held when its chain has a row in the queue already: a scalar
+/// subquery, not `EXISTS`, which PostgreSQL may run as a hashed subplan that reads the whole
+/// queue. It returns each one's `held`.
+fn enqueue_from(backend: DbBackend, from: &str, [id, endpoint, build, at]: [&str; 4]) -> String {
     // Without statistics, SQLite's planner may answer from another index.
     let index = sql::sqlite_hint(backend, "INDEXED BY delivery_queue_chain");
     format!(
-        "(SELECT p.delivery_id FROM delivery_queue p {index}
-          WHERE p.endpoint_id = {endpoint} AND p.build_id = {build} LIMIT 1) IS NOT NULL"
+        "INSERT INTO delivery_queue (delivery_id, endpoint_id, build_id, next_attempt_at, held)
+        SELECT {id}, {endpoint}, {build}, {at},
+            (SELECT p.delivery_id FROM delivery_queue p {index}
+             WHERE p.endpoint_id = {endpoint} AND p.build_id = {build} LIMIT 1) IS NOT NULL
+        FROM {from}
+        RETURNING held"
     )
 }
 
@@ -312,13 +307,13 @@ fn chain_has_row(backend: DbBackend, endpoint: &str, build: &str) -> String {
 /// `due`, announced if any. `NOTIFY` is sent at the commit, and only when some delivery is due.
 fn queue_events_pg_sql() -> String {
     let backend = DbBackend::Postgres;
-    let enqueue = format!(
-        "INSERT INTO delivery_queue (delivery_id, endpoint_id, build_id, next_attempt_at, held)
-        SELECT id, endpoint_id, build_id, next_attempt_at, {}
-        FROM inserted
-        RETURNING held",
-        chain_has_row(backend, "inserted.endpoint_id", "inserted.build_id")
-    );
+    let columns = [
+        "inserted.id",
+        "inserted.endpoint_id",
+        "inserted.build_id",
+        "inserted.next_attempt_at",
+    ];
+    let enqueue = enqueue_from(backend, "inserted", columns);
     let sql = format!(
         "WITH inserted AS ({}), queued AS ({enqueue})
         SELECT count(*) AS due,
@@ -404,18 +399,23 @@ pub async fn insert_one(conn: &impl ConnectionTrait, new: NewDelivery) -> Result
     let row = delivery::Entity::insert(new.into_row())
         .exec_with_returning(conn)
         .await?;
-    delivery_queue::Entity::insert(delivery_queue::ActiveModel {
+    delivery_queue::Entity::insert(unheld(&row, row.next_attempt_at))
+        .exec_without_returning(conn)
+        .await?;
+    Ok(row)
+}
+
+/// The queue row of `row`, due at `at`, neither held nor leased.
+fn unheld(row: &delivery::Model, at: i64) -> delivery_queue::ActiveModel {
+    delivery_queue::ActiveModel {
         delivery_id: Set(row.id),
         endpoint_id: Set(row.endpoint_id),
-        build_id: Set(None),
-        next_attempt_at: Set(row.next_attempt_at),
+        build_id: Set(row.build_id),
+        next_attempt_at: Set(at),
         held: Set(false),
         lease_until: Set(None),
         lease_token: Set(None),
-    })
-    .exec_without_returning(conn)
-    .await?;
-    Ok(row)
+    }
 }
 
 /// The PostgreSQL channel on which committed deliveries are announced to workers.
@@ -528,16 +528,7 @@ pub async fn attempts(
 pub async fn redeliver(conn: &impl ConnectionTrait, row: &delivery::Model, now: i64) -> Result<()> {
     // The queue row first, as the worker's outcomes and an endpoint's deletion take them: two
     // transactions that lock the same two rows in opposite orders could deadlock.
-    let queued = delivery_queue::ActiveModel {
-        delivery_id: Set(row.id),
-        endpoint_id: Set(row.endpoint_id),
-        build_id: Set(row.build_id),
-        next_attempt_at: Set(now),
-        held: Set(false),
-        lease_until: Set(None),
-        lease_token: Set(None),
-    };
-    delivery_queue::Entity::insert(queued)
+    delivery_queue::Entity::insert(unheld(row, now))
         .on_conflict(
             sea_orm::sea_query::OnConflict::column(delivery_queue::Column::DeliveryId)
                 .update_column(delivery_queue::Column::NextAttemptAt)
@@ -605,8 +596,8 @@ pub struct ClaimRequest<F> {
 /// behind one are `held` and not read at all: the due ones are read in due order through the
 /// `delivery_queue_ready` partial index, a few per free slot, the worker's per-endpoint cap is
 /// applied to them, and the chosen ones' queue rows are leased in one statement that checks
-/// again that each is queued, its chain's head and free. When all it read belong to endpoints at their cap, a claim allowed to
-/// `look_past_busy` reads on, skipping them. On PostgreSQL, inside a transaction, concurrent
+/// again that each is queued, its chain's head and free. When all it read belong to endpoints
+/// at their cap, a claim allowed to `look_past_busy` reads on, skipping them. On PostgreSQL, inside a transaction, concurrent
 /// claimers skip each other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite the claim runs
 /// outside one, so it takes the write lock only for the lease itself.
 ///
@@ -918,8 +909,19 @@ async fn record_distinct(
         .collect();
     lock_chains(conn, &builds).await?;
     let backend = conn.get_database_backend();
-    let finished = dequeue(conn, &finishing).await?;
-    let retried = requeue(conn, &retrying).await?;
+    // Finished deliveries leave the queue; retried ones are due again at their next attempt.
+    let rows = sql::rows(
+        finishing
+            .iter()
+            .map(|record| (record.delivery_id, &record.token)),
+    );
+    let finished = write_queue(conn, dequeue_sql, rows, &finishing).await?;
+    let rows = sql::rows(
+        retrying
+            .iter()
+            .map(|record| (record.delivery_id, &record.token, record.next_attempt_at)),
+    );
+    let retried = write_queue(conn, requeue_sql, rows, &retrying).await?;
     let recorded: Vec<&&AttemptRecord> = records
         .iter()
         .filter(|record| {
@@ -987,51 +989,30 @@ async fn record_distinct(
     Ok((numbers.into_keys().collect(), released))
 }
 
-/// Takes finished deliveries out of the queue, each only under its token; the ids taken out.
-async fn dequeue(conn: &impl ConnectionTrait, records: &[&AttemptRecord]) -> Result<HashSet<i64>> {
+/// Writes the queue rows of `records` with `statement` (see [`dequeue_sql`] and
+/// [`requeue_sql`]), whose parameter is `rows`, one per record; the ids of the rows written,
+/// those whose claim was current.
+async fn write_queue(
+    conn: &impl ConnectionTrait,
+    statement: fn(DbBackend) -> String,
+    rows: Value,
+    records: &[&AttemptRecord],
+) -> Result<HashSet<i64>> {
     if records.is_empty() {
         return Ok(HashSet::new());
     }
-    let backend = conn.get_database_backend();
-    let mut values = vec![sql::rows(
-        records
-            .iter()
-            .map(|record| (record.delivery_id, &record.token)),
-    )];
-    values.extend(sql::pg_ids(
-        backend,
-        records.iter().map(|record| record.delivery_id),
-    ));
-    let statement = Statement::from_sql_and_values(backend, dequeue_sql(backend), values);
-    queue_ids(conn, statement).await
-}
-
-/// Makes retried deliveries due again at their next attempt and ends their claims, each only
-/// under its token; the ids of those whose claim was current.
-async fn requeue(conn: &impl ConnectionTrait, records: &[&AttemptRecord]) -> Result<HashSet<i64>> {
-    if records.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let backend = conn.get_database_backend();
-    let mut values =
-        vec![sql::rows(records.iter().map(|record| {
-            (record.delivery_id, &record.token, record.next_attempt_at)
-        }))];
-    values.extend(sql::pg_ids(
-        backend,
-        records.iter().map(|record| record.delivery_id),
-    ));
-    let statement = Statement::from_sql_and_values(backend, requeue_sql(backend), values);
-    queue_ids(conn, statement).await
-}
-
-/// The `delivery_id`s a statement of the queue returns.
-async fn queue_ids(conn: &impl ConnectionTrait, statement: Statement) -> Result<HashSet<i64>> {
     #[derive(FromQueryResult)]
-    struct Row {
+    struct Written {
         delivery_id: i64,
     }
-    Ok(Row::find_by_statement(statement)
+    let backend = conn.get_database_backend();
+    let mut values = vec![rows];
+    values.extend(sql::pg_ids(
+        backend,
+        records.iter().map(|record| record.delivery_id),
+    ));
+    let statement = Statement::from_sql_and_values(backend, statement(backend), values);
+    Ok(Written::find_by_statement(statement)
         .all(conn)
         .await?
         .into_iter()
@@ -1039,7 +1020,7 @@ async fn queue_ids(conn: &impl ConnectionTrait, statement: Statement) -> Result<
         .collect())
 }
 
-/// [`dequeue`]'s statement; its parameter is one row per delivery, its id and token, and on
+/// The delete of finished deliveries' queue rows, each only under its token; its parameter is one row per delivery, its id and token, and on
 /// PostgreSQL the ids again. SQLite has no `DELETE … USING`; it finds each row by key from the
 /// pair of id and token.
 fn dequeue_sql(backend: DbBackend) -> String {
@@ -1067,8 +1048,9 @@ fn dequeue_sql(backend: DbBackend) -> String {
     sql::numbered(backend, &sql)
 }
 
-/// [`requeue`]'s statement; its parameter is one row per delivery: id, token and next attempt,
-/// and on PostgreSQL the ids again.
+/// The update of retried deliveries' queue rows, each only under its token: due again at its
+/// next attempt, and no longer claimed; its parameter is one row per delivery: id, token and
+/// next attempt, and on PostgreSQL the ids again.
 fn requeue_sql(backend: DbBackend) -> String {
     let (int, text) = (|n| sql::int_field("r", n), |n| sql::field("r", n));
     let sql = format!(
