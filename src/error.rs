@@ -21,7 +21,9 @@ pub enum Error {
     /// The input is wrong; the sentence says what.
     #[error("{0}")]
     Invalid(String),
-    /// The database could not be reached; nothing was changed.
+    /// The database could not be reached, or it rolled the change back in a conflict with
+    /// another (see [`is_conflict`]); nothing was changed, and the same change may succeed if
+    /// made again.
     #[error("The database is unavailable right now; nothing was changed, try again.")]
     Unavailable,
     /// Anything else; the cause is in the log.
@@ -78,6 +80,9 @@ impl From<sea_orm::DbErr> for Error {
         if is_unavailable(&err) {
             tracing::warn!(error = %err, "database unavailable");
             Self::Unavailable
+        } else if is_conflict(&err) {
+            tracing::warn!(error = %err, "the database rolled a transaction back in a conflict");
+            Self::Unavailable
         } else {
             Self::internal(err)
         }
@@ -108,6 +113,35 @@ pub fn is_unavailable(err: &sea_orm::DbErr) -> bool {
             .code()
             .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
         _ => matches!(err, DbErr::Conn(_)),
+    }
+}
+
+/// Whether the database rolled a transaction back to settle a conflict with another one, so
+/// that the same transaction may succeed if run again: on PostgreSQL, SQLSTATE class 40 (a
+/// deadlock, a serialization failure); on SQLite, `SQLITE_BUSY` (another process held the
+/// database past the busy timeout) in any of its extended codes.
+pub fn is_conflict(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+    let (DbErr::Exec(RuntimeErr::SqlxError(sqlx_err))
+    | DbErr::Query(RuntimeErr::SqlxError(sqlx_err))
+    | DbErr::Conn(RuntimeErr::SqlxError(sqlx_err))) = err
+    else {
+        return false;
+    };
+    let sqlx::Error::Database(db) = sqlx_err.as_ref() else {
+        return false;
+    };
+    let Some(code) = db.code() else {
+        return false;
+    };
+    if db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        code.starts_with("40")
+    } else {
+        // SQLite's extended codes keep the primary code in their low byte.
+        code.parse::<i32>().is_ok_and(|code| code & 0xff == 5)
     }
 }
 

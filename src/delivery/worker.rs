@@ -678,8 +678,9 @@ async fn attempt(
 }
 
 /// Records outcomes as they come: everything waiting is written in one transaction. The answer
-/// is in hand, so a short database outage is waited out (up to the lease) rather than letting
-/// the lease expire and the delivery be sent again.
+/// is in hand, so a short database outage, or a transaction rolled back in a conflict (a
+/// deadlock with a redelivery, say), is waited out and the batch written again (up to the
+/// lease) rather than letting the lease expire and the delivery be sent again.
 ///
 /// While requests are still `unanswered`, it waits up to [`GATHER`] for their outcomes: the
 /// answers to one claim arrive together, and the first would otherwise take a transaction of

@@ -667,14 +667,19 @@ async fn a_retrying_delivery_holds_back_its_own_build_only(app: TestApp) {
     );
 }
 
-async fn shutdown_lets_in_flight_attempts_finish(mut app: TestApp) {
+/// A receiver that answers after 800 ms, an organization with an endpoint for it, and a build
+/// whose delivery is on its way.
+async fn a_build_answered_slowly(app: &TestApp) -> (Receiver, World) {
     let receiver = Receiver::start().await;
     receiver.default_reply(Reply::status(200).delay(Duration::from_millis(800)));
-    let world = World::new(&app, "acme").await;
-    world
-        .endpoint(&app, &receiver.url("/hook"), json!({}))
-        .await;
-    world.build(&app).await;
+    let world = World::new(app, "acme").await;
+    world.endpoint(app, &receiver.url("/hook"), json!({})).await;
+    world.build(app).await;
+    (receiver, world)
+}
+
+async fn shutdown_lets_in_flight_attempts_finish(mut app: TestApp) {
+    let (receiver, world) = a_build_answered_slowly(&app).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     app.stop().await;
     let org: i64 = world.org.parse().unwrap();
@@ -751,4 +756,64 @@ async fn shutdown_gives_back_claims_it_did_not_send(app: TestApp) {
         assert_eq!(queued.lease_token, None, "a claim was kept: {queued:?}");
         assert_eq!(queued.lease_until, None, "a claim was kept: {queued:?}");
     }
+}
+
+/// An outcome whose transaction PostgreSQL rolls back to break a deadlock (another transaction
+/// holds the delivery's row and waits for its queue row, which the outcome took first) is
+/// written again once the other lets go: the delivery is recorded once, as delivered, and is
+/// not sent again when its lease ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_an_outcome_rolled_back_in_a_deadlock_is_written_again() {
+    use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+    let lease = Duration::from_secs(3);
+    let Some(app) = TestApp::start_with(Backend::Postgres, |config| config.lease = lease).await
+    else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let (receiver, world) = a_build_answered_slowly(&app).await;
+    let other = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    let query = |sql: &str| Statement::from_string(sea_orm::DbBackend::Postgres, sql.to_owned());
+    // While the receiver answers, another transaction takes the delivery's row; it detects no
+    // deadlock itself, so that PostgreSQL ends the outcome's transaction and not this one.
+    let tx = other.begin().await.unwrap();
+    tx.execute_unprepared("SET LOCAL deadlock_timeout = '30s'")
+        .await
+        .unwrap();
+    let row = tx
+        .query_one_raw(query("SELECT id FROM deliveries FOR UPDATE"))
+        .await
+        .unwrap()
+        .expect("the build's delivery");
+    let id: i64 = row.try_get("", "id").unwrap();
+    // The outcome deletes the queue row, then waits for the delivery's row.
+    let waiting = "SELECT count(*) AS n FROM pg_stat_activity
+        WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE deliveries%'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = other.query_one_raw(query(waiting)).await.unwrap().unwrap();
+        if row.try_get::<i64>("", "n").unwrap() > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outcome never waited for the delivery's row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Waiting for the queue row closes the cycle; once the outcome's transaction is rolled
+    // back, the row is there again and this lock is granted.
+    let queued = tx
+        .query_one_raw(query(&format!(
+            "SELECT delivery_id FROM delivery_queue WHERE delivery_id = {id} FOR UPDATE"
+        )))
+        .await
+        .unwrap();
+    assert!(queued.is_some(), "the rolled-back outcome left the queue");
+    tx.rollback().await.unwrap();
+    let delivery = settled(&app, &world, "DELIVERED").await;
+    assert_eq!(delivery["attempts"], 1);
+    // Past the lease: an outcome left unwritten would have its delivery sent again.
+    receiver
+        .expect_no_more_than(1, lease + Duration::from_secs(1))
+        .await;
 }
