@@ -117,8 +117,8 @@ pub fn is_unavailable(err: &sea_orm::DbErr) -> bool {
 }
 
 /// Whether the database rolled a transaction back to settle a conflict with another one, so
-/// that the same transaction may succeed if run again: on PostgreSQL, SQLSTATE class 40 (a
-/// deadlock, a serialization failure); on SQLite, `SQLITE_BUSY` (another process held the
+/// that the same transaction may succeed if run again: on PostgreSQL, a deadlock (`40P01`) or
+/// a serialization failure (`40001`); on SQLite, `SQLITE_BUSY` (another process held the
 /// database past the busy timeout) in any of its extended codes.
 pub fn is_conflict(err: &sea_orm::DbErr) -> bool {
     use sea_orm::{DbErr, RuntimeErr, sqlx};
@@ -138,7 +138,7 @@ pub fn is_conflict(err: &sea_orm::DbErr) -> bool {
         .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
         .is_some()
     {
-        code.starts_with("40")
+        matches!(code.as_ref(), "40001" | "40P01")
     } else {
         // SQLite's extended codes keep the primary code in their low byte.
         code.parse::<i32>().is_ok_and(|code| code & 0xff == 5)
