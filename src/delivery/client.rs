@@ -175,7 +175,7 @@ impl Sender {
             status: Some(status),
             headers,
             retry_after,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: storable(&body),
             error: None,
             duration: started.elapsed(),
         }
@@ -243,6 +243,17 @@ impl serde::Serialize for HeadersJson<'_> {
                 String::from_utf8_lossy(value.map_or(&[][..], |v| v.as_bytes())),
             )
         }))
+    }
+}
+
+/// A response body as text the delivery log can store: invalid UTF-8 and NUL bytes (a gzip
+/// header has some; PostgreSQL's text and JSON hold none) become U+FFFD.
+fn storable(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.into_owned()
     }
 }
 

@@ -705,30 +705,39 @@ async fn write_outcomes(
                 Ok(_) => {}
             }
         }
-        let mut wait = Duration::from_millis(100);
-        let result = loop {
-            match write_batch(&state, &batch).await {
-                Err(crate::Error::Unavailable) if wait < state.config.lease => {
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-                result => break result,
-            }
-        };
-        if let Err(err) = &result {
+        let mut results = vec![write_waiting(&state, &batch).await];
+        let refused = matches!(&results[0], Err(err) if !matches!(err, crate::Error::Unavailable));
+        if batch.len() > 1 && refused {
+            // Not an outage: the database refused something in the batch. Each outcome is
+            // written on its own, so that one it refuses does not take the others with it.
             tracing::warn!(
-                error = %err,
                 attempts = batch.len(),
-                "delivery attempts could not be recorded; their leases will expire and they will be sent again"
+                "a batch of delivery attempts could not be recorded; writing them one at a time"
             );
+            results.clear();
+            for written in &batch {
+                results.push(write_waiting(&state, std::slice::from_ref(written)).await);
+            }
+        }
+        let size = if results.len() == 1 { batch.len() } else { 1 };
+        for result in &results {
+            if let Err(err) = result {
+                tracing::warn!(
+                    error = %err,
+                    attempts = size,
+                    "delivery attempts could not be recorded; their leases will expire and they will be sent again"
+                );
+            }
         }
         let ended: Vec<Ended> = batch
             .drain(..)
-            .map(|written| {
+            .enumerate()
+            .map(|(i, written)| {
+                let result = &results[i.min(results.len() - 1)];
                 let endpoint = written.record.endpoint_id;
                 // Whether an outcome that could not be recorded made anything due is not
                 // known: it counts as if it did.
-                let made_due = match &result {
+                let made_due = match result {
                     Ok(done) => {
                         let recorded = done.ids.contains(&written.record.delivery_id);
                         count(&state, &written, recorded);
@@ -741,6 +750,21 @@ async fn write_outcomes(
             .collect();
         unwritten.fetch_sub(ended.len(), Ordering::Relaxed);
         let _ = ends.send(ended);
+    }
+}
+
+/// [`write_batch`], written again while the database is unavailable (or rolled the write back
+/// in a conflict), for as long as the lease lasts.
+async fn write_waiting(state: &AppState, batch: &[Written]) -> Result<store::deliveries::Recorded> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match write_batch(state, batch).await {
+            Err(crate::Error::Unavailable) if wait < state.config.lease => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            result => return result,
+        }
     }
 }
 
