@@ -46,8 +46,14 @@ impl Vault {
         self.0.is_some()
     }
 
-    /// The value as it is to be stored.
+    /// The value as it is to be stored. A value that begins as a sealed one does is refused,
+    /// with or without a key: stored in clear, it would be read as sealed.
     pub fn seal(&self, plain: &str) -> Result<String> {
+        if plain.starts_with(PREFIX) {
+            return Err(Error::Invalid(format!(
+                "A webhook secret or URL credentials may not begin with `{PREFIX}`, which marks a sealed value."
+            )));
+        }
         let Some(cipher) = &self.0 else {
             return Ok(plain.to_owned());
         };

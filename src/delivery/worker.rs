@@ -297,7 +297,9 @@ impl Worker {
     }
 
     /// Claims up to `room` deliveries and looks up their endpoints. A delivery whose endpoint
-    /// was deleted since it was queued went with it and is dropped.
+    /// was deleted since it was queued went with it and is dropped; so, until its lease ends,
+    /// is one whose endpoint's secret or credentials cannot be opened (the cause is logged),
+    /// so that it does not hold up the others.
     async fn claim(
         &self,
         request: store::deliveries::ClaimRequest<impl Fn(i64) -> usize>,
@@ -325,7 +327,9 @@ impl Worker {
             ids.sort_unstable();
             ids.dedup();
             for row in store::endpoints::find_many(&self.state.db, &ids).await? {
-                let fields = store::endpoints::fields_of(&row, &self.state.vault)?;
+                let Ok(fields) = store::endpoints::fields_of(&row, &self.state.vault) else {
+                    continue;
+                };
                 let target = Target {
                     destination: Destination::new(&fields.url, row.insecure_ssl),
                     signer: fields.secret.as_deref().map(Signer::new),

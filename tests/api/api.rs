@@ -504,6 +504,15 @@ async fn bad_urls_are_refused_and_nothing_is_stored(app: TestApp) {
         assert_eq!(code(&response), "BAD_USER_INPUT", "{url}: {response:#}");
     }
     assert_eq!(endpoint_count(&app, &world).await, 0);
+    // Stored in clear (no encryption key), the secret would be read back as a sealed value
+    // that cannot be opened.
+    let response = app
+        .gql(Some(&world.admin), "mutation($org: ID!) { createWebHookEndpoint(input: {ownerUid: $org, webhookURL: \"https://hooks.example.com/a\", secretToken: \"enc:v1:AAAA\"}) { endpoint { id } } }", json!({ "org": world.org }))
+        .await;
+    assert_eq!(code(&response), "BAD_USER_INPUT", "{response:#}");
+    let message = response["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("`enc:v1:`"), "{message}");
+    assert_eq!(endpoint_count(&app, &world).await, 0);
     let duplicate = "https://hooks.example.com/same";
     world.endpoint(&app, duplicate, json!({})).await;
     let again = app
