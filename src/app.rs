@@ -46,6 +46,7 @@ pub struct AppState {
 impl AppState {
     /// Connects to the database, applies migrations and loads the token key.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
+        config.check()?;
         // Certificate checks use ring; installing it twice (tests) is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let db = store::connect(&config.database.database_url).await?;

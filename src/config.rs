@@ -99,6 +99,20 @@ fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
 }
 
 impl Config {
+    /// Refuses settings that would break a promise: the lease must outlast an attempt with room
+    /// to spare (twice the timeout), or an attempt still waiting for its answer loses its claim
+    /// and another one sends the same delivery again.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.lease < self.delivery_timeout * 2 {
+            anyhow::bail!(
+                "HERALD_LEASE ({}) must be at least twice HERALD_DELIVERY_TIMEOUT ({}), so that a delivery is still claimed when its attempt ends",
+                crate::domain::retry::format_duration(self.lease),
+                crate::domain::retry::format_duration(self.delivery_timeout),
+            );
+        }
+        Ok(())
+    }
+
     /// Where deliveries may go.
     pub fn target_policy(&self) -> crate::delivery::guard::TargetPolicy {
         crate::delivery::guard::TargetPolicy {

@@ -115,7 +115,7 @@ impl Worker {
             unanswered: unanswered.clone(),
             unwritten: unwritten.clone(),
             per_endpoint,
-            margin: config.delivery_timeout.min(config.lease / 2),
+            margin: config.delivery_timeout,
         };
         let mut writer = tokio::spawn(write_outcomes(
             self.state.clone(),
@@ -464,8 +464,9 @@ struct Launcher {
     unwritten: Arc<AtomicUsize>,
     /// The most requests in flight to one endpoint.
     per_endpoint: usize,
-    /// A claim whose lease ends sooner than this is not sent: the longest an attempt takes,
-    /// or half the lease when the lease is shorter, so that a fresh claim is always sent.
+    /// A claim whose lease ends sooner than this is not sent: the longest an attempt takes
+    /// (at most half the lease, see [`crate::config::Config::check`], so that a fresh claim
+    /// is always sent).
     margin: Duration,
 }
 

@@ -22,6 +22,31 @@ fn schema_graphql_equals_herald_schema() {
     );
 }
 
+/// A lease that an attempt could outlast would let a second claim send the delivery again
+/// while the first attempt still waits for its answer: such settings stop the start, and say
+/// why.
+#[test]
+fn a_lease_shorter_than_twice_the_delivery_timeout_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("h.db").display());
+    for command in ["serve", "worker"] {
+        let output = herald()
+            .args([command, "--lease", "15s", "--delivery-timeout", "10s"])
+            .env("HERALD_DATABASE_URL", &url)
+            .env("HERALD_LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{command}: {stderr}");
+        assert!(
+            stderr.contains(
+                "HERALD_LEASE (15s) must be at least twice HERALD_DELIVERY_TIMEOUT (10s)"
+            ),
+            "{command}: {stderr}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn org_create_and_token_issue_share_the_servers_database() {
     let app = TestApp::start(Backend::Sqlite).await.unwrap();

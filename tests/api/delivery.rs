@@ -765,7 +765,7 @@ async fn shutdown_gives_back_claims_it_did_not_send(app: TestApp) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_an_outcome_rolled_back_in_a_deadlock_is_written_again() {
     use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
-    let lease = Duration::from_secs(3);
+    let lease = Duration::from_secs(4);
     let Some(app) = TestApp::start_with(Backend::Postgres, |config| config.lease = lease).await
     else {
         return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");

@@ -896,7 +896,8 @@ async fn a_tarpit_endpoint_does_not_starve_another_organization(app: TestApp) {
     let backend = app.backend;
     drop(app);
     let app = TestApp::start_with(backend, |config| {
-        config.delivery_timeout = Duration::from_secs(30)
+        config.delivery_timeout = Duration::from_secs(30);
+        config.lease = Duration::from_secs(60);
     })
     .await
     .unwrap();
