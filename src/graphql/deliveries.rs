@@ -195,6 +195,8 @@ pub struct DeliveryMutation;
 #[Object]
 impl DeliveryMutation {
     /// Sends a delivery again: the same id and the same bytes, in a new attempt (ADMIN).
+    /// Refused while an attempt of the delivery is under way, and while its endpoint is
+    /// disabled.
     async fn redeliver_web_hook(
         &self,
         ctx: &Context<'_>,
@@ -204,6 +206,12 @@ impl DeliveryMutation {
         let state = state(ctx)?;
         let tx = store::begin_write(&state.writer).await?;
         let row = store::deliveries::find(&tx, viewer.org_id, &input.delivery_id).await?;
+        let endpoint = store::endpoints::find(&tx, viewer.org_id, row.endpoint_id).await?;
+        if !endpoint.enabled {
+            return Err(Error::Invalid(
+                "The endpoint is disabled; enable it to redeliver its deliveries.".into(),
+            ));
+        }
         store::deliveries::redeliver(&tx, &row, crate::now_ms()).await?;
         store::deliveries::announce(&tx, state.outbox.announcer()).await?;
         let row = store::deliveries::find(&tx, viewer.org_id, &input.delivery_id).await?;

@@ -522,12 +522,25 @@ pub async fn attempts(
 }
 
 /// Queues a delivery again, with the same id and body, for an attempt now and a fresh retry
-/// schedule. A delivery still in flight is left to its current attempt; one still queued keeps
-/// its place in its chain; a finished one goes ahead of its chain's unfinished ones. It must
-/// run inside a transaction.
+/// schedule. A delivery still queued keeps its place in its chain; a finished one goes ahead of
+/// its chain's unfinished ones. A delivery claimed for an attempt is refused: that attempt's
+/// outcome, decided on the schedule it was claimed under, would stand for the redelivery. It
+/// must run inside a transaction.
 pub async fn redeliver(conn: &impl ConnectionTrait, row: &delivery::Model, now: i64) -> Result<()> {
     // The queue row first, as the worker's outcomes and an endpoint's deletion take them: two
-    // transactions that lock the same two rows in opposite orders could deadlock.
+    // transactions that lock the same two rows in opposite orders could deadlock. On
+    // PostgreSQL it stays locked, so that no claim takes it before the redelivery is queued.
+    let mut queued = delivery_queue::Entity::find_by_id(row.id);
+    if conn.get_database_backend() == DbBackend::Postgres {
+        queued = queued.lock_exclusive();
+    }
+    if let Some(queued) = queued.one(conn).await?
+        && queued.lease_until.is_some_and(|until| until > now)
+    {
+        return Err(Error::Conflict(
+            "The delivery has an attempt under way; redeliver it once that attempt ends.".into(),
+        ));
+    }
     delivery_queue::Entity::insert(unheld(row, now))
         .on_conflict(
             sea_orm::sea_query::OnConflict::column(delivery_queue::Column::DeliveryId)

@@ -24,6 +24,7 @@ crate::on_both_backends!(
     gone_disables_the_endpoint,
     redirects_are_not_followed,
     redelivery_and_test_pings,
+    redelivery_waits_for_the_attempt_under_way_and_an_enabled_endpoint,
     preview_equals_what_is_sent,
     each_build_arrives_in_order_under_a_slow_receiver,
     changes_sent_at_once_get_their_own_answers_and_payloads,
@@ -458,6 +459,52 @@ async fn redelivery_and_test_pings(app: TestApp) {
         )
         .await;
     assert_eq!(code(&missing), "NOT_FOUND");
+}
+
+/// A redelivery is refused while an attempt is under way (its outcome, decided on the old
+/// schedule, would stand for the redelivery) and while the endpoint is disabled (nothing would
+/// send it); either refusal changes nothing, and a redelivery after the attempt is sent.
+async fn redelivery_waits_for_the_attempt_under_way_and_an_enabled_endpoint(app: TestApp) {
+    let (receiver, world) = a_build_answered_slowly(&app).await;
+    let redeliver = "mutation($id: ID!) { redeliverWebHook(input: {deliveryId: $id}) { delivery { id state } } }";
+    let in_flight = loop {
+        let all = deliveries(&app, &world).await;
+        if let Some(delivery) = all.first() {
+            break delivery["id"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = app
+        .gql(Some(&world.admin), redeliver, json!({ "id": in_flight }))
+        .await;
+    assert_eq!(code(&refused), "CONFLICT", "{refused:#}");
+    let delivery = settled(&app, &world, "DELIVERED").await;
+    assert_eq!(delivery["attempts"], 1);
+    receiver
+        .expect_no_more_than(1, Duration::from_secs(1))
+        .await;
+
+    let endpoint = app
+        .ok(
+            &world.admin,
+            "{ viewer { webhookSettings { endpoints { id } } } }",
+            json!({}),
+        )
+        .await["viewer"]["webhookSettings"]["endpoints"][0]["id"]
+        .clone();
+    app.ok(&world.admin, "mutation($id: ID!) { updateWebHookEndpoint(input: {id: $id, enabled: false}) { endpoint { id } } }", json!({ "id": endpoint })).await;
+    let disabled = app
+        .gql(Some(&world.admin), redeliver, json!({ "id": in_flight }))
+        .await;
+    assert_eq!(code(&disabled), "BAD_USER_INPUT", "{disabled:#}");
+    assert_eq!(settled(&app, &world, "DELIVERED").await["attempts"], 1);
+
+    app.ok(&world.admin, "mutation($id: ID!) { updateWebHookEndpoint(input: {id: $id, enabled: true}) { endpoint { id } } }", json!({ "id": endpoint })).await;
+    app.ok(&world.admin, redeliver, json!({ "id": in_flight }))
+        .await;
+    receiver.wait_for(2).await;
+    assert_eq!(settled(&app, &world, "DELIVERED").await["attempts"], 2);
 }
 
 async fn preview_equals_what_is_sent(app: TestApp) {

@@ -275,7 +275,8 @@ pub struct Herald {
 }
 
 impl Herald {
-    /// Starts `herald ARGS…` on a database, with private targets allowed and a short lease.
+    /// Starts `herald ARGS…` on a database, with private targets allowed, a short lease and a
+    /// delivery timeout of half of it.
     pub fn spawn(database_url: &str, args: &[&str]) -> Self {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         Self {
@@ -291,6 +292,7 @@ impl Herald {
             .env("HERALD_DATABASE_URL", database_url)
             .env("HERALD_ALLOW_PRIVATE_TARGETS", "true")
             .env("HERALD_LEASE", "1s")
+            .env("HERALD_DELIVERY_TIMEOUT", "500ms")
             .env("HERALD_RETRY_SCHEDULE", "100ms,200ms,400ms,800ms")
             .env_remove("HERALD_JWT_SECRET")
             .stdout(std::process::Stdio::null())
