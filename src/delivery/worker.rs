@@ -147,6 +147,7 @@ impl Worker {
         loop {
             if last_sweep.is_none_or(|at| at.elapsed() >= SWEEP) {
                 last_sweep = Some(tokio::time::Instant::now());
+                self.remove_orphans().await;
                 claim_now |= self.release_stranded().await;
             }
             // Attempts that handed their outcome over are counted once, as unwritten: collected
@@ -378,6 +379,27 @@ impl Worker {
             Ok(()) => tracing::info!(deliveries = claims.len(), "unsent claims were given back"),
             Err(err) => {
                 tracing::warn!(error = %err, "giving back unsent claims failed; their leases will expire")
+            }
+        }
+    }
+
+    /// Deletes the deliveries left queued for endpoints that no longer exist (see
+    /// [`store::deliveries::remove_orphans`]).
+    async fn remove_orphans(&self) {
+        let removed = async {
+            let tx = store::begin_write(&self.state.writer).await?;
+            let removed = store::deliveries::remove_orphans(&tx).await?;
+            tx.commit().await?;
+            Ok::<_, crate::Error>(removed)
+        };
+        match removed.await {
+            Ok(0) => {}
+            Ok(removed) => tracing::warn!(
+                removed,
+                "deliveries queued for endpoints deleted meanwhile were removed"
+            ),
+            Err(err) => {
+                tracing::warn!(error = %err, "removing deliveries of deleted endpoints failed")
             }
         }
     }

@@ -393,6 +393,45 @@ pub async fn release_stranded(conn: &impl ConnectionTrait) -> Result<u64> {
         .rows_affected())
 }
 
+/// Deletes the unfinished deliveries of endpoints that no longer exist, with their queue rows
+/// and attempts, and returns how many. Deleting an endpoint deletes its deliveries, but on
+/// PostgreSQL an event recorded while the deletion runs may queue some the deletion did not
+/// see: no claim takes them (their endpoint is gone), so they would stay queued forever. The
+/// worker runs it now and then. It must run inside a transaction.
+pub async fn remove_orphans(conn: &impl ConnectionTrait) -> Result<u64> {
+    let orphans: Vec<i64> = delivery_queue::Entity::find()
+        .filter(sea_orm::sea_query::Expr::cust(
+            "NOT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = delivery_queue.endpoint_id)",
+        ))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|row| row.delivery_id)
+        .collect();
+    delete(conn, &orphans).await?;
+    Ok(orphans.len() as u64)
+}
+
+/// Deletes these deliveries with their queue rows and attempts: the queue rows first, in the
+/// order the worker's outcomes lock them.
+pub async fn delete(conn: &impl ConnectionTrait, ids: &[i64]) -> Result<()> {
+    for chunk in ids.chunks(500) {
+        delivery_queue::Entity::delete_many()
+            .filter(delivery_queue::Column::DeliveryId.is_in(chunk.iter().copied()))
+            .exec(conn)
+            .await?;
+        delivery_attempt::Entity::delete_many()
+            .filter(delivery_attempt::Column::DeliveryId.is_in(chunk.iter().copied()))
+            .exec(conn)
+            .await?;
+        delivery::Entity::delete_many()
+            .filter(delivery::Column::Id.is_in(chunk.iter().copied()))
+            .exec(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Queues one delivery, due at once, with a new public id. It has no build, so it is in no
 /// chain and nothing holds it.
 pub async fn insert_one(conn: &impl ConnectionTrait, new: NewDelivery) -> Result<delivery::Model> {

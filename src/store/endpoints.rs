@@ -2,10 +2,10 @@
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, SqlErr, Statement,
+    QueryOrder, QuerySelect, SqlErr, Statement,
 };
 
-use super::entities::{delivery, delivery_attempt, delivery_queue, webhook_endpoint};
+use super::entities::{delivery, delivery_queue, webhook_endpoint};
 use crate::domain::{EndpointUrl, EventKind, PayloadFormat};
 use crate::secrets::Vault;
 use crate::{Error, Result};
@@ -217,22 +217,13 @@ pub async fn delete(conn: &impl ConnectionTrait, endpoint: &webhook_endpoint::Mo
         .exec(conn)
         .await?;
     let deliveries: Vec<i64> = delivery::Entity::find()
+        .select_only()
+        .column(delivery::Column::Id)
         .filter(delivery::Column::EndpointId.eq(endpoint.id))
+        .into_tuple()
         .all(conn)
-        .await?
-        .into_iter()
-        .map(|row| row.id)
-        .collect();
-    for chunk in deliveries.chunks(500) {
-        delivery_attempt::Entity::delete_many()
-            .filter(delivery_attempt::Column::DeliveryId.is_in(chunk.iter().copied()))
-            .exec(conn)
-            .await?;
-    }
-    delivery::Entity::delete_many()
-        .filter(delivery::Column::EndpointId.eq(endpoint.id))
-        .exec(conn)
         .await?;
+    super::deliveries::delete(conn, &deliveries).await?;
     webhook_endpoint::Entity::delete_by_id(endpoint.id)
         .exec(conn)
         .await?;

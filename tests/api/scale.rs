@@ -24,7 +24,8 @@ crate::on_both_backends!(
     an_outcome_says_for_which_endpoints_it_released_held_deliveries,
     a_redelivered_delivery_hands_its_chain_on_in_order,
     a_tarpit_endpoint_does_not_starve_another_organization,
-    an_upgrade_keeps_every_queued_delivery_and_its_order
+    an_upgrade_keeps_every_queued_delivery_and_its_order,
+    a_worker_removes_deliveries_left_queued_for_a_deleted_endpoint
 );
 
 /// One `herald serve --no-worker` and `workers` `herald worker` processes on a fresh database,
@@ -790,13 +791,7 @@ async fn a_redelivered_delivery_hands_its_chain_on_in_order(app: TestApp) {
 async fn an_upgrade_keeps_every_queued_delivery_and_its_order(app: TestApp) {
     use herald_migrations::{Migrator, MigratorTrait};
     use sea_orm::{ConnectionTrait, Statement};
-    let backend = app.backend;
-    drop(app);
-    let app = TestApp::start_role(backend, Role::ApiOnly, |_| {})
-        .await
-        .unwrap();
-    let receiver = Receiver::start().await;
-    let world = World::new(&app, "acme").await;
+    let (app, receiver, world) = without_a_worker(app).await;
     world
         .endpoint(&app, &receiver.url("/hook"), json!({ "events": ["TASK"] }))
         .await;
@@ -939,4 +934,64 @@ async fn a_tarpit_endpoint_does_not_starve_another_organization(app: TestApp) {
         connections <= 8,
         "the tarpit held {connections} attempts at once, over the per-endpoint cap"
     );
+}
+
+/// On PostgreSQL, an event recorded while its endpoint is being deleted may queue deliveries
+/// the deletion did not see. This leaves that state directly (the endpoint's row deleted under
+/// its queued deliveries, and a second endpoint's delivery beside them); a worker's sweep
+/// removes the first endpoint's deliveries, which nothing could send, and sends the other's.
+async fn a_worker_removes_deliveries_left_queued_for_a_deleted_endpoint(app: TestApp) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let (app, receiver, world) = without_a_worker(app).await;
+    let gone = world
+        .endpoint(&app, &receiver.url("/gone"), json!({}))
+        .await;
+    world
+        .endpoint(&app, &receiver.url("/kept"), json!({}))
+        .await;
+    world.build(&app).await;
+    let db = &app.state.db;
+    let sql = format!("DELETE FROM webhook_endpoints WHERE id = {gone}");
+    db.execute_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap();
+    let log = "{ viewer { webhookDeliveries { edges { node { state } } } } }";
+    let states = || async {
+        let data = app.ok(&world.admin, log, json!({})).await;
+        data["viewer"]["webhookDeliveries"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|edge| edge["node"]["state"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(states().await, ["PENDING", "PENDING"]);
+    let _worker = Herald::spawn(&app.database_url, &["worker"]);
+    let received = receiver.wait_for(1).await;
+    assert_eq!(received[0].uri.path(), "/kept");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while states().await != ["DELIVERED"] {
+        assert!(
+            Instant::now() < deadline,
+            "the deleted endpoint's delivery stayed: {:?}",
+            states().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    receiver
+        .expect_no_more_than(1, Duration::from_millis(500))
+        .await;
+}
+
+/// The same backend as `app`, with no worker (deliveries stay queued until a test starts a
+/// `herald worker`), a receiver and an organization.
+async fn without_a_worker(app: TestApp) -> (TestApp, Receiver, World) {
+    let backend = app.backend;
+    drop(app);
+    let app = TestApp::start_role(backend, Role::ApiOnly, |_| {})
+        .await
+        .unwrap();
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    (app, receiver, world)
 }
