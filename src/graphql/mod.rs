@@ -54,10 +54,11 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// For requests from clients (GraphiQL's own introspection query fits).
+    /// For requests from clients (GraphiQL's own introspection query fits, and so do the
+    /// console's: 50 repositories with their last 10 builds and those builds' tasks).
     pub const API: Limits = Limits {
         depth: 20,
-        complexity: 2_000,
+        complexity: 50_000,
         introspection: true,
     };
     /// For stored payload selections (CONTRACT §5: at most 15 levels).
@@ -67,6 +68,17 @@ impl Limits {
         introspection: false,
     };
 }
+
+/// What a paginated list costs in a query's complexity: its selection's cost for each item
+/// of the page it may return (`first`, 20 when not given), so that nested lists multiply.
+pub(crate) fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
+    let items = first.unwrap_or(20).clamp(0, crate::store::Page::MAX) as usize;
+    items.saturating_mul(child_complexity).saturating_add(1)
+}
+
+/// How many tasks a query's complexity counts on for a build's task list, which has no pages:
+/// a selection that nests `tasks { build { tasks … } } }` multiplies by it at each level.
+pub(crate) const TASKS_PER_BUILD: usize = 20;
 
 /// Builds the schema with the given limits.
 pub fn build_schema(limits: Limits) -> HeraldSchema {

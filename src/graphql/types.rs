@@ -55,6 +55,7 @@ impl OwnerInfo {
     }
 
     /// Deliveries, newest first, optionally of one endpoint and one state (ADMIN).
+    #[graphql(complexity = "crate::graphql::page_cost(first, child_complexity)")]
     async fn webhook_deliveries(
         &self,
         ctx: &Context<'_>,
@@ -74,6 +75,7 @@ impl OwnerInfo {
     }
 
     /// Repositories, oldest first.
+    #[graphql(complexity = "crate::graphql::page_cost(first, child_complexity)")]
     async fn repositories(
         &self,
         ctx: &Context<'_>,
@@ -115,6 +117,7 @@ impl Repository {
     }
 
     /// Builds, newest first, optionally of one status.
+    #[graphql(complexity = "crate::graphql::page_cost(first, child_complexity)")]
     async fn builds(
         &self,
         ctx: &Context<'_>,
@@ -198,6 +201,7 @@ impl Build {
         parse_stored(&self.0.status, BuildStatus::parse)
     }
 
+    #[graphql(complexity = "crate::graphql::TASKS_PER_BUILD.saturating_mul(child_complexity) + 1")]
     async fn tasks(&self, ctx: &Context<'_>) -> Result<Vec<Task>> {
         let rows = rows::tasks_of_build(ctx, self.0.org_id, self.0.id).await?;
         Ok(rows.iter().cloned().map(Task).collect())
@@ -279,6 +283,7 @@ impl Task {
 
     /// The labels that tell this task apart from other tasks of its build with the same name
     /// (a matrix); all its labels when its name is unique.
+    #[graphql(complexity = "crate::graphql::TASKS_PER_BUILD")]
     async fn unique_labels(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
         let own: Vec<String> = store::ci::labels_or_notes(&self.0.labels)?;
         let siblings = rows::tasks_of_build(ctx, self.0.org_id, self.0.build_id).await?;

@@ -403,7 +403,7 @@ fn deep_selection() -> String {
 async fn bad_payload_selections_are_refused_and_nothing_is_stored(app: TestApp) {
     let world = World::new(&app, "acme").await;
     let deep = deep_selection();
-    let cases: [(&str, &str); 10] = [
+    let cases: [(&str, &str); 11] = [
         (
             "build(id: $buildId) { id status",
             "does not parse at the end of the selection",
@@ -431,6 +431,11 @@ async fn bad_payload_selections_are_refused_and_nothing_is_stored(app: TestApp) 
         ("build(id: $other) { id }", "$other"),
         ("query Q($x: ID!) { build(id: $x) { id } }", "$x"),
         (&deep, "levels deep"),
+        // Shallow, but each level of a build's tasks multiplies what it renders.
+        (
+            "build(id: $buildId) { tasks { build { tasks { build { tasks { id } } } } } }",
+            "too complex",
+        ),
         ("", "empty"),
     ];
     for (selection, expected) in cases {

@@ -531,6 +531,13 @@ async fn graphql_limits_apply_before_any_resolver() {
     deep.push_str(" } } }");
     let response = app.gql(Some(&world.read), &deep, json!({})).await;
     assert_eq!(code(&response), "BAD_USER_INPUT", "{response:#}");
+    // Twelve levels, but lists within lists: each page of builds, and each build's tasks,
+    // multiplies the work of what it holds.
+    let wide = "{ viewer { repositories(first: 100) { edges { node { builds(first: 100) { edges { node { tasks { uniqueLabels build { tasks { id } } } } } } } } } } }";
+    let response = app.gql(Some(&world.read), wide, json!({})).await;
+    assert_eq!(code(&response), "BAD_USER_INPUT", "{response:#}");
+    let message = response["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("too complex"), "{message}");
 
     let http = reqwest::Client::new();
     let big = json!({ "query": "{ __typename }", "variables": { "pad": "x".repeat(300 * 1024) } })
