@@ -37,6 +37,20 @@ pub fn verify_cirrus(secret: &str, body: &[u8], signature: &str) -> bool {
     mac.verify_slice(&expected).is_ok()
 }
 
+/// Refuses a secret that begins as a Standard Webhooks secret (`whsec_`) but does not go on
+/// in base64: it would be signed with its own bytes, and a receiver's library, which decodes
+/// what follows the prefix, would reject every delivery.
+pub fn check_secret(secret: &str) -> crate::Result<()> {
+    match secret.strip_prefix("whsec_") {
+        Some(encoded) if BASE64.decode(encoded).map_or(true, |key| key.is_empty()) => {
+            Err(crate::Error::Invalid(
+                "A secret that begins with `whsec_` must go on in base64, as Standard Webhooks secrets do.".into(),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The Standard Webhooks key of a secret.
 pub fn standard_key(secret: &str) -> Vec<u8> {
     secret

@@ -56,7 +56,11 @@ pub(super) async fn check(
             stored.secret.clone()
         }
         (Some(secret), _) if secret.is_empty() => None,
-        (secret, _) => secret,
+        (Some(secret), _) => {
+            crate::signing::check_secret(&secret)?;
+            Some(secret)
+        }
+        (None, _) => None,
     };
     let payload_query = payload_query.filter(|query| !query.trim().is_empty());
     if let Some(query) = &payload_query {

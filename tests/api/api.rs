@@ -11,7 +11,7 @@ crate::on_both_backends!(
     another_organizations_ids_are_not_found,
     secrets_are_never_returned,
     bad_payload_selections_are_refused_and_nothing_is_stored,
-    bad_urls_are_refused_and_nothing_is_stored,
+    bad_urls_and_secrets_are_refused_and_nothing_is_stored,
     bad_tokens_are_unauthenticated,
     endpoints_are_created_updated_and_deleted,
     save_web_hook_settings_replaces_the_list_keyed_by_url,
@@ -375,6 +375,19 @@ async fn secrets_are_never_returned(app: TestApp) {
     assert_eq!(fields.url.as_stored(), url);
 }
 
+/// Deletes the endpoint that `response`, a `createWebHookEndpoint` expected to succeed,
+/// created.
+async fn delete_created(app: &TestApp, world: &World, response: &Value) {
+    assert!(response.get("errors").is_none(), "{response:#}");
+    let id = response["data"]["createWebHookEndpoint"]["endpoint"]["id"].clone();
+    app.ok(
+        &world.admin,
+        "mutation($id: ID!) { deleteWebHookEndpoint(input: {id: $id}) { deletedId } }",
+        json!({ "id": id }),
+    )
+    .await;
+}
+
 async fn endpoint_count(app: &TestApp, world: &World) -> usize {
     let data = app
         .ok(
@@ -448,14 +461,7 @@ async fn bad_payload_selections_are_refused_and_nothing_is_stored(app: TestApp) 
             .await;
         if selection.is_empty() {
             // A blank selection means the default one.
-            assert!(response.get("errors").is_none(), "{response:#}");
-            let id = response["data"]["createWebHookEndpoint"]["endpoint"]["id"].clone();
-            app.ok(
-                &world.admin,
-                "mutation($id: ID!) { deleteWebHookEndpoint(input: {id: $id}) { deletedId } }",
-                json!({ "id": id }),
-            )
-            .await;
+            delete_created(&app, &world, &response).await;
             continue;
         }
         assert_eq!(
@@ -494,7 +500,7 @@ async fn bad_payload_selections_are_refused_and_nothing_is_stored(app: TestApp) 
     );
 }
 
-async fn bad_urls_are_refused_and_nothing_is_stored(app: TestApp) {
+async fn bad_urls_and_secrets_are_refused_and_nothing_is_stored(app: TestApp) {
     let world = World::new(&app, "acme").await;
     for url in [
         "ftp://example.com/x",
@@ -517,6 +523,19 @@ async fn bad_urls_are_refused_and_nothing_is_stored(app: TestApp) {
     assert_eq!(code(&response), "BAD_USER_INPUT", "{response:#}");
     let message = response["errors"][0]["message"].as_str().unwrap();
     assert!(message.contains("`enc:v1:`"), "{message}");
+    // Signed with its own bytes, it would fail every Standard Webhooks library's check.
+    for secret in ["whsec_not*base64", "whsec_", "whsec_c2VjcmV0"] {
+        let response = app
+            .gql(Some(&world.admin), "mutation($org: ID!, $secret: String!) { createWebHookEndpoint(input: {ownerUid: $org, webhookURL: \"https://hooks.example.com/w\", secretToken: $secret}) { endpoint { id } } }", json!({ "org": world.org, "secret": secret }))
+            .await;
+        if secret == "whsec_c2VjcmV0" {
+            delete_created(&app, &world, &response).await;
+            continue;
+        }
+        assert_eq!(code(&response), "BAD_USER_INPUT", "{secret}: {response:#}");
+        let message = response["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains("`whsec_`"), "{message}");
+    }
     assert_eq!(endpoint_count(&app, &world).await, 0);
     let duplicate = "https://hooks.example.com/same";
     world.endpoint(&app, duplicate, json!({})).await;
