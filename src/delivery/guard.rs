@@ -85,6 +85,8 @@ fn is_blocked_v4(ip: Ipv4Addr) -> bool {
         || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
         || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
         || (a == 198 && (18..20).contains(&b)) // benchmarking
+        || (a == 192 && b == 88 && ip.octets()[2] == 99) // 6to4 relays (deprecated)
+        || ip == Ipv4Addr::new(168, 63, 129, 16) // Azure's platform endpoint (metadata, DNS)
         || a >= 240 // reserved
 }
 
@@ -100,15 +102,24 @@ fn is_blocked_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xffc0) == 0xfe80 // link local fe80::/10
         || (first & 0xffc0) == 0xfec0 // site local (deprecated) fec0::/10
         || first == 0x2001 && ip.segments()[1] == 0x0db8 // documentation
+        || first == 0x2001 && ip.segments()[1] == 0 // Teredo 2001::/32 (its IPv4 is obfuscated)
+        || first == 0x0064 && ip.segments()[1..3] == [0xff9b, 1] // local-use NAT64 64:ff9b:1::/48
         || first == 0x0100 && ip.segments()[1..4] == [0, 0, 0] // discard-only 100::/64
 }
 
-/// The IPv4 address inside an IPv4-mapped, IPv4-compatible, NAT64 or 6to4 IPv6 address.
+/// The IPv4 address inside an IPv4-mapped, IPv4-translated (SIIT), IPv4-compatible, NAT64,
+/// ISATAP or 6to4 IPv6 address.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
     let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     if let Some(v4) = ip.to_ipv4_mapped() {
         return Some(v4);
+    }
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return Some(tail); // IPv4-translated ::ffff:0:a.b.c.d
+    }
+    if s[4] & 0xfdff == 0 && s[5] == 0x5efe {
+        return Some(tail); // ISATAP interface identifier, under any prefix
     }
     if s[..6] == [0, 0, 0, 0, 0, 0] && !(s[6] == 0 && s[7] <= 1) {
         return Some(tail); // IPv4-compatible ::a.b.c.d
@@ -148,8 +159,9 @@ pub fn check_url(url: &EndpointUrl, policy: &TargetPolicy) -> Result<()> {
     Ok(())
 }
 
-/// The client's resolver: looks names up once and keeps only the addresses it may contact, so
-/// the connection goes to a vetted address.
+/// The client's resolver: looks names up once and hands the client only vetted addresses, so
+/// the connection goes to one of them. A name with any address the policy forbids is refused
+/// whole, even beside allowed ones: such a name points inside, whatever else it answers.
 pub struct GuardedResolver {
     pub policy: TargetPolicy,
     pub lookup: Arc<dyn Lookup>,
@@ -162,14 +174,13 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let host = name.as_str().to_owned();
         Box::pin(async move {
             let resolved = lookup.lookup(&host).await?;
-            let allowed: Vec<SocketAddr> = resolved
-                .into_iter()
-                .filter(|ip| policy.permits(*ip))
-                .map(|ip| SocketAddr::new(ip, 0))
-                .collect();
-            if allowed.is_empty() {
+            if resolved.is_empty() || resolved.iter().any(|ip| !policy.permits(*ip)) {
                 return Err(Box::new(Blocked) as Box<dyn std::error::Error + Send + Sync>);
             }
+            let allowed: Vec<SocketAddr> = resolved
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -202,6 +213,13 @@ mod tests {
             "::127.0.0.1",
             "64:ff9b::a00:1",
             "2002:7f00:1::",
+            "::ffff:0:7f00:1",
+            "::5efe:7f00:1",
+            "2001:db9::200:5efe:a00:1",
+            "64:ff9b:1::7f00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "192.88.99.1",
+            "168.63.129.16",
         ] {
             assert!(is_blocked(ip.parse().unwrap()), "{ip} is not blocked");
         }
@@ -214,6 +232,7 @@ mod tests {
             "93.184.216.34",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "2001:db9::5efe:808:808",
         ] {
             assert!(!is_blocked(ip.parse().unwrap()), "{ip} is blocked");
         }

@@ -94,6 +94,8 @@ async fn the_ssrf_catalogue_never_reaches_a_canary() {
     );
     lookup.answer("mapped.test", &[&["::ffff:127.0.0.1"]]);
     lookup.answer("nat64.test", &[&["64:ff9b::7f00:1"]]);
+    // The allowed receiver's address beside the canary's: the name is refused whole.
+    lookup.answer("partly.test", &[&["127.0.0.2", "127.0.0.1"]]);
     lookup.answer("rebind.test", &[&["127.0.0.2"], &["127.0.0.1"]]);
     lookup.answer("good.test", &[&["127.0.0.2"]]);
     let app = TestApp::start_custom(
@@ -124,6 +126,12 @@ async fn the_ssrf_catalogue_never_reaches_a_canary() {
         format!("http://[::ffff:127.0.0.1]:{p}/"),
         format!("http://[::ffff:7f00:1]:{p}/"),
         format!("http://[0:0:0:0:0:ffff:127.0.0.1]:{p}/"),
+        format!("http://[::ffff:0:7f00:1]:{p}/"),
+        format!("http://[::5efe:7f00:1]:{p}/"),
+        format!("http://[64:ff9b:1::7f00:1]:{p}/"),
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/".to_owned(),
+        "http://192.88.99.1/".to_owned(),
+        "http://168.63.129.16/".to_owned(),
         format!("http://localhost:{p}/"),
         format!("http://LOCALHOST.:{p}/"),
         format!("http://anything.localhost:{p}/"),
@@ -150,7 +158,13 @@ async fn the_ssrf_catalogue_never_reaches_a_canary() {
 
     // Accepted when saved (a name), refused when resolved: every attempt fails with the reason.
     let mut resolved = Vec::new();
-    for host in ["private.test", "mixed.test", "mapped.test", "nat64.test"] {
+    for host in [
+        "private.test",
+        "mixed.test",
+        "mapped.test",
+        "nat64.test",
+        "partly.test",
+    ] {
         resolved.push(
             world
                 .endpoint(
@@ -203,7 +217,7 @@ async fn the_ssrf_catalogue_never_reaches_a_canary() {
             .iter()
             .map(|e| e["node"].clone())
             .collect();
-        if nodes.len() == 8 && finished(&nodes) {
+        if nodes.len() == 9 && finished(&nodes) {
             break nodes;
         }
         assert!(
