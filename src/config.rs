@@ -40,7 +40,7 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Allow deliveries to loopback, private and link-local addresses (`true`/`1` = on).
-    #[arg(long, env = "HERALD_ALLOW_PRIVATE_TARGETS")]
+    #[arg(long, env = "HERALD_ALLOW_PRIVATE_TARGETS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_private_targets: bool,
 
     /// Internal networks deliveries may reach even when private targets are not allowed,
@@ -83,7 +83,7 @@ pub struct Config {
     pub public_url: Option<String>,
 
     /// Serve GraphiQL at `GET /graphql` and answer introspection queries.
-    #[arg(long, env = "HERALD_GRAPHIQL", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "HERALD_GRAPHIQL", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub graphiql: bool,
 }
 

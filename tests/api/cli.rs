@@ -4,7 +4,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::json;
 
-use crate::support::{Backend, TestApp};
+use crate::support::{Backend, Client, TestApp, free_port, herald_output};
 
 fn herald() -> Command {
     Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -20,6 +20,57 @@ fn schema_graphql_equals_herald_schema() {
         String::from_utf8(output.stdout).unwrap() == checked_in,
         "schema.graphql differs from `herald schema`; run `cargo run -- schema > schema.graphql`"
     );
+}
+
+/// Boolean settings take `1` and `0` (CONTRACT §2: "`true`/`1` = on") from the environment,
+/// as well as `true` and `false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boolean_settings_take_1_and_0_from_the_environment() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("h.db").display());
+    let org = herald_output(&url, &["org", "create", "acme"]);
+    let token = herald_output(
+        &url,
+        &["token", "issue", "--org", "acme", "--permission", "ADMIN"],
+    );
+    for (value, on) in [("1", true), ("0", false)] {
+        let port = free_port();
+        let mut serve = herald()
+            .args([
+                "serve",
+                "--no-worker",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("HERALD_DATABASE_URL", &url)
+            .env("HERALD_ALLOW_PRIVATE_TARGETS", value)
+            .env("HERALD_GRAPHIQL", value)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let client = Client::new(port, &token);
+        client.wait_healthy().await;
+        let loopback = client
+            .try_gql(
+                "mutation($org: ID!, $url: String!) { createWebHookEndpoint(input: {ownerUid: $org, webhookURL: $url}) { endpoint { id } } }",
+                json!({ "org": org, "url": format!("http://127.0.0.1:9/hook{value}") }),
+            )
+            .await;
+        assert_eq!(
+            loopback.is_ok(),
+            on,
+            "private targets at {value}: {loopback:?}"
+        );
+        let graphiql = reqwest::get(format!("http://127.0.0.1:{port}/graphql"))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(graphiql == 200, on, "GraphiQL at {value}: {graphiql}");
+        let _ = serve.kill();
+        let _ = serve.wait();
+    }
 }
 
 /// A lease that an attempt could outlast would let a second claim send the delivery again
