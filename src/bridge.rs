@@ -133,7 +133,8 @@ pub async fn post(
                     format!("{status} {}", text.trim()),
                 )
             }
-            Err(err) => (None, None, err.to_string()),
+            // Without the URL, which carries Slack's token.
+            Err(err) => (None, None, err.without_url().to_string()),
         };
         let Some(wait) = next_wait(status, retry_after.as_deref(), attempt, SystemTime::now())
         else {

@@ -11,6 +11,8 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Every command's HTTPS and PostgreSQL TLS use ring, whichever command builds a client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = herald::cli::Cli::parse();
     if let Err(err) = herald::cli::run(cli).await {
         let causes: Vec<String> = err.chain().map(ToString::to_string).collect();

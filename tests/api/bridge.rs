@@ -60,6 +60,57 @@ async fn send_cirrus(url: &str, delivery: &str, body: &str, secret: &str) -> (u1
     (status, response.text().await.unwrap())
 }
 
+/// Slack's URL carries its token: a Slack that cannot be reached is logged (and answered) without
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_slack_is_logged_without_its_url() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = crate::support::free_port();
+    let mut bridge = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["bridge", "slack", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--max-wait", "1s"])
+        .env("HERALD_BRIDGE_SECRET", SECRET)
+        .env(
+            "SLACK_WEBHOOK_URL",
+            "http://127.0.0.1:1/services/T0/B0/CANARYTOKEN",
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, answer) = loop {
+        let sent = reqwest::Client::new()
+            .post(&url)
+            .header("x-cirrus-event", "build")
+            .header("x-cirrus-delivery", "d-unreachable")
+            .header(
+                "x-cirrus-signature",
+                signing::cirrus_signature(SECRET, cirrus_build_body("FAILED").as_bytes()),
+            )
+            .body(cirrus_build_body("FAILED"))
+            .send()
+            .await;
+        if let Ok(response) = sent {
+            let status = response.status().as_u16();
+            break (status, response.text().await.unwrap());
+        }
+        assert!(Instant::now() < deadline, "the bridge did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 503, "{answer}");
+    let _ = bridge.kill();
+    let output = bridge.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Slack did not take the message"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("CANARYTOKEN"), "{stderr}");
+    assert!(!answer.contains("CANARYTOKEN"), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_refuses_a_delivery_signed_with_another_secret() {
     let slack = FakeSlack::start().await;
