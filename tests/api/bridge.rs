@@ -41,6 +41,22 @@ fn cirrus_build_body(delivery_status: &str) -> String {
     .to_string()
 }
 
+/// Sends a failed build's delivery, signed with [`SECRET`], as Cirrus CI would.
+async fn failed_build(url: &str, delivery: &str) -> reqwest::Result<reqwest::Response> {
+    let body = cirrus_build_body("FAILED");
+    reqwest::Client::new()
+        .post(url)
+        .header("x-cirrus-event", "build")
+        .header("x-cirrus-delivery", delivery)
+        .header(
+            "x-cirrus-signature",
+            signing::cirrus_signature(SECRET, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+}
+
 /// Sends `body` as Cirrus CI would: only `X-Cirrus-Signature`.
 async fn send_cirrus(url: &str, delivery: &str, body: &str, secret: &str) -> (u16, String) {
     let response = reqwest::Client::new()
@@ -81,17 +97,7 @@ async fn an_unreachable_slack_is_logged_without_its_url() {
     let url = format!("http://127.0.0.1:{port}/");
     let deadline = Instant::now() + Duration::from_secs(10);
     let (status, answer) = loop {
-        let sent = reqwest::Client::new()
-            .post(&url)
-            .header("x-cirrus-event", "build")
-            .header("x-cirrus-delivery", "d-unreachable")
-            .header(
-                "x-cirrus-signature",
-                signing::cirrus_signature(SECRET, cirrus_build_body("FAILED").as_bytes()),
-            )
-            .body(cirrus_build_body("FAILED"))
-            .send()
-            .await;
+        let sent = failed_build(&url, "d-unreachable").await;
         if let Ok(response) = sent {
             let status = response.status().as_u16();
             break (status, response.text().await.unwrap());
@@ -169,18 +175,7 @@ async fn a_slack_busy_for_too_long_hands_the_retry_back_to_the_sender() {
     let slack = FakeSlack::start().await;
     let url = start_bridge(&slack, &[]).await;
     slack.script([(429, Some("30"))]);
-    let response = reqwest::Client::new()
-        .post(&url)
-        .header("x-cirrus-event", "build")
-        .header("x-cirrus-delivery", "d-busy")
-        .header(
-            "x-cirrus-signature",
-            signing::cirrus_signature(SECRET, cirrus_build_body("FAILED").as_bytes()),
-        )
-        .body(cirrus_build_body("FAILED"))
-        .send()
-        .await
-        .unwrap();
+    let response = failed_build(&url, "d-busy").await.unwrap();
     assert_eq!(response.status().as_u16(), 503);
     assert_eq!(response.headers()["retry-after"], "30");
     assert!(slack.accepted().is_empty());
