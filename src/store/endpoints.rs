@@ -1,8 +1,8 @@
 //! Webhook endpoints: each organization's list of URLs, secrets, filters and selections.
 
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr, Statement,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
 };
 
 use super::entities::{delivery, delivery_queue, webhook_endpoint};
@@ -248,9 +248,13 @@ const CHECK_VALUE: &str = "herald";
 /// Makes the stored secrets agree with the configured key, at start: with a key, checks it is
 /// the key they were sealed with (or seals every secret stored in clear, the first time); without
 /// one, refuses a database whose secrets are sealed.
-pub async fn reconcile_sealing(conn: &impl ConnectionTrait, vault: &Vault) -> anyhow::Result<()> {
+///
+/// The first time is one transaction, and reads each secret with the key, clear or sealed
+/// already: a start stopped halfway, or two processes starting with the key at once, leave the
+/// secrets as they were or all sealed, and the next start finishes the work.
+pub async fn reconcile_sealing(db: &DatabaseConnection, vault: &Vault) -> anyhow::Result<()> {
     use super::entities::setting;
-    let check = setting::Entity::find_by_id(CHECK_KEY).one(conn).await?;
+    let check = setting::Entity::find_by_id(CHECK_KEY).one(db).await?;
     match (check, vault.is_sealing()) {
         (Some(check), true) => {
             if vault.open(&check.value).ok().as_deref() != Some(CHECK_VALUE) {
@@ -265,10 +269,10 @@ pub async fn reconcile_sealing(conn: &impl ConnectionTrait, vault: &Vault) -> an
             )
         }
         (None, true) => {
-            let clear = Vault::default();
-            for row in webhook_endpoint::Entity::find().all(conn).await? {
-                let fields = fields_of(&row, &clear).map_err(|err| anyhow::anyhow!("{err}"))?;
-                update(conn, row, fields, vault)
+            let tx = db.begin().await?;
+            for row in webhook_endpoint::Entity::find().all(&tx).await? {
+                let fields = fields_of(&row, vault).map_err(|err| anyhow::anyhow!("{err}"))?;
+                update(&tx, row, fields, vault)
                     .await
                     .map_err(|err| anyhow::anyhow!("{err}"))?;
             }
@@ -276,7 +280,11 @@ pub async fn reconcile_sealing(conn: &impl ConnectionTrait, vault: &Vault) -> an
                 key: Set(CHECK_KEY.into()),
                 value: Set(vault.seal(CHECK_VALUE)?),
             };
-            setting::Entity::insert(row).exec(conn).await?;
+            setting::Entity::insert(row)
+                .on_conflict_do_nothing()
+                .exec_without_returning(&tx)
+                .await?;
+            tx.commit().await?;
         }
         (None, false) => {}
     }

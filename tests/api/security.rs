@@ -726,6 +726,61 @@ async fn turning_encryption_on_seals_the_secrets_already_stored() {
     );
 }
 
+/// A first start with a key that stopped halfway (one secret sealed, no record of the key yet)
+/// is finished by the next start, rather than leaving a database that refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_with_a_key_that_stopped_halfway_is_finished_by_the_next() {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let world = World::new(&app, "acme").await;
+    for (url, secret) in [
+        ("https://hooks.example.com/a", "first-secret"),
+        ("https://hooks.example.com/b", "second-secret"),
+    ] {
+        world
+            .endpoint(&app, url, json!({ "secretToken": secret }))
+            .await;
+    }
+    let org: i64 = world.org.parse().unwrap();
+    let rows = herald::store::endpoints::list(&app.state.db, org)
+        .await
+        .unwrap();
+    let vault = herald::secrets::Vault::with_key(KEY_ONE).unwrap();
+    let mut halfway: herald::store::entities::webhook_endpoint::ActiveModel =
+        rows[0].clone().into();
+    halfway.secret = Set(Some(
+        vault.seal(rows[0].secret.as_deref().unwrap()).unwrap(),
+    ));
+    halfway.update(&app.state.db).await.unwrap();
+
+    let sealed = herald::app::AppState::new(config_for(&app.database_url, Some(KEY_ONE)))
+        .await
+        .expect("the next start with the key");
+    let mut secrets: Vec<String> = herald::store::endpoints::list(&sealed.db, org)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            assert!(
+                row.secret
+                    .as_deref()
+                    .unwrap()
+                    .starts_with(herald::secrets::PREFIX)
+            );
+            let fields = herald::store::endpoints::fields_of(row, &sealed.vault).unwrap();
+            fields.secret.unwrap()
+        })
+        .collect();
+    secrets.sort();
+    assert_eq!(secrets, ["first-secret", "second-secret"]);
+    // And the key is recorded: a start without it is refused.
+    assert!(
+        herald::app::AppState::new(config_for(&app.database_url, None))
+            .await
+            .is_err()
+    );
+}
+
 /// Log output of the whole test binary, captured once.
 fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
     static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
