@@ -17,13 +17,46 @@ pub struct Migrator;
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
-            Box::new(m20261122_000001_init::Migration),
-            Box::new(m20261122_000003_endpoint_credentials::Migration),
-            Box::new(m20261210_000002_endpoint_status_filter::Migration),
-            Box::new(m20261211_000001_delivery_held::Migration),
-            Box::new(m20261212_000001_delivery_unfinished::Migration),
-            Box::new(m20261213_000001_delivery_writes::Migration),
-            Box::new(m20261214_000001_delivery_queue::Migration),
+            InOneTransaction::boxed(m20261122_000001_init::Migration),
+            InOneTransaction::boxed(m20261122_000003_endpoint_credentials::Migration),
+            InOneTransaction::boxed(m20261210_000002_endpoint_status_filter::Migration),
+            InOneTransaction::boxed(m20261211_000001_delivery_held::Migration),
+            InOneTransaction::boxed(m20261212_000001_delivery_unfinished::Migration),
+            InOneTransaction::boxed(m20261213_000001_delivery_writes::Migration),
+            InOneTransaction::boxed(m20261214_000001_delivery_queue::Migration),
         ]
+    }
+}
+
+/// A migration run in one transaction on every backend, SQLite too (where migrations run
+/// without one by default): one stopped halfway, by a crash or a full disk, leaves the database
+/// as it was, and the next start runs it again, instead of meeting the half it had done
+/// ("duplicate column", "table already exists") and refusing to start.
+struct InOneTransaction<M>(M);
+
+impl<M: MigrationTrait + 'static> InOneTransaction<M> {
+    fn boxed(migration: M) -> Box<dyn MigrationTrait> {
+        Box::new(Self(migration))
+    }
+}
+
+impl<M: MigrationName> MigrationName for InOneTransaction<M> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+}
+
+#[async_trait::async_trait]
+impl<M: MigrationTrait> MigrationTrait for InOneTransaction<M> {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        self.0.up(manager).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        self.0.down(manager).await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
     }
 }

@@ -55,13 +55,6 @@ const MOVED: [&str; 3] = ["held", "lease_until", "lease_token"];
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
-    /// In one transaction on SQLite too (where migrations run without one by default): a
-    /// migration stopped halfway, say by a full disk while a column's drop rewrites the table,
-    /// would leave a queue table that the next start could not create again.
-    fn use_transaction(&self) -> Option<bool> {
-        Some(true)
-    }
-
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         let backend = db.get_database_backend();

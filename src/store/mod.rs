@@ -19,8 +19,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use herald_migrations::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbBackend,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseExecutor,
+    DatabaseTransaction, DbBackend, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
 use crate::{Error, Result};
@@ -29,10 +29,35 @@ use crate::{Error, Result};
 pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     let sqlite = url.starts_with("sqlite:");
     let db = open(url, if sqlite { 8 } else { 16 }).await?;
-    Migrator::up(&db, None)
-        .await
-        .context("applying database migrations")?;
+    if sqlite {
+        Migrator::up(&db, None)
+            .await
+            .context("applying database migrations")?;
+    } else {
+        migrate_in_turn(url).await?;
+    }
     Ok(db)
+}
+
+/// The key of the PostgreSQL advisory lock under which a process applies migrations ("HERDMIGR").
+const MIGRATION_LOCK: i64 = 0x4845_5244_4d49_4752;
+
+/// Applies PostgreSQL's pending migrations while holding [`MIGRATION_LOCK`], on a connection of
+/// its own, so that processes started together take turns: the first applies what is pending and
+/// the others find nothing left, instead of applying the same migration at once and all but one
+/// failing to start.
+async fn migrate_in_turn(url: &str) -> anyhow::Result<()> {
+    let session = open(url, 1).await?;
+    session
+        .execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .await
+        .context("waiting for another process's migrations")?;
+    let migrated = Migrator::up(&session, None).await;
+    let _ = session
+        .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
+        .await;
+    let _ = session.close().await;
+    migrated.context("applying database migrations")
 }
 
 /// The connection that writes, beside `db` (opened by [`connect`] on the same `url`).

@@ -525,6 +525,41 @@ async fn on_postgres_the_worker_reads_deliveries_by_key_as_the_table_grows() {
     );
 }
 
+/// Processes started together on a new PostgreSQL database each apply the migrations at start:
+/// they take turns, and every one of them starts (rather than all but one failing on tables
+/// another had just created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_started_together_on_a_new_database_all_start() {
+    use herald_migrations::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, Statement};
+    let Some(database) = PgDatabase::create().await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let mut workers: Vec<Herald> = (0..4)
+        .map(|_| Herald::spawn(&database.url, &["worker"]))
+        .collect();
+    let db = sea_orm::Database::connect(&database.url).await.unwrap();
+    let applied = "SELECT COUNT(*) AS n FROM seaql_migrations";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let statement = Statement::from_string(sea_orm::DbBackend::Postgres, applied);
+        let count = match db.query_one_raw(statement).await {
+            Ok(Some(row)) => row.try_get::<i64>("", "n").unwrap(),
+            _ => 0,
+        };
+        if count == Migrator::migrations().len() as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the migrations were not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (n, worker) in workers.iter_mut().enumerate() {
+        assert!(worker.running(), "worker {n} stopped at its start");
+    }
+    db.close().await.ok();
+}
+
 /// Herald's connections to a PostgreSQL on loopback are in the clear although the server offers
 /// TLS (which sqlx, like libpq, otherwise takes whenever offered): on loopback it protects
 /// nothing and costs every statement. The same query sees TLS on a connection that asks for it.
