@@ -44,6 +44,17 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Begins a write of the API on the process's writing connection, in its turn beside the
+    /// delivery worker's writes ([`Outbox::turn`]) and waiting for the disk at its commit (see
+    /// [`store::wait_for_disk`]). Hold the turn until the transaction ends.
+    pub async fn begin_api_write(
+        &self,
+    ) -> crate::Result<(crate::payload::outbox::Turn, sea_orm::DatabaseTransaction)> {
+        let turn = self.outbox.turn().await;
+        let tx = store::begin_write(&self.writer).await?;
+        Ok((turn, tx))
+    }
+
     /// Connects to the database, applies migrations and loads the token key.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
         config.check()?;

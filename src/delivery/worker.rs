@@ -314,6 +314,7 @@ impl Worker {
             claimed
         } else {
             let _turn = self.state.outbox.worker_turn().await;
+            store::wait_for_disk(&self.state.writer, false).await?;
             store::deliveries::claim(&self.state.writer, request).await?
         };
         let store::deliveries::Leases {

@@ -171,8 +171,9 @@ impl CiMutation {
             is_private: input.is_private.unwrap_or(false),
             default_branch: input.default_branch.unwrap_or_else(|| "main".into()),
         };
-        let repository =
-            store::ci::create_repository(&state(ctx)?.writer, viewer.org_id, new).await?;
+        let (_turn, tx) = state(ctx)?.begin_api_write().await?;
+        let repository = store::ci::create_repository(&tx, viewer.org_id, new).await?;
+        tx.commit().await?;
         Ok(CreateRepositoryPayload {
             repository: Repository(repository),
             client_mutation_id: input.client_mutation_id,

@@ -204,7 +204,7 @@ impl DeliveryMutation {
     ) -> Result<DeliveryPayload> {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
-        let tx = store::begin_write(&state.writer).await?;
+        let (_turn, tx) = state.begin_api_write().await?;
         let row = store::deliveries::find(&tx, viewer.org_id, &input.delivery_id).await?;
         let endpoint = store::endpoints::find(&tx, viewer.org_id, row.endpoint_id).await?;
         if !endpoint.enabled {
@@ -232,7 +232,7 @@ impl DeliveryMutation {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
         let id = parse_id("webhook endpoint", &input.endpoint_id)?;
-        let tx = store::begin_write(&state.writer).await?;
+        let (_turn, tx) = state.begin_api_write().await?;
         let endpoint = store::endpoints::find(&tx, viewer.org_id, id).await?;
         if !endpoint.enabled {
             return Err(Error::Invalid(

@@ -235,8 +235,9 @@ impl WebhookMutation {
             status_filter: input.status_filter.unwrap_or_default(),
         };
         let fields = check(state, draft, None).await?;
-        let endpoint =
-            store::endpoints::create(&state.writer, org_id, fields, &state.vault).await?;
+        let (_turn, tx) = state.begin_api_write().await?;
+        let endpoint = store::endpoints::create(&tx, org_id, fields, &state.vault).await?;
+        tx.commit().await?;
         Ok(EndpointPayload {
             endpoint: WebHookDeliveryEndpoint(endpoint),
             client_mutation_id: input.client_mutation_id,
@@ -272,8 +273,9 @@ impl WebhookMutation {
             status_filter: input.status_filter.unwrap_or(stored.status_filter),
         };
         let fields = check(state, draft, Some(&current)).await?;
-        let endpoint =
-            store::endpoints::update(&state.writer, current, fields, &state.vault).await?;
+        let (_turn, tx) = state.begin_api_write().await?;
+        let endpoint = store::endpoints::update(&tx, current, fields, &state.vault).await?;
+        tx.commit().await?;
         Ok(EndpointPayload {
             endpoint: WebHookDeliveryEndpoint(endpoint),
             client_mutation_id: input.client_mutation_id,
@@ -289,7 +291,7 @@ impl WebhookMutation {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
         let id = parse_id("webhook endpoint", &input.id)?;
-        let tx = store::begin_write(&state.writer).await?;
+        let (_turn, tx) = state.begin_api_write().await?;
         let endpoint = store::endpoints::find(&tx, viewer.org_id, id).await?;
         store::endpoints::delete(&tx, &endpoint).await?;
         tx.commit().await?;
@@ -338,7 +340,7 @@ impl WebhookMutation {
             }
             checked.push((current.cloned(), fields));
         }
-        let tx = store::begin_write(&state.writer).await?;
+        let (_turn, tx) = state.begin_api_write().await?;
         for row in &existing {
             if !checked
                 .iter()

@@ -110,7 +110,7 @@ async fn open(url: &str, connections: u32) -> anyhow::Result<DatabaseConnection>
             // the database every 4,000 pages (16 MiB) rather than 1,000, so that pages written
             // again and again, such as the queue's indexes, are copied fewer times.
             opts.journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+                .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .row_buffer_size(2048)
                 .pragma("temp_store", "memory")
@@ -138,6 +138,11 @@ async fn open(url: &str, connections: u32) -> anyhow::Result<DatabaseConnection>
 /// (`BEGIN IMMEDIATE`), so two writers queue on the busy timeout instead of one failing when
 /// it upgrades from reading to writing.
 pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
+    wait_for_disk(db, true).await?;
+    begin_immediate(db).await
+}
+
+async fn begin_immediate(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
     let options = match db.get_database_backend() {
         DbBackend::Sqlite => TransactionOptions {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
@@ -148,10 +153,27 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction>
     Ok(db.begin_with_options(options).await?)
 }
 
-/// Begins the transaction of a batch of changes that record events. On PostgreSQL its
-/// statements, each of which reads the rows it names, do not scan tables (see
-/// [`WORKER_SETTINGS`]): the update of tasks' statuses read every task of a new database each
-/// time. Its commit still waits for the disk.
+/// On SQLite, whether the writes that follow on `db`'s connection wait for the disk at their
+/// commit: `synchronous = FULL` (every connection's default, and [`begin_write`]'s) for what
+/// the API acknowledges, such as changes that record events, which a crash or a power loss must
+/// not take back; `NORMAL` for the delivery worker's claims and outcomes, where losing the last
+/// ones only sends a delivery again. It is set before a transaction begins (SQLite refuses to
+/// change it inside one), on the process's one writing connection, by the holder of the write
+/// turn ([`crate::payload::outbox::Outbox::turn`]), so that the other kind of write cannot
+/// change it in between.
+pub async fn wait_for_disk(db: &DatabaseConnection, durable: bool) -> Result<()> {
+    if db.get_database_backend() == DbBackend::Sqlite {
+        let level = if durable { "FULL" } else { "NORMAL" };
+        db.execute_unprepared(&format!("PRAGMA synchronous = {level}"))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Begins the transaction of a batch of changes that record events. Its commit waits for the
+/// disk (see [`wait_for_disk`]). On PostgreSQL its statements, each of which reads the rows it
+/// names, do not scan tables (see [`WORKER_SETTINGS`]): the update of tasks' statuses read every
+/// task of a new database each time.
 pub async fn begin_change(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
     let tx = begin_write(db).await?;
     if db.get_database_backend() == DbBackend::Postgres {
@@ -181,7 +203,8 @@ pub const WORKER_SETTINGS: &str =
 /// Begins a transaction of the delivery worker's outcomes, set up as [`WORKER_SETTINGS`] says
 /// (a claim configures its own the same way, see [`crate::store::deliveries::claim`]).
 pub async fn begin_worker_write(db: &DatabaseConnection) -> Result<DatabaseTransaction> {
-    let tx = begin_write(db).await?;
+    wait_for_disk(db, false).await?;
+    let tx = begin_immediate(db).await?;
     if db.get_database_backend() == DbBackend::Postgres {
         use sea_orm::ConnectionTrait as _;
         tx.execute_unprepared(WORKER_SETTINGS).await?;

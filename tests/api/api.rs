@@ -3,7 +3,7 @@
 use herald::domain::Permission;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, World, code};
+use crate::support::{Backend, TestApp, World, code};
 
 crate::on_both_backends!(
     records_repositories_builds_and_tasks,
@@ -753,4 +753,35 @@ async fn save_web_hook_settings_replaces_the_list_keyed_by_url(app: TestApp) {
         .await;
     assert_eq!(code(&twice), "BAD_USER_INPUT");
     assert_eq!(endpoint_count(&app, &world).await, 2);
+}
+
+/// On SQLite, what the API acknowledges (a change that records an event, an endpoint) is
+/// committed with `synchronous = FULL`: in WAL mode, `NORMAL` lets a power loss take back the
+/// last commits, acknowledged ones too. A power loss cannot be staged here; the level of the
+/// one writing connection after each write can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_acknowledged_writes_wait_for_the_disk() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let app = TestApp::start_role(Backend::Sqlite, herald::app::Role::ApiOnly, |_| {})
+        .await
+        .unwrap();
+    let world = World::new(&app, "acme").await;
+    let level = || async {
+        let statement = Statement::from_string(sea_orm::DbBackend::Sqlite, "PRAGMA synchronous");
+        let row = app
+            .state
+            .writer
+            .query_one_raw(statement)
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<i32>(0).unwrap()
+    };
+    // 2 is FULL.
+    world.build(&app).await;
+    assert_eq!(level().await, 2, "after a change");
+    world
+        .endpoint(&app, "https://hooks.example.com/x", json!({}))
+        .await;
+    assert_eq!(level().await, 2, "after an endpoint");
 }
