@@ -26,6 +26,11 @@ pub enum Error {
     /// made again.
     #[error("The database is unavailable right now; nothing was changed, try again.")]
     Unavailable,
+    /// The database did not answer the commit: the change may or may not have been recorded.
+    #[error(
+        "The database did not confirm the change, so it may have been recorded; check before making it again."
+    )]
+    Unconfirmed,
     /// Anything else; the cause is in the log.
     #[error("Herald hit an internal error; nothing was changed and the cause was logged.")]
     Internal,
@@ -57,7 +62,7 @@ impl Error {
             Self::NotFound { .. } => "NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",
             Self::Invalid(_) => "BAD_USER_INPUT",
-            Self::Unavailable | Self::Internal => "INTERNAL",
+            Self::Unavailable | Self::Unconfirmed | Self::Internal => "INTERNAL",
         }
     }
 
@@ -69,7 +74,7 @@ impl Error {
             Self::NotFound { .. } => 404,
             Self::Conflict(_) => 409,
             Self::Invalid(_) => 400,
-            Self::Unavailable => 503,
+            Self::Unavailable | Self::Unconfirmed => 503,
             Self::Internal => 500,
         }
     }

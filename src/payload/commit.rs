@@ -157,11 +157,11 @@ async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Jo
             }
             deferred
         }
-        Err(Failed::Commit(err)) => {
+        Err(Failed::Commit) => {
             // Whether a failed commit took effect is unknown: the changes are not written
-            // again, their clients learn of the error.
+            // again, and their clients learn that they may have been recorded.
             for job in batch {
-                let _ = job.reply.send(Err(same_error(&err)));
+                let _ = job.reply.send(Err(Error::Unconfirmed));
             }
             Vec::new()
         }
@@ -184,7 +184,8 @@ async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Jo
                         .pop()
                         .flatten()
                         .unwrap_or_else(|| Err(Error::internal("a lone change was deferred"))),
-                    Err(Failed::Before(err) | Failed::Commit(err)) => Err(err),
+                    Err(Failed::Before(err)) => Err(err),
+                    Err(Failed::Commit) => Err(Error::Unconfirmed),
                 };
                 let _ = job.reply.send(result);
             }
@@ -197,16 +198,9 @@ async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Jo
 enum Failed {
     /// Before the commit: nothing was written.
     Before(Error),
-    /// The commit failed: whether it took effect is unknown.
-    Commit(Error),
-}
-
-/// The error to give each change of a batch whose commit failed.
-fn same_error(err: &Error) -> Error {
-    match err {
-        Error::Unavailable => Error::Unavailable,
-        _ => Error::Internal,
-    }
+    /// The commit failed: whether it took effect is unknown (the cause was logged where it
+    /// became an [`Error`]).
+    Commit,
 }
 
 /// Whether a change failing with `err` wrote nothing, so the batch goes on without it.
@@ -272,7 +266,7 @@ async fn write(
     outbox
         .commit(tx, events, due)
         .await
-        .map_err(Failed::Commit)?;
+        .map_err(|_| Failed::Commit)?;
     Ok(results)
 }
 

@@ -525,6 +525,116 @@ async fn on_postgres_the_worker_reads_deliveries_by_key_as_the_table_grows() {
     );
 }
 
+/// A TCP proxy in front of PostgreSQL that, once armed, passes the next `COMMIT` to the server
+/// and then cuts the connection, without passing on the server's answer: a commit whose outcome
+/// the client cannot know.
+struct CommitCutter {
+    port: u16,
+    armed: Arc<AtomicBool>,
+}
+
+impl CommitCutter {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed = Arc::new(AtomicBool::new(false));
+        let arming = armed.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let armed = arming.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = client.into_split();
+                    let (mut from_server, mut to_server) = server.into_split();
+                    let answers = tokio::spawn(async move {
+                        tokio::io::copy(&mut from_server, &mut to_client).await
+                    });
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buffer).await {
+                        let sent = &buffer[..n];
+                        let cut = sent.windows(6).any(|w| w == b"COMMIT")
+                            && armed.swap(false, Ordering::SeqCst);
+                        if cut {
+                            answers.abort();
+                        }
+                        if to_server.write_all(sent).await.is_err() {
+                            break;
+                        }
+                        if cut {
+                            // Time for the server to commit, then both ends are dropped.
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            break;
+                        }
+                    }
+                    answers.abort();
+                });
+            }
+        });
+        Self { port, armed }
+    }
+}
+
+/// A change whose commit the database never confirms (the connection is cut after `COMMIT`
+/// was sent) may have been recorded: the client is told so, not that nothing changed, which
+/// would invite it to record the build a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_commit_is_not_confirmed_is_not_said_to_have_changed_nothing() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(database) = PgDatabase::create().await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    herald_output(&database.url, &["migrate"]);
+    let org = herald_output(&database.url, &["org", "create", "acme"]);
+    let token = herald_output(
+        &database.url,
+        &["token", "issue", "--org", "acme", "--permission", "ADMIN"],
+    );
+    let mut through = url::Url::parse(&database.url).unwrap();
+    let upstream = (
+        through.host_str().unwrap().to_owned(),
+        through.port().unwrap_or(5432),
+    );
+    let upstream = tokio::net::lookup_host(upstream)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let cutter = CommitCutter::start(upstream).await;
+    through.set_host(Some("127.0.0.1")).unwrap();
+    through.set_port(Some(cutter.port)).unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _api = Herald::spawn(
+        through.as_str(),
+        &["serve", "--no-worker", "--listen", &listen],
+    );
+    let client = Client::new(port, &token);
+    client.wait_healthy().await;
+    let repo = client.gql("mutation($org: ID!) { createRepository(input: {ownerUid: $org, name: \"app\"}) { repository { id } } }", json!({ "org": org })).await;
+    let repo = repo["createRepository"]["repository"]["id"].clone();
+
+    cutter.armed.store(true, Ordering::SeqCst);
+    let answer = client.try_gql(CREATE_BUILD, json!({ "repo": repo })).await;
+    let error = answer.expect_err("the commit's answer was cut");
+    assert!(
+        error.contains("may have been recorded") && !error.contains("nothing was changed"),
+        "{error}"
+    );
+    // And it was recorded, with its event.
+    let db = sea_orm::Database::connect(&database.url).await.unwrap();
+    for table in ["builds", "events"] {
+        let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+        let statement = Statement::from_string(sea_orm::DbBackend::Postgres, sql);
+        let row = db.query_one_raw(statement).await.unwrap().unwrap();
+        assert_eq!(row.try_get::<i64>("", "n").unwrap(), 1, "{table}");
+    }
+    db.close().await.ok();
+}
+
 /// Processes started together on a new PostgreSQL database each apply the migrations at start:
 /// they take turns, and every one of them starts (rather than all but one failing on tables
 /// another had just created).
