@@ -38,6 +38,11 @@ impl CiQuery {
         name: String,
     ) -> Result<Option<OwnerInfo>> {
         let viewer = require(ctx, Permission::Read)?;
+        // No name holds a NUL, and PostgreSQL refuses one in a parameter: the error would end
+        // the transaction of the change whose payload a stored selection renders.
+        if name.contains('\0') {
+            return Err(Error::not_found("organization", format!("{name:?}")));
+        }
         let org = store::orgs::find_by_name(&db(ctx)?.conn(), &name).await?;
         match org {
             Some(org) if org.id == viewer.org_id => Ok(Some(OwnerInfo(org))),

@@ -25,6 +25,7 @@ crate::on_both_backends!(
     redirects_are_not_followed,
     redelivery_and_test_pings,
     redelivery_waits_for_the_attempt_under_way_and_an_enabled_endpoint,
+    a_selection_whose_field_fails_still_lets_the_change_through,
     preview_equals_what_is_sent,
     each_build_arrives_in_order_under_a_slow_receiver,
     changes_sent_at_once_get_their_own_answers_and_payloads,
@@ -505,6 +506,28 @@ async fn redelivery_waits_for_the_attempt_under_way_and_an_enabled_endpoint(app:
         .await;
     receiver.wait_for(2).await;
     assert_eq!(settled(&app, &world, "DELIVERED").await["attempts"], 2);
+}
+
+/// A stored selection with a field that fails at every event (here a name no organization can
+/// have) renders that field as null; the change that records the event goes through, and the
+/// delivery is sent. On PostgreSQL the failing field's statement used to end the change's
+/// transaction, so every change of the organization failed.
+async fn a_selection_whose_field_fails_still_lets_the_change_through(app: TestApp) {
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    let selection = "ownerInfoByName(name: \"a\\u0000b\") { uid } build(id: $buildId) { id }";
+    world
+        .endpoint(
+            &app,
+            &receiver.url("/hook"),
+            json!({ "payloadQuery": selection }),
+        )
+        .await;
+    let build = world.build(&app).await;
+    let received = receiver.wait_for(1).await;
+    let body = received[0].json();
+    assert_eq!(body["data"]["build"]["id"], build);
+    assert!(body["data"]["ownerInfoByName"].is_null(), "{body:#}");
 }
 
 async fn preview_equals_what_is_sent(app: TestApp) {
