@@ -97,16 +97,14 @@ impl From<sea_orm::DbErr> for Error {
 /// Whether a database error means the database could not be reached (down, restarting, or
 /// our connection was terminated), as opposed to a fault in the statement.
 pub fn is_unavailable(err: &sea_orm::DbErr) -> bool {
-    use sea_orm::{DbErr, RuntimeErr, sqlx};
-    let runtime = match err {
-        DbErr::ConnectionAcquire(_) => return true,
-        DbErr::Conn(runtime) | DbErr::Exec(runtime) | DbErr::Query(runtime) => runtime,
-        _ => return false,
-    };
-    let RuntimeErr::SqlxError(sqlx_err) = runtime else {
+    use sea_orm::{DbErr, sqlx};
+    if matches!(err, DbErr::ConnectionAcquire(_)) {
+        return true;
+    }
+    let Some(sqlx_err) = sqlx_error(err) else {
         return matches!(err, DbErr::Conn(_));
     };
-    match sqlx_err.as_ref() {
+    match sqlx_err {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
@@ -126,14 +124,8 @@ pub fn is_unavailable(err: &sea_orm::DbErr) -> bool {
 /// a serialization failure (`40001`); on SQLite, `SQLITE_BUSY` (another process held the
 /// database past the busy timeout) in any of its extended codes.
 pub fn is_conflict(err: &sea_orm::DbErr) -> bool {
-    use sea_orm::{DbErr, RuntimeErr, sqlx};
-    let (DbErr::Exec(RuntimeErr::SqlxError(sqlx_err))
-    | DbErr::Query(RuntimeErr::SqlxError(sqlx_err))
-    | DbErr::Conn(RuntimeErr::SqlxError(sqlx_err))) = err
-    else {
-        return false;
-    };
-    let sqlx::Error::Database(db) = sqlx_err.as_ref() else {
+    use sea_orm::sqlx;
+    let Some(sqlx::Error::Database(db)) = sqlx_error(err) else {
         return false;
     };
     let Some(code) = db.code() else {
@@ -147,6 +139,17 @@ pub fn is_conflict(err: &sea_orm::DbErr) -> bool {
     } else {
         // SQLite's extended codes keep the primary code in their low byte.
         code.parse::<i32>().is_ok_and(|code| code & 0xff == 5)
+    }
+}
+
+/// The driver's error under a connection, statement or query error, if there is one.
+fn sqlx_error(err: &sea_orm::DbErr) -> Option<&sea_orm::sqlx::Error> {
+    use sea_orm::{DbErr, RuntimeErr};
+    match err {
+        DbErr::Conn(RuntimeErr::SqlxError(sqlx_err))
+        | DbErr::Exec(RuntimeErr::SqlxError(sqlx_err))
+        | DbErr::Query(RuntimeErr::SqlxError(sqlx_err)) => Some(sqlx_err.as_ref()),
+        _ => None,
     }
 }
 

@@ -69,11 +69,17 @@ impl Limits {
     };
 }
 
-/// What a paginated list costs in a query's complexity: its selection's cost for each item
-/// of the page it may return (`first`, 20 when not given), so that nested lists multiply.
-pub(crate) fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
-    let items = first.unwrap_or(20).clamp(0, crate::store::Page::MAX) as usize;
+/// What a list costs in a query's complexity: its selection's cost for each item it may
+/// return, so that nested lists multiply.
+pub(crate) fn list_cost(items: usize, child_complexity: usize) -> usize {
     items.saturating_mul(child_complexity).saturating_add(1)
+}
+
+/// [`list_cost`] of a page: as many items as `first` asks for, or the default page.
+pub(crate) fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
+    use crate::store::Page;
+    let items = first.unwrap_or(Page::DEFAULT).clamp(0, Page::MAX) as usize;
+    list_cost(items, child_complexity)
 }
 
 /// How many tasks a query's complexity counts on for a build's task list, which has no pages:

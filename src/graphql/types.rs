@@ -201,7 +201,9 @@ impl Build {
         parse_stored(&self.0.status, BuildStatus::parse)
     }
 
-    #[graphql(complexity = "crate::graphql::TASKS_PER_BUILD.saturating_mul(child_complexity) + 1")]
+    #[graphql(
+        complexity = "crate::graphql::list_cost(crate::graphql::TASKS_PER_BUILD, child_complexity)"
+    )]
     async fn tasks(&self, ctx: &Context<'_>) -> Result<Vec<Task>> {
         let rows = rows::tasks_of_build(ctx, self.0.org_id, self.0.id).await?;
         Ok(rows.iter().cloned().map(Task).collect())

@@ -400,14 +400,14 @@ pub async fn release_stranded(conn: &impl ConnectionTrait) -> Result<u64> {
 /// worker runs it now and then. It must run inside a transaction.
 pub async fn remove_orphans(conn: &impl ConnectionTrait) -> Result<u64> {
     let orphans: Vec<i64> = delivery_queue::Entity::find()
+        .select_only()
+        .column(delivery_queue::Column::DeliveryId)
         .filter(sea_orm::sea_query::Expr::cust(
             "NOT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = delivery_queue.endpoint_id)",
         ))
+        .into_tuple()
         .all(conn)
-        .await?
-        .into_iter()
-        .map(|row| row.delivery_id)
-        .collect();
+        .await?;
     delete(conn, &orphans).await?;
     Ok(orphans.len() as u64)
 }

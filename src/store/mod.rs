@@ -248,10 +248,12 @@ pub struct Page {
 impl Page {
     /// The largest page a client may ask for.
     pub const MAX: i32 = 100;
+    /// The page a client gets without asking for a size.
+    pub const DEFAULT: i32 = 20;
 
     /// Reads `first` and `after` as GraphQL passes them.
     pub fn new(first: Option<i32>, after: Option<String>) -> Result<Self> {
-        let first = first.unwrap_or(20);
+        let first = first.unwrap_or(Self::DEFAULT);
         if !(0..=Self::MAX).contains(&first) {
             return Err(Error::Invalid(format!(
                 "first must be between 0 and {}.",
