@@ -175,10 +175,13 @@ impl App {
         });
         let router = crate::http::router(self.state.clone());
         let stop = shutdown.clone();
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .context("serving HTTP")?;
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .context("serving HTTP")?;
         if let Some(worker) = worker {
             worker
                 .await

@@ -5,14 +5,17 @@ use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::GraphQLResponse;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use sea_orm::ConnectionTrait;
 
 use crate::app::AppState;
 use crate::graphql::{self, Viewer};
+use crate::payload::audit::Actor;
 use crate::store::Db;
 
 /// The largest GraphQL request body accepted.
@@ -45,6 +48,7 @@ fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
 // JSON is parsed.
 async fn graphql_handler(
     State(state): State<AppState>,
+    extensions: Extensions,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -62,8 +66,16 @@ async fn graphql_handler(
     let mut request = request.data(Db::Pool(state.db.clone())).data(state.clone());
     match bearer(&headers).map(|token| state.keys.verify(token)) {
         None => {}
-        Some(Ok(viewer)) => {
-            request = request.data::<Viewer>(viewer);
+        Some(Ok((viewer, subject))) => {
+            // The peer's address, as the listener saw it: a proxy in front of Herald shows as
+            // itself, since a forwarded-for header is the client's word.
+            let ip = extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| addr.ip().to_canonical().to_string());
+            request = request.data::<Viewer>(viewer).data(Actor {
+                username: subject,
+                ip,
+            });
             // Only a client with a valid token fills the cache of parsed documents.
             state.documents.prepare(&mut request);
         }

@@ -9,6 +9,7 @@ mod m20261211_000001_delivery_held;
 mod m20261212_000001_delivery_unfinished;
 mod m20261213_000001_delivery_writes;
 mod m20261214_000001_delivery_queue;
+mod m20261216_000001_audit_events;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             InOneTransaction::boxed(m20261212_000001_delivery_unfinished::Migration),
             InOneTransaction::boxed(m20261213_000001_delivery_writes::Migration),
             InOneTransaction::boxed(m20261214_000001_delivery_queue::Migration),
+            InOneTransaction::boxed(m20261216_000001_audit_events::Migration),
         ]
     }
 }

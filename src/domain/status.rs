@@ -85,11 +85,16 @@ named_enum!(
 );
 
 named_enum!(
-    /// The kinds of event an endpoint can subscribe to.
+    /// The kinds of event an endpoint can subscribe to. An endpoint that names none gets build
+    /// and task events; audit events go only to endpoints that name `AUDIT_EVENT`.
     #[graphql(name = "WebHookEventType")]
     EventKind {
+        /// A build was created or changed status (`X-Cirrus-Event: build`).
         Build = "BUILD",
+        /// A task was created or changed status (`X-Cirrus-Event: task`).
         Task = "TASK",
+        /// A mutation was performed for the organization (`X-Cirrus-Event: audit_event`).
+        AuditEvent = "AUDIT_EVENT",
     }
 );
 
@@ -97,9 +102,12 @@ named_enum!(
     /// The shape of a delivery's body.
     #[graphql(name = "WebHookPayloadFormat")]
     PayloadFormat {
-        /// `{action, old_status?, data}`: the documented Cirrus envelope.
+        /// `{action, old_status?, data}`: the documented Cirrus envelope; ids are strings, as
+        /// GraphQL sends them.
         Data = "DATA",
-        /// `{action, old_status?, repository, build, task}`: what Cirrus sends on the wire.
+        /// `{action, old_status?, repository, build, task}`: what Cirrus sends on the wire. As in
+        /// Cirrus's bodies, every `ID` the selection reads whose value is a decimal integer
+        /// (repository, build, task and user ids) is a JSON number, not a string.
         Flat = "FLAT",
         /// A Slack message (`text` and `blocks`) for an incoming-webhook URL, built from a fixed
         /// selection; the endpoint's `payloadQuery` is not used.
@@ -148,6 +156,16 @@ impl EventKind {
         match self {
             Self::Build => "build",
             Self::Task => "task",
+            Self::AuditEvent => "audit_event",
+        }
+    }
+
+    /// Whether an endpoint subscribed to `kinds` gets events of this kind: build and task
+    /// events when it names none, every kind it names.
+    pub fn is_in(self, kinds: &[EventKind]) -> bool {
+        match self {
+            Self::Build | Self::Task => kinds.is_empty() || kinds.contains(&self),
+            Self::AuditEvent => kinds.contains(&self),
         }
     }
 }

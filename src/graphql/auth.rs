@@ -61,8 +61,8 @@ impl TokenKeys {
             .map_err(Error::internal)
     }
 
-    /// Checks a token and reads who it speaks for.
-    pub fn verify(&self, token: &str) -> Result<Viewer> {
+    /// Checks a token and reads who it speaks for, and its subject.
+    pub fn verify(&self, token: &str) -> Result<(Viewer, String)> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(Error::Unauthenticated("The token is too long.".into()));
         }
@@ -93,10 +93,11 @@ impl TokenKeys {
             data.claims.org.parse::<i64>().map_err(|_| {
                 Error::Unauthenticated("The token names no valid organization.".into())
             })?;
-        Ok(Viewer {
+        let viewer = Viewer {
             org_id,
             permission: data.claims.permission,
-        })
+        };
+        Ok((viewer, data.claims.sub))
     }
 }
 

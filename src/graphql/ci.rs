@@ -4,7 +4,7 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::auth::require;
 use super::types::{Build, OwnerInfo, Repository, Task};
-use super::{db, rows, state};
+use super::{audit, db, rows, state};
 use crate::domain::{BuildStatus, Notification, NotificationLevel, Permission, TaskStatus};
 use crate::payload::commit::{ChangeRequest, Changed};
 use crate::store::entities::{build, task};
@@ -107,6 +107,9 @@ pub struct CreateBuildInput {
     pub pull_request_draft: Option<bool>,
     /// When the change was made (ms since the epoch); now when absent.
     pub change_timestamp: Option<i64>,
+    /// Who initiated the build, as the CI engine names them (`Build.initializer`); the token's
+    /// subject when absent.
+    pub initializer: Option<String>,
     pub client_mutation_id: Option<String>,
 }
 
@@ -178,7 +181,7 @@ impl CiMutation {
         };
         let (_turn, tx) = state(ctx)?.begin_api_write().await?;
         let repository = store::ci::create_repository(&tx, viewer.org_id, new).await?;
-        tx.commit().await?;
+        audit::commit(ctx, tx, viewer.org_id, Some(repository.id), false).await?;
         Ok(CreateRepositoryPayload {
             repository: Repository(repository),
             client_mutation_id: input.client_mutation_id,
@@ -204,6 +207,10 @@ impl CiMutation {
                 pull_request: input.pull_request,
                 pull_request_draft: input.pull_request_draft,
                 change_timestamp: input.change_timestamp,
+                initializer: match input.initializer {
+                    Some(name) => name,
+                    None => audit::draft(ctx, viewer.org_id).actor.username,
+                },
             },
         };
         Ok(BuildPayload {
@@ -288,7 +295,8 @@ impl CiMutation {
 
 /// Writes a change of a build through the process's writer of changes.
 async fn changed_build(ctx: &Context<'_>, request: ChangeRequest) -> Result<build::Model> {
-    match state(ctx)?.changes.submit(request).await? {
+    let audit = audit::draft(ctx, request.org_id());
+    match state(ctx)?.changes.submit(request, audit).await? {
         Changed::Build(build) => Ok(build),
         Changed::Task(_) => Err(Error::internal("a build's change came back as a task")),
     }
@@ -296,7 +304,8 @@ async fn changed_build(ctx: &Context<'_>, request: ChangeRequest) -> Result<buil
 
 /// Writes a change of a task through the process's writer of changes.
 async fn changed_task(ctx: &Context<'_>, request: ChangeRequest) -> Result<task::Model> {
-    match state(ctx)?.changes.submit(request).await? {
+    let audit = audit::draft(ctx, request.org_id());
+    match state(ctx)?.changes.submit(request, audit).await? {
         Changed::Task(task) => Ok(task),
         Changed::Build(_) => Err(Error::internal("a task's change came back as a build")),
     }

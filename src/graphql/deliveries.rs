@@ -3,7 +3,7 @@
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::auth::require;
-use super::{db, state};
+use super::{audit, db, state};
 use crate::domain::status::parse_stored;
 use crate::domain::{DeliveryState, PayloadFormat, Permission};
 use crate::payload::outbox::Change;
@@ -215,8 +215,7 @@ impl DeliveryMutation {
         store::deliveries::redeliver(&tx, &row, crate::now_ms()).await?;
         store::deliveries::announce(&tx, state.outbox.announcer()).await?;
         let row = store::deliveries::find(&tx, viewer.org_id, &input.delivery_id).await?;
-        tx.commit().await?;
-        state.outbox.wake();
+        audit::commit(ctx, tx, viewer.org_id, None, true).await?;
         Ok(DeliveryPayload {
             delivery: WebHookDelivery(row),
             client_mutation_id: input.client_mutation_id,
@@ -240,8 +239,7 @@ impl DeliveryMutation {
             ));
         }
         let row = state.outbox.queue_ping(&tx, &endpoint).await?;
-        tx.commit().await?;
-        state.outbox.wake();
+        audit::commit(ctx, tx, viewer.org_id, None, true).await?;
         Ok(DeliveryPayload {
             delivery: WebHookDelivery(row),
             client_mutation_id: input.client_mutation_id,

@@ -4,6 +4,7 @@
 //! transaction when a payload is being rendered) from the context. This module never imports
 //! axum: the HTTP layer and the payload renderer both call [`execute`].
 
+mod audit;
 pub mod auth;
 mod ci;
 mod deliveries;
@@ -19,7 +20,7 @@ use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{EmptySubscription, MergedObject, Schema, ServerError};
 
 pub use auth::{Claims, TokenKeys, Viewer};
-pub use types::{Build, OwnerInfo, Repository, Task};
+pub use types::{Build, OwnerInfo, Repository, Task, UserInfo};
 
 use crate::Error;
 use crate::store::Db;

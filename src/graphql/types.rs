@@ -1,8 +1,9 @@
 //! The CI records as GraphQL objects: OwnerInfo, Repository, Build, Task.
 
 use async_graphql::connection::{Connection, Edge};
-use async_graphql::{Context, ID, Object, OutputType};
+use async_graphql::{Context, ID, Object, OutputType, SimpleObject};
 
+use super::audit::AuditEventType;
 use super::auth::require;
 use super::{db, deliveries::WebHookDelivery, rows, webhooks::WebHookSettings};
 use crate::Result;
@@ -72,6 +73,20 @@ impl OwnerInfo {
         let rows =
             store::deliveries::list(&db(ctx)?.conn(), self.0.id, endpoint_id, state, page).await?;
         Ok(connection(rows, page, |row| row.id, WebHookDelivery))
+    }
+
+    /// Audit events: every mutation performed for the organization, newest first (ADMIN).
+    #[graphql(complexity = "crate::graphql::page_cost(first, child_complexity)")]
+    async fn audit_events(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, AuditEventType>> {
+        require(ctx, Permission::Admin)?;
+        let page = Page::new(first, after)?;
+        let rows = store::audit::list(&db(ctx)?.conn(), self.0.id, page).await?;
+        Ok(connection(rows, page, |row| row.id, AuditEventType))
     }
 
     /// Repositories, oldest first.
@@ -189,16 +204,30 @@ impl Build {
         self.0.created_at
     }
 
-    /// From the start of execution (or creation) to the final status; null until then.
-    async fn duration_in_seconds(&self) -> Option<i64> {
-        let start = self.0.executing_timestamp.unwrap_or(self.0.created_at);
-        self.0
-            .final_status_timestamp
-            .map(|end| seconds_between(start, end))
+    /// From the start of execution (or creation) to the final status, or to now while the build
+    /// executes; 0 before it starts. Cirrus CI sends the running time of an executing build.
+    async fn duration_in_seconds(&self) -> i64 {
+        match (self.0.executing_timestamp, self.0.final_status_timestamp) {
+            (Some(start), Some(end)) => seconds_between(start, end),
+            (None, Some(end)) => seconds_between(self.0.created_at, end),
+            (Some(start), None) => seconds_between(start, crate::now_ms()),
+            (None, None) => 0,
+        }
     }
 
     async fn status(&self) -> Result<BuildStatus> {
         parse_stored(&self.0.status, BuildStatus::parse)
+    }
+
+    /// Who initiated the build: the name the CI engine gave (`createBuild`'s `initializer`), or
+    /// the subject of the token that recorded it. Null for builds recorded before Herald kept it.
+    async fn initializer(&self) -> Option<UserInfo> {
+        UserInfo::of_build(&self.0)
+    }
+
+    /// The same as `initializer`, under the name Cirrus CI's payloads use.
+    async fn user(&self) -> Option<UserInfo> {
+        UserInfo::of_build(&self.0)
     }
 
     #[graphql(
@@ -207,6 +236,23 @@ impl Build {
     async fn tasks(&self, ctx: &Context<'_>) -> Result<Vec<Task>> {
         let rows = rows::tasks_of_build(ctx, self.0.org_id, self.0.id).await?;
         Ok(rows.iter().cloned().map(Task).collect())
+    }
+}
+
+/// A user of an organization: a name its tokens or its CI engine act as, with a numeric id.
+#[derive(SimpleObject, Clone, Debug)]
+pub struct UserInfo {
+    pub id: ID,
+    pub username: String,
+}
+
+impl UserInfo {
+    fn of_build(build: &build::Model) -> Option<Self> {
+        let (id, username) = (build.initializer_id?, build.initializer.clone()?);
+        Some(Self {
+            id: ID(id.to_string()),
+            username,
+        })
     }
 }
 

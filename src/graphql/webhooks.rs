@@ -7,7 +7,7 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use super::auth::require;
 use super::deliveries::WebHookDelivery;
 use super::webhook_draft::{Draft, check};
-use super::{db, state};
+use super::{audit, db, state};
 use crate::domain::{EventKind, PayloadFormat, Permission, mask_secret};
 use crate::store::endpoints::fields_of;
 use crate::store::entities::{organization, webhook_endpoint};
@@ -119,6 +119,36 @@ impl WebhookQuery {
             store::endpoints::find(&db(ctx)?.conn(), viewer.org_id, id).await?,
         )))
     }
+
+    /// Selections an endpoint can start from or store as its `payloadQuery`: `DEFAULT` (what
+    /// an endpoint without one sends, as Cirrus CI sends today) and `CIRRUS_DOCUMENTED` (the
+    /// selection Cirrus CI's documentation gives, field for field).
+    async fn webhook_payload_selections(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<WebHookPayloadSelection>> {
+        require(ctx, Permission::Read)?;
+        Ok(vec![
+            WebHookPayloadSelection {
+                name: "DEFAULT",
+                description: "What Cirrus CI sends today; used when an endpoint has no selection.",
+                query: crate::payload::DEFAULT_SELECTION,
+            },
+            WebHookPayloadSelection {
+                name: "CIRRUS_DOCUMENTED",
+                description: "The default selection of Cirrus CI's documentation, field for field.",
+                query: crate::payload::CIRRUS_DOCUMENTED_SELECTION,
+            },
+        ])
+    }
+}
+
+/// A named payload selection.
+#[derive(SimpleObject)]
+pub struct WebHookPayloadSelection {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub query: &'static str,
 }
 
 /// An endpoint in the whole-list `saveWebHookSettings`.
@@ -237,7 +267,7 @@ impl WebhookMutation {
         let fields = check(state, draft, None).await?;
         let (_turn, tx) = state.begin_api_write().await?;
         let endpoint = store::endpoints::create(&tx, org_id, fields, &state.vault).await?;
-        tx.commit().await?;
+        audit::commit(ctx, tx, org_id, None, false).await?;
         Ok(EndpointPayload {
             endpoint: WebHookDeliveryEndpoint(endpoint),
             client_mutation_id: input.client_mutation_id,
@@ -275,7 +305,7 @@ impl WebhookMutation {
         let fields = check(state, draft, Some(&current)).await?;
         let (_turn, tx) = state.begin_api_write().await?;
         let endpoint = store::endpoints::update(&tx, current, fields, &state.vault).await?;
-        tx.commit().await?;
+        audit::commit(ctx, tx, viewer.org_id, None, false).await?;
         Ok(EndpointPayload {
             endpoint: WebHookDeliveryEndpoint(endpoint),
             client_mutation_id: input.client_mutation_id,
@@ -294,7 +324,7 @@ impl WebhookMutation {
         let (_turn, tx) = state.begin_api_write().await?;
         let endpoint = store::endpoints::find(&tx, viewer.org_id, id).await?;
         store::endpoints::delete(&tx, &endpoint).await?;
-        tx.commit().await?;
+        audit::commit(ctx, tx, viewer.org_id, None, false).await?;
         Ok(DeleteWebHookEndpointPayload {
             deleted_id: input.id,
             client_mutation_id: input.client_mutation_id,
@@ -357,7 +387,7 @@ impl WebhookMutation {
                 None => store::endpoints::create(&tx, org_id, fields, &state.vault).await?,
             };
         }
-        tx.commit().await?;
+        audit::commit(ctx, tx, org_id, None, false).await?;
         let org = store::orgs::find(&state.db, org_id)
             .await?
             .ok_or_else(|| Error::not_found("organization", org_id))?;

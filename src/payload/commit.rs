@@ -25,8 +25,10 @@ use std::sync::Arc;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::audit::AuditDraft;
 use super::outbox::{Change, Outbox};
 use crate::domain::{BuildStatus, Notification, TaskStatus};
+use crate::store::audit::UserKey;
 use crate::store::entities::{build, task};
 use crate::store::{self, ci::NewBuild, ci::NewTask};
 use crate::{Error, Result};
@@ -63,11 +65,32 @@ pub enum ChangeRequest {
     },
 }
 
+impl ChangeRequest {
+    /// The organization whose build or task the change concerns.
+    pub fn org_id(&self) -> i64 {
+        match self {
+            Self::CreateBuild { org_id, .. }
+            | Self::UpdateBuildStatus { org_id, .. }
+            | Self::CreateTask { org_id, .. }
+            | Self::UpdateTaskStatus { org_id, .. } => *org_id,
+        }
+    }
+}
+
 /// The build or task as a change left it.
 #[derive(Clone, Debug)]
 pub enum Changed {
     Build(build::Model),
     Task(task::Model),
+}
+
+impl Changed {
+    fn repository_id(&self) -> i64 {
+        match self {
+            Self::Build(build) => build.repository_id,
+            Self::Task(task) => task.repository_id,
+        }
+    }
 }
 
 /// Hands changes to the process's writer and waits for their commit.
@@ -78,7 +101,15 @@ pub struct Changes {
 
 struct Job {
     request: ChangeRequest,
+    /// The mutation's audit event, recorded with the change when it succeeds.
+    audit: AuditDraft,
     reply: oneshot::Sender<Result<Changed>>,
+}
+
+impl Job {
+    fn parts(&self) -> (&ChangeRequest, &AuditDraft) {
+        (&self.request, &self.audit)
+    }
 }
 
 impl Changes {
@@ -90,13 +121,18 @@ impl Changes {
         Self { queue }
     }
 
-    /// Writes `request` with its event and deliveries; the build or task as it left it once it
-    /// is committed. A change whose build or task already has the status is not written and
-    /// records no event: the row comes back as it is.
-    pub async fn submit(&self, request: ChangeRequest) -> Result<Changed> {
+    /// Writes `request` with its event and deliveries, and its mutation's `audit` event; the
+    /// build or task as it left it once it is committed. A change whose build or task already
+    /// has the status is not written and records no event (its audit event is recorded): the
+    /// row comes back as it is.
+    pub async fn submit(&self, request: ChangeRequest, audit: AuditDraft) -> Result<Changed> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send(Job { request, reply })
+            .send(Job {
+                request,
+                audit,
+                reply,
+            })
             .await
             .map_err(|_| Error::internal("the writer of changes stopped"))?;
         answer
@@ -143,7 +179,7 @@ async fn write_changes(writer: DatabaseConnection, outbox: Outbox, mut jobs: mps
 /// Writes a batch and answers its changes; the changes whose build was taken, to go first in
 /// the next batch.
 async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Job>) -> Vec<Job> {
-    let requests: Vec<&ChangeRequest> = batch.iter().map(|job| &job.request).collect();
+    let requests: Vec<_> = batch.iter().map(Job::parts).collect();
     match write(writer, outbox, &requests).await {
         Ok(results) => {
             let mut deferred = Vec::new();
@@ -179,7 +215,7 @@ async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Jo
             );
             outbox.metrics().change_batches_split.inc();
             for job in batch {
-                let result = match write(writer, outbox, &[&job.request]).await {
+                let result = match write(writer, outbox, &[job.parts()]).await {
                     Ok(mut results) => results
                         .pop()
                         .flatten()
@@ -211,23 +247,28 @@ fn is_the_changes_own(err: &Error) -> bool {
     )
 }
 
-/// Writes `requests` in one transaction; each one's result, or `None` for a change deferred to
-/// the next batch because its build was taken.
+/// Writes `requests` in one transaction, each with its audit event when it succeeds; each
+/// one's result, or `None` for a change deferred to the next batch because its build was taken.
 async fn write(
     writer: &DatabaseConnection,
     outbox: &Outbox,
-    requests: &[&ChangeRequest],
+    requests: &[(&ChangeRequest, &AuditDraft)],
 ) -> Result<Vec<Option<Result<Changed>>>, Failed> {
     let _turn = outbox.turn().await;
     let tx = Arc::new(store::begin_change(writer).await.map_err(Failed::Before)?);
     let now = crate::now_ms();
     let mut taken = Taken::read(&tx, requests).await.map_err(Failed::Before)?;
+    let users = outbox
+        .users(&*tx, users_of(requests))
+        .await
+        .map_err(Failed::Before)?;
     let mut results = Vec::with_capacity(requests.len());
     let mut changes = Vec::new();
-    // The results of the new tasks, which are inserted together after the loop.
+    // The new tasks' places in `results`, filled once they are inserted together after the
+    // loop.
     let mut later = Vec::new();
-    for request in requests {
-        match apply(&tx, request, now, &mut taken).await {
+    for (request, _) in requests {
+        match apply(&tx, request, now, &mut taken, &users).await {
             Ok(Step::Deferred) => results.push(None),
             Ok(Step::Done(done)) => {
                 let (changed, change) = *done;
@@ -235,7 +276,7 @@ async fn write(
                 results.push(Some(Ok(changed)));
             }
             Ok(Step::Later) => {
-                results.push(Some(Err(Error::internal("a new task was not written"))));
+                results.push(None);
                 later.push(results.len() - 1);
             }
             Err(err) if is_the_changes_own(&err) => results.push(Some(Err(err))),
@@ -261,13 +302,44 @@ async fn write(
         changes.push(Change::task_created(&task).with_build(build));
         results[index] = Some(Ok(Changed::Task(task)));
     }
+    let audits = requests
+        .iter()
+        .zip(&results)
+        .filter_map(|((_, audit), result)| match result {
+            Some(Ok(changed)) => Some(AuditDraft {
+                repository_id: Some(changed.repository_id()),
+                ..(*audit).clone()
+            }),
+            _ => None,
+        })
+        .collect();
+    let audits_due = outbox
+        .record_audits(&*tx, audits, &users)
+        .await
+        .map_err(Failed::Before)?;
     let events = changes.len() as u64;
     let due = outbox.record(&tx, changes).await.map_err(Failed::Before)?;
     outbox
-        .commit(tx, events, due)
+        .commit(tx, events, due || audits_due)
         .await
         .map_err(|_| Failed::Commit)?;
+    outbox.learn_users(users);
     Ok(results)
+}
+
+/// The users a batch acts as: the actors of its audit events and the initializers of its new
+/// builds.
+fn users_of(requests: &[(&ChangeRequest, &AuditDraft)]) -> Vec<UserKey> {
+    let mut keys: Vec<UserKey> = requests
+        .iter()
+        .map(|(_, audit)| audit.actor_key())
+        .collect();
+    for (request, _) in requests {
+        if let ChangeRequest::CreateBuild { org_id, new, .. } = request {
+            keys.push((*org_id, new.initializer.clone()));
+        }
+    }
+    keys
 }
 
 /// The builds and tasks a batch has reached so far.
@@ -295,10 +367,13 @@ impl Taken {
     /// change is the batch's only change of its build, so no other change of the batch writes
     /// these rows, and the tasks' own writes wait until every change of the batch has been
     /// applied.
-    async fn read(tx: &DatabaseTransaction, requests: &[&ChangeRequest]) -> Result<Self> {
+    async fn read(
+        tx: &DatabaseTransaction,
+        requests: &[(&ChangeRequest, &AuditDraft)],
+    ) -> Result<Self> {
         let (mut task_keys, mut build_changes, mut build_keys) =
             (Vec::new(), Vec::new(), Vec::new());
-        for request in requests {
+        for (request, _) in requests {
             match request {
                 ChangeRequest::UpdateTaskStatus {
                     org_id, task_id, ..
@@ -372,6 +447,7 @@ async fn apply(
     request: &ChangeRequest,
     now: i64,
     taken: &mut Taken,
+    users: &HashMap<UserKey, i64>,
 ) -> Result<Step> {
     match request {
         ChangeRequest::CreateBuild {
@@ -380,7 +456,12 @@ async fn apply(
             new,
         } => {
             let repository = store::ci::repository(tx, *org_id, *repository_id).await?;
-            let build = store::ci::create_build(tx, &repository, new.clone(), now).await?;
+            let initializer = users
+                .get(&(*org_id, new.initializer.clone()))
+                .copied()
+                .ok_or_else(|| Error::internal("a build's initializer has no user id"))?;
+            let build =
+                store::ci::create_build(tx, &repository, new.clone(), initializer, now).await?;
             taken.build(build.id);
             let change = Change::build_created(&build);
             done(Changed::Build(build), Some(change))

@@ -115,6 +115,8 @@ pub struct Outbox {
     gate: Option<Arc<RwLock<()>>>,
     /// See [`Outbox::announcer`].
     announcer: Arc<str>,
+    /// Users whose ids this process has recorded (see [`Outbox::users`]).
+    users: Arc<super::audit::KnownUsers>,
 }
 
 /// A batch of changes' turn to write; the transaction must end before it is dropped.
@@ -138,6 +140,7 @@ impl Outbox {
             metrics,
             gate: one_writer.then(|| Arc::new(RwLock::new(()))),
             announcer: uuid::Uuid::new_v4().simple().to_string().into(),
+            users: Arc::default(),
         }
     }
 
@@ -169,6 +172,10 @@ impl Outbox {
             Some(gate) => Some(gate.clone().write_owned().await),
             None => None,
         }
+    }
+
+    pub(super) fn known_users(&self) -> &super::audit::KnownUsers {
+        &self.users
     }
 
     /// The process's metrics.
@@ -355,9 +362,20 @@ impl Outbox {
         let now = crate::now_ms();
         let body = match parse_stored(&endpoint.payload_format, PayloadFormat::parse)? {
             PayloadFormat::Slack => crate::slack::ping_message(),
-            PayloadFormat::Data | PayloadFormat::Flat => json!({
+            PayloadFormat::Data => json!({
                 "action": "ping",
                 "data": { "ownerUid": endpoint.org_id.to_string(), "endpointId": endpoint.id.to_string(), "timestamp": now },
+            }),
+            // FLAT receivers read `repository`, `build` and `task` at the top level, as for any
+            // event; the ping's own fields stand beside them, ids as numbers.
+            PayloadFormat::Flat => json!({
+                "action": "ping",
+                "repository": {},
+                "build": {},
+                "task": {},
+                "ownerUid": endpoint.org_id,
+                "endpointId": endpoint.id,
+                "timestamp": now,
             }),
         };
         let new = NewDelivery {

@@ -7,6 +7,7 @@ use async_graphql::{Request, Variables};
 use sea_orm::DatabaseConnection;
 use serde_json::{Map, Value as Json, json};
 
+use super::ids::IdFields;
 use super::outbox::Change;
 use super::selection::{self, DEFAULT_SELECTION, Prepared};
 use crate::domain::{PayloadFormat, Permission};
@@ -46,13 +47,17 @@ pub struct Renderer {
     settled: Arc<Settled>,
     /// Where Slack messages link builds and tasks (`HERALD_PUBLIC_URL`).
     public_url: Option<String>,
+    /// Which fields are `ID`s, for FLAT bodies.
+    ids: IdFields,
 }
 
 impl Renderer {
     /// A renderer whose Slack messages link to `public_url`, when given.
     pub fn new(public_url: Option<String>) -> Self {
+        let schema = graphql::build_schema(Limits::PAYLOAD);
         Self {
-            schema: graphql::build_schema(Limits::PAYLOAD),
+            ids: IdFields::from_sdl(&schema.sdl()),
+            schema,
             cache: Mutex::default(),
             settled: Arc::default(),
             public_url,
@@ -139,7 +144,10 @@ impl Renderer {
             tracing::warn!(org = change.org_id, error = %error.message, "payload selection reported an error");
         }
         let data = response.data.into_json().map_err(Error::internal)?;
-        let data = selection::in_selection_order(data, &prepared.doc);
+        let mut data = selection::in_selection_order(data, &prepared.doc);
+        if format == PayloadFormat::Flat {
+            data = self.ids.numbers(data, &prepared.doc);
+        }
         if format == PayloadFormat::Slack {
             let message = crate::slack::from_data(
                 change.kind.header_value(),

@@ -11,8 +11,20 @@ use async_graphql_value::Value;
 
 use crate::{Error, Result};
 
-/// Cirrus CI's default selection, used when an endpoint has none.
+/// The selection used when an endpoint has none: what Cirrus CI sends today, which is Cirrus's
+/// documented selection ([`CIRRUS_DOCUMENTED_SELECTION`]) plus the fields its receivers read
+/// that the documentation leaves out (`changeMessageTitle`, `user`, `localGroupId`,
+/// `instanceType`).
 pub const DEFAULT_SELECTION: &str = "query WebhookPayload($repositoryId: ID!, $buildId: ID!, $taskId: ID) {
+  repository(id: $repositoryId) { id owner name isPrivate }
+  build(id: $buildId) { id branch pullRequest pullRequestDraft durationInSeconds changeIdInRepo changeMessageTitle changeTimestamp status user { id username } }
+  task(id: $taskId) { id name nameAlias localGroupId status statusTimestamp creationTimestamp durationInSeconds uniqueLabels automaticReRun automaticallyReRunnable manualRerunCount instanceType notifications { level message link } }
+}";
+
+/// The selection Cirrus CI's documentation gives, field for field: what Herald sent by
+/// default before it sent what Cirrus sends on the wire. An endpoint can store it to keep
+/// exactly those fields.
+pub const CIRRUS_DOCUMENTED_SELECTION: &str = "query WebhookPayload($repositoryId: ID!, $buildId: ID!, $taskId: ID) {
   repository(id: $repositoryId) { id owner name isPrivate }
   build(id: $buildId) { id branch pullRequest pullRequestDraft durationInSeconds changeIdInRepo changeTimestamp status }
   task(id: $taskId) { id name nameAlias status statusTimestamp creationTimestamp durationInSeconds uniqueLabels automaticReRun automaticallyReRunnable manualRerunCount notifications { level message link } }
@@ -261,14 +273,14 @@ fn reorder(
                 .collect(),
         ),
         Json::Object(mut fields) => {
-            let mut keys: Vec<(String, Vec<&SelectionSet>)> = Vec::new();
+            let mut keys: Vec<Key> = Vec::new();
             for set in sets {
                 response_keys(set, doc, &mut keys, 0);
             }
             let mut ordered = serde_json::Map::with_capacity(fields.len());
-            for (key, children) in keys {
-                if let Some(value) = fields.remove(&key) {
-                    ordered.insert(key, reorder(value, &children, doc));
+            for Key { name, children, .. } in keys {
+                if let Some(value) = fields.remove(&name) {
+                    ordered.insert(name, reorder(value, &children, doc));
                 }
             }
             ordered.extend(fields);
@@ -278,11 +290,18 @@ fn reorder(
     }
 }
 
-/// The response keys a selection set produces, in order, each with its fields' sub-selections.
-fn response_keys<'a>(
+/// A response key of a selection set: the field it names, and that field's sub-selections.
+pub(super) struct Key<'a> {
+    pub name: String,
+    pub field: &'a str,
+    pub children: Vec<&'a SelectionSet>,
+}
+
+/// The response keys a selection set produces, in order, each with its field's sub-selections.
+pub(super) fn response_keys<'a>(
     set: &'a SelectionSet,
     doc: &'a ExecutableDocument,
-    keys: &mut Vec<(String, Vec<&'a SelectionSet>)>,
+    keys: &mut Vec<Key<'a>>,
     level: usize,
 ) {
     if level > MAX_DEPTH {
@@ -291,11 +310,15 @@ fn response_keys<'a>(
     for item in &set.items {
         match &item.node {
             Selection::Field(field) => {
-                let key = field.node.response_key().node.to_string();
+                let name = field.node.response_key().node.to_string();
                 let child = &field.node.selection_set.node;
-                match keys.iter_mut().find(|(existing, _)| *existing == key) {
-                    Some((_, children)) => children.push(child),
-                    None => keys.push((key, vec![child])),
+                match keys.iter_mut().find(|key| key.name == name) {
+                    Some(key) => key.children.push(child),
+                    None => keys.push(Key {
+                        name,
+                        field: field.node.name.node.as_str(),
+                        children: vec![child],
+                    }),
                 }
             }
             Selection::InlineFragment(fragment) => {
@@ -358,9 +381,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_selection_prepares() {
-        let prepared = prepare(DEFAULT_SELECTION).unwrap();
-        assert_eq!(prepared.text, DEFAULT_SELECTION);
+    fn the_named_selections_prepare() {
+        for selection in [DEFAULT_SELECTION, CIRRUS_DOCUMENTED_SELECTION] {
+            let prepared = prepare(selection).unwrap();
+            assert_eq!(prepared.text, selection);
+        }
     }
 
     #[test]

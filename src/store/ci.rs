@@ -96,13 +96,17 @@ pub struct NewBuild {
     pub pull_request: Option<i64>,
     pub pull_request_draft: Option<bool>,
     pub change_timestamp: Option<i64>,
+    /// Who initiated the build: the name the CI engine gave, or its token's subject.
+    pub initializer: String,
 }
 
-/// Records a new build of a repository, in status `CREATED`.
+/// Records a new build of a repository, in status `CREATED`, initiated by the user
+/// `initializer_id` (whose name `new` holds).
 pub async fn create_build(
     conn: &impl ConnectionTrait,
     repo: &repository::Model,
     new: NewBuild,
+    initializer_id: i64,
     now: i64,
 ) -> Result<build::Model> {
     let NewBuild {
@@ -114,6 +118,7 @@ pub async fn create_build(
         pull_request,
         pull_request_draft,
         change_timestamp,
+        initializer,
     } = new;
     let row = build::ActiveModel {
         org_id: Set(repo.org_id),
@@ -131,6 +136,8 @@ pub async fn create_build(
         status_timestamp: Set(now),
         executing_timestamp: Set(None),
         final_status_timestamp: Set(None),
+        initializer_id: Set(Some(initializer_id)),
+        initializer: Set(Some(initializer)),
         ..Default::default()
     };
     Ok(build::Entity::insert(row).exec_with_returning(conn).await?)

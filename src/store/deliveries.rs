@@ -435,13 +435,29 @@ pub async fn delete(conn: &impl ConnectionTrait, ids: &[i64]) -> Result<()> {
 /// Queues one delivery, due at once, with a new public id. It has no build, so it is in no
 /// chain and nothing holds it.
 pub async fn insert_one(conn: &impl ConnectionTrait, new: NewDelivery) -> Result<delivery::Model> {
-    let row = delivery::Entity::insert(new.into_row())
+    insert_unchained(conn, vec![new])
+        .await?
+        .pop()
+        .ok_or_else(|| Error::internal("a new delivery did not come back from its insert"))
+}
+
+/// Queues deliveries of no build (pings, audit events), due at once, in two statements for
+/// all of them; their rows in the order given.
+pub async fn insert_unchained(
+    conn: &impl ConnectionTrait,
+    new: Vec<NewDelivery>,
+) -> Result<Vec<delivery::Model>> {
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut rows = delivery::Entity::insert_many(new.into_iter().map(NewDelivery::into_row))
         .exec_with_returning(conn)
         .await?;
-    delivery_queue::Entity::insert(unheld(&row, row.next_attempt_at))
+    rows.sort_by_key(|row| row.id);
+    delivery_queue::Entity::insert_many(rows.iter().map(|row| unheld(row, row.next_attempt_at)))
         .exec_without_returning(conn)
         .await?;
-    Ok(row)
+    Ok(rows)
 }
 
 /// The queue row of `row`, due at `at`, neither held nor leased.

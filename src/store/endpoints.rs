@@ -90,7 +90,7 @@ pub fn status_filter(row: &webhook_endpoint::Model) -> Result<Vec<String>> {
     serde_json::from_str(&row.status_filter).map_err(Error::internal)
 }
 
-/// The kinds of event an endpoint subscribed to; empty means all.
+/// The kinds of event an endpoint subscribed to; empty means build and task events.
 pub fn event_kinds(row: &webhook_endpoint::Model) -> Result<Vec<EventKind>> {
     serde_json::from_str(&row.events).map_err(Error::internal)
 }
@@ -206,8 +206,14 @@ pub async fn enabled_of(
 pub fn subscribes(row: &webhook_endpoint::Model, kind: EventKind, status: &str) -> Result<bool> {
     let kinds = event_kinds(row)?;
     let statuses = status_filter(row)?;
-    Ok((kinds.is_empty() || kinds.contains(&kind))
+    Ok(kind.is_in(&kinds)
         && (statuses.is_empty() || statuses.iter().any(|wanted| wanted == status)))
+}
+
+/// Whether the endpoint `row` subscribes to audit events (only an endpoint that names them
+/// does; a status filter does not apply to them).
+pub fn subscribes_to_audit(row: &webhook_endpoint::Model) -> Result<bool> {
+    Ok(EventKind::AuditEvent.is_in(&event_kinds(row)?))
 }
 
 /// Deletes an endpoint with its deliveries, their queue rows and their attempts.

@@ -77,6 +77,50 @@ pub mod build {
         pub status_timestamp: i64,
         pub executing_timestamp: Option<i64>,
         pub final_status_timestamp: Option<i64>,
+        /// Who initiated the build (a user of its organization), when known.
+        pub initializer_id: Option<i64>,
+        pub initializer: Option<String>,
+    }
+    no_relations!();
+}
+
+pub mod user {
+    use sea_orm::entity::prelude::*;
+
+    /// A name an organization's tokens or CI engine act as, with the numeric id receivers read.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub org_id: i64,
+        pub username: String,
+        pub created_at: i64,
+    }
+    no_relations!();
+}
+
+pub mod audit_event {
+    use sea_orm::entity::prelude::*;
+
+    /// One mutation an organization performed, recorded in the mutation's own transaction.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_events")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// The public id, a UUID.
+        pub uid: String,
+        pub org_id: i64,
+        #[sea_orm(column_name = "type")]
+        pub kind: String,
+        pub timestamp: i64,
+        /// The mutation's name and input, secrets removed, as JSON text.
+        pub data: String,
+        pub actor_id: i64,
+        pub actor_username: String,
+        pub actor_ip: Option<String>,
+        pub repository_id: Option<i64>,
     }
     no_relations!();
 }

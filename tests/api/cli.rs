@@ -73,6 +73,77 @@ async fn boolean_settings_take_1_and_0_from_the_environment() {
     }
 }
 
+/// A CI engine's ordinary work logs no error: recording a build, its tasks and their statuses
+/// leaves nothing at ERROR or WARN in the server's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_builds_and_tasks_logs_no_error() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("h.db").display());
+    let org = herald_output(&url, &["org", "create", "acme"]);
+    let token = herald_output(
+        &url,
+        &["token", "issue", "--org", "acme", "--permission", "WRITE"],
+    );
+    let port = free_port();
+    let serve = herald()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("HERALD_DATABASE_URL", &url)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = Client::new(port, &token);
+    client.wait_healthy().await;
+    let repository = client
+        .gql(
+            "mutation($org: ID!) { createRepository(input: {ownerUid: $org, name: \"app\"}) { repository { id } } }",
+            json!({ "org": org }),
+        )
+        .await["createRepository"]["repository"]["id"]
+        .clone();
+    let build = client
+        .gql(
+            "mutation($repo: ID!) { createBuild(input: {repositoryId: $repo, branch: \"main\", changeIdInRepo: \"abc\"}) { build { id } } }",
+            json!({ "repo": repository }),
+        )
+        .await["createBuild"]["build"]["id"]
+        .clone();
+    for name in ["lint", "test"] {
+        let task = client
+            .gql(
+                "mutation($build: ID!, $name: String!) { createTask(input: {buildId: $build, name: $name}) { task { id } } }",
+                json!({ "build": build, "name": name }),
+            )
+            .await["createTask"]["task"]["id"]
+            .clone();
+        client
+            .gql(
+                "mutation($task: ID!) { updateTaskStatus(input: {taskId: $task, status: COMPLETED}) { task { id } } }",
+                json!({ "task": task }),
+            )
+            .await;
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = serve.wait_with_output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(log.contains("INFO"), "the log was read: {log}");
+    assert!(
+        !log.contains("ERROR") && !log.contains("WARN"),
+        "the server logged a problem: {log}"
+    );
+}
+
 /// A lease that an attempt could outlast would let a second claim send the delivery again
 /// while the first attempt still waits for its answer: such settings stop the start, and say
 /// why.

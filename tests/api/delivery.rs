@@ -125,6 +125,7 @@ async fn build_and_task_events_arrive_signed_with_cirrus_and_standard_headers(ap
             "id",
             "name",
             "nameAlias",
+            "localGroupId",
             "status",
             "statusTimestamp",
             "creationTimestamp",
@@ -133,6 +134,7 @@ async fn build_and_task_events_arrive_signed_with_cirrus_and_standard_headers(ap
             "automaticReRun",
             "automaticallyReRunnable",
             "manualRerunCount",
+            "instanceType",
             "notifications"
         ]
     );

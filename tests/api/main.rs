@@ -2,6 +2,7 @@
 
 mod api;
 mod bridge;
+mod cirrus;
 mod cli;
 mod delivery;
 mod fake_slack;

@@ -1,0 +1,445 @@
+//! Audit events: every mutation an organization performs is recorded in the mutation's own
+//! transaction, as Cirrus CI's `graphql.mutation` audit events, and delivered to the endpoints
+//! that name `AUDIT_EVENT` (`X-Cirrus-Event: audit_event`, `action: "created"`).
+//!
+//! An audit event's body is fixed, not a stored selection: Cirrus sends the same fragment
+//! (`id type timestamp data actor repository`) to every receiver. Its `data` is the mutation's
+//! name and input as a JSON string, with secrets removed before it is built (see
+//! [`redact_input`]).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde_json::{Map, Value as Json, json};
+
+use sea_orm::ConnectionTrait;
+
+use super::outbox::Outbox;
+use crate::domain::PayloadFormat;
+use crate::domain::status::parse_stored;
+use crate::store::audit::{NewAuditEvent, UserKey};
+use crate::store::deliveries::NewDelivery;
+use crate::store::entities::audit_event;
+use crate::{Error, Result, store};
+
+/// The only type of audit event Herald records.
+pub const MUTATION: &str = "graphql.mutation";
+
+/// Who performs a request: the subject of its token, and the address it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub username: String,
+    pub ip: Option<String>,
+}
+
+/// A mutation's audit event, before it is recorded with the mutation's change.
+#[derive(Clone, Debug)]
+pub struct AuditDraft {
+    pub org_id: i64,
+    pub actor: Actor,
+    /// The mutation's name and input, secrets removed, as JSON text.
+    pub data: String,
+    /// The repository the mutation concerns, when it concerns one.
+    pub repository_id: Option<i64>,
+}
+
+impl AuditDraft {
+    /// The draft of mutation `name` (as in the schema, `createBuild`) with `input` (its
+    /// argument as JSON, or null), for `actor` in organization `org_id`.
+    pub fn new(org_id: i64, actor: Actor, name: &str, input: Json) -> Self {
+        let mut data = Map::new();
+        data.insert("mutationName".into(), pascal_case(name).into());
+        if let Json::Object(fields) = redact_input(input) {
+            data.extend(fields);
+        }
+        Self {
+            org_id,
+            actor,
+            data: Json::Object(data).to_string(),
+            repository_id: None,
+        }
+    }
+
+    /// The user key of the actor.
+    pub fn actor_key(&self) -> UserKey {
+        (self.org_id, self.actor.username.clone())
+    }
+}
+
+/// `createBuild` → `CreateBuild`, as Cirrus names mutations in audit events.
+fn pascal_case(name: &str) -> String {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Input fields that hold secrets; their values never reach an audit event.
+const SECRET_FIELDS: [&str; 3] = ["secretToken", "secret", "value"];
+
+/// Input fields that hold URLs, whose credentials never reach an audit event.
+const URL_FIELDS: [&str; 2] = ["webhookURL", "url"];
+
+/// A mutation's input with every secret replaced by `"[redacted]"` and the credentials of every
+/// URL by `***`, at any depth.
+pub fn redact_input(input: Json) -> Json {
+    match input {
+        Json::Object(fields) => Json::Object(
+            fields
+                .into_iter()
+                .map(|(key, value)| {
+                    let value = if value.is_null() {
+                        value
+                    } else if SECRET_FIELDS.contains(&key.as_str()) {
+                        Json::from("[redacted]")
+                    } else if URL_FIELDS.contains(&key.as_str()) {
+                        redact_url(value)
+                    } else {
+                        redact_input(value)
+                    };
+                    (key, value)
+                })
+                .collect(),
+        ),
+        Json::Array(items) => Json::Array(items.into_iter().map(redact_input).collect()),
+        other => other,
+    }
+}
+
+fn redact_url(value: Json) -> Json {
+    let Json::String(text) = value else {
+        return Json::from("[redacted]");
+    };
+    match url::Url::parse(&text) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("***"));
+            }
+            if !url.username().is_empty() {
+                let _ = url.set_username("***");
+            }
+            Json::from(url.to_string())
+        }
+        // Not a URL: the mutation refused it, so no audit event is recorded; should one be,
+        // nothing of it is kept.
+        Err(_) => Json::from("[redacted]"),
+    }
+}
+
+/// What an audit event's body shows of its repository.
+#[derive(Clone, Debug)]
+pub struct RepositoryInfo {
+    pub id: i64,
+    pub owner: String,
+    pub name: String,
+    pub is_private: bool,
+}
+
+/// The body of an audit event for an endpoint of `format`: DATA puts the event under `data`
+/// with GraphQL's string ids; FLAT sends it at the top level, ids as numbers, beside empty
+/// `repository` (when it concerns none), `build` and `task`, as Cirrus does; SLACK, a one-line
+/// message.
+pub fn body(
+    format: PayloadFormat,
+    event: &audit_event::Model,
+    repository: Option<&RepositoryInfo>,
+) -> Result<String> {
+    let body = match format {
+        PayloadFormat::Data => json!({
+            "action": "created",
+            "data": {
+                "id": event.uid,
+                "type": event.kind,
+                "timestamp": event.timestamp,
+                "data": event.data,
+                "actor": { "id": event.actor_id.to_string(), "username": event.actor_username },
+                "actorLocationIP": event.actor_ip,
+                "repository": repository.map(|repo| json!({
+                    "id": repo.id.to_string(),
+                    "owner": repo.owner,
+                    "name": repo.name,
+                    "isPrivate": repo.is_private,
+                })),
+            },
+        }),
+        PayloadFormat::Flat => json!({
+            "id": event.uid,
+            "type": event.kind,
+            "timestamp": event.timestamp,
+            "data": event.data,
+            "actor": { "id": event.actor_id, "username": event.actor_username },
+            "actorLocationIp": event.actor_ip,
+            "action": "created",
+            "repository": repository.map_or_else(|| json!({}), |repo| json!({
+                "id": repo.id,
+                "owner": repo.owner,
+                "name": repo.name,
+                "isPrivate": repo.is_private,
+            })),
+            "build": {},
+            "task": {},
+        }),
+        PayloadFormat::Slack => {
+            let data: Json = serde_json::from_str(&event.data).unwrap_or(Json::Null);
+            let mutation = data["mutationName"].as_str().unwrap_or("A mutation");
+            let place = repository
+                .map(|repo| format!(" on {}/{}", repo.owner, repo.name))
+                .unwrap_or_default();
+            json!({
+                "text": format!(":memo: {mutation}{place} by {}", event.actor_username),
+            })
+        }
+    };
+    serde_json::to_string(&body).map_err(Error::internal)
+}
+
+impl Outbox {
+    /// The ids of these users, each created if it is new. Hand them to [`Outbox::learn_users`]
+    /// once the transaction commits.
+    pub async fn users(
+        &self,
+        conn: &impl ConnectionTrait,
+        keys: Vec<UserKey>,
+    ) -> Result<HashMap<UserKey, i64>> {
+        let (mut ids, missing) = self.known_users().split(keys);
+        if !missing.is_empty() {
+            ids.extend(store::audit::ensure_users(conn, &missing, crate::now_ms()).await?);
+        }
+        Ok(ids)
+    }
+
+    /// Remembers users that a committed transaction holds.
+    pub fn learn_users(&self, users: HashMap<UserKey, i64>) {
+        self.known_users().learn(users);
+    }
+
+    /// Records the audit events of `drafts`, whose actors `users` holds, and queues a delivery
+    /// of each to every enabled endpoint of its organization that names `AUDIT_EVENT`. Returns
+    /// whether it queued any (they are due at once).
+    pub async fn record_audits(
+        &self,
+        conn: &impl ConnectionTrait,
+        drafts: Vec<AuditDraft>,
+        users: &HashMap<UserKey, i64>,
+    ) -> Result<bool> {
+        if drafts.is_empty() {
+            return Ok(false);
+        }
+        let now = crate::now_ms();
+        let mut new = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let actor_id = *users
+                .get(&draft.actor_key())
+                .ok_or_else(|| Error::internal("an audit event's actor has no user id"))?;
+            new.push(NewAuditEvent {
+                org_id: draft.org_id,
+                kind: MUTATION,
+                timestamp: now,
+                data: draft.data,
+                actor_id,
+                actor_username: draft.actor.username,
+                actor_ip: draft.actor.ip,
+                repository_id: draft.repository_id,
+            });
+        }
+        let mut orgs: Vec<i64> = new.iter().map(|event| event.org_id).collect();
+        orgs.sort_unstable();
+        orgs.dedup();
+        let events = store::audit::insert(conn, new).await?;
+        let mut endpoints = Vec::new();
+        for endpoint in store::endpoints::enabled_of(conn, &orgs).await? {
+            if store::endpoints::subscribes_to_audit(&endpoint)? {
+                endpoints.push(endpoint);
+            }
+        }
+        if endpoints.is_empty() {
+            return Ok(false);
+        }
+        let mut repositories: HashMap<i64, Option<RepositoryInfo>> = HashMap::new();
+        let mut deliveries = Vec::new();
+        for event in &events {
+            let to: Vec<_> = endpoints
+                .iter()
+                .filter(|endpoint| endpoint.org_id == event.org_id)
+                .collect();
+            if to.is_empty() {
+                continue;
+            }
+            let repository = match event.repository_id {
+                None => None,
+                Some(id) => match repositories.get(&id) {
+                    Some(info) => info.clone(),
+                    None => {
+                        let info = repository_info(conn, event.org_id, id).await?;
+                        repositories.insert(id, info.clone());
+                        info
+                    }
+                },
+            };
+            for endpoint in to {
+                let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
+                deliveries.push(NewDelivery {
+                    org_id: event.org_id,
+                    endpoint_id: endpoint.id,
+                    event: "audit_event".into(),
+                    action: "created".into(),
+                    body: body(format, event, repository.as_ref())?,
+                    timestamp: event.timestamp,
+                });
+            }
+        }
+        if deliveries.is_empty() {
+            return Ok(false);
+        }
+        store::deliveries::insert_unchained(conn, deliveries).await?;
+        store::deliveries::announce(conn, self.announcer()).await?;
+        Ok(true)
+    }
+}
+
+/// The repository an audit event concerns, as its body shows it; none if it is gone.
+async fn repository_info(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+    id: i64,
+) -> Result<Option<RepositoryInfo>> {
+    let repository = match store::ci::repository(conn, org_id, id).await {
+        Ok(repository) => repository,
+        Err(Error::NotFound { .. }) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let owner = store::orgs::find(conn, org_id)
+        .await?
+        .map(|org| org.name)
+        .unwrap_or_default();
+    Ok(Some(RepositoryInfo {
+        id: repository.id,
+        owner,
+        name: repository.name,
+        is_private: repository.is_private,
+    }))
+}
+
+/// The ids of the users this process has recorded, so that a batch of changes by known actors
+/// writes no user rows. Ids are learned only from committed transactions.
+#[derive(Default)]
+pub struct KnownUsers {
+    ids: Mutex<HashMap<UserKey, i64>>,
+}
+
+impl KnownUsers {
+    /// How many users the cache keeps before it starts over.
+    const CAPACITY: usize = 100_000;
+
+    /// The ids known of `keys`, and the keys not known.
+    pub fn split(&self, keys: Vec<UserKey>) -> (HashMap<UserKey, i64>, Vec<UserKey>) {
+        let ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut known = HashMap::new();
+        let mut missing = Vec::new();
+        for key in keys {
+            match ids.get(&key) {
+                Some(id) => {
+                    known.insert(key, *id);
+                }
+                None if !missing.contains(&key) => missing.push(key),
+                None => {}
+            }
+        }
+        (known, missing)
+    }
+
+    /// Remembers users whose rows a committed transaction holds.
+    pub fn learn(&self, users: HashMap<UserKey, i64>) {
+        if users.is_empty() {
+            return;
+        }
+        let mut ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if ids.len() + users.len() > Self::CAPACITY {
+            ids.clear();
+        }
+        ids.extend(users);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_url_credentials_never_reach_the_data() {
+        let draft = AuditDraft::new(
+            1,
+            Actor {
+                username: "ci".into(),
+                ip: None,
+            },
+            "saveWebHookSettings",
+            json!({
+                "ownerUid": "1",
+                "deliveryEndpoints": [{
+                    "webhookURL": "https://bot:hunter2@example.com/hook",
+                    "secretToken": "s3cret-canary",
+                }, { "webhookURL": "https://example.com/plain", "secretToken": null }],
+            }),
+        );
+        let data: Json = serde_json::from_str(&draft.data).unwrap();
+        assert_eq!(data["mutationName"], "SaveWebHookSettings");
+        assert_eq!(
+            data["deliveryEndpoints"][0],
+            json!({"webhookURL": "https://***:***@example.com/hook", "secretToken": "[redacted]"})
+        );
+        assert_eq!(
+            data["deliveryEndpoints"][1]["webhookURL"],
+            "https://example.com/plain"
+        );
+        assert!(!draft.data.contains("hunter2") && !draft.data.contains("canary"));
+    }
+
+    fn event() -> audit_event::Model {
+        audit_event::Model {
+            id: 1,
+            uid: "0190a4c2-0000-7000-8000-000000000001".into(),
+            org_id: 1,
+            kind: MUTATION.into(),
+            timestamp: 1_722_518_406_287,
+            data: r#"{"mutationName":"CreateBuild"}"#.into(),
+            actor_id: 7,
+            actor_username: "ci".into(),
+            actor_ip: Some("127.0.0.1".into()),
+            repository_id: None,
+        }
+    }
+
+    #[test]
+    fn flat_audit_bodies_are_cirrus_shaped() {
+        let body = body(PayloadFormat::Flat, &event(), None).unwrap();
+        assert_eq!(
+            body,
+            r#"{"id":"0190a4c2-0000-7000-8000-000000000001","type":"graphql.mutation","timestamp":1722518406287,"data":"{\"mutationName\":\"CreateBuild\"}","actor":{"id":7,"username":"ci"},"actorLocationIp":"127.0.0.1","action":"created","repository":{},"build":{},"task":{}}"#
+        );
+    }
+
+    #[test]
+    fn data_audit_bodies_keep_string_ids() {
+        let repo = RepositoryInfo {
+            id: 3,
+            owner: "acme".into(),
+            name: "app".into(),
+            is_private: false,
+        };
+        let body: Json =
+            serde_json::from_str(&body(PayloadFormat::Data, &event(), Some(&repo)).unwrap())
+                .unwrap();
+        assert_eq!(body["action"], "created");
+        assert_eq!(body["data"]["actor"]["id"], "7");
+        assert_eq!(body["data"]["repository"]["id"], "3");
+        assert_eq!(body["data"]["actorLocationIP"], "127.0.0.1");
+    }
+}
