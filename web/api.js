@@ -66,8 +66,24 @@ export const DELIVERY_FIELDS = `
   response { status duration data }
   attemptLog { number timestamp status duration error responseHeaders responseData }`;
 
-/** Cirrus CI's default payload selection (the one used when an endpoint has none). */
+/** The default payload selection (the one used when an endpoint has none): what Cirrus CI sends. */
 export const DEFAULT_SELECTION = `query WebhookPayload($repositoryId: ID!, $buildId: ID!, $taskId: ID) {
+  repository(id: $repositoryId) { id owner name isPrivate }
+  build(id: $buildId) {
+    id branch pullRequest pullRequestDraft durationInSeconds
+    changeIdInRepo changeMessageTitle changeTimestamp status
+    user { id username }
+  }
+  task(id: $taskId) {
+    id name nameAlias localGroupId status statusTimestamp creationTimestamp durationInSeconds
+    uniqueLabels automaticReRun automaticallyReRunnable manualRerunCount instanceType
+    notifications { level message link }
+  }
+}
+`;
+
+/** The default selection of Cirrus CI's documentation, field for field (CIRRUS_DOCUMENTED). */
+export const CIRRUS_DOCUMENTED_SELECTION = `query WebhookPayload($repositoryId: ID!, $buildId: ID!, $taskId: ID) {
   repository(id: $repositoryId) { id owner name isPrivate }
   build(id: $buildId) {
     id branch pullRequest pullRequestDraft durationInSeconds

@@ -1,11 +1,11 @@
 // Creating and editing an endpoint, with the payload selection checked and previewed live
 // against a real build or task as the admin types.
 
-import { gql, ENDPOINT_FIELDS, DEFAULT_SELECTION } from "./api.js";
+import { gql, ENDPOINT_FIELDS, DEFAULT_SELECTION, CIRRUS_DOCUMENTED_SELECTION } from "./api.js";
 import { h, toast, errorBox, codeBlock, pretty } from "./ui.js";
 import { deleteEndpoint, sendPing } from "./endpoints.js";
 
-const EVENTS = ["BUILD", "TASK"];
+const EVENTS = ["BUILD", "TASK", "AUDIT_EVENT"];
 const CHECK_DELAY_MS = 350;
 
 /** Recent builds and their tasks, per repository, to preview against. */
@@ -173,7 +173,7 @@ export async function editorView({ viewer, main }, id) {
       });
       if (mine !== sequence) return;
       const { event, body } = data.previewWebHookPayload;
-      if (selection().trim()) showSelectionOk(isDefault() ? "Cirrus's default selection." : "The selection is valid.");
+      if (selection().trim()) showSelectionOk(isDefault() ? "The default selection: what Cirrus CI sends." : "The selection is valid.");
       previewEvent.textContent = `X-Cirrus-Event: ${event}`;
       previewBody.classList.remove("stale");
       previewBody.replaceChildren(codeBlock(pretty(body), "Preview of the request body"));
@@ -245,8 +245,9 @@ export async function editorView({ viewer, main }, id) {
       secret,
       removeSecret ? h("label.inline", {}, removeSecret, "Remove the secret (deliveries are sent unsigned)") : null),
     h("fieldset", {}, h("legend", {}, "Events"),
-      h("div.choices", {}, events.map((box) => h("label.inline", {}, box, box.value.toLowerCase()))),
-      h("p.help", {}, "None checked means every event type, including ones added later.")),
+      h("div.choices", {}, events.map((box) => h("label.inline", {}, box, box.value.toLowerCase().replace("_", " ")))),
+      h("p.help", {}, "None checked means build and task events. Audit events (every change made to the organization, as ",
+        h("code", {}, "X-Cirrus-Event: audit_event"), ") go only to endpoints that check them.")),
     h("fieldset", {}, h("legend", {}, "Payload format"),
       h("div.choices", {},
         h("label.inline", {}, formats[0], h("span", {}, h("b", {}, "DATA"), " {action, old_status?, data}")),
@@ -254,10 +255,16 @@ export async function editorView({ viewer, main }, id) {
     h("div.field", {},
       h("div.label-row", {},
         h("label", { for: "payload-query" }, "Payload selection"),
-        h("button.ghost.small#reset-selection", { type: "button", onclick: () => {
-          editor.area.value = DEFAULT_SELECTION;
-          editor.area.dispatchEvent(new Event("input"));
-        } }, "Reset to default")),
+        h("span.buttons", {},
+          h("button.ghost.small#cirrus-documented-selection", { type: "button", onclick: () => {
+            editor.area.value = CIRRUS_DOCUMENTED_SELECTION;
+            editor.area.dispatchEvent(new Event("input"));
+          }, title: "The default selection of Cirrus CI's documentation, field for field (CIRRUS_DOCUMENTED)" },
+          "Cirrus's documented selection"),
+          h("button.ghost.small#reset-selection", { type: "button", onclick: () => {
+            editor.area.value = DEFAULT_SELECTION;
+            editor.area.dispatchEvent(new Event("input"));
+          } }, "Reset to default"))),
       h("p.help#selection-help", {}, "A GraphQL query over Herald's schema with ",
         h("code", {}, "$repositoryId"), ", ", h("code", {}, "$buildId"), " and ", h("code", {}, "$taskId"),
         " (null for build events), or a bare selection such as ", h("code", {}, "build(id: $buildId) { id status }"), "."),

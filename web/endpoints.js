@@ -30,7 +30,7 @@ export async function sendPing(endpoint) {
 }
 
 function eventsText(events) {
-  return events.length ? events.map((e) => e.toLowerCase()).join(", ") : "all events";
+  return events.length ? events.map((e) => e.toLowerCase().replace("_", " ")).join(", ") : "builds and tasks";
 }
 
 function endpointCard(endpoint, refresh) {

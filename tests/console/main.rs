@@ -128,6 +128,22 @@ async fn an_admin_configures_an_endpoint_previews_its_payload_and_replays_a_deli
     browser
         .wait_for_text("#preview-body", "\"changeIdInRepo\": \"abc123\"")
         .await;
+    // What Cirrus sends today: the build's initializer is in the default selection.
+    browser
+        .wait_for_text("#preview-body", "\"username\": \"test\"")
+        .await;
+    // Cirrus's documented selection is one click away, and so is the default again.
+    browser.click("#cirrus-documented-selection").await;
+    browser
+        .wait_for_text("#payload-query", "changeIdInRepo changeTimestamp status")
+        .await;
+    browser
+        .wait_for_text("#selection-status.ok", "The selection is valid")
+        .await;
+    browser.click("#reset-selection").await;
+    browser
+        .wait_for_text("#selection-status.ok", "The default selection")
+        .await;
     browser
         .fill("#webhook-url", &receiver.url("/console-hook"))
         .await;
@@ -312,12 +328,14 @@ async fn an_admin_disables_edits_and_deletes_an_endpoint() {
     assert!(!help.contains("old-secret"), "{help}");
     browser.fill("#secret-token", "new-secret-5678").await;
     browser.click("#event-task").await;
+    browser.click("#event-audit_event").await;
     browser.click("#enabled").await;
     browser.click("#save-endpoint").await;
     browser.wait_for_text(".endpoint .switch", "On").await;
+    browser.wait_for_text(".endpoint", "task, audit event").await;
     let saved = endpoint().await;
     assert_eq!(saved["webhookURL"], url.as_str());
-    assert_eq!(saved["events"], json!(["TASK"]));
+    assert_eq!(saved["events"], json!(["TASK", "AUDIT_EVENT"]));
     assert_eq!(saved["enabled"], true);
     // The new secret signs what is sent now.
     app.ok(
@@ -326,11 +344,27 @@ async fn an_admin_disables_edits_and_deletes_an_endpoint() {
         json!({ "id": id }),
     )
     .await;
-    let ping = &receiver.wait_for(1).await[0];
-    let mut mac = Hmac::<Sha256>::new_from_slice(b"new-secret-5678").unwrap();
-    mac.update(&ping.body);
-    let expected = hex::encode(mac.finalize().into_bytes());
-    assert_eq!(ping.header("x-cirrus-signature"), Some(expected.as_str()));
+    // The ping, and the audit events of the edit and of the ping, which it now subscribes to.
+    let received = receiver.wait_for(3).await;
+    let events: Vec<_> = received
+        .iter()
+        .map(|r| r.header("x-cirrus-event").unwrap())
+        .collect();
+    assert_eq!(
+        events.iter().filter(|event| **event == "audit_event").count(),
+        2,
+        "{events:?}"
+    );
+    for delivery in &received {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"new-secret-5678").unwrap();
+        mac.update(&delivery.body);
+        let expected = hex::encode(mac.finalize().into_bytes());
+        assert_eq!(
+            delivery.header("x-cirrus-signature"),
+            Some(expected.as_str())
+        );
+    }
+    assert!(events.contains(&"ping"), "{events:?}");
 
     // Deleting asks first.
     browser.click(".endpoint .danger-text").await;
