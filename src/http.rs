@@ -72,10 +72,9 @@ async fn graphql_handler(
             let ip = extensions
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|ConnectInfo(addr)| addr.ip().to_canonical().to_string());
-            request = request.data::<Viewer>(viewer).data(Actor {
-                username: subject,
-                ip,
-            });
+            request = request
+                .data::<Viewer>(viewer)
+                .data(Actor::from_subject(&subject, ip));
             // Only a client with a valid token fills the cache of parsed documents.
             state.documents.prepare(&mut request);
         }

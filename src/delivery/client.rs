@@ -59,7 +59,7 @@ fn basic_auth(user: &str, password: Option<&str>) -> HeaderValue {
 /// One request to send.
 pub struct Outgoing<'a> {
     pub to: &'a Destination,
-    /// `build`, `task` or `ping`.
+    /// `build`, `task`, `audit_event` or `ping`.
     pub event: &'a str,
     pub delivery_id: &'a str,
     /// The event's time, ms since the epoch.

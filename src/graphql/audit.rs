@@ -6,9 +6,9 @@ use sea_orm::DatabaseTransaction;
 
 use super::rows;
 use super::types::{Repository, UserInfo};
-use crate::Result;
 use crate::payload::audit::{Actor, AuditDraft};
 use crate::store::entities::audit_event;
+use crate::{Result, store};
 
 /// The audit event of the mutation being resolved, by its organization `org_id`: the
 /// mutation's name and input (secrets removed) and the request's actor.
@@ -49,7 +49,10 @@ pub(super) async fn commit(
         ..draft(ctx, org_id)
     };
     let users = outbox.users(&tx, vec![draft.actor_key()]).await?;
-    let audits_due = outbox.record_audits(&tx, vec![draft], &users).await?;
+    let endpoints = store::endpoints::enabled_of(&tx, &[org_id]).await?;
+    let audits_due = outbox
+        .record_audits(&tx, vec![draft], &users, &endpoints)
+        .await?;
     tx.commit().await?;
     outbox.learn_users(users);
     if due || audits_due {

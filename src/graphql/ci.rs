@@ -6,6 +6,7 @@ use super::auth::require;
 use super::types::{Build, OwnerInfo, Repository, Task};
 use super::{audit, db, rows, state};
 use crate::domain::{BuildStatus, Notification, NotificationLevel, Permission, TaskStatus};
+use crate::payload::audit::check_user_name;
 use crate::payload::commit::{ChangeRequest, Changed};
 use crate::store::entities::{build, task};
 use crate::store::{self, parse_id};
@@ -208,7 +209,10 @@ impl CiMutation {
                 pull_request_draft: input.pull_request_draft,
                 change_timestamp: input.change_timestamp,
                 initializer: match input.initializer {
-                    Some(name) => name,
+                    Some(name) => {
+                        check_user_name("initializer", &name)?;
+                        name
+                    }
                     None => audit::draft(ctx, viewer.org_id).actor.username,
                 },
             },

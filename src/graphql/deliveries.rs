@@ -45,7 +45,7 @@ impl WebHookDelivery {
         ID(self.0.endpoint_id.to_string())
     }
 
-    /// `build`, `task` or `ping`.
+    /// `build`, `task`, `audit_event` or `ping`.
     async fn event(&self) -> &str {
         &self.0.event
     }

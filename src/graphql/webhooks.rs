@@ -67,12 +67,13 @@ impl WebHookDeliveryEndpoint {
         Ok(Some(mask_secret(&state(ctx)?.vault.open(sealed)?)))
     }
 
-    /// The event types sent; empty means all.
+    /// The event types sent; empty means build and task events (audit events go only to
+    /// endpoints that name them).
     async fn events(&self) -> Result<Vec<EventKind>> {
         store::endpoints::event_kinds(&self.0)
     }
 
-    /// The stored selection; null means Cirrus's default.
+    /// The stored selection; null means the default (what Cirrus CI sends).
     async fn payload_query(&self) -> Option<&str> {
         self.0.payload_query.as_deref()
     }

@@ -17,9 +17,10 @@ use sea_orm::ConnectionTrait;
 use super::outbox::Outbox;
 use crate::domain::PayloadFormat;
 use crate::domain::status::parse_stored;
+use crate::slack::escape;
 use crate::store::audit::{NewAuditEvent, UserKey};
 use crate::store::deliveries::NewDelivery;
-use crate::store::entities::audit_event;
+use crate::store::entities::{audit_event, webhook_endpoint};
 use crate::{Error, Result, store};
 
 /// The only type of audit event Herald records.
@@ -30,6 +31,37 @@ pub const MUTATION: &str = "graphql.mutation";
 pub struct Actor {
     pub username: String,
     pub ip: Option<String>,
+}
+
+/// The longest user name Herald records.
+pub const MAX_USER_NAME: usize = 200;
+
+impl Actor {
+    /// The actor a token's subject names: the subject as it is when it is a fit user name, else
+    /// with control characters replaced and cut to [`MAX_USER_NAME`] characters (a subject is
+    /// whatever the token's issuer wrote), and `api` when nothing is left.
+    pub fn from_subject(subject: &str, ip: Option<String>) -> Self {
+        let mut username: String = subject
+            .chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .take(MAX_USER_NAME)
+            .collect();
+        if username.trim().is_empty() {
+            username = "api".into();
+        }
+        Self { username, ip }
+    }
+}
+
+/// Checks a user name given in input (`createBuild`'s `initializer`).
+pub fn check_user_name(field: &str, name: &str) -> Result<()> {
+    let length = name.chars().count();
+    if name.trim().is_empty() || length > MAX_USER_NAME || name.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "The {field} must have between 1 and {MAX_USER_NAME} characters, none of them control characters."
+        )));
+    }
+    Ok(())
 }
 
 /// A mutation's audit event, before it is recorded with the mutation's change.
@@ -107,23 +139,31 @@ pub fn redact_input(input: Json) -> Json {
     }
 }
 
+/// A URL as an audit event keeps it: its scheme, host and port. Credentials become `***:***`
+/// and any path or query `/***`, since a Slack incoming webhook's path is its token and many
+/// receivers take a token in the query.
 fn redact_url(value: Json) -> Json {
     let Json::String(text) = value else {
         return Json::from("[redacted]");
     };
     match url::Url::parse(&text) {
-        Ok(mut url) => {
-            if url.password().is_some() {
-                let _ = url.set_password(Some("***"));
+        Ok(url) if url.has_host() => {
+            let mut kept = format!("{}://", url.scheme());
+            if !url.username().is_empty() || url.password().is_some() {
+                kept.push_str("***:***@");
             }
-            if !url.username().is_empty() {
-                let _ = url.set_username("***");
+            kept.push_str(url.host_str().unwrap_or_default());
+            if let Some(port) = url.port() {
+                kept.push_str(&format!(":{port}"));
             }
-            Json::from(url.to_string())
+            if url.path() != "/" || url.query().is_some() {
+                kept.push_str("/***");
+            }
+            Json::from(kept)
         }
-        // Not a URL: the mutation refused it, so no audit event is recorded; should one be,
-        // nothing of it is kept.
-        Err(_) => Json::from("[redacted]"),
+        // Not a URL with a host: the mutation refused it, so no audit event is recorded; should
+        // one be, nothing of it is kept.
+        _ => Json::from("[redacted]"),
     }
 }
 
@@ -184,10 +224,14 @@ pub fn body(
             let data: Json = serde_json::from_str(&event.data).unwrap_or(Json::Null);
             let mutation = data["mutationName"].as_str().unwrap_or("A mutation");
             let place = repository
-                .map(|repo| format!(" on {}/{}", repo.owner, repo.name))
+                .map(|repo| format!(" on {}/{}", escape(&repo.owner), escape(&repo.name)))
                 .unwrap_or_default();
             json!({
-                "text": format!(":memo: {mutation}{place} by {}", event.actor_username),
+                "text": format!(
+                    ":memo: {}{place} by {}",
+                    escape(mutation),
+                    escape(&event.actor_username)
+                ),
             })
         }
     };
@@ -215,13 +259,15 @@ impl Outbox {
     }
 
     /// Records the audit events of `drafts`, whose actors `users` holds, and queues a delivery
-    /// of each to every enabled endpoint of its organization that names `AUDIT_EVENT`. Returns
+    /// of each to every endpoint of its organization among `endpoints` (the enabled endpoints
+    /// of their organizations) that names `AUDIT_EVENT`. Returns
     /// whether it queued any (they are due at once).
     pub async fn record_audits(
         &self,
         conn: &impl ConnectionTrait,
         drafts: Vec<AuditDraft>,
         users: &HashMap<UserKey, i64>,
+        endpoints: &[webhook_endpoint::Model],
     ) -> Result<bool> {
         if drafts.is_empty() {
             return Ok(false);
@@ -243,16 +289,14 @@ impl Outbox {
                 repository_id: draft.repository_id,
             });
         }
-        let mut orgs: Vec<i64> = new.iter().map(|event| event.org_id).collect();
-        orgs.sort_unstable();
-        orgs.dedup();
         let events = store::audit::insert(conn, new).await?;
-        let mut endpoints = Vec::new();
-        for endpoint in store::endpoints::enabled_of(conn, &orgs).await? {
-            if store::endpoints::subscribes_to_audit(&endpoint)? {
-                endpoints.push(endpoint);
+        let mut subscribed = Vec::new();
+        for endpoint in endpoints {
+            if store::endpoints::subscribes_to_audit(endpoint)? {
+                subscribed.push(endpoint);
             }
         }
+        let endpoints = subscribed;
         if endpoints.is_empty() {
             return Ok(false);
         }
@@ -386,20 +430,22 @@ mod tests {
                 "deliveryEndpoints": [{
                     "webhookURL": "https://bot:hunter2@example.com/hook",
                     "secretToken": "s3cret-canary",
-                }, { "webhookURL": "https://example.com/plain", "secretToken": null }],
+                }, { "webhookURL": "https://example.com:8443/services/T0/B0/SLACKTOKEN?key=k", "secretToken": null }],
             }),
         );
         let data: Json = serde_json::from_str(&draft.data).unwrap();
         assert_eq!(data["mutationName"], "SaveWebHookSettings");
         assert_eq!(
             data["deliveryEndpoints"][0],
-            json!({"webhookURL": "https://***:***@example.com/hook", "secretToken": "[redacted]"})
+            json!({"webhookURL": "https://***:***@example.com/***", "secretToken": "[redacted]"})
         );
         assert_eq!(
             data["deliveryEndpoints"][1]["webhookURL"],
-            "https://example.com/plain"
+            "https://example.com:8443/***"
         );
-        assert!(!draft.data.contains("hunter2") && !draft.data.contains("canary"));
+        for secret in ["hunter2", "canary", "SLACKTOKEN", "key=k"] {
+            assert!(!draft.data.contains(secret), "{secret} in {}", draft.data);
+        }
     }
 
     fn event() -> audit_event::Model {
@@ -424,6 +470,19 @@ mod tests {
             body,
             r#"{"id":"0190a4c2-0000-7000-8000-000000000001","type":"graphql.mutation","timestamp":1722518406287,"data":"{\"mutationName\":\"CreateBuild\"}","actor":{"id":7,"username":"ci"},"actorLocationIp":"127.0.0.1","action":"created","repository":{},"build":{},"task":{}}"#
         );
+    }
+
+    #[test]
+    fn slack_audit_messages_escape_what_a_token_named() {
+        let repo = RepositoryInfo {
+            id: 3,
+            owner: "acme".into(),
+            name: "<!channel>".into(),
+            is_private: false,
+        };
+        let body = body(PayloadFormat::Slack, &event(), Some(&repo)).unwrap();
+        assert!(body.contains("&lt;!channel&gt;"), "{body}");
+        assert!(!body.contains("<!channel>"), "{body}");
     }
 
     #[test]

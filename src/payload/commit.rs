@@ -258,17 +258,15 @@ async fn write(
     let tx = Arc::new(store::begin_change(writer).await.map_err(Failed::Before)?);
     let now = crate::now_ms();
     let mut taken = Taken::read(&tx, requests).await.map_err(Failed::Before)?;
-    let users = outbox
-        .users(&*tx, users_of(requests))
-        .await
-        .map_err(Failed::Before)?;
+    // The users the batch's changes and audit events name, as they are learned.
+    let mut users = HashMap::new();
     let mut results = Vec::with_capacity(requests.len());
     let mut changes = Vec::new();
     // The new tasks' places in `results`, filled once they are inserted together after the
     // loop.
     let mut later = Vec::new();
     for (request, _) in requests {
-        match apply(&tx, request, now, &mut taken, &users).await {
+        match apply(&tx, outbox, request, now, &mut taken, &mut users).await {
             Ok(Step::Deferred) => results.push(None),
             Ok(Step::Done(done)) => {
                 let (changed, change) = *done;
@@ -302,7 +300,9 @@ async fn write(
         changes.push(Change::task_created(&task).with_build(build));
         results[index] = Some(Ok(Changed::Task(task)));
     }
-    let audits = requests
+    // The audit events of the changes that succeeded: a failed one records none, and creates
+    // no user.
+    let audits: Vec<AuditDraft> = requests
         .iter()
         .zip(&results)
         .filter_map(|((_, audit), result)| match result {
@@ -313,33 +313,34 @@ async fn write(
             _ => None,
         })
         .collect();
+    let actors = audits
+        .iter()
+        .map(AuditDraft::actor_key)
+        .filter(|key| !users.contains_key(key))
+        .collect();
+    users.extend(outbox.users(&*tx, actors).await.map_err(Failed::Before)?);
+    let mut orgs: Vec<i64> = audits.iter().map(|audit| audit.org_id).collect();
+    orgs.extend(changes.iter().map(|change| change.org_id));
+    orgs.sort_unstable();
+    orgs.dedup();
+    let endpoints = store::endpoints::enabled_of(&*tx, &orgs)
+        .await
+        .map_err(Failed::Before)?;
     let audits_due = outbox
-        .record_audits(&*tx, audits, &users)
+        .record_audits(&*tx, audits, &users, &endpoints)
         .await
         .map_err(Failed::Before)?;
     let events = changes.len() as u64;
-    let due = outbox.record(&tx, changes).await.map_err(Failed::Before)?;
+    let due = outbox
+        .record(&tx, changes, &endpoints)
+        .await
+        .map_err(Failed::Before)?;
     outbox
         .commit(tx, events, due || audits_due)
         .await
         .map_err(|_| Failed::Commit)?;
     outbox.learn_users(users);
     Ok(results)
-}
-
-/// The users a batch acts as: the actors of its audit events and the initializers of its new
-/// builds.
-fn users_of(requests: &[(&ChangeRequest, &AuditDraft)]) -> Vec<UserKey> {
-    let mut keys: Vec<UserKey> = requests
-        .iter()
-        .map(|(_, audit)| audit.actor_key())
-        .collect();
-    for (request, _) in requests {
-        if let ChangeRequest::CreateBuild { org_id, new, .. } = request {
-            keys.push((*org_id, new.initializer.clone()));
-        }
-    }
-    keys
 }
 
 /// The builds and tasks a batch has reached so far.
@@ -444,10 +445,11 @@ fn done(changed: Changed, change: Option<Change>) -> Result<Step> {
 /// ([`is_the_changes_own`]) only before it writes.
 async fn apply(
     tx: &DatabaseTransaction,
+    outbox: &Outbox,
     request: &ChangeRequest,
     now: i64,
     taken: &mut Taken,
-    users: &HashMap<UserKey, i64>,
+    users: &mut HashMap<UserKey, i64>,
 ) -> Result<Step> {
     match request {
         ChangeRequest::CreateBuild {
@@ -456,9 +458,12 @@ async fn apply(
             new,
         } => {
             let repository = store::ci::repository(tx, *org_id, *repository_id).await?;
-            let initializer = users
-                .get(&(*org_id, new.initializer.clone()))
-                .copied()
+            let key = (*org_id, new.initializer.clone());
+            if !users.contains_key(&key) {
+                users.extend(outbox.users(tx, vec![key.clone()]).await?);
+            }
+            let initializer = *users
+                .get(&key)
                 .ok_or_else(|| Error::internal("a build's initializer has no user id"))?;
             let build =
                 store::ci::create_build(tx, &repository, new.clone(), initializer, now).await?;

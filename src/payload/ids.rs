@@ -1,7 +1,7 @@
 //! Cirrus CI sends repository, build, task and user ids as JSON numbers, and its receivers
 //! decode them as 64-bit integers; GraphQL's `ID` serialises as a string. In FLAT bodies every
-//! field of type `ID` whose value is a decimal integer is therefore sent as a number; any other
-//! value (an organization's uid, a UUID) stays a string.
+//! field of type `ID` whose value is a decimal integer is therefore sent as a number (an
+//! organization's uid too); any other value (a delivery's UUID) stays a string.
 //!
 //! Which fields are of type `ID` is read from the schema's own SDL, once, so that a field added
 //! later is covered without a list to keep up to date.

@@ -188,8 +188,9 @@ impl Outbox {
         &self.renderer
     }
 
-    /// Writes the events of `changes`, at most one per build, and one delivery per enabled
-    /// endpoint that subscribes to an event's kind (and, if it filters on status, to the new
+    /// Writes the events of `changes`, at most one per build, and one delivery per endpoint of
+    /// `endpoints` (the enabled endpoints of their organizations) that subscribes to an event's
+    /// kind (and, if it filters on status, to the new
     /// status), each body rendered inside `tx`. Endpoints sharing a selection and format share
     /// one rendering of an event. Every step is one statement for all the changes: the events,
     /// the endpoints, the builds and tasks the payloads read, and the deliveries.
@@ -199,6 +200,7 @@ impl Outbox {
         &self,
         tx: &Arc<DatabaseTransaction>,
         changes: Vec<Change>,
+        endpoints: &[webhook_endpoint::Model],
     ) -> Result<bool> {
         if changes.is_empty() {
             return Ok(false);
@@ -218,10 +220,6 @@ impl Outbox {
             })
             .collect();
         let event_ids = store::deliveries::insert_events(conn, &events).await?;
-        let mut orgs: Vec<i64> = changes.iter().map(|change| change.org_id).collect();
-        orgs.sort_unstable();
-        orgs.dedup();
-        let endpoints = store::endpoints::enabled_of(conn, &orgs).await?;
         let mut addressed = Vec::with_capacity(changes.len());
         for change in changes {
             let mut to = Vec::new();

@@ -25,6 +25,10 @@ pub async fn ensure_users(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
+    // In one order, so that two processes creating the same new users never deadlock.
+    let mut keys = keys.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
     let rows = keys.iter().map(|(org_id, username)| user::ActiveModel {
         org_id: Set(*org_id),
         username: Set(username.clone()),
@@ -41,7 +45,7 @@ pub async fn ensure_users(
         .await?;
     let mut wanted = Condition::any();
     let mut by_org: HashMap<i64, Vec<&str>> = HashMap::new();
-    for (org_id, username) in keys {
+    for (org_id, username) in &keys {
         by_org.entry(*org_id).or_default().push(username);
     }
     for (org_id, names) in by_org {

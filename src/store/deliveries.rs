@@ -798,7 +798,7 @@ pub struct Leased {
     pub uid: String,
     pub endpoint_id: i64,
     pub build_id: Option<i64>,
-    /// `build`, `task` or `ping`.
+    /// `build`, `task`, `audit_event` or `ping`.
     pub event: String,
     pub body: String,
     /// Attempts since the delivery was created or last redelivered; drives the schedule.

@@ -231,7 +231,7 @@ pub mod delivery {
         pub endpoint_id: i64,
         pub event_id: Option<i64>,
         pub build_id: Option<i64>,
-        /// `build`, `task` or `ping`.
+        /// `build`, `task`, `audit_event` or `ping`.
         pub event: String,
         pub action: String,
         /// The exact bytes every attempt sends.

@@ -474,6 +474,16 @@ async fn every_mutation_records_an_audit_event_and_a_failed_one_none(app: TestAp
             "mutation { createBuild(input: {repositoryId: \"1\", branch: \"main\", changeIdInRepo: \"x\"}) { build { id } } }",
             "FORBIDDEN",
         ),
+        (
+            world.write.as_str(),
+            "mutation { createBuild(input: {repositoryId: \"1\", branch: \"main\", changeIdInRepo: \"x\", initializer: \"a\\u0000b\"}) { build { id } } }",
+            "BAD_USER_INPUT",
+        ),
+        (
+            world.write.as_str(),
+            "mutation { createBuild(input: {repositoryId: \"1\", branch: \"main\", changeIdInRepo: \"x\", initializer: \" \"}) { build { id } } }",
+            "BAD_USER_INPUT",
+        ),
     ];
     for (token, query, expected) in failures {
         let response = app.gql(Some(token), query, json!({})).await;
@@ -570,7 +580,8 @@ async fn audit_events_reach_only_the_endpoints_that_ask_and_carry_no_secret(app:
     assert_eq!(data["secretToken"], "[redacted]");
     assert_eq!(
         data["webhookURL"],
-        format!("http://***:***@{}/audit", audits.addr)
+        format!("http://***:***@{}/***", audits.addr),
+        "the credentials and the path, which may hold a token, are not kept"
     );
     for text in audited
         .iter()

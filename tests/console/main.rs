@@ -332,7 +332,9 @@ async fn an_admin_disables_edits_and_deletes_an_endpoint() {
     browser.click("#enabled").await;
     browser.click("#save-endpoint").await;
     browser.wait_for_text(".endpoint .switch", "On").await;
-    browser.wait_for_text(".endpoint", "task, audit event").await;
+    browser
+        .wait_for_text(".endpoint", "task, audit event")
+        .await;
     let saved = endpoint().await;
     assert_eq!(saved["webhookURL"], url.as_str());
     assert_eq!(saved["events"], json!(["TASK", "AUDIT_EVENT"]));
@@ -351,7 +353,10 @@ async fn an_admin_disables_edits_and_deletes_an_endpoint() {
         .map(|r| r.header("x-cirrus-event").unwrap())
         .collect();
     assert_eq!(
-        events.iter().filter(|event| **event == "audit_event").count(),
+        events
+            .iter()
+            .filter(|event| **event == "audit_event")
+            .count(),
         2,
         "{events:?}"
     );
