@@ -596,10 +596,17 @@ pub async fn redeliver(conn: &impl ConnectionTrait, row: &delivery::Model, now: 
             "The delivery has an attempt under way; redeliver it once that attempt ends.".into(),
         ));
     }
+    // A queue row left by a claim whose lease ran out loses that lease and its fencing token:
+    // the expired attempt's outcome, decided on the old schedule, must not land on the
+    // redelivery.
     delivery_queue::Entity::insert(unheld(row, now))
         .on_conflict(
             sea_orm::sea_query::OnConflict::column(delivery_queue::Column::DeliveryId)
-                .update_column(delivery_queue::Column::NextAttemptAt)
+                .update_columns([
+                    delivery_queue::Column::NextAttemptAt,
+                    delivery_queue::Column::LeaseUntil,
+                    delivery_queue::Column::LeaseToken,
+                ])
                 .to_owned(),
         )
         .exec_without_returning(conn)

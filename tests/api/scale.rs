@@ -23,6 +23,7 @@ crate::on_both_backends!(
     a_claim_says_whether_it_may_have_left_due_deliveries,
     an_outcome_says_for_which_endpoints_it_released_held_deliveries,
     a_redelivered_delivery_hands_its_chain_on_in_order,
+    a_redelivery_fences_out_the_claim_whose_lease_ran_out,
     a_tarpit_endpoint_does_not_starve_another_organization,
     an_upgrade_keeps_every_queued_delivery_and_its_order,
     a_worker_removes_deliveries_left_queued_for_a_deleted_endpoint
@@ -744,6 +745,64 @@ async fn without_worker(app: TestApp) -> (TestApp, World) {
         .endpoint(&app, "http://127.0.0.1:9/hook", json!({}))
         .await;
     (app, world)
+}
+
+/// A redelivery made after a claim's lease ran out takes the delivery from that claim: the
+/// expired attempt's outcome (here a last attempt's failure), decided on the old schedule,
+/// cannot land on the redelivery.
+async fn a_redelivery_fences_out_the_claim_whose_lease_ran_out(app: TestApp) {
+    let (app, world) = without_worker(app).await;
+    world.build(&app).await;
+    let db = &app.state.db;
+    let tx = herald::store::begin_write(db).await.unwrap();
+    let request = deliveries::ClaimRequest {
+        now: herald::now_ms(),
+        lease_ms: 1,
+        limit: 10,
+        busy: Vec::new(),
+        room_of: |_| 10,
+        look_past_busy: false,
+    };
+    let deliveries::Leases { token, rows, .. } = deliveries::claim(&tx, request).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let uid = rows[0].uid.clone();
+    app.ok(
+        &world.admin,
+        "mutation($id: ID!) { redeliverWebHook(input: {deliveryId: $id}) { delivery { id } } }",
+        json!({ "id": uid }),
+    )
+    .await;
+
+    let stale = AttemptRecord {
+        delivery_id: rows[0].id,
+        endpoint_id: rows[0].endpoint_id,
+        build_id: rows[0].build_id,
+        token,
+        state: DeliveryState::Failed,
+        next_attempt_at: herald::now_ms(),
+        timestamp: herald::now_ms(),
+        status: Some(500),
+        duration_ms: 5,
+        error: Some("The receiver answered 500.".into()),
+        response_headers: "{}".into(),
+        response_body: String::new(),
+    };
+    let recorded = deliveries::record_attempts(db, &[&stale]).await.unwrap();
+    assert!(recorded.ids.is_empty(), "the stale claim's outcome was written");
+    let delivery = app
+        .ok(
+            &world.admin,
+            "query($id: ID!) { webhookDelivery(id: $id) { state attempts } }",
+            json!({ "id": uid }),
+        )
+        .await;
+    assert_eq!(
+        delivery["webhookDelivery"],
+        json!({"state": "PENDING", "attempts": 0}),
+        "the redelivery waits for its own attempt"
+    );
 }
 
 async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
