@@ -8,6 +8,7 @@ mod audit;
 pub mod auth;
 mod ci;
 mod deliveries;
+mod inputs;
 pub mod rows;
 mod types;
 mod webhook_draft;
@@ -165,9 +166,14 @@ pub async fn execute(
 ) -> async_graphql::Response {
     // Alias and directive counts are checked on the parsed document before anything runs;
     // depth and complexity are checked by the engine, also before any resolver.
+    let nul_variable = inputs::nul_in_variables(&request.variables);
     if let Ok(doc) = request.parsed_query() {
         let (aliases, directives) = count_aliases_and_directives(doc);
-        let refusal = if aliases > MAX_ALIASES {
+        let refusal = if let Some(path) = nul_variable.or_else(|| inputs::nul_in_document(doc)) {
+            Some(format!(
+                "The input {path} holds a NUL character, which Herald cannot store."
+            ))
+        } else if aliases > MAX_ALIASES {
             Some(format!(
                 "The request uses {aliases} aliases; at most {MAX_ALIASES} are allowed."
             ))

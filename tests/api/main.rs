@@ -6,6 +6,7 @@ mod cirrus;
 mod cli;
 mod delivery;
 mod fake_slack;
+mod limits;
 mod receivers;
 mod scale;
 mod security;

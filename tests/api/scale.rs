@@ -790,7 +790,10 @@ async fn a_redelivery_fences_out_the_claim_whose_lease_ran_out(app: TestApp) {
         response_body: String::new(),
     };
     let recorded = deliveries::record_attempts(db, &[&stale]).await.unwrap();
-    assert!(recorded.ids.is_empty(), "the stale claim's outcome was written");
+    assert!(
+        recorded.ids.is_empty(),
+        "the stale claim's outcome was written"
+    );
     let delivery = app
         .ok(
             &world.admin,
