@@ -19,7 +19,7 @@ async fn a_nul_in_any_string_input_is_refused_alone_and_named(app: TestApp) {
     let build_a = a.build(&app).await;
     let build_b = b.build(&app).await;
     let create_task = "mutation($build: ID!, $name: String!) { createTask(input: {buildId: $build, name: $name}) { task { id } } }";
-    let bad = vec![
+    let bad = [
         (
             "mutation($input: CreateBuildInput!) { createBuild(input: $input) { build { id } } }",
             json!({ "input": { "repositoryId": a.repository, "branch": "ma\u{0}in", "changeIdInRepo": "x" } }),
