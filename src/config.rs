@@ -82,6 +82,10 @@ pub struct Config {
     #[arg(long, env = "HERALD_PUBLIC_URL", value_parser = parse_public_url)]
     pub public_url: Option<String>,
 
+    /// The most webhook endpoints one organization may have.
+    #[arg(long, env = "HERALD_MAX_ENDPOINTS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_endpoints: u32,
+
     /// Serve GraphiQL at `GET /graphql` and answer introspection queries.
     #[arg(long, env = "HERALD_GRAPHIQL", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub graphiql: bool,

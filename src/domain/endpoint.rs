@@ -28,6 +28,13 @@ impl EndpointUrl {
         let url = Url::parse(text).map_err(|err| {
             Error::Invalid(format!("The webhook URL could not be parsed: {err}."))
         })?;
+        // What is stored is the parsed form, percent-encoded: three bytes for each byte of a
+        // non-ASCII character. It must fit too, or the stored URL could not be read back.
+        if url.as_str().len() > MAX_URL_LEN {
+            return Err(Error::Invalid(format!(
+                "The webhook URL is longer than {MAX_URL_LEN} characters once percent-encoded."
+            )));
+        }
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Error::Invalid(format!(
                 "The webhook URL must use http or https, not {}.",

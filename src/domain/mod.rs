@@ -1,6 +1,7 @@
 //! Plain types and rules, free of I/O: statuses, permissions, endpoint URLs, retry policy.
 
 pub mod endpoint;
+pub mod limits;
 pub mod retry;
 pub mod status;
 

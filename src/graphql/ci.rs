@@ -5,7 +5,7 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use super::auth::require;
 use super::types::{Build, OwnerInfo, Repository, Task};
 use super::{audit, db, rows, state};
-use crate::domain::{BuildStatus, Notification, NotificationLevel, Permission, TaskStatus};
+use crate::domain::{BuildStatus, Notification, NotificationLevel, Permission, TaskStatus, limits};
 use crate::payload::audit::check_user_name;
 use crate::payload::commit::{ChangeRequest, Changed};
 use crate::store::entities::{build, task};
@@ -175,6 +175,11 @@ impl CiMutation {
         if parse_id("organization", &input.owner_uid)? != viewer.org_id {
             return Err(Error::not_found("organization", input.owner_uid.as_str()));
         }
+        limits::optional_text(
+            "default branch",
+            input.default_branch.as_deref(),
+            limits::MAX_NAME,
+        )?;
         let new = store::ci::NewRepository {
             name: input.name,
             is_private: input.is_private.unwrap_or(false),
@@ -196,6 +201,24 @@ impl CiMutation {
         input: CreateBuildInput,
     ) -> Result<BuildPayload> {
         let viewer = require(ctx, Permission::Write)?;
+        limits::text("branch", &input.branch, true, limits::MAX_NAME)?;
+        limits::text(
+            "change id",
+            &input.change_id_in_repo,
+            true,
+            limits::MAX_NAME,
+        )?;
+        limits::optional_text("tag", input.tag.as_deref(), limits::MAX_NAME)?;
+        limits::optional_text(
+            "change message title",
+            input.change_message_title.as_deref(),
+            limits::MAX_TITLE,
+        )?;
+        limits::optional_text(
+            "change message",
+            input.change_message.as_deref(),
+            limits::MAX_MESSAGE,
+        )?;
         let request = ChangeRequest::CreateBuild {
             org_id: viewer.org_id,
             repository_id: parse_id("repository", &input.repository_id)?,
@@ -244,6 +267,18 @@ impl CiMutation {
     /// Records a task in status CREATED and emits its `created` event (WRITE).
     async fn create_task(&self, ctx: &Context<'_>, input: CreateTaskInput) -> Result<TaskPayload> {
         let viewer = require(ctx, Permission::Write)?;
+        limits::text("task name", &input.name, true, limits::MAX_NAME)?;
+        limits::optional_text("name alias", input.name_alias.as_deref(), limits::MAX_NAME)?;
+        limits::optional_text(
+            "instance type",
+            input.instance_type.as_deref(),
+            limits::MAX_NAME,
+        )?;
+        let labels = input.labels.as_deref().unwrap_or_default();
+        limits::count("labels", labels.len(), limits::MAX_LABELS)?;
+        for label in labels {
+            limits::text("label", label, false, limits::MAX_NAME)?;
+        }
         let request = ChangeRequest::CreateTask {
             org_id: viewer.org_id,
             build_id: parse_id("build", &input.build_id)?,
@@ -268,6 +303,21 @@ impl CiMutation {
         input: UpdateTaskStatusInput,
     ) -> Result<TaskPayload> {
         let viewer = require(ctx, Permission::Write)?;
+        let notes = input.notifications.as_deref().unwrap_or_default();
+        limits::count(
+            "notifications in one change",
+            notes.len(),
+            limits::MAX_NOTIFICATIONS_PER_CHANGE,
+        )?;
+        for note in notes {
+            limits::text(
+                "notification message",
+                &note.message,
+                false,
+                limits::MAX_NOTIFICATION_MESSAGE,
+            )?;
+            limits::optional_text("notification link", note.link.as_deref(), limits::MAX_LINK)?;
+        }
         let notifications = input
             .notifications
             .unwrap_or_default()

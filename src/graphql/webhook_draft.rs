@@ -4,7 +4,7 @@
 
 use crate::app::AppState;
 use crate::domain::status::is_status_name;
-use crate::domain::{EndpointUrl, EventKind, PayloadFormat, mask_secret};
+use crate::domain::{EndpointUrl, EventKind, PayloadFormat, limits, mask_secret};
 use crate::store::endpoints::{EndpointFields, fields_of};
 use crate::store::entities::webhook_endpoint;
 use crate::{Error, Result};
@@ -57,6 +57,7 @@ pub(super) async fn check(
         }
         (Some(secret), _) if secret.is_empty() => None,
         (Some(secret), _) => {
+            limits::text("secret token", &secret, false, limits::MAX_SECRET)?;
             crate::signing::check_secret(&secret)?;
             Some(secret)
         }
@@ -72,6 +73,11 @@ pub(super) async fn check(
             unique.push(kind);
         }
     }
+    limits::count(
+        "statuses in the status filter",
+        status_filter.len(),
+        limits::MAX_STATUS_FILTER,
+    )?;
     let mut statuses: Vec<String> = Vec::new();
     for name in status_filter {
         let name = name.trim().to_ascii_uppercase();
@@ -94,4 +100,15 @@ pub(super) async fn check(
         insecure_ssl,
         status_filter: statuses,
     })
+}
+
+/// Checks that an organization may have `endpoints` endpoints (`HERALD_MAX_ENDPOINTS`).
+pub(super) fn check_endpoint_count(state: &AppState, endpoints: usize) -> Result<()> {
+    let max = state.config.max_endpoints as usize;
+    if endpoints > max {
+        return Err(Error::Invalid(format!(
+            "An organization may have at most {max} webhook endpoints."
+        )));
+    }
+    Ok(())
 }

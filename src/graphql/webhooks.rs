@@ -6,7 +6,7 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::auth::require;
 use super::deliveries::WebHookDelivery;
-use super::webhook_draft::{Draft, check};
+use super::webhook_draft::{Draft, check, check_endpoint_count};
 use super::{audit, db, state};
 use crate::domain::{EventKind, PayloadFormat, Permission, mask_secret};
 use crate::store::endpoints::fields_of;
@@ -267,6 +267,11 @@ impl WebhookMutation {
         };
         let fields = check(state, draft, None).await?;
         let (_turn, tx) = state.begin_api_write().await?;
+        // Counted in the write's turn (and, on PostgreSQL, under the organization's lock), so
+        // that endpoints created at once cannot pass the bound together.
+        store::endpoints::lock_organization(&tx, org_id).await?;
+        let existing = store::endpoints::list(&tx, org_id).await?.len();
+        check_endpoint_count(state, existing + 1)?;
         let endpoint = store::endpoints::create(&tx, org_id, fields, &state.vault).await?;
         audit::commit(ctx, tx, org_id, None, false).await?;
         Ok(EndpointPayload {
@@ -371,6 +376,7 @@ impl WebhookMutation {
             }
             checked.push((current.cloned(), fields));
         }
+        check_endpoint_count(state, checked.len())?;
         let (_turn, tx) = state.begin_api_write().await?;
         for row in &existing {
             if !checked

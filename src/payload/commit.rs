@@ -355,6 +355,9 @@ struct Taken {
     known_builds: HashMap<i64, build::Model>,
     /// The builds whose status the batch changes, as read and locked at its start.
     changed_builds: HashMap<i64, build::Model>,
+    /// How many tasks the builds the batch adds tasks to have, as read at its start (one new
+    /// task per build and batch at most).
+    task_counts: HashMap<i64, usize>,
     /// The tasks' new statuses, written after the batch's other changes.
     task_statuses: Vec<task::Model>,
     /// The new tasks, each with its build, inserted after the batch's other changes.
@@ -374,6 +377,7 @@ impl Taken {
     ) -> Result<Self> {
         let (mut task_keys, mut build_changes, mut build_keys) =
             (Vec::new(), Vec::new(), Vec::new());
+        let mut new_task_builds = Vec::new();
         for (request, _) in requests {
             match request {
                 ChangeRequest::UpdateTaskStatus {
@@ -384,10 +388,14 @@ impl Taken {
                 } => build_changes.push((*org_id, *build_id)),
                 ChangeRequest::CreateTask {
                     org_id, build_id, ..
-                } => build_keys.push((*org_id, *build_id)),
+                } => {
+                    build_keys.push((*org_id, *build_id));
+                    new_task_builds.push(*build_id);
+                }
                 ChangeRequest::CreateBuild { .. } => {}
             }
         }
+        let task_counts = store::ci::task_counts(tx, &new_task_builds).await?;
         let known_tasks = store::ci::tasks_of(tx, &task_keys).await?;
         let changed_builds = store::ci::builds_to_change(tx, &build_changes).await?;
         build_keys.extend(
@@ -408,6 +416,7 @@ impl Taken {
             known_tasks,
             known_builds,
             changed_builds,
+            task_counts,
             ..Self::default()
         })
     }
@@ -497,7 +506,8 @@ async fn apply(
                 return Ok(Step::Deferred);
             }
             let build = build_of(&taken.known_builds, *org_id, *build_id)?;
-            let row = store::ci::new_task_row(&build, new.clone(), now)?;
+            let tasks = taken.task_counts.get(build_id).copied().unwrap_or(0);
+            let row = store::ci::new_task_row(&build, tasks, new.clone(), now)?;
             taken.new_tasks.push((build, row));
             Ok(Step::Later)
         }

@@ -4,12 +4,12 @@ use std::collections::HashMap;
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
+    EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
 };
 
 use super::entities::{build, repository, task};
 use super::{Page, sql};
-use crate::domain::{BuildStatus, Notification, TaskStatus};
+use crate::domain::{BuildStatus, Notification, TaskStatus, limits};
 use crate::{Error, Result};
 
 /// A repository as the CI engine announces it.
@@ -229,6 +229,33 @@ pub async fn set_build_status(
     Ok(Some(row.update(conn).await?))
 }
 
+/// How many tasks each of these builds has (builds with none are left out).
+pub async fn task_counts(
+    conn: &impl ConnectionTrait,
+    builds: &[i64],
+) -> Result<HashMap<i64, usize>> {
+    if builds.is_empty() {
+        return Ok(HashMap::new());
+    }
+    #[derive(FromQueryResult)]
+    struct Count {
+        build_id: i64,
+        tasks: i64,
+    }
+    Ok(task::Entity::find()
+        .select_only()
+        .column(task::Column::BuildId)
+        .column_as(task::Column::Id.count(), "tasks")
+        .filter(task::Column::BuildId.is_in(builds.iter().copied()))
+        .group_by(task::Column::BuildId)
+        .into_model::<Count>()
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|count| (count.build_id, count.tasks.max(0) as usize))
+        .collect())
+}
+
 /// A task as the CI engine announces it.
 #[derive(Clone, Debug)]
 pub struct NewTask {
@@ -239,8 +266,14 @@ pub struct NewTask {
     pub local_group_id: Option<i64>,
 }
 
-/// A new task of a build, in status `CREATED`, checked and ready for [`insert_tasks`].
-pub fn new_task_row(build: &build::Model, new: NewTask, now: i64) -> Result<task::ActiveModel> {
+/// A new task of a build that has `build_tasks` tasks, in status `CREATED`, checked and ready
+/// for [`insert_tasks`].
+pub fn new_task_row(
+    build: &build::Model,
+    build_tasks: usize,
+    new: NewTask,
+    now: i64,
+) -> Result<task::ActiveModel> {
     let NewTask {
         name,
         name_alias,
@@ -250,6 +283,13 @@ pub fn new_task_row(build: &build::Model, new: NewTask, now: i64) -> Result<task
     } = new;
     if name.trim().is_empty() {
         return Err(Error::Invalid("A task needs a name.".into()));
+    }
+    if build_tasks >= limits::MAX_TASKS_PER_BUILD {
+        return Err(Error::Invalid(format!(
+            "Build {} has {build_tasks} tasks already; a build has at most {}.",
+            build.id,
+            limits::MAX_TASKS_PER_BUILD
+        )));
     }
     let row = task::ActiveModel {
         org_id: Set(build.org_id),
@@ -376,6 +416,15 @@ pub fn next_task_status(
     }
     let mut all = labels_or_notes::<Notification>(&current.notifications)?;
     all.extend(notifications);
+    // Every payload of the task carries all of them: a task may not grow them without end.
+    if all.len() > limits::MAX_NOTIFICATIONS_PER_TASK {
+        return Err(Error::Invalid(format!(
+            "Task {} would have {} notifications; a task keeps at most {}.",
+            current.id,
+            all.len(),
+            limits::MAX_NOTIFICATIONS_PER_TASK
+        )));
+    }
     let mut next = current.clone();
     next.status = status.as_str().into();
     next.status_timestamp = now;

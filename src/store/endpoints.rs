@@ -5,7 +5,7 @@ use sea_orm::{
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
 };
 
-use super::entities::{delivery, delivery_queue, webhook_endpoint};
+use super::entities::{delivery, delivery_queue, organization, webhook_endpoint};
 use crate::domain::{EndpointUrl, EventKind, PayloadFormat};
 use crate::secrets::Vault;
 use crate::{Error, Result};
@@ -103,6 +103,19 @@ fn conflict(url: &EndpointUrl) -> impl FnOnce(sea_orm::DbErr) -> Error + '_ {
         )),
         _ => err.into(),
     }
+}
+
+/// On PostgreSQL, locks the organization's row until the transaction ends, so that two
+/// transactions counting its endpoints before adding one take turns. SQLite writes one
+/// transaction at a time.
+pub async fn lock_organization(conn: &impl ConnectionTrait, org_id: i64) -> Result<()> {
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        organization::Entity::find_by_id(org_id)
+            .lock_exclusive()
+            .one(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Adds an endpoint; its URL must be new to the organization.

@@ -5,7 +5,19 @@ use serde_json::{Value, json};
 
 use crate::support::{TestApp, World, code};
 
-crate::on_both_backends!(a_nul_in_any_string_input_is_refused_alone_and_named);
+crate::on_both_backends!(
+    a_nul_in_any_string_input_is_refused_alone_and_named,
+    inputs_past_their_bounds_are_refused_and_change_nothing,
+    accumulating_inputs_stop_at_their_bounds,
+    a_url_too_long_once_encoded_is_refused_and_nothing_is_stored,
+);
+
+/// Runs a request that must be refused with BAD_USER_INPUT and `expected` as its message.
+async fn refused(app: &TestApp, token: &str, query: &str, variables: Value, expected: &str) {
+    let response = app.gql(Some(token), query, variables).await;
+    assert_eq!(code(&response), "BAD_USER_INPUT", "{response}");
+    assert_eq!(message(&response), expected, "{response}");
+}
 
 fn message(response: &Value) -> &str {
     response["errors"][0]["message"]
@@ -86,4 +98,246 @@ async fn a_nul_in_any_string_input_is_refused_alone_and_named(app: TestApp) {
         )
         .await;
     assert_eq!(tasks["build"]["tasks"], json!([]), "nothing was written");
+}
+
+const CREATE_BUILD: &str =
+    "mutation($input: CreateBuildInput!) { createBuild(input: $input) { build { id } } }";
+const CREATE_TASK: &str =
+    "mutation($input: CreateTaskInput!) { createTask(input: $input) { task { id } } }";
+const UPDATE_TASK: &str =
+    "mutation($input: UpdateTaskStatusInput!) { updateTaskStatus(input: $input) { task { id } } }";
+
+async fn inputs_past_their_bounds_are_refused_and_change_nothing(app: TestApp) {
+    let world = World::new(&app, "acme").await;
+    let build = world.build(&app).await;
+    let task = world.task(&app, &build, "test").await;
+    let long = |n: usize| "é".repeat(n);
+    let build_input = |field: &str, value: Value| {
+        let mut input =
+            json!({ "repositoryId": world.repository, "branch": "main", "changeIdInRepo": "abc" });
+        input[field] = value;
+        json!({ "input": input })
+    };
+    for (field, value, expected) in [
+        (
+            "branch",
+            json!(long(256)),
+            "The branch is longer than 255 characters.",
+        ),
+        ("branch", json!(" "), "The branch must not be empty."),
+        (
+            "changeIdInRepo",
+            json!(long(256)),
+            "The change id is longer than 255 characters.",
+        ),
+        (
+            "tag",
+            json!(long(256)),
+            "The tag is longer than 255 characters.",
+        ),
+        (
+            "changeMessageTitle",
+            json!(long(1025)),
+            "The change message title is longer than 1024 characters.",
+        ),
+        (
+            "changeMessage",
+            json!(long(64 * 1024 + 1)),
+            "The change message is longer than 65536 characters.",
+        ),
+    ] {
+        refused(
+            &app,
+            &world.write,
+            CREATE_BUILD,
+            build_input(field, value),
+            expected,
+        )
+        .await;
+    }
+    let task_input = |field: &str, value: Value| {
+        let mut input = json!({ "buildId": build, "name": "lint" });
+        input[field] = value;
+        json!({ "input": input })
+    };
+    let many_labels: Vec<String> = (0..101).map(|n| format!("l{n}")).collect();
+    for (field, value, expected) in [
+        (
+            "name",
+            json!(long(256)),
+            "The task name is longer than 255 characters.",
+        ),
+        (
+            "nameAlias",
+            json!(long(256)),
+            "The name alias is longer than 255 characters.",
+        ),
+        (
+            "instanceType",
+            json!(long(256)),
+            "The instance type is longer than 255 characters.",
+        ),
+        (
+            "labels",
+            json!(many_labels),
+            "There are 101 labels; at most 100 are allowed.",
+        ),
+        (
+            "labels",
+            json!([long(256)]),
+            "The label is longer than 255 characters.",
+        ),
+    ] {
+        refused(
+            &app,
+            &world.write,
+            CREATE_TASK,
+            task_input(field, value),
+            expected,
+        )
+        .await;
+    }
+    let note = |message: String| json!({ "level": "INFO", "message": message });
+    for (notes, expected) in [
+        (
+            (0..21).map(|n| note(format!("n{n}"))).collect::<Vec<_>>(),
+            "There are 21 notifications in one change; at most 20 are allowed.",
+        ),
+        (
+            vec![note(long(4097))],
+            "The notification message is longer than 4096 characters.",
+        ),
+    ] {
+        refused(
+            &app,
+            &world.write,
+            UPDATE_TASK,
+            json!({ "input": { "taskId": task, "status": "EXECUTING", "notifications": notes } }),
+            expected,
+        )
+        .await;
+    }
+    let secret = json!({ "input": { "ownerUid": world.org, "webhookURL": "https://example.com/hook", "secretToken": long(1025) } });
+    refused(
+        &app,
+        &world.admin,
+        "mutation($input: CreateWebHookEndpointInput!) { createWebHookEndpoint(input: $input) { endpoint { id } } }",
+        secret,
+        "The secret token is longer than 1024 characters.",
+    )
+    .await;
+
+    let data = app
+        .ok(
+            &world.read,
+            "query($build: ID!) { build(id: $build) { tasks { id status notifications { message } } } viewer { repositories { edges { node { builds { edges { node { id } } } } } } } }",
+            json!({ "build": build }),
+        )
+        .await;
+    assert_eq!(
+        data["build"]["tasks"],
+        json!([{ "id": task, "status": "CREATED", "notifications": [] }]),
+        "nothing was written"
+    );
+    let builds = &data["viewer"]["repositories"]["edges"][0]["node"]["builds"]["edges"];
+    assert_eq!(
+        builds.as_array().unwrap().len(),
+        1,
+        "no other build: {builds}"
+    );
+}
+
+async fn accumulating_inputs_stop_at_their_bounds(app: TestApp) {
+    let world = World::new(&app, "acme").await;
+    let build = world.build(&app).await;
+
+    // A task keeps at most 100 notifications, whatever the number of changes that bring them.
+    let task = world.task(&app, &build, "test").await;
+    let notes: Vec<Value> = (0..20)
+        .map(|n| json!({ "level": "INFO", "message": format!("n{n}") }))
+        .collect();
+    for status in ["EXECUTING", "PAUSED", "EXECUTING", "PAUSED", "EXECUTING"] {
+        app.ok(
+            &world.write,
+            UPDATE_TASK,
+            json!({ "input": { "taskId": task, "status": status, "notifications": notes } }),
+        )
+        .await;
+    }
+    refused(
+        &app,
+        &world.write,
+        UPDATE_TASK,
+        json!({ "input": { "taskId": task, "status": "COMPLETED", "notifications": [notes[0]] } }),
+        &format!("Task {task} would have 101 notifications; a task keeps at most 100."),
+    )
+    .await;
+
+    // A build has at most 200 tasks.
+    let more: Vec<(&str, Value)> = (1..200)
+        .map(|n| {
+            (
+                CREATE_TASK,
+                json!({ "input": { "buildId": build, "name": format!("t{n}") } }),
+            )
+        })
+        .collect();
+    for response in app.gql_at_once(&world.write, more).await {
+        assert!(response.get("errors").is_none(), "{response}");
+    }
+    refused(
+        &app,
+        &world.write,
+        CREATE_TASK,
+        json!({ "input": { "buildId": build, "name": "one too many" } }),
+        &format!("Build {build} has 200 tasks already; a build has at most 200."),
+    )
+    .await;
+
+    // An organization has at most 100 endpoints (HERALD_MAX_ENDPOINTS).
+    for n in 0..100 {
+        world
+            .endpoint(&app, &format!("https://example.com/hook/{n}"), json!({}))
+            .await;
+    }
+    refused(
+        &app,
+        &world.admin,
+        "mutation($org: ID!) { createWebHookEndpoint(input: {ownerUid: $org, webhookURL: \"https://example.com/more\"}) { endpoint { id } } }",
+        json!({ "org": world.org }),
+        "An organization may have at most 100 webhook endpoints.",
+    )
+    .await;
+    let endpoints: Vec<Value> = (0..101)
+        .map(|n| json!({ "webhookURL": format!("https://example.com/hook/{n}") }))
+        .collect();
+    refused(
+        &app,
+        &world.admin,
+        "mutation($org: ID!, $list: [WebHookDeliveryEndpointInput!]!) { saveWebHookSettings(input: {ownerUid: $org, deliveryEndpoints: $list}) { settings { endpoints { id } } } }",
+        json!({ "org": world.org, "list": endpoints }),
+        "An organization may have at most 100 webhook endpoints.",
+    )
+    .await;
+}
+
+async fn a_url_too_long_once_encoded_is_refused_and_nothing_is_stored(app: TestApp) {
+    let world = World::new(&app, "acme").await;
+    let url = format!("https://example.com/{}", "é".repeat(1000));
+    refused(
+        &app,
+        &world.admin,
+        "mutation($org: ID!, $url: String!) { createWebHookEndpoint(input: {ownerUid: $org, webhookURL: $url}) { endpoint { id } } }",
+        json!({ "org": world.org, "url": url }),
+        "The webhook URL is longer than 2048 characters once percent-encoded.",
+    )
+    .await;
+    let data = app
+        .ok(
+            &world.admin,
+            "{ viewer { webhookSettings { endpoints { id } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["viewer"]["webhookSettings"]["endpoints"], json!([]));
 }
