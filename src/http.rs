@@ -6,6 +6,7 @@ use async_graphql_axum::GraphQLResponse;
 use axum::Router;
 use axum::body::Bytes;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{Extensions, HeaderMap, StatusCode, header};
@@ -14,7 +15,8 @@ use axum::routing::get;
 use sea_orm::ConnectionTrait;
 
 use crate::app::AppState;
-use crate::graphql::{self, Viewer};
+use crate::graphql::rows::Budget;
+use crate::graphql::{self, Limits, Viewer};
 use crate::payload::audit::Actor;
 use crate::store::Db;
 
@@ -63,7 +65,10 @@ async fn graphql_handler(
             return refusal(StatusCode::BAD_REQUEST, "BAD_USER_INPUT", &message);
         }
     };
-    let mut request = request.data(Db::Pool(state.db.clone())).data(state.clone());
+    let mut request = request
+        .data(Db::Pool(state.db.clone()))
+        .data(state.clone())
+        .data(Arc::new(Budget::new(Limits::API.rows)));
     match bearer(&headers).map(|token| state.keys.verify(token)) {
         None => {}
         Some(Ok((viewer, subject))) => {

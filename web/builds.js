@@ -4,8 +4,8 @@ import { gql } from "./api.js";
 import { h, when, stateBadge } from "./ui.js";
 
 export async function buildsView({ isAdmin, viewer, main }) {
-  const data = await gql(`{ viewer { repositories(first: 50) { edges { node { id name defaultBranch
-    builds(first: 10) { edges { node { id branch changeIdInRepo changeMessageTitle status buildCreatedTimestamp
+  const data = await gql(`{ viewer { repositories(first: 20) { edges { node { id name defaultBranch
+    builds(first: 5) { edges { node { id branch changeIdInRepo changeMessageTitle status buildCreatedTimestamp
       tasks { id name status } } } } } } } } }`);
   const repositories = data.viewer.repositories.edges.map((edge) => edge.node);
   main.replaceChildren(h("section", {},

@@ -11,7 +11,7 @@ const CHECK_DELAY_MS = 350;
 /** Recent builds and their tasks, per repository, to preview against. */
 async function loadBuilds() {
   const data = await gql(`{ viewer { repositories(first: 20) { edges { node { name
-    builds(first: 10) { edges { node { id branch status tasks { id name status } } } } } } } } }`);
+    builds(first: 5) { edges { node { id branch status tasks { id name status } } } } } } } } }`);
   return data.viewer.repositories.edges.map(({ node }) => ({
     name: node.name,
     builds: node.builds.edges.map((edge) => edge.node),

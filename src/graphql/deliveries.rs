@@ -6,6 +6,7 @@ use super::auth::require;
 use super::{audit, db, state};
 use crate::domain::status::parse_stored;
 use crate::domain::{DeliveryState, PayloadFormat, Permission};
+use crate::payload::Rendered;
 use crate::payload::outbox::Change;
 use crate::store::entities::{delivery, delivery_attempt};
 use crate::store::{self, parse_id};
@@ -94,6 +95,7 @@ impl WebHookDelivery {
     /// Every attempt, first to last.
     async fn attempt_log(&self, ctx: &Context<'_>) -> Result<Vec<WebHookDeliveryAttempt>> {
         let rows = store::deliveries::attempts(&db(ctx)?.conn(), self.0.id).await?;
+        super::rows::charge(ctx, rows.len())?;
         Ok(rows.into_iter().map(WebHookDeliveryAttempt).collect())
     }
 }
@@ -206,6 +208,11 @@ impl DeliveryMutation {
         let state = state(ctx)?;
         let (_turn, tx) = state.begin_api_write().await?;
         let row = store::deliveries::find(&tx, viewer.org_id, &input.delivery_id).await?;
+        if row.body.is_empty() {
+            return Err(Error::Invalid(
+                "The delivery was never sent: its payload was refused when its event was recorded (its attempt log says why), so there is nothing to send again.".into(),
+            ));
+        }
         let endpoint = store::endpoints::find(&tx, viewer.org_id, row.endpoint_id).await?;
         if !endpoint.enabled {
             return Err(Error::Invalid(
@@ -282,9 +289,13 @@ impl DeliveryMutation {
         }
         let format = input.payload_format.unwrap_or(PayloadFormat::Data);
         let db = store::Db::Pool(state.db.clone());
-        let body = renderer
+        let body = match renderer
             .render(db, &change, query.as_deref(), format)
-            .await?;
+            .await?
+        {
+            Rendered::Body(body) => body,
+            Rendered::Refused(reason) => return Err(Error::Invalid(reason)),
+        };
         Ok(PreviewWebHookPayloadPayload {
             event: change.kind.header_value().into(),
             body,

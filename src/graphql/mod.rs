@@ -53,21 +53,27 @@ pub struct Limits {
     pub depth: usize,
     pub complexity: usize,
     pub introspection: bool,
+    /// The most rows one request may read (see [`rows::Budget`]).
+    pub rows: usize,
 }
 
 impl Limits {
     /// For requests from clients (GraphiQL's own introspection query fits, and so do the
-    /// console's: 50 repositories with their last 10 builds and those builds' tasks).
+    /// console's: 20 repositories with their last 5 builds and those builds' tasks).
     pub const API: Limits = Limits {
         depth: 20,
-        complexity: 50_000,
+        complexity: 100_000,
         introspection: true,
+        rows: 50_000,
     };
-    /// For stored payload selections (CONTRACT §5: at most 15 levels).
+    /// For stored payload selections, at most 15 levels deep, which run inside the writer that
+    /// records every organization's changes: a build's whole task list with a few fields each
+    /// fits, a list of lists does not.
     pub const PAYLOAD: Limits = Limits {
         depth: 15,
-        complexity: 500,
+        complexity: 2_000,
         introspection: false,
+        rows: 2_000,
     };
 }
 
@@ -85,8 +91,8 @@ pub(crate) fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
 }
 
 /// How many tasks a query's complexity counts on for a build's task list, which has no pages:
-/// a selection that nests `tasks { build { tasks … } } }` multiplies by it at each level.
-pub(crate) const TASKS_PER_BUILD: usize = 20;
+/// the most a build may have, so that the cost is true for every build a token can record.
+pub(crate) const TASKS_PER_BUILD: usize = crate::domain::limits::MAX_TASKS_PER_BUILD;
 
 /// Builds the schema with the given limits.
 pub fn build_schema(limits: Limits) -> HeraldSchema {

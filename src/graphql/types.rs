@@ -72,6 +72,7 @@ impl OwnerInfo {
             .transpose()?;
         let rows =
             store::deliveries::list(&db(ctx)?.conn(), self.0.id, endpoint_id, state, page).await?;
+        rows::charge(ctx, rows.len())?;
         Ok(connection(rows, page, |row| row.id, WebHookDelivery))
     }
 
@@ -86,6 +87,7 @@ impl OwnerInfo {
         require(ctx, Permission::Admin)?;
         let page = Page::new(first, after)?;
         let rows = store::audit::list(&db(ctx)?.conn(), self.0.id, page).await?;
+        rows::charge(ctx, rows.len())?;
         Ok(connection(rows, page, |row| row.id, AuditEventType))
     }
 
@@ -100,6 +102,7 @@ impl OwnerInfo {
         require(ctx, Permission::Read)?;
         let page = Page::new(first, after)?;
         let rows = store::ci::repositories(&db(ctx)?.conn(), self.0.id, page).await?;
+        rows::charge(ctx, rows.len())?;
         Ok(connection(rows, page, |row| row.id, Repository))
     }
 }
@@ -143,6 +146,7 @@ impl Repository {
         let page = Page::new(first, after)?;
         let rows =
             store::ci::builds(&db(ctx)?.conn(), self.0.org_id, self.0.id, status, page).await?;
+        rows::charge(ctx, rows.len())?;
         Ok(connection(rows, page, |row| row.id, Build))
     }
 }

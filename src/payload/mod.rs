@@ -11,5 +11,5 @@ pub mod outbox;
 pub mod render;
 pub mod selection;
 
-pub use render::{Renderer, envelope};
+pub use render::{Rendered, Renderer, envelope};
 pub use selection::{CIRRUS_DOCUMENTED_SELECTION, DEFAULT_SELECTION};

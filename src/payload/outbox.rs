@@ -8,11 +8,11 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction};
 use serde_json::json;
 use tokio::sync::{Notify, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
-use super::Renderer;
+use super::{Rendered, Renderer};
 use crate::domain::status::parse_stored;
 use crate::domain::{BuildStatus, EventKind, PayloadFormat, TaskStatus};
 use crate::metrics::Metrics;
-use crate::store::deliveries::{EventDeliveries, NewDelivery, NewEvent};
+use crate::store::deliveries::{EventDeliveries, FailedDelivery, NewDelivery, NewEvent};
 use crate::store::entities::{build, delivery, task, webhook_endpoint};
 use crate::store::{self, Db};
 use crate::{Error, Result};
@@ -237,9 +237,13 @@ impl Outbox {
         }
         self.read_for_payloads(conn, &mut addressed).await?;
         let mut queued = Vec::with_capacity(addressed.len());
+        let mut refused = Vec::new();
         for (change, to) in &addressed {
-            let mut bodies: HashMap<(Option<&str>, PayloadFormat), String> = HashMap::new();
+            let mut bodies: HashMap<(Option<&str>, PayloadFormat), Rendered> = HashMap::new();
             let mut rendered = Vec::with_capacity(to.len());
+            let event_id = *event_ids.get(&change.build_id).ok_or_else(|| {
+                Error::internal("an event's id did not come back from its insert")
+            })?;
             for endpoint in to {
                 let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
                 // A Slack message ignores the stored selection, so all Slack endpoints share one.
@@ -258,11 +262,31 @@ impl Outbox {
                         body
                     }
                 };
-                rendered.push((endpoint.id, body));
+                match body {
+                    Rendered::Body(body) => rendered.push((endpoint.id, body)),
+                    Rendered::Refused(reason) => {
+                        tracing::warn!(
+                            org = change.org_id,
+                            endpoint = endpoint.id,
+                            reason = %reason,
+                            "a payload was refused; its delivery is recorded as failed"
+                        );
+                        refused.push(FailedDelivery {
+                            delivery: NewDelivery {
+                                org_id: change.org_id,
+                                endpoint_id: endpoint.id,
+                                event: change.kind.header_value().into(),
+                                action: change.action.into(),
+                                body: String::new(),
+                                timestamp: change.timestamp,
+                            },
+                            event_id,
+                            build_id: change.build_id,
+                            reason,
+                        });
+                    }
+                }
             }
-            let event_id = *event_ids.get(&change.build_id).ok_or_else(|| {
-                Error::internal("an event's id did not come back from its insert")
-            })?;
             queued.push(EventDeliveries {
                 org_id: change.org_id,
                 event_id,
@@ -278,6 +302,7 @@ impl Outbox {
         // rendered: the worker's outcome writes that finish a delivery of these builds wait for
         // this commit.
         let builds: Vec<i64> = queued.iter().map(|event| event.build_id).collect();
+        store::deliveries::insert_failed(conn, refused).await?;
         store::deliveries::lock_chains(conn, &builds).await?;
         store::deliveries::queue_events(conn, &queued, &self.announcer).await
     }

@@ -10,8 +10,9 @@ use serde_json::{Map, Value as Json, json};
 use super::ids::IdFields;
 use super::outbox::Change;
 use super::selection::{self, DEFAULT_SELECTION, Prepared};
+use crate::domain::limits::MAX_BODY;
 use crate::domain::{PayloadFormat, Permission};
-use crate::graphql::rows::{Known, Settled};
+use crate::graphql::rows::{Budget, Known, Settled};
 use crate::graphql::{self, HeraldSchema, Limits, Viewer};
 use crate::slack::SLACK_SELECTION;
 use crate::store::Db;
@@ -34,6 +35,14 @@ fn rendered_selection(source: Option<&str>, format: PayloadFormat) -> &str {
         PayloadFormat::Slack => SLACK_SELECTION,
         PayloadFormat::Data | PayloadFormat::Flat => source.unwrap_or(DEFAULT_SELECTION),
     }
+}
+
+/// A payload rendered for an event, or why it cannot be sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rendered {
+    Body(String),
+    /// The reason, in one sentence.
+    Refused(String),
 }
 
 /// How many distinct selections the cache keeps before it starts over.
@@ -92,8 +101,16 @@ impl Renderer {
             permission: Permission::Read,
         };
         let variables = json!({ "repositoryId": "0", "buildId": "0", "taskId": null });
+        let budget = Arc::new(Budget::new(Limits::PAYLOAD.rows));
         let response = self
-            .run(&prepared, Db::Pool(db.clone()), viewer, variables, None)
+            .run(
+                &prepared,
+                Db::Pool(db.clone()),
+                viewer,
+                variables,
+                None,
+                budget,
+            )
             .await;
         match response.errors.iter().find(|error| error.path.is_empty()) {
             None => Ok(()),
@@ -113,14 +130,16 @@ impl Renderer {
 
     /// Renders the body of `change` for an endpoint's selection (the default when `None`),
     /// reading through `db`: the change's own transaction when the event is recorded. The
-    /// `SLACK` format always runs its own fixed selection.
+    /// `SLACK` format always runs its own fixed selection. A selection that reads more rows
+    /// than a payload may, or a body larger than a delivery may carry, is refused with the
+    /// reason: its delivery is recorded as failed, never sent.
     pub async fn render(
         &self,
         db: Db,
         change: &Change,
         source: Option<&str>,
         format: PayloadFormat,
-    ) -> Result<String> {
+    ) -> Result<Rendered> {
         let prepared = self.prepared(rendered_selection(source, format))?;
         let viewer = Viewer {
             org_id: change.org_id,
@@ -137,9 +156,23 @@ impl Renderer {
             build_tasks: change.build_tasks.clone(),
             settled: self.settled.clone(),
         };
+        let budget = Arc::new(Budget::new(Limits::PAYLOAD.rows));
         let response = self
-            .run(&prepared, db, viewer, variables, Some(known))
+            .run(
+                &prepared,
+                db,
+                viewer,
+                variables,
+                Some(known),
+                budget.clone(),
+            )
             .await;
+        if budget.exceeded() {
+            return Ok(Rendered::Refused(format!(
+                "The payload selection reads more than {} rows; it was not sent.",
+                Limits::PAYLOAD.rows
+            )));
+        }
         for error in &response.errors {
             tracing::warn!(org = change.org_id, error = %error.message, "payload selection reported an error");
         }
@@ -148,7 +181,7 @@ impl Renderer {
         if format == PayloadFormat::Flat {
             data = self.ids.numbers(data, &prepared.doc);
         }
-        if format == PayloadFormat::Slack {
+        let body = if format == PayloadFormat::Slack {
             let message = crate::slack::from_data(
                 change.kind.header_value(),
                 change.action,
@@ -156,9 +189,18 @@ impl Renderer {
                 &data,
                 self.public_url.as_deref(),
             );
-            return serde_json::to_string(&message).map_err(Error::internal);
+            serde_json::to_string(&message).map_err(Error::internal)?
+        } else {
+            envelope(format, change.action, change.old_status, data)?
+        };
+        if body.len() > MAX_BODY {
+            return Ok(Rendered::Refused(format!(
+                "The payload is {} KiB, more than the {} KiB a delivery may carry; it was not sent.",
+                body.len().div_ceil(1024),
+                MAX_BODY / 1024
+            )));
         }
-        envelope(format, change.action, change.old_status, data)
+        Ok(Rendered::Body(body))
     }
 
     async fn run(
@@ -168,11 +210,13 @@ impl Renderer {
         viewer: Viewer,
         variables: Json,
         known: Option<Known>,
+        budget: Arc<Budget>,
     ) -> async_graphql::Response {
         let mut request = Request::new(prepared.text.clone())
             .variables(Variables::from_json(variables))
             .data(db)
-            .data(viewer);
+            .data(viewer)
+            .data(budget);
         if let Some(known) = known {
             request = request.data(known);
         }

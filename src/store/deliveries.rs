@@ -432,6 +432,61 @@ pub async fn delete(conn: &impl ConnectionTrait, ids: &[i64]) -> Result<()> {
     Ok(())
 }
 
+/// A delivery of an event that cannot be sent (its payload was refused), to be recorded as
+/// failed with the reason.
+pub struct FailedDelivery {
+    /// Its body is not kept: nothing of it is ever sent.
+    pub delivery: NewDelivery,
+    pub event_id: i64,
+    pub build_id: i64,
+    pub reason: String,
+}
+
+/// Records deliveries that are never sent, as `FAILED` with one attempt whose error is the
+/// reason, so that the delivery log shows why. They are in no queue and hold back no chain.
+pub async fn insert_failed(conn: &impl ConnectionTrait, failed: Vec<FailedDelivery>) -> Result<()> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let mut reasons = HashMap::new();
+    let rows = failed.into_iter().map(|failed| {
+        let FailedDelivery {
+            delivery,
+            event_id,
+            build_id,
+            reason,
+        } = failed;
+        let uid = uuid::Uuid::now_v7().to_string();
+        reasons.insert(uid.clone(), reason);
+        let mut row = delivery.into_row();
+        row.uid = Set(uid);
+        row.event_id = Set(Some(event_id));
+        row.build_id = Set(Some(build_id));
+        row.state = Set(DeliveryState::Failed.as_str().into());
+        row.attempts = Set(1);
+        row.round_attempts = Set(1);
+        row
+    });
+    let inserted = delivery::Entity::insert_many(rows)
+        .exec_with_returning(conn)
+        .await?;
+    let attempts = inserted.iter().map(|row| delivery_attempt::ActiveModel {
+        delivery_id: Set(row.id),
+        number: Set(1),
+        timestamp: Set(row.created_at),
+        status: Set(None),
+        duration: Set(0),
+        error: Set(reasons.remove(&row.uid)),
+        response_headers: Set("{}".into()),
+        response_body: Set(String::new()),
+        ..Default::default()
+    });
+    delivery_attempt::Entity::insert_many(attempts)
+        .exec_without_returning(conn)
+        .await?;
+    Ok(())
+}
+
 /// Queues one delivery, due at once, with a new public id. It has no build, so it is in no
 /// chain and nothing holds it.
 pub async fn insert_one(conn: &impl ConnectionTrait, new: NewDelivery) -> Result<delivery::Model> {

@@ -517,7 +517,20 @@ async fn redelivery_waits_for_the_attempt_under_way_and_an_enabled_endpoint(app:
 async fn a_selection_whose_field_fails_still_lets_the_change_through(app: TestApp) {
     let receiver = Receiver::start().await;
     let world = World::new(&app, "acme").await;
-    let selection = "ownerInfoByName(name: \"a\\u0000b\") { uid } build(id: $buildId) { id }";
+    // A string PostgreSQL would refuse, which would end the change's transaction, cannot be
+    // stored in a selection at all.
+    let nul = "ownerInfoByName(name: \"a\\u0000b\") { uid } build(id: $buildId) { id }";
+    let response = app
+        .gql(
+            Some(&world.admin),
+            "mutation($org: ID!, $q: String) { createWebHookEndpoint(input: {ownerUid: $org, webhookURL: \"https://example.com/nul\", payloadQuery: $q}) { endpoint { id } } }",
+            json!({ "org": world.org, "q": nul }),
+        )
+        .await;
+    assert_eq!(code(&response), "BAD_USER_INPUT", "{response}");
+    // A field that fails when the payload is rendered (another organization is not found)
+    // leaves it null, and the change and its other fields go through.
+    let selection = "ownerInfoByName(name: \"someone-else\") { uid } build(id: $buildId) { id }";
     world
         .endpoint(
             &app,
