@@ -69,7 +69,8 @@ pub struct Config {
     pub endpoint_concurrency: u32,
 
     /// On shutdown, how long in-flight attempts may take before they are abandoned (their
-    /// leases expire and another worker sends them again).
+    /// leases expire and another worker sends them again), and HTTP requests before their
+    /// connections are closed.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
@@ -105,7 +106,8 @@ pub struct Config {
     #[arg(long, env = "HERALD_HTTP_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub http_max_connections: u32,
 
-    /// Serve GraphiQL at `GET /graphql` and answer introspection queries.
+    /// Serve GraphiQL at `GET /graphql` and answer introspection queries (from requests with a
+    /// valid token only).
     #[arg(long, env = "HERALD_GRAPHIQL", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub graphiql: bool,
 }

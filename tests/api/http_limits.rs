@@ -300,3 +300,25 @@ fn http_limits_are_checked_at_start() {
     let err = config.check().unwrap_err().to_string();
     assert_eq!(err, "HERALD_HTTP_HEADER_TIMEOUT must be longer than 0s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cap_past_the_open_files_limit_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("h.db").display());
+    let mut config = herald::config::Config::defaults(url);
+    config.http_max_connections = 1_000_000;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = herald::app::App::build(config, listener, herald::app::Role::ApiOnly)
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let err = tokio::time::timeout(Duration::from_secs(10), app.run(shutdown))
+        .await
+        .expect("refused at once")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("HERALD_HTTP_MAX_CONNECTIONS (1000000) and HERALD_WORKER_CONCURRENCY (512) need 1000768 open files"),
+        "{err}"
+    );
+}
