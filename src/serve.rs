@@ -28,6 +28,15 @@ use crate::config::Config;
 /// connections: the database pools, the listener, logs, DNS sockets.
 const RESERVED_FILES: u64 = 256;
 
+/// The most bytes of request line and headers one request may send (431 past it). A token is at
+/// most 4 KiB; the bound keeps what a connection without a request can hold small, so the
+/// connection cap also caps memory.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// The most a connection's read buffer grows to (hyper's default is about 400 KiB); bodies
+/// stream through it to the handler.
+const MAX_READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// What bounds the server's connections, from the configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
@@ -74,7 +83,9 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .max_buf_size(MAX_READ_BUFFER_BYTES);
     loop {
         let slot = tokio::select! {
             _ = shutdown.cancelled() => break,

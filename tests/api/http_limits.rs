@@ -322,3 +322,37 @@ async fn a_connection_cap_past_the_open_files_limit_is_refused_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_past_32_kib_are_refused_and_bodies_within_the_limit_are_read() {
+    let app = TestApp::start(Backend::Sqlite).await.unwrap();
+    let client = reqwest::Client::new();
+    let big = "x".repeat(40 * 1024);
+    let response = client
+        .get(app.url("/healthz"))
+        .header("x-padding", &big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    let fits = "x".repeat(16 * 1024);
+    let response = client
+        .get(app.url("/healthz"))
+        .header("x-padding", &fits)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The read buffer is bounded, not the body: 200 KiB streams through it.
+    let body = json!({ "query": "{ __typename }", "variables": { "pad": "x".repeat(200 * 1024) } });
+    let response = client
+        .post(app.url("/graphql"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(answer["data"]["__typename"], "Query", "{answer:#}");
+}
