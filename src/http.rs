@@ -14,9 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sea_orm::ConnectionTrait;
 
-use crate::domain::retry::format_duration;
-
 use crate::app::AppState;
+use crate::domain::retry::format_duration;
 use crate::graphql::{self, Viewer};
 use crate::payload::audit::Actor;
 use crate::store::Db;
