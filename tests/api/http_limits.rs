@@ -90,6 +90,7 @@ async fn trickling_connections_are_closed_and_a_normal_client_is_still_served() 
     let world = World::new(&app, "acme").await;
 
     let mut tricklers = tokio::task::JoinSet::new();
+    let first = Instant::now();
     for _ in 0..2000 {
         let opened = Instant::now();
         let stream = half_read_request(app.addr).await;
@@ -102,6 +103,7 @@ async fn trickling_connections_are_closed_and_a_normal_client_is_still_served() 
     }
 
     // While 2,000 connections trickle, a normal client (on its own connections) is served.
+    let opening = first.elapsed();
     let started = Instant::now();
     let health = reqwest::Client::new()
         .get(app.url("/healthz"))
@@ -112,11 +114,8 @@ async fn trickling_connections_are_closed_and_a_normal_client_is_still_served() 
     assert_eq!(health.status(), 200);
     let data = app.ok(&world.read, "{ viewer { name } }", json!({})).await;
     assert_eq!(data["viewer"]["name"], "acme");
-    assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "served in {:?}",
-        started.elapsed()
-    );
+    let served = started.elapsed();
+    assert!(served < Duration::from_secs(15), "served in {served:?}");
 
     // Every trickling connection is closed by the header timeout: after it, not before.
     let mut open = 0;
@@ -130,6 +129,10 @@ async fn trickling_connections_are_closed_and_a_normal_client_is_still_served() 
         }
     }
     assert_eq!(open, 0, "trickling connections still open after 40 s");
+    eprintln!(
+        "beside 2,000 trickling connections, /healthz and a query were served in {served:?}; all 2,000 were closed {:?} after the first opened",
+        started.elapsed() + opening
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
