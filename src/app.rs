@@ -161,6 +161,7 @@ impl App {
 
     /// Serves until `shutdown`, then finishes in-flight requests and attempts.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        crate::serve::ensure_open_files(&self.state.config)?;
         let worker = (self.role == Role::All).then(|| {
             let worker = tokio::spawn(Worker::new(self.state.clone()).run(shutdown.clone()));
             // A worker that ends before the shutdown (it panicked) stops the server with it:
@@ -174,14 +175,10 @@ impl App {
             })
         });
         let router = crate::http::router(self.state.clone());
-        let stop = shutdown.clone();
-        axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
-        .context("serving HTTP")?;
+        let limits = crate::serve::ConnectionLimits::from_config(&self.state.config);
+        crate::serve::serve(self.listener, router, limits, shutdown)
+            .await
+            .context("serving HTTP")?;
         if let Some(worker) = worker {
             worker
                 .await

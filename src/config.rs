@@ -69,7 +69,8 @@ pub struct Config {
     pub endpoint_concurrency: u32,
 
     /// On shutdown, how long in-flight attempts may take before they are abandoned (their
-    /// leases expire and another worker sends them again).
+    /// leases expire and another worker sends them again), and HTTP requests before their
+    /// connections are closed.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
@@ -86,7 +87,31 @@ pub struct Config {
     #[arg(long, env = "HERALD_MAX_ENDPOINTS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_endpoints: u32,
 
-    /// Serve GraphiQL at `GET /graphql` and answer introspection queries.
+    /// How long a client may take to send a request's headers; a connection that has not sent
+    /// them by then, or stays idle that long between requests, is closed. Bounds what a
+    /// connection that trickles bytes ("slowloris") can hold.
+    #[arg(long, env = "HERALD_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// How long a client may take to send a request's body once its headers arrived; a slower
+    /// body is answered 408.
+    #[arg(long, env = "HERALD_HTTP_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_body_timeout: Duration,
+
+    /// How long one request may run from its headers to its answer; a request still running
+    /// then is stopped and answered 503.
+    #[arg(long, env = "HERALD_HTTP_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http_request_timeout: Duration,
+
+    /// The most HTTP connections open at once. Past it, new connections wait in the listen
+    /// queue until one closes (the header timeout bounds how long an idle one holds its
+    /// place). Together with the worker's connections it must fit the process's open-files
+    /// limit, which is checked at start.
+    #[arg(long, env = "HERALD_HTTP_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
+
+    /// Serve GraphiQL at `GET /graphql` and answer introspection queries (from requests with a
+    /// valid token only).
     #[arg(long, env = "HERALD_GRAPHIQL", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub graphiql: bool,
 }
@@ -112,6 +137,23 @@ impl Config {
                 "HERALD_LEASE ({}) must be at least twice HERALD_DELIVERY_TIMEOUT ({}), so that a delivery is still claimed when its attempt ends",
                 crate::domain::retry::format_duration(self.lease),
                 crate::domain::retry::format_duration(self.delivery_timeout),
+            );
+        }
+        let http = [
+            ("HERALD_HTTP_HEADER_TIMEOUT", self.http_header_timeout),
+            ("HERALD_HTTP_BODY_TIMEOUT", self.http_body_timeout),
+            ("HERALD_HTTP_REQUEST_TIMEOUT", self.http_request_timeout),
+        ];
+        for (name, value) in http {
+            if value.is_zero() {
+                anyhow::bail!("{name} must be longer than 0s");
+            }
+        }
+        if self.http_body_timeout > self.http_request_timeout {
+            anyhow::bail!(
+                "HERALD_HTTP_BODY_TIMEOUT ({}) must not be longer than HERALD_HTTP_REQUEST_TIMEOUT ({}), which includes reading the body",
+                crate::domain::retry::format_duration(self.http_body_timeout),
+                crate::domain::retry::format_duration(self.http_request_timeout),
             );
         }
         Ok(())

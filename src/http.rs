@@ -1,20 +1,22 @@
 //! HTTP: the web console at `/`, `/graphql` (POST, and GraphiQL on GET), `/healthz`, `/readyz`,
-//! `/metrics`.
+//! `/metrics`; every request within the request timeout, and a GraphQL body within the body
+//! timeout (the connection limits are in [`crate::serve`]).
 
-use async_graphql::http::GraphiQLSource;
 use async_graphql_axum::GraphQLResponse;
 use axum::Router;
 use axum::body::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
-use axum::http::{Extensions, HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sea_orm::ConnectionTrait;
 
 use crate::app::AppState;
+use crate::domain::retry::format_duration;
 use crate::graphql::rows::Budget;
 use crate::graphql::{self, Limits, Viewer};
 use crate::payload::audit::Actor;
@@ -31,8 +33,35 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::web::router())
+        .merge(crate::web::graphiql_assets())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
         .with_state(state)
+}
+
+/// Stops a request still running after the request timeout and answers 503 in one sentence
+/// (a GraphQL error on `/graphql`). The change a stopped mutation handed to the change writer
+/// may still commit, so the sentence says to check before repeating it.
+async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.config.http_request_timeout;
+    let graphql = request.uri().path() == "/graphql";
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let message = format!(
+                "The request did not finish within {} and was stopped; a change it made may have been recorded, so check before making it again.",
+                format_duration(limit)
+            );
+            if graphql {
+                refusal(StatusCode::SERVICE_UNAVAILABLE, "INTERNAL", &message)
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
+            }
+        }
+    }
 }
 
 /// A GraphQL error response with a code, for requests refused before execution.
@@ -47,13 +76,25 @@ fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 // The body is read as bytes so that `DefaultBodyLimit` applies (413 past the limit) before any
-// JSON is parsed.
-async fn graphql_handler(
-    State(state): State<AppState>,
-    extensions: Extensions,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+// JSON is parsed, and within the body timeout (408 past it).
+async fn graphql_handler(State(state): State<AppState>, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .cloned();
+    let limit = state.config.http_body_timeout;
+    let body = match tokio::time::timeout(limit, Bytes::from_request(request, &state)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(rejection)) => return rejection.into_response(),
+        Err(_) => {
+            let message = format!(
+                "The request body did not arrive within {}.",
+                format_duration(limit)
+            );
+            return refusal(StatusCode::REQUEST_TIMEOUT, "BAD_USER_INPUT", &message);
+        }
+    };
     let request = match serde_json::from_slice::<async_graphql::Request>(&body) {
         Ok(request) => request,
         Err(_) if body.first() == Some(&b'[') => {
@@ -70,13 +111,19 @@ async fn graphql_handler(
         .data(state.clone())
         .data(Arc::new(Budget::new(Limits::API.rows)));
     match bearer(&headers).map(|token| state.keys.verify(token)) {
-        None => {}
+        None => {
+            // The schema is for token holders: an anonymous request may not introspect it, and
+            // the engine is told so too in case a spelling escapes the check.
+            if asks_for_the_schema(&mut request) {
+                let message = "Introspection needs a token: send Authorization: Bearer <token>.";
+                return refusal(StatusCode::OK, "UNAUTHENTICATED", message);
+            }
+            request = request.disable_introspection();
+        }
         Some(Ok((viewer, subject))) => {
             // The peer's address, as the listener saw it: a proxy in front of Herald shows as
             // itself, since a forwarded-for header is the client's word.
-            let ip = extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip().to_canonical().to_string());
+            let ip = peer.map(|ConnectInfo(addr)| addr.ip().to_canonical().to_string());
             request = request
                 .data::<Viewer>(viewer)
                 .data(Actor::from_subject(&subject, ip));
@@ -95,17 +142,38 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// Whether a request selects `__schema` or `__type` anywhere (they are valid only on the root
+/// query, but a fragment can carry them there). A request that does not parse is left to the
+/// engine, which reports the syntax error.
+fn asks_for_the_schema(request: &mut async_graphql::Request) -> bool {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    fn walk(set: &SelectionSet) -> bool {
+        set.items.iter().any(|item| match &item.node {
+            Selection::Field(field) => {
+                matches!(field.node.name.node.as_str(), "__schema" | "__type")
+                    || walk(&field.node.selection_set.node)
+            }
+            Selection::InlineFragment(fragment) => walk(&fragment.node.selection_set.node),
+            Selection::FragmentSpread(_) => false,
+        })
+    }
+    let Ok(doc) = request.parsed_query() else {
+        return false;
+    };
+    doc.operations
+        .iter()
+        .any(|(_, operation)| walk(&operation.node.selection_set.node))
+        || doc
+            .fragments
+            .values()
+            .any(|fragment| walk(&fragment.node.selection_set.node))
+}
+
 async fn graphiql(State(state): State<AppState>) -> Response {
     if !state.config.graphiql {
         return (StatusCode::NOT_FOUND, "GraphiQL is turned off.").into_response();
     }
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .title("Herald GraphiQL")
-            .finish(),
-    )
-    .into_response()
+    crate::web::graphiql_page()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -37,6 +37,8 @@ pub mod payload;
 pub mod receive;
 /// Secrets at rest: sealed with an AEAD when a key is configured.
 pub mod secrets;
+/// The HTTP server's connections: the cap, the header timeout and the shutdown grace.
+pub mod serve;
 /// X-Cirrus-Signature and Standard Webhooks signatures.
 pub mod signing;
 /// Slack messages for build and task events (the SLACK format and the bridge).

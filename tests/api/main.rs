@@ -6,6 +6,8 @@ mod cirrus;
 mod cli;
 mod delivery;
 mod fake_slack;
+mod graphiql;
+mod http_limits;
 mod limits;
 mod receivers;
 mod scale;

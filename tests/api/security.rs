@@ -579,8 +579,21 @@ async fn graphql_limits_apply_before_any_resolver() {
         .await
         .unwrap();
     let introspect = "{ __schema { types { name } } }";
-    assert!(app.gql(None, introspect, json!({})).await["data"]["__schema"]["types"].is_array());
-    assert!(closed.gql(None, introspect, json!({})).await["data"]["__schema"].is_null());
+    assert!(
+        app.gql(Some(&world.read), introspect, json!({})).await["data"]["__schema"]["types"]
+            .is_array()
+    );
+    assert_eq!(
+        code(&app.gql(None, introspect, json!({})).await),
+        "UNAUTHENTICATED"
+    );
+    let closed_world = World::new(&closed, "acme").await;
+    assert!(
+        closed
+            .gql(Some(&closed_world.read), introspect, json!({}))
+            .await["data"]["__schema"]
+            .is_null()
+    );
     assert_eq!(
         http.get(closed.url("/graphql"))
             .send()

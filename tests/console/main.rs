@@ -381,3 +381,50 @@ async fn an_admin_disables_edits_and_deletes_an_endpoint() {
     browser.wait_for_text("main", "No endpoints yet").await;
     assert_eq!(endpoint_count(&app, &world).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphiql_renders_offline_and_sends_the_token_of_its_headers_pane() {
+    let Some((app, browser)) = start("graphiql").await else {
+        return;
+    };
+    let world = World::new(&app, "acme").await;
+
+    // Every script comes from the binary under `script-src 'self'`: GraphiQL renders at all
+    // only if none was blocked.
+    browser.goto(&app.url("/graphql")).await;
+    browser.find(".graphiql-container").await;
+    let notice = browser.wait_for_text("#notice", "Headers").await;
+    assert!(notice.contains("needs a token"), "{notice}");
+    let headers = browser
+        .wait_for_text(".graphiql-editor-tool", "Authorization")
+        .await;
+    assert!(headers.contains("paste a token here"), "{headers}");
+
+    // With a token (here the console's, from this tab's session), GraphiQL reads the schema
+    // and runs a query, sending the token in its Authorization header.
+    browser
+        .script(
+            "sessionStorage.setItem('herald.token', arguments[0]);",
+            json!([world.read]),
+        )
+        .await;
+    browser.goto(&app.url("/graphql")).await;
+    browser.find(".graphiql-container").await;
+    browser
+        .script(
+            "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.setValue(arguments[0]);",
+            json!(["{ viewer { name } }"]),
+        )
+        .await;
+    browser.click(".graphiql-execute-button").await;
+    browser
+        .wait_for_text(".graphiql-response", "\"name\": \"acme\"")
+        .await;
+    browser
+        .click(".graphiql-sidebar button[aria-label='Show Documentation Explorer']")
+        .await;
+    browser
+        .wait_for_text(".graphiql-doc-explorer", "Query")
+        .await;
+    browser.screenshot("graphiql").await;
+}
