@@ -139,8 +139,7 @@ impl BenchArgs {
                 );
             }
         }
-        if self.receiver_url.is_some() && self.scenarios().iter().any(|s| s == "noisy-neighbour")
-        {
+        if self.receiver_url.is_some() && self.scenarios().iter().any(|s| s == "noisy-neighbour") {
             anyhow::bail!(
                 "noisy-neighbour reads arrivals at the bench's own receiver (one of its endpoints answers slowly on purpose): leave out --receiver-url or the noisy-neighbour scenario"
             );
@@ -158,7 +157,11 @@ impl BenchArgs {
                 "drain stops and starts Herald's worker, so it runs only on a server the bench starts: leave out --url or the drain scenario"
             );
         }
-        if self.scenarios().iter().any(|name| name == "noisy-neighbour") {
+        if self
+            .scenarios()
+            .iter()
+            .any(|name| name == "noisy-neighbour")
+        {
             anyhow::bail!(
                 "noisy-neighbour adds a second organization to the database, so it runs only on a server the bench starts: leave out --url or the noisy-neighbour scenario"
             );

@@ -140,14 +140,7 @@ async fn measure(
     arrived(receiver, &warm, Duration::from_secs(30), args).await;
     let (started, cpu_start) = (Instant::now(), server.cpu());
     let updates_before = flood.updates.load(Ordering::Relaxed);
-    let recorded = record(
-        server,
-        args,
-        rate * args.seconds as usize,
-        pace,
-        progress,
-    )
-    .await;
+    let recorded = record(server, args, rate * args.seconds as usize, pace, progress).await;
     let landed = arrived(receiver, &recorded, DELIVERY_DEADLINE, args).await;
     let cpu_end = server.cpu();
     let seconds = started.elapsed().as_secs_f64();

@@ -74,7 +74,9 @@ impl Receiver {
     /// How many of these events have arrived.
     pub fn arrived_of(&self, keys: &[&String]) -> usize {
         let arrivals = self.arrivals.by_key.lock().expect("arrivals");
-        keys.iter().filter(|key| arrivals.contains_key(**key)).count()
+        keys.iter()
+            .filter(|key| arrivals.contains_key(**key))
+            .count()
     }
 
     /// Every arrival, by event key.
