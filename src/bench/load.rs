@@ -57,7 +57,7 @@ impl Sink {
     }
 
     /// Forgets every arrival (between scenarios, and after a warm-up).
-    fn reset(&self) {
+    pub(super) fn reset(&self) {
         if let Sink::Builtin(receiver) = self {
             receiver.reset();
         }
@@ -122,7 +122,7 @@ impl Sink {
 }
 
 /// What reached the receiver.
-struct Landed {
+pub(super) struct Landed {
     /// Deliveries that arrived.
     count: usize,
     /// When each arrived, by event key.
@@ -137,7 +137,7 @@ struct Landed {
 
 /// A Herald under test: a `serve` child process (and extra workers) on a fresh database, or
 /// with `--url` a server of the user's, in whose organization the bench adds its endpoints.
-struct Server {
+pub(super) struct Server {
     base: String,
     token: String,
     repository: String,
@@ -259,7 +259,7 @@ impl Owned {
 }
 
 impl Server {
-    async fn start(
+    pub(super) async fn start(
         args: &BenchArgs,
         sink: &Sink,
         endpoints: usize,
@@ -406,7 +406,7 @@ impl Server {
         Ok(())
     }
 
-    async fn gql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
+    pub(super) async fn gql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
         let body = json!({ "query": query, "variables": variables }).to_string();
         let response = self
             .http
@@ -520,7 +520,7 @@ impl Server {
     }
 
     /// CPU time counters of the machine and of the Herald processes the bench started.
-    fn cpu(&self) -> cpu::Reading {
+    pub(super) fn cpu(&self) -> cpu::Reading {
         let pids: Vec<u32> = self
             .owned
             .iter()
@@ -530,7 +530,7 @@ impl Server {
     }
 
     /// The largest peak RSS of the Herald processes the bench started, in MiB.
-    fn peak_rss_mib(&self) -> Option<f64> {
+    pub(super) fn peak_rss_mib(&self) -> Option<f64> {
         self.owned
             .as_ref()?
             .children
@@ -545,9 +545,45 @@ impl Server {
             .reduce(f64::max)
     }
 
+    /// Adds an organization to the database of a server the bench started; an ADMIN token of
+    /// it.
+    pub(super) async fn add_organization(&self, name: &str) -> anyhow::Result<String> {
+        let owned = self
+            .owned
+            .as_ref()
+            .context("an organization can be added only to a server the bench started")?;
+        let db = store::connect(&owned.database_url).await?;
+        let org = store::orgs::create(&db, name)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let key = crate::app::token_secret(&db).await?;
+        db.close().await.ok();
+        TokenKeys::new(&key)
+            .issue(&org.id.to_string(), "bench", Permission::Admin, 24 * 3600)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// The repository the bench's events are recorded in.
+    pub(super) fn repository(&self) -> &str {
+        &self.repository
+    }
+
+    /// The same server as seen by another organization's `token`, recording in `repository`;
+    /// stopping it stops nothing.
+    pub(super) fn as_organization(&self, token: String, repository: String) -> Self {
+        Self {
+            base: self.base.clone(),
+            token,
+            repository,
+            http: self.http.clone(),
+            owned: None,
+            added: Vec::new(),
+        }
+    }
+
     /// Stops what the bench started and removes its database; on a server the bench did not
     /// start, deletes the endpoints it added (and with them their delivery log).
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         for id in &self.added {
             let deleted = self
                 .gql(
@@ -629,20 +665,22 @@ async fn fresh_database(spec: &str) -> anyhow::Result<(String, Cleanup)> {
 
 /// Acknowledgement times by event key, and failed mutations.
 #[derive(Default)]
-struct Recorded {
-    acks: HashMap<String, Instant>,
-    errors: usize,
+pub(super) struct Recorded {
+    pub(super) acks: HashMap<String, Instant>,
+    /// How long each mutation took, from its request to its answer.
+    pub(super) round_trips: Vec<Duration>,
+    pub(super) errors: usize,
 }
 
-const CREATE_BUILD: &str = "mutation($repo: ID!) { createBuild(input: {repositoryId: $repo, branch: \"main\", changeIdInRepo: \"bench\"}) { build { id } } }";
-const CREATE_TASK: &str = "mutation($build: ID!) { createTask(input: {buildId: $build, name: \"t\"}) { task { id status } } }";
-const UPDATE_TASK: &str = "mutation($task: ID!, $status: TaskStatus!) { updateTaskStatus(input: {taskId: $task, status: $status}) { task { id status } } }";
+pub(super) const CREATE_BUILD: &str = "mutation($repo: ID!) { createBuild(input: {repositoryId: $repo, branch: \"main\", changeIdInRepo: \"bench\"}) { build { id } } }";
+pub(super) const CREATE_TASK: &str = "mutation($build: ID!) { createTask(input: {buildId: $build, name: \"t\"}) { task { id status } } }";
+pub(super) const UPDATE_TASK: &str = "mutation($task: ID!, $status: TaskStatus!) { updateTaskStatus(input: {taskId: $task, status: $status}) { task { id status } } }";
 
 /// Records `events` task events from `clients` concurrent clients, each cycling tasks through
 /// CREATED → EXECUTING → COMPLETED and starting a new build every `tasks_per_build` tasks (one
 /// build's events reach an endpoint in order, so a build is a chain); a `pace` spaces events out
 /// (steady load).
-async fn record(
+pub(super) async fn record(
     server: &Arc<Server>,
     args: &BenchArgs,
     events: usize,
@@ -670,11 +708,13 @@ async fn record(
                     tokio::time::sleep_until((started + pace * n as u32).into()).await;
                 }
                 if step % (3 * tasks_per_build) == 0 {
+                    let sent = Instant::now();
                     match server
                         .gql(CREATE_BUILD, json!({ "repo": server.repository }))
                         .await
                     {
                         Ok(data) => {
+                            recorded.lock().await.round_trips.push(sent.elapsed());
                             build = data["createBuild"]["build"]["id"]
                                 .as_str()
                                 .unwrap_or_default()
@@ -686,6 +726,7 @@ async fn record(
                         }
                     }
                 }
+                let sent = Instant::now();
                 let result = match (&task, step % 3) {
                     (Some(id), 1) => {
                         server
@@ -709,7 +750,9 @@ async fn record(
                             .unwrap_or_default();
                         let id = node["id"].as_str().unwrap_or_default().to_owned();
                         let key = format!("{id}:{}", node["status"].as_str().unwrap_or_default());
-                        recorded.lock().await.acks.insert(key, at);
+                        let mut recorded = recorded.lock().await;
+                        recorded.acks.insert(key, at);
+                        recorded.round_trips.push(at - sent);
                         acked.fetch_add(1, Ordering::Relaxed);
                         task = (step % 3 != 2).then_some(id);
                         step += 1;
@@ -729,7 +772,7 @@ async fn record(
 
 /// How far a scenario got, shown on the terminal (and only there) a few times a second while
 /// it runs: its events recorded and, with the built-in receiver, its deliveries arrived.
-struct Progress {
+pub(super) struct Progress {
     acked: Arc<AtomicUsize>,
     /// Set, under the lock of stderr, when the line is cleared for good: the task showing it
     /// may be in the middle of a redraw when it is stopped.
@@ -738,7 +781,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn start(name: &str, sink: &Sink) -> Self {
+    pub(super) fn start(name: &str, sink: &Sink) -> Self {
         use std::io::{IsTerminal as _, Write as _};
         let acked = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -822,7 +865,7 @@ fn measure(
 }
 
 /// The database of the server measured: `unknown` for a server the bench did not start.
-fn backend(args: &BenchArgs) -> &'static str {
+pub(super) fn backend(args: &BenchArgs) -> &'static str {
     if args.url.is_some() {
         "unknown"
     } else if args.database_url.starts_with("postgres") {

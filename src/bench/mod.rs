@@ -8,6 +8,7 @@
 
 mod cpu;
 mod load;
+mod noisy;
 mod receiver;
 mod report;
 
@@ -21,8 +22,9 @@ pub use report::Figures;
 /// Options of `herald bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Scenarios to run (comma-separated): ingest-deliver, fanout, steady, burst, drain, ceiling
-    /// [default: all of them; with --url, all but drain].
+    /// Scenarios to run (comma-separated): ingest-deliver, fanout, steady, burst, drain,
+    /// noisy-neighbour, ceiling [default: all of them; with --url, all but drain and
+    /// noisy-neighbour].
     #[arg(long, value_delimiter = ',')]
     pub scenario: Option<Vec<String>>,
     /// `sqlite` (a fresh file per scenario) or a `postgres://…` server URL (a fresh database per
@@ -73,6 +75,18 @@ pub struct BenchArgs {
     /// Backlog sizes `drain` empties (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1000,100000")]
     pub drain: Vec<usize>,
+    /// `noisy-neighbour`: events per second organization B records (for `--seconds`).
+    #[arg(long, default_value_t = 50)]
+    pub neighbour_rate: usize,
+    /// `noisy-neighbour`: deliveries organization A has queued to its slow endpoint.
+    #[arg(long, default_value_t = 20_000)]
+    pub backlog: usize,
+    /// `noisy-neighbour`: how long A's receiver takes to answer, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub slow_ms: u64,
+    /// `noisy-neighbour`: concurrent updates A keeps in flight, on the tasks of one build.
+    #[arg(long, default_value_t = 500)]
+    pub flood: usize,
     /// Requests of the `ceiling` loop.
     #[arg(long, default_value_t = 200_000)]
     pub requests: usize,
@@ -89,14 +103,18 @@ pub struct BenchArgs {
 }
 
 /// Every scenario, in the order they run by default.
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "ceiling",
     "ingest-deliver",
     "fanout",
     "steady",
     "burst",
     "drain",
+    "noisy-neighbour",
 ];
+
+/// Scenarios that run only on a server the bench starts, with its own receiver.
+const OWN_SERVER_ONLY: [&str; 2] = ["drain", "noisy-neighbour"];
 
 impl BenchArgs {
     /// The scenarios to run: those asked for, or by default every one the target allows.
@@ -105,7 +123,7 @@ impl BenchArgs {
             Some(chosen) => chosen.clone(),
             None => SCENARIOS
                 .iter()
-                .filter(|name| self.url.is_none() || **name != "drain")
+                .filter(|name| self.url.is_none() || !OWN_SERVER_ONLY.contains(name))
                 .map(|name| (*name).to_owned())
                 .collect(),
         }
@@ -121,6 +139,11 @@ impl BenchArgs {
                 );
             }
         }
+        if self.receiver_url.is_some() && self.scenarios().iter().any(|s| s == "noisy-neighbour") {
+            anyhow::bail!(
+                "noisy-neighbour reads arrivals at the bench's own receiver (one of its endpoints answers slowly on purpose): leave out --receiver-url or the noisy-neighbour scenario"
+            );
+        }
         if self.url.is_none() {
             return Ok(());
         }
@@ -132,6 +155,15 @@ impl BenchArgs {
         if self.scenarios().iter().any(|name| name == "drain") {
             anyhow::bail!(
                 "drain stops and starts Herald's worker, so it runs only on a server the bench starts: leave out --url or the drain scenario"
+            );
+        }
+        if self
+            .scenarios()
+            .iter()
+            .any(|name| name == "noisy-neighbour")
+        {
+            anyhow::bail!(
+                "noisy-neighbour adds a second organization to the database, so it runs only on a server the bench starts: leave out --url or the noisy-neighbour scenario"
             );
         }
         if self.workers > 0 {
@@ -157,6 +189,8 @@ impl BenchArgs {
             self.drain = self.drain.iter().map(|n| (*n).min(300)).collect();
             self.requests = self.requests.min(2_000);
             self.clients = self.clients.min(8);
+            self.backlog = self.backlog.min(300);
+            self.flood = self.flood.min(50);
         }
         self
     }
@@ -198,6 +232,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "fanout" => vec![load::fanout(&args, &sink).await?],
             "steady" => vec![load::steady(&args, &sink).await?],
             "burst" => vec![load::burst(&args, &sink).await?],
+            "noisy-neighbour" => noisy::noisy_neighbour(&args, &sink).await?,
             "drain" => {
                 let mut all = Vec::new();
                 for size in &args.drain {
@@ -235,6 +270,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|c| figures.deliveries_per_second / c);
     }
     println!("{}", report::table(&results, &target(&args)));
+    if let Some(neighbours) = report::neighbours(&results) {
+        println!("{neighbours}");
+    }
     if args.receiver_url.is_some() {
         println!(
             "Arrivals were read from Herald's delivery log: the time each answer came, to the millisecond."

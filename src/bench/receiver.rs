@@ -1,4 +1,6 @@
-//! The bench's receiver: answers 200 at once and records when each event arrived.
+//! The bench's receiver: answers 200 and records when each event arrived. It answers at once,
+//! except under `/herald-bench/slow/MS/`, where it waits MS milliseconds first (a busy
+//! receiver, whose endpoint keeps its backlog).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::Uri;
 
 #[derive(Default)]
 struct Arrivals {
@@ -68,13 +71,34 @@ impl Receiver {
             .copied()
     }
 
+    /// How many of these events have arrived.
+    pub fn arrived_of(&self, keys: &[&String]) -> usize {
+        let arrivals = self.arrivals.by_key.lock().expect("arrivals");
+        keys.iter()
+            .filter(|key| arrivals.contains_key(**key))
+            .count()
+    }
+
     /// Every arrival, by event key.
     pub fn arrivals(&self) -> HashMap<String, Vec<Instant>> {
         self.arrivals.by_key.lock().expect("arrivals").clone()
     }
 }
 
-async fn record(State(arrivals): State<Arc<Arrivals>>, body: Bytes) -> &'static str {
+/// The path under which the receiver answers after a delay (see [`delay`]).
+pub const SLOW: &str = "/herald-bench/slow/";
+
+/// How long to wait before answering a request to `uri`.
+fn delay(uri: &Uri) -> Option<Duration> {
+    let rest = uri.path().strip_prefix(SLOW)?;
+    let ms = rest.split('/').next()?.parse().ok()?;
+    Some(Duration::from_millis(ms))
+}
+
+async fn record(State(arrivals): State<Arc<Arrivals>>, uri: Uri, body: Bytes) -> &'static str {
+    if let Some(delay) = delay(&uri) {
+        tokio::time::sleep(delay).await;
+    }
     let now = Instant::now();
     if let Some(key) = event_key(&body) {
         arrivals

@@ -39,6 +39,14 @@ pub struct Figures {
     pub errors: usize,
     /// Deliveries per second as a share of the `ceiling` scenario's rate.
     pub ceiling_ratio: Option<f64>,
+    /// `noisy-neighbour`: the 50th and 99th percentiles of the measured organization's
+    /// mutations, from request to answer, in milliseconds.
+    pub mutation_p50_ms: Option<f64>,
+    pub mutation_p99_ms: Option<f64>,
+    /// `noisy-neighbour`: the other organization's updates acknowledged while the measured one
+    /// recorded, and its mutations that failed.
+    pub neighbour_updates: Option<usize>,
+    pub neighbour_errors: Option<usize>,
     /// How many runs these figures are the median of, by deliveries per second, when the
     /// scenario ran several times (its errors and peak RSS are then those of all runs).
     pub median_of: Option<usize>,
@@ -73,21 +81,79 @@ impl Figures {
 
     /// Fills the latency percentiles from a list of latencies.
     pub fn with_latencies(mut self, mut latencies: Vec<Duration>) -> Self {
-        if latencies.is_empty() {
-            return self;
-        }
         latencies.sort();
-        let at = |q: f64| {
-            let index =
-                ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
-            latencies[index].as_secs_f64() * 1000.0
-        };
-        self.latency_p50_ms = Some(at(0.50));
-        self.latency_p95_ms = Some(at(0.95));
-        self.latency_p99_ms = Some(at(0.99));
-        self.latency_max_ms = Some(at(1.0));
+        self.latency_p50_ms = percentile(&latencies, 0.50);
+        self.latency_p95_ms = percentile(&latencies, 0.95);
+        self.latency_p99_ms = percentile(&latencies, 0.99);
+        self.latency_max_ms = percentile(&latencies, 1.0);
         self
     }
+}
+
+/// The `q` quantile of `sorted`, by rank, in milliseconds; none of an empty list.
+pub fn percentile(sorted: &[Duration], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    Some(sorted[index].as_secs_f64() * 1000.0)
+}
+
+/// For `noisy-neighbour`, the measured organization's figures on a quiet server beside those
+/// next to the other organization, and how they compare with the target (p99 at most twice the
+/// quiet one); none when the scenario did not run.
+pub fn neighbours(results: &[Figures]) -> Option<String> {
+    let quiet = results
+        .iter()
+        .find(|f| f.scenario == "noisy-neighbour quiet")?;
+    let noisy = results.iter().find(|f| f.scenario == "noisy-neighbour")?;
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.1}×", a / b),
+        _ => "-".into(),
+    };
+    let row = |what: &str, quiet: Option<f64>, noisy: Option<f64>| {
+        format!(
+            "| {what} | {} | {} | {} |\n",
+            opt(quiet, 1),
+            opt(noisy, 1),
+            ratio(noisy, quiet)
+        )
+    };
+    let mut out = String::from(
+        "\nnoisy-neighbour: organization B's figures, alone and beside organization A\n\n",
+    );
+    out.push_str("| B's | quiet | beside A | ratio |\n|---|---:|---:|---:|\n");
+    out.push_str(&row(
+        "acknowledgement → arrival p50 ms",
+        quiet.latency_p50_ms,
+        noisy.latency_p50_ms,
+    ));
+    out.push_str(&row(
+        "acknowledgement → arrival p99 ms",
+        quiet.latency_p99_ms,
+        noisy.latency_p99_ms,
+    ));
+    out.push_str(&row(
+        "mutation p50 ms",
+        quiet.mutation_p50_ms,
+        noisy.mutation_p50_ms,
+    ));
+    out.push_str(&row(
+        "mutation p99 ms",
+        quiet.mutation_p99_ms,
+        noisy.mutation_p99_ms,
+    ));
+    let met = match (noisy.latency_p99_ms, quiet.latency_p99_ms) {
+        (Some(noisy), Some(quiet)) if noisy <= 2.0 * quiet => "met",
+        (Some(_), Some(_)) => "not met",
+        _ => "not measured",
+    };
+    out.push_str(&format!(
+        "\nTarget, B's p99 beside A at most 2× its quiet p99: {met}. A had {} updates acknowledged meanwhile ({} failed).\n",
+        noisy.neighbour_updates.unwrap_or(0),
+        noisy.neighbour_errors.unwrap_or(0),
+    ));
+    Some(out)
 }
 
 fn opt(value: Option<f64>, precision: usize) -> String {

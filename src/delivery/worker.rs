@@ -3,11 +3,14 @@
 //! fallback for retries coming due and for deliveries another process queued.
 //!
 //! Claims take as many deliveries as there are free slots in one transaction, and the
-//! endpoints they name in one query. An endpoint whose slots are all taken may have as many
-//! claimed deliveries again waiting for them, so that a freed slot sends at once instead of
-//! waiting for the next claim; a stopping worker gives back those it did not send. Outcomes go to one writer task, which records every
-//! outcome that is waiting in one transaction: under load, a few statements per batch instead
-//! of a transaction per delivery. An attempt ends once it has handed its outcome over; the
+//! endpoints they name in one query. They are fair across endpoints (see
+//! [`store::deliveries::claim`]): each claim visits the endpoints with deliveries in a round
+//! and takes a few of each, skipping those whose slots are all taken, so that one endpoint's
+//! backlog never holds up another's deliveries. An endpoint whose slots are all taken may have
+//! as many claimed deliveries again waiting for them, so that a freed slot sends at once
+//! instead of waiting for the next claim; a stopping worker gives back those it did not send.
+//! Outcomes go to one writer task, which records every outcome that is waiting in one
+//! transaction: under load, a few statements per batch instead of a transaction per delivery. An attempt ends once it has handed its outcome over; the
 //! writer tells the worker's loop, one message per transaction, what the outcomes made due.
 
 use std::collections::{HashMap, VecDeque};
@@ -126,15 +129,14 @@ impl Worker {
         ));
         let kept = |in_flight: &JoinSet<()>| in_flight.len() + unwritten.load(Ordering::Relaxed);
         let mut failures = 0u32;
-        let mut last_look_past = tokio::time::Instant::now();
         let mut last_sweep: Option<tokio::time::Instant> = None;
         // Whether to claim on the next turn: set by what may have made deliveries due, or
-        // claimable, since the last claim. After a claim that found due deliveries, but only of
-        // endpoints at their cap (`saturated`), a wake does not claim again (it would find the
-        // same): a freed slot or the poll does. Those endpoints have requests in flight, so a
-        // slot frees soon.
+        // claimable, since the last claim. A wake always claims: a claim does not read the
+        // deliveries of endpoints at their cap, so it finds what the wake announced however
+        // long their queues are.
         let mut claim_now = true;
-        let mut saturated = false;
+        // Where the next claim's round of endpoints goes on.
+        let mut after = 0i64;
         // Whether due deliveries may be left unclaimed, which a freed slot may let the next
         // claim take: the last claim left some behind, or an outcome since released one whose
         // endpoint had no room for it. When not, a slot freed by an answer makes nothing due
@@ -193,29 +195,23 @@ impl Worker {
                     .into_iter()
                     .collect();
                 let room_of = |endpoint: i64| held_cap.saturating_sub(held(endpoint));
-                // Reading past the queues of endpoints at their cap costs a read of those
-                // queues: a few times a second is enough to keep other endpoints moving.
-                let look_past_busy = last_look_past.elapsed() >= POLL;
-                if look_past_busy && !busy.is_empty() {
-                    last_look_past = tokio::time::Instant::now();
-                }
                 let request = store::deliveries::ClaimRequest {
                     now: crate::now_ms(),
                     lease_ms: config.lease.as_millis() as i64,
                     limit: room,
                     busy,
                     room_of,
-                    look_past_busy,
+                    per_endpoint: held_cap,
+                    after,
                 };
-                let capped = !request.busy.is_empty();
                 claim_now = false;
                 match self.claim(request).await {
                     Ok(claimed) => {
                         failures = 0;
                         more = claimed.rows == room;
                         claim_now = more;
-                        saturated = capped && claimed.rows == 0 && claimed.more_due;
                         left_due = claimed.more_due;
+                        after = claimed.next_after;
                         for (row, endpoint) in claimed.ready {
                             let claim = Claim {
                                 row,
@@ -269,7 +265,7 @@ impl Worker {
                     claim_now |= left_due;
                     launcher.free(&mut in_flight, &mut per, &mut ready, endpoint_id);
                 }
-                _ = self.state.wake.notified(), if failures == 0 => claim_now |= !saturated,
+                _ = self.state.wake.notified(), if failures == 0 => claim_now = true,
                 _ = tokio::time::sleep_until(poll_at) => claim_now = true,
             }
         }
@@ -321,6 +317,7 @@ impl Worker {
             token,
             rows,
             more_due,
+            next_after,
         } = leases;
         let count = rows.len();
         let mut endpoints: HashMap<i64, Arc<Target>> = HashMap::new();
@@ -350,6 +347,7 @@ impl Worker {
             token: Arc::from(token),
             rows: count,
             more_due,
+            next_after,
             ready,
         })
     }
@@ -433,6 +431,8 @@ struct Claimed {
     /// Whether due deliveries may be left that it did not take (see
     /// [`store::deliveries::Leases::more_due`]).
     more_due: bool,
+    /// Where the next claim's round of endpoints goes on.
+    next_after: i64,
     /// The claimed deliveries whose endpoint still exists, with it.
     ready: Vec<(Leased, Arc<Target>)>,
 }

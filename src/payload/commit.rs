@@ -11,8 +11,15 @@
 //! A batch holds at most one change per build: a build's events then reach its endpoints in the
 //! order of their changes (each event's deliveries are queued behind the build's unfinished
 //! ones, and one statement does not see its own rows), and a payload shows its build as its own
-//! change left it. A change whose build is taken waits for the next batch, ahead of the changes
-//! that came after it.
+//! change left it. A change whose build is taken waits for a later batch, and so do the later
+//! changes of its build: a build's changes are written in the order they came.
+//!
+//! Batches are fair: the changes wait in one queue per organization, and a batch takes one
+//! change of each organization in turn, looking past the changes whose build it already holds
+//! (a task's build, which never changes, is remembered once a batch has read it; a change of a
+//! task not known yet counts as a build of its own, and the batch's own check defers it). A
+//! flood of one build's changes, which can only be written one per transaction, then takes
+//! one place in each batch, and the other builds and organizations the others.
 //!
 //! A change fails on its own (the task does not exist, the input is wrong) before it writes
 //! anything, and the rest of the batch goes on. Any other failure before the commit rolls the
@@ -38,6 +45,13 @@ const MAX_BATCH: usize = 64;
 
 /// How many changes may wait for the writer before callers wait to hand theirs over.
 const QUEUE: usize = 1024;
+
+/// The most waiting changes of one organization that a batch passes over, their build being
+/// taken, while it looks for one it can take: the rest wait for a later batch.
+const LOOK_PAST: usize = 1024;
+
+/// How many tasks' builds the writer remembers before it starts over.
+const KNOWN_TASKS: usize = 100_000;
 
 /// A change to a build or task that records an event.
 #[derive(Clone, Debug)]
@@ -100,6 +114,8 @@ pub struct Changes {
 }
 
 struct Job {
+    /// The order in which the writer received it.
+    seq: u64,
     request: ChangeRequest,
     /// The mutation's audit event, recorded with the change when it succeeds.
     audit: AuditDraft,
@@ -129,6 +145,7 @@ impl Changes {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Job {
+                seq: 0,
                 request,
                 audit,
                 reply,
@@ -141,24 +158,24 @@ impl Changes {
     }
 }
 
-/// The writer: takes what is waiting, up to [`MAX_BATCH`], and writes it in one transaction.
+/// The writer: takes a fair batch of what is waiting (see [`Waiting::batch`]) and writes it in
+/// one transaction.
 async fn write_changes(writer: DatabaseConnection, outbox: Outbox, mut jobs: mpsc::Receiver<Job>) {
-    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut waiting = Waiting::default();
     loop {
-        if waiting.is_empty() {
+        if waiting.len == 0 {
             match jobs.recv().await {
-                Some(job) => waiting.push_back(job),
+                Some(job) => waiting.push(job),
                 None => return,
             }
         }
-        while waiting.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => waiting.push_back(job),
-                Err(_) => break,
-            }
+        // Everything handed over is taken in, so that a batch sees every organization's
+        // changes and not only those of the one that sent the most. Each caller waits for its
+        // answer, so there are never more than there are mutations in flight.
+        while let Ok(job) = jobs.try_recv() {
+            waiting.push(job);
         }
-        let take = waiting.len().min(MAX_BATCH);
-        let batch: Vec<Job> = waiting.drain(..take).collect();
+        let batch = waiting.batch();
         // A batch runs as a task of its own: should it panic, its changes' callers get an
         // error (their answers are dropped) and the writer goes on with the next ones.
         let written = tokio::spawn({
@@ -166,9 +183,10 @@ async fn write_changes(writer: DatabaseConnection, outbox: Outbox, mut jobs: mps
             async move { write_batch(&writer, &outbox, batch).await }
         });
         match written.await {
-            Ok(deferred) => {
-                for job in deferred.into_iter().rev() {
-                    waiting.push_front(job);
+            Ok(Answered { deferred, tasks }) => {
+                waiting.learn(tasks);
+                for job in deferred {
+                    waiting.put(job);
                 }
             }
             Err(err) => tracing::error!(error = %err, "a batch of changes failed"),
@@ -176,22 +194,157 @@ async fn write_changes(writer: DatabaseConnection, outbox: Outbox, mut jobs: mps
     }
 }
 
-/// Writes a batch and answers its changes; the changes whose build was taken, to go first in
-/// the next batch.
-async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Job>) -> Vec<Job> {
+/// What no two changes of a batch may share: a build (or, until its build is known, a task).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Build(i64),
+    Task(i64),
+}
+
+/// A task's organization and build.
+type TaskBuild = (i64, (i64, i64));
+
+/// The changes waiting for the writer: one queue per organization, each in the order its
+/// changes came, and the organizations in the order they are served.
+#[derive(Default)]
+struct Waiting {
+    by_org: HashMap<i64, VecDeque<Job>>,
+    turns: VecDeque<i64>,
+    len: usize,
+    received: u64,
+    /// Each task's organization and build, as batches read them: neither ever changes.
+    tasks: HashMap<i64, (i64, i64)>,
+}
+
+impl Waiting {
+    /// A change just received.
+    fn push(&mut self, mut job: Job) {
+        job.seq = self.received;
+        self.received += 1;
+        self.put(job);
+    }
+
+    /// A change back in its organization's queue, at its place by the order it came in: one
+    /// deferred by its batch goes ahead of the later changes of its build.
+    fn put(&mut self, job: Job) {
+        let org = job.request.org_id();
+        let queue = match self.by_org.entry(org) {
+            std::collections::hash_map::Entry::Occupied(queue) => queue.into_mut(),
+            std::collections::hash_map::Entry::Vacant(empty) => {
+                self.turns.push_back(org);
+                empty.insert(VecDeque::new())
+            }
+        };
+        let at = queue.partition_point(|waiting| waiting.seq < job.seq);
+        queue.insert(at, job);
+        self.len += 1;
+    }
+
+    /// Remembers the builds of tasks a batch read.
+    fn learn(&mut self, tasks: Vec<TaskBuild>) {
+        if self.tasks.len() + tasks.len() > KNOWN_TASKS {
+            self.tasks.clear();
+        }
+        self.tasks.extend(tasks);
+    }
+
+    /// What `request` may not share a batch with; none for a new build, which no other change
+    /// can name yet.
+    fn key(tasks: &HashMap<i64, (i64, i64)>, request: &ChangeRequest) -> Option<Key> {
+        match request {
+            ChangeRequest::CreateBuild { .. } => None,
+            ChangeRequest::UpdateBuildStatus { build_id, .. }
+            | ChangeRequest::CreateTask { build_id, .. } => Some(Key::Build(*build_id)),
+            ChangeRequest::UpdateTaskStatus {
+                org_id, task_id, ..
+            } => Some(match tasks.get(task_id) {
+                Some((org, build)) if org == org_id => Key::Build(*build),
+                _ => Key::Task(*task_id),
+            }),
+        }
+    }
+
+    /// The next batch: up to [`MAX_BATCH`] changes, one of each organization in turn, each the
+    /// first of its organization's queue whose build (or task) the batch does not hold yet.
+    /// Keys are per organization: a change naming another organization's task fails on its
+    /// own, so it holds up none of that organization's changes.
+    ///
+    /// A build's changes stay in order: one is passed over only when its key is taken, and
+    /// then so are the later ones of the same key. A change of a task whose build is not known
+    /// yet may enter a batch behind a change of the same build; the batch then defers it (and
+    /// any later change of the build, whose key the earlier one took), and [`Waiting::put`]
+    /// gives them back their places.
+    fn batch(&mut self) -> Vec<Job> {
+        #[derive(Default)]
+        struct Scan {
+            at: usize,
+            taken: HashSet<Key>,
+        }
+        let mut batch = Vec::new();
+        let mut scans: HashMap<i64, Scan> = HashMap::new();
+        let mut open: Vec<i64> = self.turns.iter().copied().collect();
+        while !open.is_empty() && batch.len() < MAX_BATCH {
+            let mut still = Vec::with_capacity(open.len());
+            for org in open {
+                if batch.len() == MAX_BATCH {
+                    break;
+                }
+                let Some(queue) = self.by_org.get_mut(&org) else {
+                    continue;
+                };
+                let scan = scans.entry(org).or_default();
+                while scan.at < queue.len() && scan.at <= LOOK_PAST {
+                    let free = match Self::key(&self.tasks, &queue[scan.at].request) {
+                        None => true,
+                        Some(key) => scan.taken.insert(key),
+                    };
+                    if free {
+                        batch.extend(queue.remove(scan.at));
+                        still.push(org);
+                        break;
+                    }
+                    scan.at += 1;
+                }
+            }
+            open = still;
+        }
+        self.len -= batch.len();
+        self.by_org.retain(|_, queue| !queue.is_empty());
+        let by_org = &self.by_org;
+        self.turns.retain(|org| by_org.contains_key(org));
+        // The organization served first this time is served last next time.
+        self.turns.rotate_left(1.min(self.turns.len()));
+        batch
+    }
+}
+
+/// What a batch came to for the writer: the changes it deferred, to be written later, and the
+/// builds of the tasks it read.
+struct Answered {
+    deferred: Vec<Job>,
+    tasks: Vec<TaskBuild>,
+}
+
+/// Writes a batch and answers its changes; the changes whose build was taken, to be written in
+/// a later batch.
+async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Job>) -> Answered {
     let requests: Vec<_> = batch.iter().map(Job::parts).collect();
-    match write(writer, outbox, &requests).await {
+    let mut tasks = Vec::new();
+    match write(writer, outbox, &requests, &mut tasks).await {
         Ok(results) => {
             let mut deferred = Vec::new();
             for (job, result) in batch.into_iter().zip(results) {
                 match result {
                     Some(result) => {
+                        if let Ok(Changed::Task(task)) = &result {
+                            tasks.push((task.id, (task.org_id, task.build_id)));
+                        }
                         let _ = job.reply.send(result);
                     }
                     None => deferred.push(job),
                 }
             }
-            deferred
+            Answered { deferred, tasks }
         }
         Err(Failed::Commit) => {
             // Whether a failed commit took effect is unknown: the changes are not written
@@ -199,13 +352,19 @@ async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Jo
             for job in batch {
                 let _ = job.reply.send(Err(Error::Unconfirmed));
             }
-            Vec::new()
+            Answered {
+                deferred: Vec::new(),
+                tasks,
+            }
         }
         Err(Failed::Before(err)) if batch.len() == 1 => {
             if let Some(job) = batch.into_iter().next() {
                 let _ = job.reply.send(Err(err));
             }
-            Vec::new()
+            Answered {
+                deferred: Vec::new(),
+                tasks,
+            }
         }
         Err(Failed::Before(_)) => {
             // The cause was logged where it became an [`Error`].
@@ -215,7 +374,7 @@ async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Jo
             );
             outbox.metrics().change_batches_split.inc();
             for job in batch {
-                let result = match write(writer, outbox, &[job.parts()]).await {
+                let result = match write(writer, outbox, &[job.parts()], &mut tasks).await {
                     Ok(mut results) => results
                         .pop()
                         .flatten()
@@ -225,7 +384,10 @@ async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Jo
                 };
                 let _ = job.reply.send(result);
             }
-            Vec::new()
+            Answered {
+                deferred: Vec::new(),
+                tasks,
+            }
         }
     }
 }
@@ -248,16 +410,25 @@ fn is_the_changes_own(err: &Error) -> bool {
 }
 
 /// Writes `requests` in one transaction, each with its audit event when it succeeds; each
-/// one's result, or `None` for a change deferred to the next batch because its build was taken.
+/// one's result, or `None` for a change deferred to a later batch because its build was taken.
+/// The builds of the existing tasks it reads are added to `tasks`, whatever becomes of the
+/// transaction.
 async fn write(
     writer: &DatabaseConnection,
     outbox: &Outbox,
     requests: &[(&ChangeRequest, &AuditDraft)],
+    tasks: &mut Vec<TaskBuild>,
 ) -> Result<Vec<Option<Result<Changed>>>, Failed> {
     let _turn = outbox.turn().await;
     let tx = Arc::new(store::begin_change(writer).await.map_err(Failed::Before)?);
     let now = crate::now_ms();
     let mut taken = Taken::read(&tx, requests).await.map_err(Failed::Before)?;
+    tasks.extend(
+        taken
+            .known_tasks
+            .values()
+            .map(|task| (task.id, (task.org_id, task.build_id))),
+    );
     // The users the batch's changes and audit events name, as they are learned.
     let mut users = HashMap::new();
     let mut results = Vec::with_capacity(requests.len());
@@ -438,7 +609,7 @@ fn build_of(builds: &HashMap<i64, build::Model>, org_id: i64, id: i64) -> Result
 
 /// What one change of a batch did.
 enum Step {
-    /// Its build was taken: it goes in the next batch.
+    /// Its build was taken: it goes in a later batch.
     Deferred,
     /// Written (or unchanged), with its event when it records one.
     Done(Box<(Changed, Option<Change>)>),
@@ -542,5 +713,137 @@ async fn apply(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::audit::Actor;
+
+    fn job(request: ChangeRequest) -> Job {
+        let audit = AuditDraft::new(
+            request.org_id(),
+            Actor {
+                username: "test".into(),
+                ip: None,
+            },
+            "updateTaskStatus",
+            serde_json::Value::Null,
+        );
+        Job {
+            seq: 0,
+            request,
+            audit,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn task(org_id: i64, task_id: i64) -> Job {
+        job(ChangeRequest::UpdateTaskStatus {
+            org_id,
+            task_id,
+            status: TaskStatus::Executing,
+            notifications: Vec::new(),
+        })
+    }
+
+    fn build(org_id: i64, build_id: i64) -> Job {
+        job(ChangeRequest::UpdateBuildStatus {
+            org_id,
+            build_id,
+            status: BuildStatus::Executing,
+        })
+    }
+
+    /// The organization and the task or build of each change.
+    fn named(batch: &[Job]) -> Vec<(i64, i64)> {
+        batch
+            .iter()
+            .map(|job| match &job.request {
+                ChangeRequest::UpdateTaskStatus {
+                    org_id, task_id, ..
+                } => (*org_id, *task_id),
+                ChangeRequest::UpdateBuildStatus {
+                    org_id, build_id, ..
+                } => (*org_id, *build_id),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_flood_of_one_builds_changes_takes_one_place_in_a_batch() {
+        let mut waiting = Waiting::default();
+        // Organization 1's tasks 1 to 500 are of its build 7.
+        waiting.learn((1..=500).map(|task| (task, (1, 7))).collect());
+        for id in 1..=500 {
+            waiting.push(task(1, id));
+        }
+        for id in 100..110 {
+            waiting.push(build(2, id));
+        }
+        let batch = waiting.batch();
+        let mut expected = vec![(1, 1)];
+        expected.extend((100..110).map(|id| (2, id)));
+        let mut got = named(&batch);
+        got.sort_unstable();
+        assert_eq!(got, expected);
+        assert_eq!(waiting.len, 499);
+        assert_eq!(named(&waiting.batch()), [(1, 2)]);
+    }
+
+    #[test]
+    fn organizations_take_turns_in_a_full_batch() {
+        let mut waiting = Waiting::default();
+        for org in 1..=3 {
+            for id in 0..100 {
+                waiting.push(build(org, org * 1000 + id));
+            }
+        }
+        let batch = waiting.batch();
+        assert_eq!(batch.len(), MAX_BATCH);
+        for org in 1..=3 {
+            let of_org = named(&batch).iter().filter(|(o, _)| *o == org).count();
+            assert!((21..=22).contains(&of_org), "organization {org}: {of_org}");
+        }
+    }
+
+    /// Changes of one build are taken in the order they came, across batches, also when a
+    /// batch defers one whose task's build it did not know and gives it back.
+    #[test]
+    fn a_builds_changes_are_taken_in_the_order_they_came() {
+        let mut waiting = Waiting::default();
+        // Tasks 1 and 2 are known to be of build 7; task 3 is of build 7 too, not known yet.
+        waiting.learn(vec![(1, (1, 7)), (2, (1, 7))]);
+        waiting.push(task(1, 1));
+        waiting.push(task(1, 2));
+        waiting.push(build(1, 8));
+        waiting.push(task(1, 3));
+        waiting.push(task(1, 1));
+        let first = waiting.batch();
+        assert_eq!(named(&first), [(1, 1), (1, 8), (1, 3)]);
+        // The batch defers the change of task 3, whose build it held, and learns the build.
+        let mut first = first.into_iter();
+        let deferred = first.nth(2).unwrap();
+        waiting.learn(vec![(3, (1, 7))]);
+        waiting.put(deferred);
+        assert_eq!(named(&waiting.batch()), [(1, 2)]);
+        assert_eq!(named(&waiting.batch()), [(1, 3)]);
+        assert_eq!(named(&waiting.batch()), [(1, 1)]);
+        assert_eq!(waiting.len, 0);
+        assert!(waiting.batch().is_empty());
+    }
+
+    /// A change naming another organization's task takes no key of that organization's.
+    #[test]
+    fn a_change_naming_another_organizations_task_holds_up_none_of_its_changes() {
+        let mut waiting = Waiting::default();
+        waiting.learn(vec![(1, (1, 7)), (2, (1, 7))]);
+        waiting.push(task(2, 1));
+        waiting.push(task(1, 2));
+        let mut got = named(&waiting.batch());
+        got.sort_unstable();
+        assert_eq!(got, [(1, 2), (2, 1)]);
     }
 }

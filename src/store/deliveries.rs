@@ -694,15 +694,8 @@ pub async fn queue_depth(conn: &impl ConnectionTrait) -> Result<u64> {
     Ok(count.map(|c| c.n.max(0) as u64).unwrap_or(0))
 }
 
-/// How many due deliveries a claim reads for each row it may take, so that rows of endpoints
-/// already at their cap do not leave the free slots empty. Each one read costs its chain's and
-/// its endpoint's checks (and on PostgreSQL a row lock): reading four per slot cost a drain 6 %
-/// more instructions than two, and past two, endpoints at their cap are what `look_past_busy`
-/// is for.
-const CANDIDATES_PER_SLOT: usize = 2;
-
-/// The most candidates one claim reads.
-const MAX_CANDIDATES: usize = 2048;
+/// The most endpoints one claim visits; the next claim goes on after the last one it visited.
+const MAX_ENDPOINTS: usize = 256;
 
 /// What a claim may take.
 pub struct ClaimRequest<F> {
@@ -710,26 +703,34 @@ pub struct ClaimRequest<F> {
     pub lease_ms: i64,
     /// The most deliveries to take.
     pub limit: usize,
-    /// Endpoints at the worker's per-endpoint cap.
+    /// Endpoints at the worker's per-endpoint cap: their deliveries are not read.
     pub busy: Vec<i64>,
     /// How many more deliveries of an endpoint the worker may take.
     pub room_of: F,
-    /// Whether the claim may look past the due deliveries of `busy` endpoints, reading the whole
-    /// queue of them to find another endpoint's (the worker allows it a few times a second).
-    pub look_past_busy: bool,
+    /// The most deliveries of one endpoint a claim reads: the most the worker holds of one.
+    pub per_endpoint: usize,
+    /// Where the round of endpoints goes on: the claim visits the endpoints after this one
+    /// first (see [`Leases::next_after`]); 0 starts from the first.
+    pub after: i64,
 }
 
 /// Claims due deliveries for `lease_ms`, under one new fencing token.
 ///
 /// Only the head of each (endpoint, build) chain is due: a delivery waits while an earlier one
 /// of its chain is unfinished, so one endpoint sees one build's events in order. Deliveries
-/// behind one are `held` and not read at all: the due ones are read in due order through the
-/// `delivery_queue_ready` partial index, a few per free slot, the worker's per-endpoint cap is
-/// applied to them, and the chosen ones' queue rows are leased in one statement that checks
-/// again that each is queued, its chain's head and free. When all it read belong to endpoints
-/// at their cap, a claim allowed to `look_past_busy` reads on, skipping them. On PostgreSQL, inside a transaction, concurrent
-/// claimers skip each other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite the claim runs
-/// outside one, so it takes the write lock only for the lease itself.
+/// behind one are `held` and not read at all.
+///
+/// Claims are fair across endpoints: a claim visits the endpoints with unheld deliveries in a
+/// round (through the `delivery_queue_endpoint_due` partial index, one step per endpoint,
+/// however long its queue), up to [`MAX_ENDPOINTS`] of them after `after`, and reads of each
+/// endpoint not `busy` its first due deliveries, up to `per_endpoint`, in due order. It then
+/// takes each endpoint's first, then each one's second, and so on, within `room_of` each and
+/// `limit` in all; one endpoint's backlog thus takes its share of the slots and no more, and a
+/// delivery to another endpoint is taken by the next claim however long that backlog is. The
+/// chosen queue rows are leased in one statement that checks again that each is queued, its
+/// chain's head and free. On PostgreSQL, inside a transaction, concurrent claimers skip each
+/// other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite the claim runs outside one, so it takes
+/// the write lock only for the lease itself.
 ///
 /// On PostgreSQL it must run inside a transaction, which it configures for the claim: no sorts,
 /// no table scans, and a commit that does not wait for the disk.
@@ -743,52 +744,79 @@ pub async fn claim<F: Fn(i64) -> usize>(
         limit,
         busy,
         room_of,
-        look_past_busy,
+        per_endpoint,
+        after,
     } = request;
     let token = uuid::Uuid::new_v4().to_string();
     if conn.get_database_backend() == DbBackend::Postgres {
-        // With statistics, PostgreSQL's planner reads every due delivery and sorts them when it
-        // expects few, though the claim needs only the first; in a backlog of ready chains that
-        // is thousands of rows per claim. Without sorts, it reads `delivery_queue_ready` in
-        // order and stops at the limit. The rest is the worker's (see
-        // [`crate::store::WORKER_SETTINGS`]): a claim lost to a crash only lets its lease
-        // expire. One round trip sets them all.
+        // With statistics, PostgreSQL's planner may read every due delivery of an endpoint and
+        // sort them when it expects few, though the claim needs only the first; without sorts,
+        // it reads `delivery_queue_endpoint_due` in order and stops at the limit. The rest is
+        // the worker's (see [`crate::store::WORKER_SETTINGS`]): a claim lost to a crash only
+        // lets its lease expire. One round trip sets them all.
         let settings = format!("SET LOCAL enable_sort = off; {}", super::WORKER_SETTINGS);
         conn.execute_unprepared(&settings).await?;
     }
-    let wanted = (limit * CANDIDATES_PER_SLOT).min(MAX_CANDIDATES);
-    let first = candidates(conn, now, &[], wanted).await?;
-    let full = first.len() == wanted;
-    let mut taken: HashMap<i64, usize> = HashMap::new();
+    let each = per_endpoint.min(limit).max(1);
+    // The endpoints after `after`, then, when the round reached the last one, those from the
+    // first up to `after`.
+    let mut round = visit(conn, now, &busy, each, after, i64::MAX, MAX_ENDPOINTS).await?;
+    if !round.cut && after > 0 {
+        let left = MAX_ENDPOINTS - round.endpoints.len();
+        let rest = visit(conn, now, &busy, each, 0, after, left).await?;
+        round.endpoints.extend(rest.endpoints);
+        round.cut = rest.cut;
+    }
+    // Where the next claim goes on: after the last endpoint visited when the round stopped
+    // short of the others; from the first when it visited them all.
+    let mut next_after = if round.cut {
+        round.endpoints.last().map_or(0, |(id, _)| *id)
+    } else {
+        0
+    };
+    let mut more_due = round.cut;
     let mut chosen = Vec::with_capacity(limit);
-    let mut passed_over = false;
-    let mut pick = |candidates: Vec<Candidate>, chosen: &mut Vec<i64>| {
-        for candidate in candidates {
+    let mut taken: HashMap<i64, usize> = HashMap::new();
+    for (endpoint, candidates) in &round.endpoints {
+        // An endpoint skipped as busy, or read up to the bound, may have more due.
+        if busy.contains(endpoint) || candidates.len() >= each {
+            more_due = true;
+        }
+    }
+    let deepest = round
+        .endpoints
+        .iter()
+        .map(|(_, c)| c.len())
+        .max()
+        .unwrap_or(0);
+    'ranks: for rank in 0..deepest {
+        for (endpoint, candidates) in &round.endpoints {
+            let Some(id) = candidates.get(rank) else {
+                continue;
+            };
             if chosen.len() == limit {
-                break;
+                more_due = true;
+                if rank == 0 {
+                    // Not every endpoint got its first: the next claim starts with those.
+                    next_after = chosen_endpoint(&round.endpoints, chosen.last());
+                }
+                break 'ranks;
             }
-            let count = taken.entry(candidate.endpoint_id).or_default();
-            if *count >= room_of(candidate.endpoint_id) {
-                passed_over = true;
-            } else if !chosen.contains(&candidate.id) {
+            let count = taken.entry(*endpoint).or_default();
+            if *count >= room_of(*endpoint) {
+                more_due = true;
+            } else {
                 *count += 1;
-                chosen.push(candidate.id);
+                chosen.push(*id);
             }
         }
-    };
-    pick(first, &mut chosen);
-    if chosen.len() < limit && full && look_past_busy && !busy.is_empty() {
-        let more = candidates(conn, now, &busy, wanted).await?;
-        pick(more, &mut chosen);
     }
-    // What was read may not be all that is due: the read stopped at its limit, or passed over
-    // deliveries of endpoints without room, or the claim took as many as it could.
-    let more_due = full || passed_over || chosen.len() == limit;
     if chosen.is_empty() {
         return Ok(Leases {
             token,
             rows: Vec::new(),
             more_due,
+            next_after,
         });
     }
     let backend = conn.get_database_backend();
@@ -836,7 +864,144 @@ pub async fn claim<F: Fn(i64) -> usize>(
         token,
         rows,
         more_due,
+        next_after,
     })
+}
+
+/// The endpoint of the delivery `last` among the candidates of `endpoints`; 0 when none.
+fn chosen_endpoint(endpoints: &[(i64, Vec<i64>)], last: Option<&i64>) -> i64 {
+    let Some(last) = last else { return 0 };
+    endpoints
+        .iter()
+        .find(|(_, candidates)| candidates.contains(last))
+        .map_or(0, |(id, _)| *id)
+}
+
+/// Endpoints a claim visited, in order, each with its candidates in due order (none when it is
+/// busy, disabled, or has nothing due); and whether the visit stopped at its bound, before
+/// the end of its range.
+struct Round {
+    endpoints: Vec<(i64, Vec<i64>)>,
+    cut: bool,
+}
+
+/// Visits up to `bound` endpoints with unheld deliveries, those after `from` up to `until`,
+/// reading of each up to `each` due, unleased chain heads of enabled endpoints not in `busy`.
+async fn visit(
+    conn: &impl ConnectionTrait,
+    now: i64,
+    busy: &[i64],
+    each: usize,
+    from: i64,
+    until: i64,
+    bound: usize,
+) -> Result<Round> {
+    if bound == 0 {
+        return Ok(Round {
+            endpoints: Vec::new(),
+            cut: true,
+        });
+    }
+    #[derive(FromQueryResult)]
+    struct Visited {
+        endpoint_id: i64,
+        id: Option<i64>,
+        next_attempt_at: Option<i64>,
+    }
+    let backend = conn.get_database_backend();
+    let values: Vec<Value> = vec![
+        from.into(),
+        (bound as i64).into(),
+        until.into(),
+        sql::ids(backend, busy),
+        now.into(),
+        now.into(),
+        (each as i64).into(),
+        until.into(),
+    ];
+    let statement = Statement::from_sql_and_values(backend, visit_sql(backend), values);
+    let rows = Visited::find_by_statement(statement).all(conn).await?;
+    let mut endpoints: std::collections::BTreeMap<i64, Vec<(i64, i64)>> = Default::default();
+    for row in rows {
+        let candidates = endpoints.entry(row.endpoint_id).or_default();
+        if let (Some(id), Some(at)) = (row.id, row.next_attempt_at) {
+            candidates.push((at, id));
+        }
+    }
+    let cut = endpoints.len() >= bound;
+    Ok(Round {
+        endpoints: endpoints
+            .into_iter()
+            .map(|(id, mut candidates)| {
+                candidates.sort_unstable();
+                (id, candidates.into_iter().map(|(_, id)| id).collect())
+            })
+            .collect(),
+        cut,
+    })
+}
+
+/// [`visit`]'s statement; its parameters are the endpoint to start after, the most endpoints,
+/// the last endpoint to visit, the busy endpoints, now (twice), the most deliveries per
+/// endpoint and the last endpoint again. It returns a row per candidate, and a row without
+/// one for each endpoint visited that has none.
+///
+/// The endpoints are found one step at a time, each the next in `delivery_queue_endpoint_due`
+/// after the one before (an index probe, not a read of the queue); each one's candidates are
+/// the first of its due rows in the same index. PostgreSQL reads them with `LATERAL`, SQLite
+/// with a correlated list. Each delivery read is checked to be its chain's head, as in
+/// [`lease_sql`].
+fn visit_sql(backend: DbBackend) -> String {
+    let index = sql::sqlite_hint(backend, "INDEXED BY delivery_queue_endpoint_due");
+    let next = |after: &str| {
+        format!(
+            "(SELECT MIN(dm.endpoint_id) FROM delivery_queue dm {index}
+              WHERE dm.held = false AND dm.endpoint_id > {after})"
+        )
+    };
+    let endpoints = format!(
+        "WITH RECURSIVE visit(endpoint_id, n) AS (
+            SELECT {}, 1
+            UNION ALL
+            SELECT {}, v.n + 1 FROM visit v
+            WHERE v.endpoint_id IS NOT NULL AND v.n < CAST(? AS BIGINT) AND v.endpoint_id < ?
+        )",
+        next("CAST(? AS BIGINT)"),
+        next("v.endpoint_id"),
+    );
+    // The conditions on the endpoint come first: PostgreSQL tests them once per endpoint,
+    // before it reads (and locks) any of its rows.
+    let candidates = format!(
+        "FROM delivery_queue dr {index}
+        WHERE NOT ({busy})
+          AND EXISTS (SELECT 1 FROM webhook_endpoints w
+                      WHERE w.id = e.endpoint_id AND w.enabled = true)
+          AND dr.endpoint_id = e.endpoint_id AND dr.held = false AND dr.next_attempt_at <= ?
+          AND (dr.lease_until IS NULL OR dr.lease_until < ?)
+          AND {head}
+        ORDER BY dr.next_attempt_at, dr.delivery_id
+        LIMIT CAST(? AS BIGINT)",
+        busy = sql::in_ids(backend, "e.endpoint_id"),
+        head = chain_head("dr"),
+    );
+    let sql = match backend {
+        DbBackend::Postgres => format!(
+            "{endpoints}
+            SELECT e.endpoint_id, c.id, c.next_attempt_at FROM visit e
+            LEFT JOIN LATERAL (
+                SELECT dr.delivery_id AS id, dr.next_attempt_at {candidates}
+                FOR UPDATE OF dr SKIP LOCKED
+            ) c ON true
+            WHERE e.endpoint_id IS NOT NULL AND e.endpoint_id <= ?"
+        ),
+        _ => format!(
+            "{endpoints}
+            SELECT e.endpoint_id, q.delivery_id AS id, q.next_attempt_at FROM visit e
+            LEFT JOIN delivery_queue q ON q.delivery_id IN (SELECT dr.delivery_id {candidates})
+            WHERE e.endpoint_id IS NOT NULL AND e.endpoint_id <= ?"
+        ),
+    };
+    sql::numbered(backend, &sql)
 }
 
 /// What a claim leased.
@@ -849,6 +1014,8 @@ pub struct Leases {
     /// endpoint's slot frees may find some. When not, only a change of the queue (new
     /// deliveries, outcomes written) or the poll can make any due.
     pub more_due: bool,
+    /// Where the next claim's round of endpoints goes on (its `after`).
+    pub next_after: i64,
 }
 
 /// A delivery a claim leased: what its attempt needs of it, and no more (a claim reads many,
@@ -901,64 +1068,6 @@ fn leased_sql(backend: DbBackend, leased: &str) -> String {
             CAST(? AS BIGINT) AS lease_until, created_at
         FROM deliveries WHERE {chosen}"
     )
-}
-
-#[derive(FromQueryResult)]
-struct Candidate {
-    id: i64,
-    endpoint_id: i64,
-}
-
-/// Up to `limit` due, unheld, unleased chain heads of enabled endpoints not in `skip`, in due
-/// order.
-async fn candidates(
-    conn: &impl ConnectionTrait,
-    now: i64,
-    skip: &[i64],
-    limit: usize,
-) -> Result<Vec<Candidate>> {
-    let backend = conn.get_database_backend();
-    let skipping = !skip.is_empty();
-    let mut values: Vec<Value> = vec![now.into(), now.into()];
-    if skipping {
-        values.push(sql::ids(backend, skip));
-    }
-    values.push((limit as i64).into());
-    let statement =
-        Statement::from_sql_and_values(backend, candidates_sql(backend, skipping), values);
-    Ok(Candidate::find_by_statement(statement).all(conn).await?)
-}
-
-/// [`candidates`]' statement; its parameters are now (twice), the endpoints to skip (when
-/// `skipping`) and the limit.
-fn candidates_sql(backend: DbBackend, skipping: bool) -> String {
-    let skip_filter = if skipping {
-        format!("AND NOT ({})", sql::in_ids(backend, "q.endpoint_id"))
-    } else {
-        String::new()
-    };
-    // SQLite's planner, without statistics, may pick another index and sort every queued
-    // delivery; the partial index reads them in due order and stops at the limit. The limit is
-    // cast: SQLite plans a bare `LIMIT ?` from the value bound, so binding another one would
-    // make it parse and plan the statement again at every claim.
-    let index = sql::sqlite_hint(backend, "INDEXED BY delivery_queue_ready");
-    let lock = if backend == DbBackend::Postgres {
-        "FOR UPDATE OF q SKIP LOCKED"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "SELECT q.delivery_id AS id, q.endpoint_id FROM delivery_queue q {index}
-        WHERE q.held = false AND q.next_attempt_at <= ?
-          AND (q.lease_until IS NULL OR q.lease_until < ?)
-          {skip_filter}
-          AND EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = q.endpoint_id AND e.enabled = true)
-          AND {head}
-        ORDER BY q.next_attempt_at, q.delivery_id
-        LIMIT CAST(? AS BIGINT) {lock}",
-        head = chain_head("q")
-    );
-    sql::numbered(backend, &sql)
 }
 
 /// What one attempt came to, ready to be written.
@@ -1293,11 +1402,7 @@ mod tests {
         let db = crate::store::connect(&url).await.unwrap();
         let sqlite = DbBackend::Sqlite;
         let statements = [
-            ("candidates", candidates_sql(sqlite, false)),
-            (
-                "candidates past busy endpoints",
-                candidates_sql(sqlite, true),
-            ),
+            ("endpoints and their candidates", visit_sql(sqlite)),
             ("lease", lease_sql(sqlite)),
             (
                 "leased deliveries",
@@ -1333,5 +1438,71 @@ mod tests {
         // outcomes would cost n² reads of its rows.
         let plan = plan(&db, &outcomes_sql(sqlite)).await;
         assert!(plan.starts_with("SCAN o"), "outcomes:\n{plan}");
+    }
+
+    /// On PostgreSQL, with statistics of a queue where one endpoint has a backlog of thousands
+    /// and another a few deliveries, a claim's visit of the endpoints reads each one's rows in
+    /// `delivery_queue_endpoint_due` (never the whole queue, nor every due row in due order):
+    /// run when `HERALD_TEST_POSTGRES_URL` names a server, on a database of its own.
+    #[tokio::test]
+    async fn postgres_visits_each_endpoints_queue_through_its_index() {
+        let Ok(server) = std::env::var("HERALD_TEST_POSTGRES_URL") else {
+            return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+        };
+        let admin = sea_orm::Database::connect(&server).await.unwrap();
+        let name = format!("herald_plan_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&server).unwrap();
+        url.set_path(&format!("/{name}"));
+        let db = crate::store::connect(url.as_str()).await.unwrap();
+        // Endpoint 1's backlog of 5,000 chains, endpoint 2's three, and a few held rows.
+        db.execute_unprepared(
+            "INSERT INTO delivery_queue (delivery_id, endpoint_id, build_id, next_attempt_at, held)
+             SELECT g, CASE WHEN g % 2000 = 0 THEN 2 ELSE 1 END, g, g, g % 7 = 0
+             FROM generate_series(1, 6000) AS g;
+             ANALYZE delivery_queue",
+        )
+        .await
+        .unwrap();
+        let pg = DbBackend::Postgres;
+        let values: Vec<Value> = vec![
+            0i64.into(),
+            256i64.into(),
+            i64::MAX.into(),
+            sql::ids(pg, &[]),
+            10_000i64.into(),
+            10_000i64.into(),
+            16i64.into(),
+            i64::MAX.into(),
+        ];
+        let statement =
+            Statement::from_sql_and_values(pg, format!("EXPLAIN {}", visit_sql(pg)), values);
+        let tx = sea_orm::TransactionTrait::begin(&db).await.unwrap();
+        tx.execute_unprepared("SET LOCAL enable_sort = off; SET LOCAL enable_seqscan = off")
+            .await
+            .unwrap();
+        let rows = tx.query_all_raw(statement).await.unwrap();
+        tx.rollback().await.unwrap();
+        let plan: Vec<String> = rows
+            .iter()
+            .map(|row| row.try_get::<String>("", "QUERY PLAN").unwrap())
+            .collect();
+        let plan = plan.join("\n");
+        db.close().await.ok();
+        admin
+            .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        assert!(
+            !plan.contains("Seq Scan") && !plan.contains("delivery_queue_ready"),
+            "the visit reads the whole queue:\n{plan}"
+        );
+        assert!(
+            plan.contains("delivery_queue_endpoint_due"),
+            "the visit does not read each endpoint's queue by its index:\n{plan}"
+        );
     }
 }

@@ -329,9 +329,25 @@ async fn quick_bench(database_url: Option<&str>) {
             "fanout",
             "steady",
             "burst",
-            "drain-100"
+            "drain-100",
+            "noisy-neighbour quiet",
+            "noisy-neighbour"
         ]
     );
+    assert!(
+        table.contains("organization B's figures, alone and beside organization A"),
+        "{table}"
+    );
+    for f in &figures[6..] {
+        let mutation = |name: &str| f[name].as_f64().unwrap_or_else(|| panic!("no {name}: {f}"));
+        assert!(
+            mutation("mutation_p50_ms") <= mutation("mutation_p99_ms"),
+            "{f}"
+        );
+        assert_latencies_within_the_run(f);
+    }
+    assert!(figures[7]["neighbour_updates"].as_u64().unwrap() > 0);
+    assert!(figures[6]["neighbour_updates"].is_null());
     for f in &figures {
         assert_eq!(f["errors"], 0, "{f}");
         assert!(

@@ -5,6 +5,7 @@ mod bridge;
 mod cirrus;
 mod cli;
 mod delivery;
+mod fairness;
 mod fake_slack;
 mod graphiql;
 mod http_limits;

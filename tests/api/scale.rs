@@ -21,6 +21,7 @@ use crate::support::{
 crate::on_both_backends!(
     an_attempt_whose_lease_was_taken_over_changes_nothing,
     a_claim_says_whether_it_may_have_left_due_deliveries,
+    a_claim_takes_every_endpoints_first_delivery_before_any_endpoints_second,
     an_outcome_says_for_which_endpoints_it_released_held_deliveries,
     a_redelivered_delivery_hands_its_chain_on_in_order,
     a_redelivery_fences_out_the_claim_whose_lease_ran_out,
@@ -821,7 +822,8 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
             limit: 10,
             busy: Vec::new(),
             room_of: |_| 10,
-            look_past_busy: false,
+            per_endpoint: 16,
+            after: 0,
         };
         let claimed = deliveries::claim(&tx, request).await.unwrap();
         tx.commit().await.unwrap();
@@ -912,7 +914,8 @@ async fn a_claim_says_whether_it_may_have_left_due_deliveries(app: TestApp) {
             limit,
             busy: Vec::new(),
             room_of: move |_| room,
-            look_past_busy: false,
+            per_endpoint: 16,
+            after: 0,
         };
         let leases = deliveries::claim(&tx, request).await.unwrap();
         tx.commit().await.unwrap();
@@ -934,6 +937,44 @@ async fn a_claim_says_whether_it_may_have_left_due_deliveries(app: TestApp) {
         "the last due delivery, and nothing left"
     );
     assert_eq!(claim(10, 10).await, (0, false), "nothing due");
+}
+
+/// A claim visits the endpoints in a round and takes each one's first due delivery before any
+/// one's second: an endpoint's backlog, however much older, does not fill a claim while
+/// another endpoint has a delivery due.
+async fn a_claim_takes_every_endpoints_first_delivery_before_any_endpoints_second(app: TestApp) {
+    let (app, world) = without_worker(app).await;
+    for _ in 0..30 {
+        world.build(&app).await;
+    }
+    let other = World::new(&app, "other").await;
+    let endpoint: i64 = other
+        .endpoint(&app, "http://127.0.0.1:9/other", json!({}))
+        .await
+        .parse()
+        .unwrap();
+    other.build(&app).await;
+    let db = &app.state.db;
+    let tx = herald::store::begin_write(db).await.unwrap();
+    let request = deliveries::ClaimRequest {
+        now: herald::now_ms(),
+        lease_ms: 60_000,
+        limit: 4,
+        busy: Vec::new(),
+        room_of: |_| 16,
+        per_endpoint: 16,
+        after: 0,
+    };
+    let leases = deliveries::claim(&tx, request).await.unwrap();
+    tx.commit().await.unwrap();
+    let endpoints: Vec<i64> = leases.rows.iter().map(|row| row.endpoint_id).collect();
+    assert_eq!(endpoints.len(), 4);
+    assert_eq!(
+        endpoints.iter().filter(|id| **id == endpoint).count(),
+        1,
+        "the other endpoint's delivery was left behind the backlog: {endpoints:?}"
+    );
+    assert!(leases.more_due, "the backlog has more due");
 }
 
 async fn an_outcome_says_for_which_endpoints_it_released_held_deliveries(app: TestApp) {
@@ -1015,8 +1056,14 @@ async fn an_upgrade_keeps_every_queued_delivery_and_its_order(app: TestApp) {
     let held_in_queue = "SELECT COUNT(*) AS n FROM delivery_queue WHERE held = true";
     assert_eq!(count(held_in_queue).await, 2, "two wait behind the first");
 
-    // The queue's migration and the one after it (users and audit events).
-    Migrator::down(db, Some(2)).await.unwrap();
+    // The queue's migration and every one after it.
+    let steps = Migrator::migrations()
+        .iter()
+        .rev()
+        .position(|migration| migration.name() == "m20261214_000001_delivery_queue")
+        .unwrap()
+        + 1;
+    Migrator::down(db, Some(steps as u32)).await.unwrap();
     assert_eq!(
         count("SELECT COUNT(*) AS n FROM deliveries WHERE state = 'PENDING' AND held = true").await,
         2,
@@ -1065,7 +1112,8 @@ async fn deliver_the_one_due(db: &sea_orm::DatabaseConnection) -> Delivered {
         limit: 10,
         busy: Vec::new(),
         room_of: |_| 10,
-        look_past_busy: false,
+        per_endpoint: 16,
+        after: 0,
     };
     let deliveries::Leases { token, rows, .. } = deliveries::claim(&tx, request).await.unwrap();
     tx.commit().await.unwrap();
