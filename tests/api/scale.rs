@@ -762,7 +762,8 @@ async fn a_redelivery_fences_out_the_claim_whose_lease_ran_out(app: TestApp) {
         limit: 10,
         busy: Vec::new(),
         room_of: |_| 10,
-        look_past_busy: false,
+        per_endpoint: 16,
+        after: 0,
     };
     let deliveries::Leases { token, rows, .. } = deliveries::claim(&tx, request).await.unwrap();
     tx.commit().await.unwrap();
