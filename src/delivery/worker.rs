@@ -13,7 +13,7 @@
 //! transaction: under load, a few statements per batch instead of a transaction per delivery. An attempt ends once it has handed its outcome over; the
 //! writer tells the worker's loop, one message per transaction, what the outcomes made due.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -191,7 +191,7 @@ impl Worker {
                     .chain(ready.by_endpoint.keys())
                     .copied()
                     .filter(|id| held(*id) >= held_cap)
-                    .collect::<std::collections::HashSet<i64>>()
+                    .collect::<HashSet<i64>>()
                     .into_iter()
                     .collect();
                 let room_of = |endpoint: i64| held_cap.saturating_sub(held(endpoint));
@@ -294,9 +294,9 @@ impl Worker {
     }
 
     /// Claims up to `room` deliveries and looks up their endpoints. A delivery whose endpoint
-    /// was deleted since it was queued went with it and is dropped; so, until its lease ends,
-    /// is one whose endpoint's secret or credentials cannot be opened (the cause is logged),
-    /// so that it does not hold up the others.
+    /// was deleted since it was queued went with it and is dropped; one whose endpoint's URL,
+    /// secret or credentials cannot be read is recorded as failed with the reason (see
+    /// [`Worker::fail_unreadable`]).
     async fn claim(
         &self,
         request: store::deliveries::ClaimRequest<impl Fn(i64) -> usize>,
@@ -321,13 +321,19 @@ impl Worker {
         } = leases;
         let count = rows.len();
         let mut endpoints: HashMap<i64, Arc<Target>> = HashMap::new();
+        let mut unreadable = HashSet::new();
         if !rows.is_empty() {
             let mut ids: Vec<i64> = rows.iter().map(|row| row.endpoint_id).collect();
             ids.sort_unstable();
             ids.dedup();
             for row in store::endpoints::find_many(&self.state.db, &ids).await? {
-                let Ok(fields) = store::endpoints::fields_of(&row, &self.state.vault) else {
-                    continue;
+                let fields = match store::endpoints::fields_of(&row, &self.state.vault) {
+                    Ok(fields) => fields,
+                    Err(err) => {
+                        tracing::error!(endpoint = row.id, error = %err, "an endpoint's stored URL or secret cannot be read; its deliveries fail");
+                        unreadable.insert(row.id);
+                        continue;
+                    }
                 };
                 let target = Target {
                     destination: Destination::new(&fields.url, row.insecure_ssl),
@@ -335,6 +341,12 @@ impl Worker {
                 };
                 endpoints.insert(row.id, Arc::new(target));
             }
+        }
+        let (failing, rows): (Vec<Leased>, Vec<Leased>) = rows
+            .into_iter()
+            .partition(|row| unreadable.contains(&row.endpoint_id));
+        if !failing.is_empty() {
+            self.fail_unreadable(&token, failing).await;
         }
         let ready = rows
             .into_iter()
@@ -354,6 +366,56 @@ impl Worker {
 }
 
 impl Worker {
+    /// Records as failed, with the reason, the claimed deliveries of endpoints whose stored URL
+    /// or secret cannot be read: no attempt of theirs could ever be sent, and left queued they
+    /// would hold their build's later deliveries back forever. The deliveries behind them are
+    /// released, and the worker is woken to send them.
+    async fn fail_unreadable(&self, token: &str, rows: Vec<Leased>) {
+        let now = crate::now_ms();
+        let records: Vec<AttemptRecord> = rows
+            .iter()
+            .map(|row| AttemptRecord {
+                delivery_id: row.id,
+                endpoint_id: row.endpoint_id,
+                build_id: row.build_id,
+                token: token.to_owned(),
+                state: DeliveryState::Failed,
+                next_attempt_at: now,
+                timestamp: now,
+                status: None,
+                duration_ms: 0,
+                error: Some(
+                    "the endpoint's stored URL or secret cannot be read, so nothing was sent; save the endpoint again".to_owned(),
+                ),
+                response_headers: "{}".to_owned(),
+                response_body: String::new(),
+            })
+            .collect();
+        let refs: Vec<&AttemptRecord> = records.iter().collect();
+        let recorded = async {
+            let _turn = self.state.outbox.worker_turn().await;
+            let tx = store::begin_worker_write(&self.state.writer).await?;
+            let recorded = store::deliveries::record_attempts(&tx, &refs).await?;
+            tx.commit().await?;
+            Ok::<_, crate::Error>(recorded)
+        };
+        match recorded.await {
+            Ok(recorded) => {
+                tracing::warn!(
+                    deliveries = recorded.ids.len(),
+                    "deliveries of endpoints that cannot be read were recorded as failed"
+                );
+                if !recorded.released.is_empty() {
+                    self.state.outbox.wake();
+                }
+            }
+            Err(err) => tracing::warn!(
+                error = %err,
+                "deliveries of endpoints that cannot be read could not be recorded as failed; their leases will expire"
+            ),
+        }
+    }
+
     /// Gives back the claims of deliveries that were claimed but not sent, and announces them,
     /// so that another worker sends them at once rather than when their lease ends or at its
     /// next poll.

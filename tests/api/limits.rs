@@ -14,6 +14,7 @@ crate::on_both_backends!(
     a_url_too_long_once_encoded_is_refused_and_nothing_is_stored,
     queries_cost_the_most_tasks_a_build_may_have_and_stop_at_their_row_budget,
     an_oversized_payload_is_recorded_as_a_failed_delivery_with_its_reason,
+    deliveries_to_an_endpoint_that_cannot_be_read_fail_with_the_reason,
 );
 
 /// Runs a request that must be refused with BAD_USER_INPUT and `expected` as its message.
@@ -455,4 +456,70 @@ async fn an_oversized_payload_is_recorded_as_a_failed_delivery_with_its_reason(a
         "The payload is 321 KiB, more than the 256 KiB a delivery may carry; it was not sent.",
     )
     .await;
+}
+
+/// An endpoint whose stored URL cannot be read (written by an older release, or by hand) fails
+/// its deliveries with the reason, instead of leaving them queued forever, holding back their
+/// build's later deliveries.
+async fn deliveries_to_an_endpoint_that_cannot_be_read_fail_with_the_reason(app: TestApp) {
+    use sea_orm::{ConnectionTrait, Statement};
+    let receiver = Receiver::start().await;
+    let world = World::new(&app, "acme").await;
+    let broken = world
+        .endpoint(&app, &receiver.url("/broken"), json!({}))
+        .await;
+    let fine = world
+        .endpoint(&app, &receiver.url("/fine"), json!({}))
+        .await;
+    let db = &app.state.db;
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        sea_orm::DbBackend::Postgres => "UPDATE webhook_endpoints SET url = $1 WHERE id = $2",
+        _ => "UPDATE webhook_endpoints SET url = ? WHERE id = ?",
+    };
+    let unreadable = format!("https://example.com/{}", "%C3%A9".repeat(1000));
+    db.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql,
+        [unreadable.into(), broken.parse::<i64>().unwrap().into()],
+    ))
+    .await
+    .unwrap();
+    let build = world.build(&app).await;
+    world.task(&app, &build, "test").await;
+    // The other endpoint gets both events; the broken one's fail, the second after the first.
+    receiver.wait_for(2).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deliveries = loop {
+        let data = app
+            .ok(
+                &world.admin,
+                "query($e: ID!) { viewer { webhookDeliveries(endpointId: $e) { edges { node { event state attemptLog { error } } } } } }",
+                json!({ "e": broken }),
+            )
+            .await;
+        let edges = data["viewer"]["webhookDeliveries"]["edges"].clone();
+        let failed = edges
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|edge| edge["node"]["state"] == "FAILED")
+            .count();
+        if failed == 2 {
+            break edges;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{edges}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for edge in deliveries.as_array().unwrap() {
+        assert_eq!(
+            edge["node"]["attemptLog"][0]["error"],
+            "the endpoint's stored URL or secret cannot be read, so nothing was sent; save the endpoint again"
+        );
+    }
+    assert!(
+        receiver.received().iter().all(|r| r.uri.path() == "/fine"),
+        "nothing reached the broken endpoint's address"
+    );
+    let _ = fine;
 }
