@@ -180,6 +180,38 @@ pub enum TokenCommand {
         #[command(flatten)]
         database: DatabaseConfig,
     },
+    /// Refuse every token of an organization issued until now; print from when tokens are
+    /// accepted again.
+    Revoke {
+        /// The organization's name.
+        #[arg(long)]
+        org: String,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+}
+
+/// Revokes the tokens of the organization named `name` and returns the time before which they
+/// are refused. A server reading the same database refuses them within
+/// [`crate::graphql::auth::REVOCATION_STALENESS`].
+async fn revoke(db: &sea_orm::DatabaseConnection, name: &str) -> anyhow::Result<i64> {
+    let internal = |err: crate::Error| anyhow::anyhow!("{err}");
+    let Some(found) = store::orgs::find_by_name(db, name)
+        .await
+        .map_err(internal)?
+    else {
+        bail!("no organization named {name:?} exists");
+    };
+    let tx = store::begin_write(db).await.map_err(internal)?;
+    let before = crate::graphql::auth::revocation_time(crate::now_ms());
+    let Some(before) = store::orgs::revoke_tokens(&tx, found.id, before)
+        .await
+        .map_err(internal)?
+    else {
+        bail!("no organization named {name:?} exists");
+    };
+    tx.commit().await.context("committing the revocation")?;
+    Ok(before)
 }
 
 fn parse_status(text: &str) -> Result<String, String> {
@@ -262,6 +294,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             else {
                 bail!("no organization named {org:?} exists");
             };
+            // The token key may be sealed: HERALD_ENCRYPTION_KEY opens it, as for `serve`.
             let keys = TokenKeys::new(&crate::app::token_secret(&db).await?);
             let token = keys
                 .issue(
@@ -272,6 +305,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .map_err(|err| anyhow::anyhow!("{err}"))?;
             println!("{token}");
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { org, database },
+        } => {
+            let db = store::connect(&database.database_url).await?;
+            let before = revoke(&db, &org).await?;
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(before.max(0) as u64);
+            println!(
+                "Tokens of {org:?} issued before {} ({before} ms since the epoch) are refused.",
+                httpdate::fmt_http_date(at)
+            );
             Ok(())
         }
         Command::Listen {

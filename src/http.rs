@@ -64,7 +64,11 @@ async fn graphql_handler(
         }
     };
     let mut request = request.data(Db::Pool(state.db.clone())).data(state.clone());
-    match bearer(&headers).map(|token| state.keys.verify(token)) {
+    let verified = match bearer(&headers) {
+        Some(token) => Some(state.keys.authenticate(token, &state.db).await),
+        None => None,
+    };
+    match verified {
         None => {}
         Some(Ok((viewer, subject))) => {
             // The peer's address, as the listener saw it: a proxy in front of Herald shows as

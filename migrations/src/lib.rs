@@ -10,6 +10,7 @@ mod m20261212_000001_delivery_unfinished;
 mod m20261213_000001_delivery_writes;
 mod m20261214_000001_delivery_queue;
 mod m20261216_000001_audit_events;
+mod m20261220_000001_token_revocation;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             InOneTransaction::boxed(m20261213_000001_delivery_writes::Migration),
             InOneTransaction::boxed(m20261214_000001_delivery_queue::Migration),
             InOneTransaction::boxed(m20261216_000001_audit_events::Migration),
+            InOneTransaction::boxed(m20261220_000001_token_revocation::Migration),
         ]
     }
 }

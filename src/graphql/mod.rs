@@ -44,6 +44,7 @@ pub struct MutationRoot(
     ci::CiMutation,
     webhooks::WebhookMutation,
     deliveries::DeliveryMutation,
+    auth::TokenMutation,
 );
 
 /// Bounds checked before any resolver runs.

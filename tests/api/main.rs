@@ -11,3 +11,4 @@ mod scale;
 mod security;
 mod slack_format;
 mod support;
+mod tokens;
