@@ -153,6 +153,22 @@ pub async fn find(
         .ok_or_else(|| Error::not_found("webhook endpoint", id))
 }
 
+/// The organization's endpoint with this id, locked until the transaction `tx` ends on
+/// PostgreSQL (`FOR UPDATE`); on SQLite the write transaction holds the database's write lock
+/// already.
+pub async fn find_for_update(
+    tx: &DatabaseTransaction,
+    org_id: i64,
+    id: i64,
+) -> Result<webhook_endpoint::Model> {
+    webhook_endpoint::Entity::find_by_id(id)
+        .filter(webhook_endpoint::Column::OrgId.eq(org_id))
+        .lock_exclusive()
+        .one(tx)
+        .await?
+        .ok_or_else(|| Error::not_found("webhook endpoint", id))
+}
+
 /// The endpoints with these ids, of any organization (the worker's lookup for claimed
 /// deliveries, which name their endpoint).
 pub async fn find_many(

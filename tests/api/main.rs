@@ -5,6 +5,7 @@ mod bridge;
 mod cirrus;
 mod cli;
 mod delivery;
+mod edges;
 mod fake_slack;
 mod receivers;
 mod scale;
