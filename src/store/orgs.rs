@@ -117,14 +117,21 @@ pub async fn jwt_key(conn: &impl ConnectionTrait, vault: &Vault) -> anyhow::Resu
     }
 }
 
-/// Seals a token key stored in clear, when `vault` has a key; a sealed one is left as it is.
+/// Seals a token key stored in clear, when `vault` has a key; a sealed one is left as it is,
+/// once it is known to open with that key.
 /// The update names the clear value it replaces, so two processes sealing at once write once.
 /// Whether a clear key was found.
 pub async fn seal_jwt_key(conn: &impl ConnectionTrait, vault: &Vault) -> anyhow::Result<bool> {
     let Some(row) = setting::Entity::find_by_id(JWT_KEY).one(conn).await? else {
         return Ok(false);
     };
-    if !vault.is_sealing() || row.value.starts_with(crate::secrets::PREFIX) {
+    if !vault.is_sealing() {
+        return Ok(false);
+    }
+    if row.value.starts_with(crate::secrets::PREFIX) {
+        // Sealed already (`herald token issue` with a key on a new database): it must open
+        // with this key, or the start that would record this key for every secret stops.
+        open_jwt_key(&row.value, vault)?;
         return Ok(false);
     }
     let sealed = vault

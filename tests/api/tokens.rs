@@ -264,3 +264,42 @@ crate::on_both_backends!(
     the_cli_revokes_tokens_for_a_running_server,
     the_token_key_is_sealed_at_rest,
 );
+
+/// `herald token issue` with a key on a new database stores the token key sealed; a server
+/// started with another key stops with one sentence before recording that key, and the right
+/// key starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_key_sealed_by_the_cli_needs_the_same_key_to_start() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("h.db").display());
+    let created = herald(&url, &["org", "create", "acme"]).output().unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let issued = herald(
+        &url,
+        &["token", "issue", "--org", "acme", "--permission", "READ"],
+    )
+    .env("HERALD_ENCRYPTION_KEY", KEY)
+    .output()
+    .unwrap();
+    assert!(issued.status.success(), "{issued:?}");
+    let start = |key: &str| {
+        let mut config = herald::config::Config::defaults(url.clone());
+        config.encryption_key = Some(herald::config::Secret(key.into()));
+        AppState::new(config)
+    };
+    let other = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+    let refused = start(other).await.err().expect("another key is refused");
+    assert!(
+        refused.to_string().contains("is not the key"),
+        "{refused:#}"
+    );
+    let state = start(KEY).await.expect("the key it was sealed with");
+    let token = stdout(&issued);
+    let shutdown = CancellationToken::new();
+    let port = serve(state, shutdown.clone()).await;
+    let client = Client::new(port, &token);
+    client.wait_healthy().await;
+    client.gql(VIEWER, json!({})).await;
+    shutdown.cancel();
+}
