@@ -303,3 +303,41 @@ async fn a_token_key_sealed_by_the_cli_needs_the_same_key_to_start() {
     client.gql(VIEWER, json!({})).await;
     shutdown.cancel();
 }
+
+/// A database sealed before the token key was (its secrets sealed, the token key in clear) has
+/// the token key sealed by its next start with the key, and tokens issued before still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_token_key_beside_sealed_secrets_is_sealed_by_the_next_start() {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set};
+    let app = TestApp::start_with(Backend::Sqlite, |config| {
+        config.encryption_key = Some(herald::config::Secret(KEY.into()));
+    })
+    .await
+    .unwrap();
+    let world = World::new(&app, "acme").await;
+    let clear = "6b65792d73746f7265642d696e2d636c6561722d62792d616e2d6f6c64657221";
+    let row = herald::store::entities::setting::ActiveModel {
+        key: Set("jwt_secret".into()),
+        value: Set(clear.into()),
+    };
+    row.update(&app.state.db).await.unwrap();
+    let old = herald::graphql::TokenKeys::new(clear)
+        .issue(&world.org, "old", Permission::Read, 60)
+        .unwrap();
+
+    let mut config = herald::config::Config::defaults(app.database_url.clone());
+    config.encryption_key = Some(herald::config::Secret(KEY.into()));
+    let state = AppState::new(config).await.unwrap();
+    assert!(
+        stored_key(&state.db)
+            .await
+            .starts_with(herald::secrets::PREFIX)
+    );
+    assert!(!contains(&sqlite_bytes(&app.database_url), clear));
+    let shutdown = CancellationToken::new();
+    let port = serve(state, shutdown.clone()).await;
+    let client = Client::new(port, &old);
+    client.wait_healthy().await;
+    client.gql(VIEWER, json!({})).await;
+    shutdown.cancel();
+}
