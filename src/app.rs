@@ -62,12 +62,12 @@ impl AppState {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let db = store::connect(&config.database.database_url).await?;
         let writer = store::connect_writer(&config.database.database_url, &db).await?;
-        let keys = TokenKeys::new(&token_secret(&db).await?);
         let vault = match &config.encryption_key {
             Some(key) => Vault::with_key(&key.0)?,
             None => Vault::default(),
         };
         store::endpoints::reconcile_sealing(&db, &vault).await?;
+        let keys = TokenKeys::new(&token_secret_with(&db, &vault).await?);
         let metrics = Metrics::default();
         let wake = Arc::new(Notify::new());
         let outbox = Outbox::new(
@@ -103,13 +103,24 @@ impl AppState {
     }
 }
 
-/// The HS256 secret: `HERALD_JWT_SECRET` when set, else the key kept in the database.
+/// The HS256 key for API tokens: `HERALD_JWT_SECRET` when set (nothing is stored then), or the
+/// key kept in the database, sealed with `HERALD_ENCRYPTION_KEY` when that is set (see
+/// [`token_secret_with`]). For commands that start no server: `herald token issue`, the bench.
 pub async fn token_secret(db: &DatabaseConnection) -> anyhow::Result<String> {
+    let vault = match std::env::var("HERALD_ENCRYPTION_KEY") {
+        Ok(key) if !key.trim().is_empty() => Vault::with_key(&key)?,
+        _ => Vault::default(),
+    };
+    token_secret_with(db, &vault).await
+}
+
+/// [`token_secret`] with the database's key sealed with `vault`'s key, if it has one (see
+/// [`store::orgs::jwt_key`]).
+pub async fn token_secret_with(db: &DatabaseConnection, vault: &Vault) -> anyhow::Result<String> {
     match std::env::var("HERALD_JWT_SECRET") {
         Ok(secret) if !secret.is_empty() => Ok(secret),
-        _ => store::orgs::jwt_key(db)
+        _ => store::orgs::jwt_key(db, vault)
             .await
-            .map_err(|err| anyhow::anyhow!("{err}"))
             .context("loading the token key"),
     }
 }

@@ -20,8 +20,8 @@ use serde_json::Value as Json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::retry::parse_retry_after;
-use crate::receive::{Incoming, Signatures, now_secs};
+use crate::domain::retry::{format_duration, parse_retry_after};
+use crate::receive::{Check, Incoming, Signatures, now_secs};
 use crate::slack;
 
 /// How many delivery ids the bridge remembers to skip repeats (delivery is at least once).
@@ -42,6 +42,56 @@ pub struct BridgeOptions {
     pub tolerance: Duration,
     /// How long to keep retrying Slack before handing the retry back to the sender.
     pub max_wait: Duration,
+    /// Refuse deliveries without a valid Standard Webhooks signature whose `webhook-timestamp`
+    /// is within `tolerance` of now: a captured delivery replayed later is refused.
+    pub require_timestamp: bool,
+    /// Send to Slack through the proxy that `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and
+    /// `NO_PROXY` name. Off, the bridge connects directly: a proxy variable set for other
+    /// programs must not see Slack's token, which is in the URL's path.
+    pub use_proxy_env: bool,
+}
+
+/// Slack's incoming-webhook URL. Its path is Slack's token, so neither `Debug` nor a parse
+/// error shows it.
+#[derive(Clone)]
+pub struct SlackUrl(pub url::Url);
+
+impl std::fmt::Debug for SlackUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlackUrl(***)")
+    }
+}
+
+/// Parses `--slack-url` / `SLACK_WEBHOOK_URL`: an http or https URL with a host. The error
+/// says what is wrong without the value.
+#[derive(Clone)]
+pub struct SlackUrlParser;
+
+impl clap::builder::TypedValueParser for SlackUrlParser {
+    type Value = SlackUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SlackUrl, clap::Error> {
+        let refuse = |why: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "SLACK_WEBHOOK_URL (or --slack-url) {why}; its value is not shown, since it holds Slack's token\n"
+                ),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value.to_str().ok_or_else(|| refuse("is not UTF-8"))?;
+        let url = url::Url::parse(text.trim()).map_err(|_| refuse("is not a URL"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return Err(refuse("is not an http or https URL"));
+        }
+        Ok(SlackUrl(url))
+    }
 }
 
 struct Bridge {
@@ -152,12 +202,14 @@ pub async fn post(
 
 /// The bridge's routes: every method and path is a delivery.
 pub fn router(options: BridgeOptions) -> anyhow::Result<Router> {
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(crate::delivery::client::AGENT)
-        .build()
-        .context("building the Slack HTTP client")?;
+        .user_agent(crate::delivery::client::AGENT);
+    if !options.use_proxy_env {
+        client = client.no_proxy();
+    }
+    let client = client.build().context("building the Slack HTTP client")?;
     let bridge = Bridge {
         options,
         client,
@@ -179,6 +231,17 @@ async fn handle(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, body: Byt
         options.tolerance,
         now_secs(),
     );
+    if options.require_timestamp && signatures.standard != Check::Valid {
+        tracing::warn!(
+            standard = signatures.standard.as_str(),
+            "refused a delivery without a fresh Standard Webhooks signature"
+        );
+        let why = format!(
+            "This bridge requires a valid webhook-signature with a webhook-timestamp within {} of now.",
+            format_duration(options.tolerance)
+        );
+        return answer(StatusCode::BAD_REQUEST, &why);
+    }
     if !signatures.accepted() {
         tracing::warn!(
             cirrus = signatures.cirrus.as_str(),

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, AppState, Role};
-use crate::bridge::BridgeOptions;
+use crate::bridge::{BridgeOptions, SlackUrl, SlackUrlParser};
 use crate::config::{Config, DatabaseConfig, parse_public_url};
 use crate::delivery::Worker;
 use crate::domain::Permission;
@@ -134,9 +134,9 @@ pub enum BridgeCommand {
         /// The endpoint's secret; deliveries not signed with it are refused with 400.
         #[arg(long, env = "HERALD_BRIDGE_SECRET", hide_env_values = true)]
         secret: String,
-        /// The Slack incoming-webhook URL.
-        #[arg(long, env = "SLACK_WEBHOOK_URL", hide_env_values = true, value_parser = parse_slack_url)]
-        slack_url: url::Url,
+        /// The Slack incoming-webhook URL (it holds Slack's token: prefer the variable).
+        #[arg(long, env = "SLACK_WEBHOOK_URL", hide_env_values = true, value_parser = SlackUrlParser)]
+        slack_url: SlackUrl,
         /// Forward only events reaching these statuses (comma-separated, e.g. FAILED,ERRORED).
         #[arg(long, value_delimiter = ',', value_parser = parse_status)]
         only_status: Vec<String>,
@@ -150,6 +150,15 @@ pub enum BridgeCommand {
         /// How long to keep retrying a busy Slack before answering 503 so the sender retries.
         #[arg(long, default_value = "8s", value_parser = parse_duration)]
         max_wait: Duration,
+        /// Refuse (400) deliveries without a valid Standard Webhooks signature whose
+        /// webhook-timestamp is within --tolerance of now, so that a captured delivery cannot be
+        /// replayed later. Cirrus CI sends only X-Cirrus-Signature: leave this off for it.
+        #[arg(long)]
+        require_timestamp: bool,
+        /// Reach Slack through the proxy named by HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and
+        /// NO_PROXY; without this flag they are ignored and the bridge connects directly.
+        #[arg(long)]
+        use_proxy_env: bool,
     },
 }
 
@@ -180,6 +189,38 @@ pub enum TokenCommand {
         #[command(flatten)]
         database: DatabaseConfig,
     },
+    /// Refuse every token of an organization issued until now; print from when tokens are
+    /// accepted again.
+    Revoke {
+        /// The organization's name.
+        #[arg(long)]
+        org: String,
+        #[command(flatten)]
+        database: DatabaseConfig,
+    },
+}
+
+/// Revokes the tokens of the organization named `name` and returns the time before which they
+/// are refused. A server reading the same database refuses them within
+/// [`crate::graphql::auth::REVOCATION_STALENESS`].
+async fn revoke(db: &sea_orm::DatabaseConnection, name: &str) -> anyhow::Result<i64> {
+    let internal = |err: crate::Error| anyhow::anyhow!("{err}");
+    let Some(found) = store::orgs::find_by_name(db, name)
+        .await
+        .map_err(internal)?
+    else {
+        bail!("no organization named {name:?} exists");
+    };
+    let tx = store::begin_write(db).await.map_err(internal)?;
+    let before = crate::graphql::auth::revocation_time(crate::now_ms());
+    let Some(before) = store::orgs::revoke_tokens(&tx, found.id, before)
+        .await
+        .map_err(internal)?
+    else {
+        bail!("no organization named {name:?} exists");
+    };
+    tx.commit().await.context("committing the revocation")?;
+    Ok(before)
 }
 
 fn parse_status(text: &str) -> Result<String, String> {
@@ -189,10 +230,6 @@ fn parse_status(text: &str) -> Result<String, String> {
     } else {
         Err(format!("{text:?} is not a build or task status"))
     }
-}
-
-fn parse_slack_url(text: &str) -> Result<url::Url, String> {
-    parse_public_url(text).and_then(|url| url::Url::parse(&url).map_err(|err| err.to_string()))
 }
 
 fn parse_permission(text: &str) -> Result<Permission, String> {
@@ -262,6 +299,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             else {
                 bail!("no organization named {org:?} exists");
             };
+            // The token key may be sealed: HERALD_ENCRYPTION_KEY opens it, as for `serve`.
             let keys = TokenKeys::new(&crate::app::token_secret(&db).await?);
             let token = keys
                 .issue(
@@ -272,6 +310,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .map_err(|err| anyhow::anyhow!("{err}"))?;
             println!("{token}");
+            Ok(())
+        }
+        Command::Token {
+            command: TokenCommand::Revoke { org, database },
+        } => {
+            let db = store::connect(&database.database_url).await?;
+            let before = revoke(&db, &org).await?;
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(before.max(0) as u64);
+            println!(
+                "Tokens of {org:?} issued before {} ({before} ms since the epoch) are refused.",
+                httpdate::fmt_http_date(at)
+            );
             Ok(())
         }
         Command::Listen {
@@ -366,15 +416,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     public_url,
                     tolerance,
                     max_wait,
+                    require_timestamp,
+                    use_proxy_env,
                 },
         } => {
+            if require_timestamp && tolerance.is_zero() {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--require-timestamp needs a window: give --tolerance more than 0s\n",
+                )
+                .exit();
+            }
             let options = BridgeOptions {
                 secret,
-                slack_url,
+                slack_url: slack_url.0,
                 only_status,
                 public_url,
                 tolerance,
                 max_wait,
+                require_timestamp,
+                use_proxy_env,
             };
             crate::bridge::run(listen, options).await
         }

@@ -196,13 +196,19 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// A database URL with its password hidden, for logs.
+/// A database URL with its user name and password hidden (`***:***`), for logs and errors.
+/// One that does not parse is not shown at all: where its credentials are cannot be told.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
+        Ok(mut parsed) => {
+            if !parsed.username().is_empty() {
+                let _ = parsed.set_username("***");
+            }
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
             parsed.to_string()
         }
-        _ => url.to_string(),
+        Err(_) => "(a URL that does not parse)".into(),
     }
 }

@@ -110,7 +110,11 @@ async fn graphql_handler(State(state): State<AppState>, request: Request) -> Res
         .data(Db::Pool(state.db.clone()))
         .data(state.clone())
         .data(Arc::new(Budget::new(Limits::API.rows)));
-    match bearer(&headers).map(|token| state.keys.verify(token)) {
+    let verified = match bearer(&headers) {
+        Some(token) => Some(state.keys.authenticate(token, &state.db).await),
+        None => None,
+    };
+    match verified {
         None => {
             // The schema is for token holders: an anonymous request may not introspect it, and
             // the engine is told so too in case a spelling escapes the check.

@@ -11,6 +11,7 @@ mod m20261213_000001_delivery_writes;
 mod m20261214_000001_delivery_queue;
 mod m20261216_000001_audit_events;
 mod m20261220_000001_delivery_queue_endpoint_due;
+mod m20261220_000001_token_revocation;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             InOneTransaction::boxed(m20261214_000001_delivery_queue::Migration),
             InOneTransaction::boxed(m20261216_000001_audit_events::Migration),
             InOneTransaction::boxed(m20261220_000001_delivery_queue_endpoint_due::Migration),
+            InOneTransaction::boxed(m20261220_000001_token_revocation::Migration),
         ]
     }
 }

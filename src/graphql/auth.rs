@@ -1,9 +1,18 @@
-//! API tokens: HS256 JWTs with `iss`, `sub`, `org`, `permission`, `iat`, `exp` (CONTRACT §3).
+//! API tokens: HS256 JWTs with `iss`, `sub`, `org`, `permission`, `iat`, `exp` (CONTRACT §3),
+//! and their revocation: an organization refuses the tokens issued before a time
+//! (`revokeTokens`, `herald token revoke`), checked on every request.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use sea_orm::ConnectionTrait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Permission;
+use crate::store::{self, parse_id};
 use crate::{Error, Result};
 
 /// The issuer every Herald token names.
@@ -24,11 +33,12 @@ pub struct Claims {
     pub exp: i64,
 }
 
-/// The keys that sign and check tokens.
+/// The keys that sign and check tokens, and what this process knows of revocations.
 #[derive(Clone)]
 pub struct TokenKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    revocations: Arc<Revocations>,
 }
 
 impl TokenKeys {
@@ -37,7 +47,30 @@ impl TokenKeys {
         Self {
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
+            revocations: Arc::default(),
         }
+    }
+
+    /// Checks a token as [`TokenKeys::verify`] does, and that its organization has not revoked
+    /// it since: the check of every request.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        conn: &impl ConnectionTrait,
+    ) -> Result<(Viewer, String)> {
+        let (viewer, claims) = self.decode(token)?;
+        let before = self.revocations.before(conn, viewer.org_id).await?;
+        if is_revoked(claims.iat, before) {
+            return Err(Error::Unauthenticated(
+                "This token was revoked; issue a new one.".into(),
+            ));
+        }
+        Ok((viewer, claims.sub))
+    }
+
+    /// Makes a revocation committed by this process take effect in it at once.
+    pub fn revoked(&self, org_id: i64, before: i64) {
+        self.revocations.learn(org_id, Some(before));
     }
 
     /// Signs a token for an organization, valid for `ttl_seconds`.
@@ -61,8 +94,14 @@ impl TokenKeys {
             .map_err(Error::internal)
     }
 
-    /// Checks a token and reads who it speaks for, and its subject.
+    /// Checks a token's signature and claims and reads who it speaks for, and its subject.
+    /// Revocation is not checked: see [`TokenKeys::authenticate`].
     pub fn verify(&self, token: &str) -> Result<(Viewer, String)> {
+        let (viewer, claims) = self.decode(token)?;
+        Ok((viewer, claims.sub))
+    }
+
+    fn decode(&self, token: &str) -> Result<(Viewer, Claims)> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(Error::Unauthenticated("The token is too long.".into()));
         }
@@ -97,7 +136,65 @@ impl TokenKeys {
             org_id,
             permission: data.claims.permission,
         };
-        Ok((viewer, data.claims.sub))
+        Ok((viewer, data.claims))
+    }
+}
+
+/// Whether a token issued at `iat` (seconds since the epoch) is refused by a revocation of the
+/// tokens issued before `before` (ms since the epoch).
+fn is_revoked(iat: i64, before: Option<i64>) -> bool {
+    before.is_some_and(|before| iat.saturating_mul(1000) < before)
+}
+
+/// The time a revocation made at `now_ms` refuses tokens before: the next whole second. A
+/// token's `iat` counts whole seconds, so a token issued in the same second as the revocation,
+/// before or after it, is refused too; the first token accepted is one issued from that time.
+pub fn revocation_time(now_ms: i64) -> i64 {
+    (now_ms.div_euclid(1000) + 1) * 1000
+}
+
+/// How long a revocation read from the database is trusted: a revocation committed by another
+/// process (`herald token revoke`, another server on the same PostgreSQL) takes effect here
+/// within this long; one committed by this process, at once.
+pub const REVOCATION_STALENESS: Duration = Duration::from_secs(1);
+
+/// The most organizations whose revocations are kept; past it the cache starts over.
+const REVOCATIONS_KEPT: usize = 10_000;
+
+/// Each organization's revocation as last read, so that a request costs one read by primary
+/// key at most once per [`REVOCATION_STALENESS`] per organization. Revocations only move
+/// forward, so a value read before a newer one was learnt never replaces it.
+#[derive(Default)]
+struct Revocations(Mutex<HashMap<i64, (Option<i64>, Instant)>>);
+
+impl Revocations {
+    async fn before(&self, conn: &impl ConnectionTrait, org_id: i64) -> Result<Option<i64>> {
+        let cached = self.lock().get(&org_id).copied();
+        if let Some((before, read_at)) = cached
+            && read_at.elapsed() < REVOCATION_STALENESS
+        {
+            return Ok(before);
+        }
+        let read = store::orgs::tokens_revoked_before(conn, org_id).await?;
+        Ok(self.learn(org_id, read))
+    }
+
+    /// Keeps the later of what is known and `before`, and returns it.
+    fn learn(&self, org_id: i64, before: Option<i64>) -> Option<i64> {
+        let mut known = self.lock();
+        if known.len() >= REVOCATIONS_KEPT && !known.contains_key(&org_id) {
+            known.clear();
+        }
+        let entry = known.entry(org_id).or_insert((None, Instant::now()));
+        // `None` orders before every time: nothing revoked.
+        entry.0 = entry.0.max(before);
+        entry.1 = Instant::now();
+        entry.0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, (Option<i64>, Instant)>> {
+        // A panic while holding the lock leaves whole entries: still usable.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -131,4 +228,78 @@ pub(crate) fn require<'a>(
             )
         })?
         .require(needed)
+}
+
+#[derive(InputObject)]
+pub struct RevokeTokensInput {
+    /// The organization whose tokens are refused.
+    pub owner_uid: ID,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct RevokeTokensPayload {
+    /// Tokens issued before this time (ms since the epoch, a whole second) are refused; tokens
+    /// issued from it on are accepted.
+    pub revoked_before: i64,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(Default)]
+pub struct TokenMutation;
+
+#[Object]
+impl TokenMutation {
+    /// Refuses every token of the organization issued until now, the one making this request
+    /// included (ADMIN). Issue new tokens afterwards (`herald token issue`).
+    async fn revoke_tokens(
+        &self,
+        ctx: &Context<'_>,
+        input: RevokeTokensInput,
+    ) -> Result<RevokeTokensPayload> {
+        let viewer = require(ctx, Permission::Admin)?;
+        let state = super::state(ctx)?;
+        let not_found = || Error::not_found("organization", input.owner_uid.as_str());
+        if parse_id("organization", &input.owner_uid)? != viewer.org_id {
+            return Err(not_found());
+        }
+        let (_turn, tx) = state.begin_api_write().await?;
+        let before = revocation_time(crate::now_ms());
+        let before = store::orgs::revoke_tokens(&tx, viewer.org_id, before)
+            .await?
+            .ok_or_else(not_found)?;
+        super::audit::commit(ctx, tx, viewer.org_id, None, false).await?;
+        state.keys.revoked(viewer.org_id, before);
+        Ok(RevokeTokensPayload {
+            revoked_before: before,
+            client_mutation_id: input.client_mutation_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revocation_refuses_tokens_of_its_own_second() {
+        let now_ms = 1_700_000_000_250;
+        let before = revocation_time(now_ms);
+        assert_eq!(before, 1_700_000_001_000);
+        assert!(is_revoked(1_699_999_999, Some(before)));
+        assert!(is_revoked(1_700_000_000, Some(before)), "the same second");
+        assert!(!is_revoked(1_700_000_001, Some(before)));
+        assert!(!is_revoked(1_700_000_000, None));
+        assert_eq!(revocation_time(1_700_000_000_000), 1_700_000_001_000);
+    }
+
+    #[test]
+    fn a_revocation_learnt_is_never_undone_by_an_older_read() {
+        let revocations = Revocations::default();
+        assert_eq!(revocations.learn(1, Some(2_000)), Some(2_000));
+        assert_eq!(revocations.learn(1, None), Some(2_000));
+        assert_eq!(revocations.learn(1, Some(1_000)), Some(2_000));
+        assert_eq!(revocations.learn(1, Some(3_000)), Some(3_000));
+        assert_eq!(revocations.learn(2, None), None);
+    }
 }

@@ -45,6 +45,7 @@ pub struct MutationRoot(
     ci::CiMutation,
     webhooks::WebhookMutation,
     deliveries::DeliveryMutation,
+    auth::TokenMutation,
 );
 
 /// Bounds checked before any resolver runs.

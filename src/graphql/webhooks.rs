@@ -9,7 +9,7 @@ use super::deliveries::WebHookDelivery;
 use super::webhook_draft::{Draft, check, check_endpoint_count};
 use super::{audit, db, state};
 use crate::domain::{EventKind, PayloadFormat, Permission, mask_secret};
-use crate::store::endpoints::fields_of;
+use crate::store::endpoints::{EndpointFields, fields_of};
 use crate::store::entities::{organization, webhook_endpoint};
 use crate::store::{self, Db, parse_id};
 use crate::{Error, Result};
@@ -234,6 +234,48 @@ pub struct DeleteWebHookEndpointPayload {
     pub client_mutation_id: Option<String>,
 }
 
+/// Which fields an `updateWebHookEndpoint` input gives.
+struct Given {
+    url: bool,
+    secret: bool,
+    events: bool,
+    payload_query: bool,
+    payload_format: bool,
+    enabled: bool,
+    insecure_ssl: bool,
+    status_filter: bool,
+}
+
+impl Given {
+    /// The endpoint as stored now (`locked`), with the fields the input gives taken from
+    /// `checked`.
+    fn apply(&self, checked: EndpointFields, locked: EndpointFields) -> EndpointFields {
+        fn pick<T>(given: bool, checked: T, locked: T) -> T {
+            if given { checked } else { locked }
+        }
+        let EndpointFields {
+            url,
+            secret,
+            events,
+            payload_query,
+            payload_format,
+            enabled,
+            insecure_ssl,
+            status_filter,
+        } = checked;
+        EndpointFields {
+            url: pick(self.url, url, locked.url),
+            secret: pick(self.secret, secret, locked.secret),
+            events: pick(self.events, events, locked.events),
+            payload_query: pick(self.payload_query, payload_query, locked.payload_query),
+            payload_format: pick(self.payload_format, payload_format, locked.payload_format),
+            enabled: pick(self.enabled, enabled, locked.enabled),
+            insecure_ssl: pick(self.insecure_ssl, insecure_ssl, locked.insecure_ssl),
+            status_filter: pick(self.status_filter, status_filter, locked.status_filter),
+        }
+    }
+}
+
 fn owner_of(viewer_org: i64, uid: &ID) -> Result<i64> {
     match parse_id("organization", uid)? {
         id if id == viewer_org => Ok(id),
@@ -289,9 +331,22 @@ impl WebhookMutation {
         let viewer = require(ctx, Permission::Admin)?;
         let state = state(ctx)?;
         let id = parse_id("webhook endpoint", &input.id)?;
+        // The input is checked against the endpoint as read now, outside the write; the write
+        // then reads it again, locked, and changes only the fields the input gives. A change
+        // made in between (the worker turning the endpoint off after a 410) is kept.
         let current = store::endpoints::find(&state.db, viewer.org_id, id).await?;
         let stored = fields_of(&current, &state.vault)?;
         let masked = store::endpoints::masked_url(&current)?;
+        let given = Given {
+            url: input.webhook_url.is_some(),
+            secret: input.secret_token.is_some(),
+            events: input.events.is_some(),
+            payload_query: input.payload_query.is_some(),
+            payload_format: input.payload_format.is_some(),
+            enabled: input.enabled.is_some(),
+            insecure_ssl: input.insecure_ssl.is_some(),
+            status_filter: input.status_filter.is_some(),
+        };
         let draft = Draft {
             url: input.webhook_url.unwrap_or(masked),
             secret: match input.secret_token {
@@ -308,9 +363,11 @@ impl WebhookMutation {
             insecure_ssl: input.insecure_ssl.unwrap_or(stored.insecure_ssl),
             status_filter: input.status_filter.unwrap_or(stored.status_filter),
         };
-        let fields = check(state, draft, Some(&current)).await?;
+        let checked = check(state, draft, Some(&current)).await?;
         let (_turn, tx) = state.begin_api_write().await?;
-        let endpoint = store::endpoints::update(&tx, current, fields, &state.vault).await?;
+        let locked = store::endpoints::find_for_update(&tx, viewer.org_id, id).await?;
+        let fields = given.apply(checked, fields_of(&locked, &state.vault)?);
+        let endpoint = store::endpoints::update(&tx, locked, fields, &state.vault).await?;
         audit::commit(ctx, tx, viewer.org_id, None, false).await?;
         Ok(EndpointPayload {
             endpoint: WebHookDeliveryEndpoint(endpoint),

@@ -2,7 +2,8 @@
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
+    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    Statement, TransactionTrait,
 };
 
 use super::entities::{delivery, delivery_queue, organization, webhook_endpoint};
@@ -165,6 +166,22 @@ pub async fn find(
         .ok_or_else(|| Error::not_found("webhook endpoint", id))
 }
 
+/// The organization's endpoint with this id, locked until the transaction `tx` ends on
+/// PostgreSQL (`FOR UPDATE`); on SQLite the write transaction holds the database's write lock
+/// already.
+pub async fn find_for_update(
+    tx: &DatabaseTransaction,
+    org_id: i64,
+    id: i64,
+) -> Result<webhook_endpoint::Model> {
+    webhook_endpoint::Entity::find_by_id(id)
+        .filter(webhook_endpoint::Column::OrgId.eq(org_id))
+        .lock_exclusive()
+        .one(tx)
+        .await?
+        .ok_or_else(|| Error::not_found("webhook endpoint", id))
+}
+
 /// The endpoints with these ids, of any organization (the worker's lookup for claimed
 /// deliveries, which name their endpoint).
 pub async fn find_many(
@@ -265,8 +282,8 @@ const CHECK_KEY: &str = "encryption_check";
 const CHECK_VALUE: &str = "herald";
 
 /// Makes the stored secrets agree with the configured key, at start: with a key, checks it is
-/// the key they were sealed with (or seals every secret stored in clear, the first time); without
-/// one, refuses a database whose secrets are sealed.
+/// the key they were sealed with (or seals every secret stored in clear, the first time, the
+/// token key among them); without one, refuses a database whose secrets are sealed.
 ///
 /// The first time is one transaction, and reads each secret with the key, clear or sealed
 /// already: a start stopped halfway, or two processes starting with the key at once, leave the
@@ -281,6 +298,15 @@ pub async fn reconcile_sealing(db: &DatabaseConnection, vault: &Vault) -> anyhow
                     "HERALD_ENCRYPTION_KEY is not the key the stored secrets were encrypted with"
                 );
             }
+            // A token key stored in clear beside secrets sealed already (it was not sealed
+            // before) is sealed now.
+            let tx = db.begin().await?;
+            erase_replaced(&tx).await?;
+            let sealed = super::orgs::seal_jwt_key(&tx, vault).await?;
+            tx.commit().await?;
+            if sealed {
+                checkpoint(db).await;
+            }
         }
         (Some(_), false) => {
             anyhow::bail!(
@@ -289,12 +315,14 @@ pub async fn reconcile_sealing(db: &DatabaseConnection, vault: &Vault) -> anyhow
         }
         (None, true) => {
             let tx = db.begin().await?;
+            erase_replaced(&tx).await?;
             for row in webhook_endpoint::Entity::find().all(&tx).await? {
                 let fields = fields_of(&row, vault).map_err(|err| anyhow::anyhow!("{err}"))?;
                 update(&tx, row, fields, vault)
                     .await
                     .map_err(|err| anyhow::anyhow!("{err}"))?;
             }
+            super::orgs::seal_jwt_key(&tx, vault).await?;
             let row = setting::ActiveModel {
                 key: Set(CHECK_KEY.into()),
                 value: Set(vault.seal(CHECK_VALUE)?),
@@ -304,8 +332,31 @@ pub async fn reconcile_sealing(db: &DatabaseConnection, vault: &Vault) -> anyhow
                 .exec_without_returning(&tx)
                 .await?;
             tx.commit().await?;
+            checkpoint(db).await;
         }
         (None, false) => {}
     }
     Ok(())
+}
+
+/// On SQLite, makes the connection of `tx` overwrite what its writes replace
+/// (`secure_delete`): a secret sealed in place leaves no clear copy in its page's free space.
+async fn erase_replaced(tx: &DatabaseTransaction) -> anyhow::Result<()> {
+    if tx.get_database_backend() == DbBackend::Sqlite {
+        tx.execute_unprepared("PRAGMA secure_delete = ON").await?;
+    }
+    Ok(())
+}
+
+/// On SQLite, copies the write-ahead log into the database file and empties it, so that no
+/// earlier image of a page holding a clear secret stays in the log's file. Best effort: a
+/// reader holding the log back leaves it to SQLite's next checkpoint, which overwrites it.
+async fn checkpoint(db: &DatabaseConnection) {
+    if db.get_database_backend() == DbBackend::Sqlite
+        && let Err(err) = db
+            .execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
+            .await
+    {
+        tracing::warn!(error = %err, "emptying the write-ahead log after sealing failed");
+    }
 }

@@ -33,6 +33,8 @@ pub mod organization {
         pub id: i64,
         pub name: String,
         pub created_at: i64,
+        /// API tokens issued before this time (ms since the epoch, a whole second) are refused.
+        pub tokens_revoked_before: Option<i64>,
     }
     no_relations!();
 }

@@ -552,7 +552,9 @@ async fn bad_tokens_are_unauthenticated(app: TestApp) {
     use jsonwebtoken::{EncodingKey, Header, encode};
 
     let world = World::new(&app, "acme").await;
-    let key = herald::store::orgs::jwt_key(&app.state.db).await.unwrap();
+    let key = herald::store::orgs::jwt_key(&app.state.db, &app.state.vault)
+        .await
+        .unwrap();
     let now = herald::now_ms() / 1000;
     let claims = |extra: Value| {
         let mut base = json!({ "iss": "herald", "sub": "t", "org": world.org, "permission": "ADMIN", "iat": now, "exp": now + 600 });

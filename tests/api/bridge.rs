@@ -8,12 +8,23 @@ use herald::signing;
 use serde_json::json;
 
 use crate::fake_slack::FakeSlack;
-use crate::support::{TestApp, World};
+use crate::support::{Receiver, TestApp, World};
 
 const SECRET: &str = "bridge-secret";
 
 /// Starts a bridge on port 0 in front of `slack`.
 async fn start_bridge(slack: &FakeSlack, only_status: &[&str]) -> String {
+    start_bridge_with(slack, only_status, false).await
+}
+
+/// Starts a bridge on port 0 in front of `slack`, requiring fresh Standard Webhooks signatures
+/// when `require_timestamp`.
+async fn start_bridge_with(
+    slack: &FakeSlack,
+    only_status: &[&str],
+    require_timestamp: bool,
+) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let options = BridgeOptions {
         secret: SECRET.into(),
         slack_url: slack.url().parse().unwrap(),
@@ -21,6 +32,8 @@ async fn start_bridge(slack: &FakeSlack, only_status: &[&str]) -> String {
         public_url: Some("https://cirrus-ci.com".into()),
         tolerance: Duration::from_secs(300),
         max_wait: Duration::from_secs(8),
+        require_timestamp,
+        use_proxy_env: false,
     };
     let router = bridge::router(options).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -179,6 +192,175 @@ async fn a_slack_busy_for_too_long_hands_the_retry_back_to_the_sender() {
     assert_eq!(response.status().as_u16(), 503);
     assert_eq!(response.headers()["retry-after"], "30");
     assert!(slack.accepted().is_empty());
+}
+
+/// Sends a failed build's delivery signed the Standard Webhooks way, at `timestamp` (seconds),
+/// with `secret`.
+async fn send_standard(url: &str, delivery: &str, timestamp: i64, secret: &str) -> (u16, String) {
+    let body = cirrus_build_body("FAILED");
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("x-cirrus-event", "build")
+        .header("webhook-id", delivery)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header(
+            "webhook-signature",
+            signing::standard_signature(secret, delivery, timestamp, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_that_requires_timestamps_refuses_stale_and_unsigned_deliveries() {
+    let slack = FakeSlack::start().await;
+    let url = start_bridge_with(&slack, &[], true).await;
+    let now = herald::receive::now_secs();
+
+    // X-Cirrus-Signature alone carries no time: a captured delivery could be replayed forever.
+    let (status, text) = send_cirrus(&url, "d-cirrus", &cirrus_build_body("FAILED"), SECRET).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("webhook-timestamp within 5m"), "{text}");
+    let (status, _) = send_standard(&url, "d-stale", now - 301, SECRET).await;
+    assert_eq!(status, 400, "a timestamp outside the window");
+    let (status, _) = send_standard(&url, "d-future", now + 301, SECRET).await;
+    assert_eq!(status, 400, "a timestamp ahead of the window");
+    let (status, _) = send_standard(&url, "d-forged", now, "another-secret").await;
+    assert_eq!(status, 400, "a signature that does not verify");
+    assert_eq!(slack.requests(), 0);
+
+    let (status, text) = send_standard(&url, "d-fresh", now, SECRET).await;
+    assert_eq!((status, text.trim()), (200, "forwarded"));
+    assert_eq!(slack.requests(), 1);
+}
+
+/// Runs `herald bridge slack` with these arguments and environment; the child and its URL.
+fn spawn_bridge(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
+    let port = crate::support::free_port();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    command
+        .args(["bridge", "slack", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--max-wait", "1s"])
+        .args(args)
+        .env("HERALD_BRIDGE_SECRET", SECRET);
+    for name in [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        command.env_remove(name);
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, format!("http://127.0.0.1:{port}/"))
+}
+
+/// Sends a failed build to a bridge that is starting, until it answers.
+async fn send_when_up(url: &str, delivery: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(response) = failed_build(url, delivery).await {
+            return response.status().as_u16();
+        }
+        assert!(Instant::now() < deadline, "the bridge did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A proxy variable set for other programs does not see Slack's URL (its token) unless the
+/// bridge is told to use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_ignores_proxy_variables_unless_told_to_use_them() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let slack = FakeSlack::start().await;
+    // A recording receiver stands for the proxy: a proxied request arrives at it in full.
+    let proxy = Receiver::start().await;
+    let proxy_url = format!("http://{}", proxy.addr);
+    let env = [
+        ("SLACK_WEBHOOK_URL", slack.url()),
+        ("HTTP_PROXY", proxy_url.clone()),
+        ("http_proxy", proxy_url.clone()),
+        ("ALL_PROXY", proxy_url.clone()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(n, v)| (*n, v.as_str())).collect();
+
+    let (mut direct, url) = spawn_bridge(&[], &env);
+    assert_eq!(send_when_up(&url, "d-direct").await, 200);
+    let _ = direct.kill();
+    let _ = direct.wait();
+    assert_eq!(slack.requests(), 1, "Slack got the message directly");
+    assert!(proxy.received().is_empty(), "the proxy saw Slack's URL");
+
+    let (mut proxied, url) = spawn_bridge(&["--use-proxy-env"], &env);
+    assert_eq!(send_when_up(&url, "d-proxied").await, 200);
+    let _ = proxied.kill();
+    let _ = proxied.wait();
+    assert_eq!(
+        proxy.received().len(),
+        1,
+        "--use-proxy-env goes through the proxy"
+    );
+    assert_eq!(slack.requests(), 1);
+}
+
+/// A malformed SLACK_WEBHOOK_URL is bad usage, named without its value (Slack's token).
+#[test]
+fn a_malformed_slack_url_is_refused_without_being_echoed() {
+    for malformed in [
+        "hooks.slack.com/services/T0/B0/CANARYTOKEN",
+        "htps:/hooks.slack.com/services/T0/B0/CANARYTOKEN",
+        "https://hooks slack.com/services/T0/B0/CANARYTOKEN",
+        "https://:443/services/T0/B0/CANARYTOKEN",
+    ] {
+        for (args, env) in [
+            (vec![], vec![("SLACK_WEBHOOK_URL", malformed)]),
+            (vec!["--slack-url", malformed], vec![]),
+        ] {
+            let output = finish(spawn_bridge(&args, &env).0);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{malformed}: {stderr}");
+            assert!(stderr.contains("SLACK_WEBHOOK_URL"), "{stderr}");
+            assert!(!stderr.contains("CANARYTOKEN"), "{stderr}");
+        }
+    }
+    let (child, _) = spawn_bridge(
+        &["--require-timestamp", "--tolerance", "0s"],
+        &[(
+            "SLACK_WEBHOOK_URL",
+            "https://hooks.slack.com/services/T0/B0/X",
+        )],
+    );
+    let output = finish(child);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+}
+
+/// The output of a child that should exit at once; killed (and failing the test) if it still
+/// runs after ten seconds.
+fn finish(mut child: std::process::Child) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the bridge started instead of refusing its arguments");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 async fn herald_deliveries_reach_slack_through_the_bridge(app: TestApp) {
