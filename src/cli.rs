@@ -220,6 +220,12 @@ async fn revoke(db: &sea_orm::DatabaseConnection, name: &str) -> anyhow::Result<
         bail!("no organization named {name:?} exists");
     };
     tx.commit().await.context("committing the revocation")?;
+    // Tokens issued before that time are refused, and `iat` counts whole seconds: wait for it,
+    // so that `herald token issue` run right after this gives a token that works.
+    let wait = before - crate::now_ms();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
     Ok(before)
 }
 

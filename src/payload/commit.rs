@@ -169,10 +169,11 @@ async fn write_changes(writer: DatabaseConnection, outbox: Outbox, mut jobs: mps
                 None => return,
             }
         }
-        // Everything handed over is taken in, so that a batch sees every organization's
-        // changes and not only those of the one that sent the most. Each caller waits for its
-        // answer, so there are never more than there are mutations in flight.
-        while let Ok(job) = jobs.try_recv() {
+        // What was handed over is taken in, so that a batch sees every organization's changes
+        // and not only those of the one that sent the most; up to a bound, past which callers
+        // wait to hand theirs over (a caller that gave up waiting leaves its change queued).
+        while waiting.len < QUEUE {
+            let Ok(job) = jobs.try_recv() else { break };
             waiting.push(job);
         }
         let batch = waiting.batch();
@@ -279,6 +280,9 @@ impl Waiting {
         struct Scan {
             at: usize,
             taken: HashSet<Key>,
+            /// Whether a change passed over names a task whose build is not known: any later
+            /// change may be of that build.
+            passed_unknown: bool,
         }
         let mut batch = Vec::new();
         let mut scans: HashMap<i64, Scan> = HashMap::new();
@@ -294,10 +298,21 @@ impl Waiting {
                 };
                 let scan = scans.entry(org).or_default();
                 while scan.at < queue.len() && scan.at <= LOOK_PAST {
-                    let free = match Self::key(&self.tasks, &queue[scan.at].request) {
+                    // A change passed over must not be overtaken by a later one of its build,
+                    // not even when a failed batch is written again one change at a time: past
+                    // a change whose build is unknown only new builds may go, and a change
+                    // whose build is unknown only goes when nothing was passed over.
+                    let key = Self::key(&self.tasks, &queue[scan.at].request);
+                    let free = match key {
                         None => true,
-                        Some(key) => scan.taken.insert(key),
+                        Some(Key::Build(_)) if scan.passed_unknown => false,
+                        Some(Key::Task(_)) if scan.at > 0 => false,
+                        Some(key) => !scan.taken.contains(&key),
                     };
+                    if let Some(key) = key {
+                        scan.taken.insert(key);
+                        scan.passed_unknown |= !free && matches!(key, Key::Task(_));
+                    }
                     if free {
                         batch.extend(queue.remove(scan.at));
                         still.push(org);
@@ -821,18 +836,34 @@ mod tests {
         waiting.push(build(1, 8));
         waiting.push(task(1, 3));
         waiting.push(task(1, 1));
-        let first = waiting.batch();
-        assert_eq!(named(&first), [(1, 1), (1, 8), (1, 3)]);
+        // Past the second change of build 7, passed over, no change whose build is not known
+        // may go: it could be of build 7 (it is), and a failed batch is written again one
+        // change at a time, without the checks that would defer it.
+        assert_eq!(named(&waiting.batch()), [(1, 1), (1, 8)]);
+        let second = waiting.batch();
+        assert_eq!(named(&second), [(1, 2), (1, 3)]);
         // The batch defers the change of task 3, whose build it held, and learns the build.
-        let mut first = first.into_iter();
-        let deferred = first.nth(2).unwrap();
+        let deferred = second.into_iter().nth(1).unwrap();
         waiting.learn(vec![(3, (1, 7))]);
         waiting.put(deferred);
-        assert_eq!(named(&waiting.batch()), [(1, 2)]);
         assert_eq!(named(&waiting.batch()), [(1, 3)]);
         assert_eq!(named(&waiting.batch()), [(1, 1)]);
         assert_eq!(waiting.len, 0);
         assert!(waiting.batch().is_empty());
+    }
+
+    /// A change whose build is not known never enters a batch past a change it may follow: the
+    /// batch holds the first change of build 7 and nothing of the organization after it.
+    #[test]
+    fn an_unknown_tasks_change_does_not_pass_a_change_passed_over() {
+        let mut waiting = Waiting::default();
+        waiting.learn(vec![(1, (1, 7)), (2, (1, 7))]);
+        waiting.push(task(1, 1));
+        waiting.push(task(1, 2));
+        waiting.push(task(1, 3));
+        waiting.push(build(1, 9));
+        assert_eq!(named(&waiting.batch()), [(1, 1)]);
+        assert_eq!(waiting.len, 3);
     }
 
     /// A change naming another organization's task takes no key of that organization's.

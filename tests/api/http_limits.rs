@@ -218,6 +218,39 @@ async fn connections_past_the_cap_wait_for_a_free_one() {
     assert_eq!(status, 200);
 }
 
+/// A client that asks for large answers and never reads them holds its connection only until
+/// a write has made no progress for the header timeout: then its slot is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_gives_its_slot_back() {
+    let app = TestApp::start_with(Backend::Sqlite, |config| {
+        config.http_max_connections = 1;
+        config.http_header_timeout = Duration::from_secs(1);
+    })
+    .await
+    .unwrap();
+    // Pipelined requests for GraphiQL's script (1.4 MB each): far more than the socket's
+    // buffers hold, so the server's writes stall.
+    let mut stalled = TcpStream::connect(app.addr).await.unwrap();
+    let requests = "GET /graphiql/graphiql.min.js HTTP/1.1\r\nHost: herald\r\n\r\n".repeat(40);
+    stalled.write_all(requests.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let status = reqwest::Client::new()
+        .get(app.url("/healthz"))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("the next client is served once the stalled connection is closed")
+        .status();
+    assert_eq!(status, 200);
+    println!(
+        "served {:?} after a client stopped reading",
+        started.elapsed()
+    );
+    drop(stalled);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_body_is_answered_408_and_a_slow_request_503() {
     let app = TestApp::start_with(Backend::Sqlite, |config| {
