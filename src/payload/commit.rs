@@ -671,10 +671,12 @@ async fn apply(
             build_id,
             status,
         } => {
+            // Another organization's build is not found before it is taken, so that naming it
+            // holds up none of that organization's changes.
+            let before = build_of(&taken.changed_builds, *org_id, *build_id)?;
             if !taken.build(*build_id) {
                 return Ok(Step::Deferred);
             }
-            let before = build_of(&taken.changed_builds, *org_id, *build_id)?;
             match store::ci::set_build_status(tx, before.clone(), *status, now).await? {
                 None => done(Changed::Build(before), None),
                 Some(after) => {
@@ -688,10 +690,10 @@ async fn apply(
             build_id,
             new,
         } => {
+            let build = build_of(&taken.known_builds, *org_id, *build_id)?;
             if !taken.build(*build_id) {
                 return Ok(Step::Deferred);
             }
-            let build = build_of(&taken.known_builds, *org_id, *build_id)?;
             let tasks = taken.task_counts.get(build_id).copied().unwrap_or(0);
             let row = store::ci::new_task_row(&build, tasks, new.clone(), now)?;
             taken.new_tasks.push((build, row));
