@@ -13,10 +13,7 @@ use crate::{Result, store};
 /// The audit event of the mutation being resolved, by its organization `org_id`: the
 /// mutation's name and input (secrets removed) and the request's actor.
 pub(super) fn draft(ctx: &Context<'_>, org_id: i64) -> AuditDraft {
-    let actor = ctx.data_opt::<Actor>().cloned().unwrap_or_else(|| Actor {
-        username: "api".into(),
-        ip: None,
-    });
+    let actor = actor(ctx);
     let field = ctx.field();
     // Arguments were resolved before the resolver ran; an error here is impossible, and the
     // event then records the name alone.
@@ -31,6 +28,14 @@ pub(super) fn draft(ctx: &Context<'_>, org_id: i64) -> AuditDraft {
         })
         .unwrap_or_default();
     AuditDraft::new(org_id, actor, field.name(), input)
+}
+
+/// Who performs the request: its token's subject and its address.
+pub(super) fn actor(ctx: &Context<'_>) -> Actor {
+    ctx.data_opt::<Actor>().cloned().unwrap_or_else(|| Actor {
+        username: "api".into(),
+        ip: None,
+    })
 }
 
 /// Ends a mutation's write: records its audit event (concerning `repository_id`, if any) in

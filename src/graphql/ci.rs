@@ -236,7 +236,7 @@ impl CiMutation {
                         check_user_name("initializer", &name)?;
                         name
                     }
-                    None => audit::draft(ctx, viewer.org_id).actor.username,
+                    None => audit::actor(ctx).username,
                 },
             },
         };
