@@ -6,62 +6,51 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{self, ApiSchema};
 use crate::config::Config;
 use crate::delivery::Worker;
 use crate::delivery::client::Sender;
-use crate::delivery::guard::SystemLookup;
-use crate::graphql::{self, HeraldSchema, Limits, TokenKeys};
+use crate::delivery::guard::{SystemLookup, TargetPolicy};
+use crate::events::{Outbox, Writer};
+use crate::http::Documents;
 use crate::metrics::Metrics;
-use crate::payload::commit::Changes;
-use crate::payload::outbox::Outbox;
+use crate::schema::{Limits, TokenKeys};
 use crate::secrets::Vault;
-use crate::store;
+use crate::store::{self, Writes};
 
-/// Everything a request or the worker needs; clones are cheap and share the same handles.
+/// The process's handles, built once; clones are cheap and share them. The HTTP layer, the
+/// schema and the worker each take only the handles they use ([`AppState::http`],
+/// [`AppState::worker`], [`api::Handles`]).
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub db: DatabaseConnection,
-    /// Where changes and the worker's claims and outcomes are written (see
-    /// [`store::connect_writer`]).
-    pub writer: DatabaseConnection,
+    /// The writing connection (see [`store::connect_writer`]), its write turn and the worker's
+    /// wake-up.
+    pub writes: Writes,
     pub keys: TokenKeys,
-    pub schema: HeraldSchema,
+    pub schema: ApiSchema,
     /// Parsed documents of the requests clients send, by their text.
-    pub documents: graphql::Documents,
+    pub documents: Documents,
     pub outbox: Outbox,
     /// Writes the changes that record events, many in one transaction.
-    pub changes: Changes,
+    pub changes: Writer,
     pub sender: Sender,
     pub metrics: Metrics,
     /// Seals and opens endpoint secrets at rest.
     pub vault: Vault,
-    /// Woken by the outbox when deliveries are committed.
-    pub wake: Arc<Notify>,
 }
 
 impl AppState {
-    /// Begins a write of the API on the process's writing connection, in its turn beside the
-    /// delivery worker's writes ([`Outbox::turn`]) and waiting for the disk at its commit (see
-    /// [`store::wait_for_disk`]). Hold the turn until the transaction ends.
-    pub async fn begin_api_write(
-        &self,
-    ) -> crate::Result<(crate::payload::outbox::Turn, sea_orm::DatabaseTransaction)> {
-        let turn = self.outbox.turn().await;
-        let tx = store::begin_write(&self.writer).await?;
-        Ok((turn, tx))
-    }
-
     /// Connects to the database, applies migrations and loads the token key.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
         config.check()?;
         // Certificate checks use ring; installing it twice (tests) is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let db = store::connect(&config.database.database_url).await?;
-        let writer = store::connect_writer(&config.database.database_url, &db).await?;
+        let writes = Writes::new(store::connect_writer(&config.database.database_url, &db).await?);
         let vault = match &config.encryption_key {
             Some(key) => Vault::with_key(&key.0)?,
             None => Vault::default(),
@@ -69,37 +58,65 @@ impl AppState {
         store::endpoints::reconcile_sealing(&db, &vault).await?;
         let keys = TokenKeys::new(&token_secret_with(&db, &vault).await?);
         let metrics = Metrics::default();
-        let wake = Arc::new(Notify::new());
-        let outbox = Outbox::new(
-            wake.clone(),
-            metrics.clone(),
-            config.public_url.clone(),
-            db.get_database_backend() == sea_orm::DbBackend::Sqlite,
-        );
-        let changes = Changes::start(writer.clone(), outbox.clone());
+        let outbox = Outbox::new(writes.clone(), metrics.clone(), config.public_url.clone());
+        let changes = Writer::start(outbox.clone());
         let limits = Limits {
             introspection: config.graphiql,
             ..Limits::API
         };
+        let policy = TargetPolicy::from_config(&config);
+        let schema = api::build_schema(
+            limits,
+            api::Handles {
+                pool: db.clone(),
+                writes: writes.clone(),
+                writer: changes.clone(),
+                outbox: outbox.clone(),
+                vault: vault.clone(),
+                policy: policy.clone(),
+                keys: keys.clone(),
+                max_endpoints: api::MaxEndpoints(config.max_endpoints as usize),
+            },
+        );
         Ok(Self {
-            sender: Sender::new(
-                config.delivery_timeout,
-                config.target_policy(),
-                Arc::new(SystemLookup),
-            )
-            .context("building the outbound HTTP client")?,
-            schema: graphql::build_schema(limits),
-            documents: graphql::Documents::default(),
+            sender: Sender::new(config.delivery_timeout, policy, Arc::new(SystemLookup))
+                .context("building the outbound HTTP client")?,
+            schema,
+            documents: Documents::default(),
             outbox,
             changes,
             config: Arc::new(config),
             db,
-            writer,
+            writes,
             keys,
             metrics,
             vault,
-            wake,
         })
+    }
+
+    /// What the HTTP layer uses.
+    pub fn http(&self) -> crate::http::Http {
+        crate::http::Http {
+            timeouts: crate::http::Timeouts::from_config(&self.config),
+            graphiql: self.config.graphiql,
+            db: self.db.clone(),
+            keys: self.keys.clone(),
+            schema: self.schema.clone(),
+            documents: self.documents.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// What the delivery worker uses.
+    pub fn worker(&self) -> crate::delivery::WorkerHandles {
+        crate::delivery::WorkerHandles {
+            settings: crate::delivery::WorkerSettings::from_config(&self.config),
+            db: self.db.clone(),
+            writes: self.writes.clone(),
+            sender: self.sender.clone(),
+            metrics: self.metrics.clone(),
+            vault: self.vault.clone(),
+        }
     }
 }
 
@@ -172,9 +189,9 @@ impl App {
 
     /// Serves until `shutdown`, then finishes in-flight requests and attempts.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        crate::serve::ensure_open_files(&self.state.config)?;
+        crate::http::serve::ensure_open_files(&self.state.config)?;
         let worker = (self.role == Role::All).then(|| {
-            let worker = tokio::spawn(Worker::new(self.state.clone()).run(shutdown.clone()));
+            let worker = tokio::spawn(Worker::new(self.state.worker()).run(shutdown.clone()));
             // A worker that ends before the shutdown (it panicked) stops the server with it:
             // the process exits with the error, to be restarted, rather than go on accepting
             // events that no one delivers.
@@ -185,9 +202,9 @@ impl App {
                 ended
             })
         });
-        let router = crate::http::router(self.state.clone());
-        let limits = crate::serve::ConnectionLimits::from_config(&self.state.config);
-        crate::serve::serve(self.listener, router, limits, shutdown)
+        let router = crate::http::router(self.state.http());
+        let limits = crate::http::serve::ConnectionLimits::from_config(&self.state.config);
+        crate::http::serve::serve(self.listener, router, limits, shutdown)
             .await
             .context("serving HTTP")?;
         if let Some(worker) = worker {

@@ -12,15 +12,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, AppState, Role};
-use crate::bridge::{BridgeOptions, SlackUrl, SlackUrlParser};
 use crate::config::{Config, DatabaseConfig, parse_public_url};
 use crate::delivery::Worker;
 use crate::domain::Permission;
 use crate::domain::retry::{format_duration, parse_duration};
 use crate::domain::status::is_status_name;
-use crate::graphql::TokenKeys;
-use crate::listen::ListenOptions;
-use crate::receive::{self, Check};
+use crate::schema::TokenKeys;
+use crate::tools::bridge::{BridgeOptions, SlackUrl, SlackUrlParser};
+use crate::tools::listen::ListenOptions;
+use crate::tools::receive::{self, Check};
 use crate::{signing, store};
 
 /// Herald: webhook notifications for CI, configured through GraphQL, wire-compatible with Cirrus CI.
@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Measure throughput, latency and memory end to end, on fresh databases or a running server.
-    Bench(Box<crate::bench::BenchArgs>),
+    Bench(Box<crate::tools::bench::BenchArgs>),
     /// Run the API, the web console and the delivery worker.
     Serve {
         #[command(flatten)]
@@ -202,7 +202,7 @@ pub enum TokenCommand {
 
 /// Revokes the tokens of the organization named `name` and returns the time before which they
 /// are refused. A server reading the same database refuses them within
-/// [`crate::graphql::auth::REVOCATION_STALENESS`].
+/// [`crate::schema::auth::REVOCATION_STALENESS`].
 async fn revoke(db: &sea_orm::DatabaseConnection, name: &str) -> anyhow::Result<i64> {
     let internal = |err: crate::Error| anyhow::anyhow!("{err}");
     let Some(found) = store::orgs::find_by_name(db, name)
@@ -212,7 +212,7 @@ async fn revoke(db: &sea_orm::DatabaseConnection, name: &str) -> anyhow::Result<
         bail!("no organization named {name:?} exists");
     };
     let tx = store::begin_write(db).await.map_err(internal)?;
-    let before = crate::graphql::auth::revocation_time(crate::now_ms());
+    let before = crate::schema::auth::revocation_time(crate::now_ms());
     let Some(before) = store::orgs::revoke_tokens(&tx, found.id, before)
         .await
         .map_err(internal)?
@@ -265,7 +265,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::app::cancel_on_signal(shutdown.clone());
             // On the runtime's threads, not the one that waits for it: each wake of the
             // worker's loop would otherwise cross to a thread of its own.
-            tokio::spawn(Worker::new(state).run(shutdown))
+            tokio::spawn(Worker::new(state.worker()).run(shutdown))
                 .await
                 .context("the delivery worker stopped unexpectedly")?;
             Ok(())
@@ -276,7 +276,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Schema => {
-            print!("{}", crate::graphql::sdl());
+            print!("{}", crate::api::sdl());
             Ok(())
         }
         Command::Org {
@@ -344,7 +344,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 json,
                 tolerance,
             };
-            crate::listen::run(listen, options).await
+            crate::tools::listen::run(listen, options).await
         }
         Command::Bench(args) => {
             // Options that cannot run together are bad usage, like those clap refuses itself.
@@ -352,7 +352,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, format!("{err}\n"))
                     .exit();
             }
-            crate::bench::run(*args).await
+            crate::tools::bench::run(*args).await
         }
         Command::Verify {
             secret,
@@ -443,8 +443,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 require_timestamp,
                 use_proxy_env,
             };
-            crate::bridge::run(listen, options).await
+            crate::tools::bridge::run(listen, options).await
         }
-        Command::Demo { listen } => crate::demo::run(listen).await,
+        Command::Demo { listen } => crate::tools::demo::run(listen).await,
     }
 }

@@ -159,14 +159,6 @@ impl Config {
         Ok(())
     }
 
-    /// Where deliveries may go.
-    pub fn target_policy(&self) -> crate::delivery::guard::TargetPolicy {
-        crate::delivery::guard::TargetPolicy {
-            allow_private: self.allow_private_targets,
-            allowed: self.allowed_targets.clone(),
-        }
-    }
-
     /// The configuration with every default and no environment, for tests and embedding.
     pub fn defaults(database_url: impl Into<String>) -> Self {
         use clap::{Args, FromArgMatches};

@@ -5,49 +5,43 @@
 //! rendered delivery per matching endpoint in a single transaction; the worker claims due
 //! deliveries with a lease, signs and POSTs them, and records each attempt.
 
-/// AppState and App::build/run: the server, the worker and shutdown.
+// Dependencies run one way: `http → api → events → schema → store → domain`, with
+// `delivery → store, signing` beside them; `app` wires them together, and `cli` and `tools`
+// sit on top.
+
+/// Mutations and the full schema; each write holds its turn in one `WriteTx`.
+pub mod api;
+/// The composition root: builds the handles, starts the server and the worker, shuts down.
 pub mod app;
-/// `herald bench`: end-to-end throughput, latency and memory beside the machine's ceiling.
-pub mod bench;
-/// `herald bridge slack`: verified deliveries in, Slack messages out.
-pub mod bridge;
 /// The command line: serve, worker, migrate, schema, org, token, listen, verify, bridge, demo.
 pub mod cli;
 /// One typed configuration: defaults < environment < flags.
 pub mod config;
-/// The delivery worker, its outbound client and the outcome of each attempt.
+/// The delivery worker and its scheduler, the outbound client, the SSRF guard, outcomes.
 pub mod delivery;
-/// `herald demo`: a temporary Herald playing a build to a local receiver.
-pub mod demo;
-/// Plain types and rules: statuses, permissions, endpoint URLs, retry policy.
+/// Plain types and rules: ids, statuses, actions, permissions, endpoint URLs, retry, limits.
 pub mod domain;
 /// One error type, mapped to GraphQL `extensions.code` and HTTP status.
 pub mod error;
-/// The GraphQL schema by area, with authentication and permission guards.
-pub mod graphql;
-/// axum routes: the console, /graphql, GraphiQL, /healthz, /readyz, /metrics.
+/// The outbox: stored selections, rendering, the group-commit writer of changes, audit events.
+pub mod events;
+/// axum routes, the connection server and the embedded web console.
 pub mod http;
-/// `herald listen`: a local receiver that prints and checks each delivery.
-pub mod listen;
 /// Prometheus metrics.
 pub mod metrics;
-/// Stored payload selections: validation, caching, rendering and envelopes.
-pub mod payload;
-/// The receiving side: checking both signature schemes and reading FLAT or DATA envelopes.
-pub mod receive;
+/// The read side of GraphQL: `Query`, its types, token auth and guards, row budgets.
+pub mod schema;
 /// Secrets at rest: sealed with an AEAD when a key is configured.
 pub mod secrets;
-/// The HTTP server's connections: the cap, the header timeout and the shutdown grace.
-pub mod serve;
 /// X-Cirrus-Signature and Standard Webhooks signatures.
 pub mod signing;
 /// Slack messages for build and task events (the SLACK format and the bridge).
 pub mod slack;
 /// sea-orm entities and every query; org-scoped finders start from the organization.
 pub mod store;
-
-/// The web console: `web/` embedded in the binary and served at `/`.
-pub mod web;
+/// Commands beside the service: `bench`, `bridge`, `demo`, `listen`, and `receive`, the
+/// receiving side they share.
+pub mod tools;
 
 pub use error::{Error, Result};
 

@@ -24,6 +24,14 @@ pub struct TargetPolicy {
 }
 
 impl TargetPolicy {
+    /// The policy `config` sets.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            allow_private: config.allow_private_targets,
+            allowed: config.allowed_targets.clone(),
+        }
+    }
+
     /// Whether a delivery may connect to `ip`.
     pub fn permits(&self, ip: IpAddr) -> bool {
         self.allow_private || !is_blocked(ip) || self.allowed.iter().any(|net| net.contains(&ip))

@@ -1,25 +1,24 @@
-//! Wakes the worker when another process commits deliveries: `LISTEN` on PostgreSQL. What the
-//! worker's own outbox announced is skipped: it woke the worker directly.
+//! Wakes the worker when another process commits deliveries: `LISTEN` on PostgreSQL. What this
+//! process announced is skipped: it woke the worker directly.
 //!
 //! The connection is re-established with backoff when it drops (a database restart, a
 //! terminated backend); a notification missed meanwhile costs at most the worker's poll interval.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sea_orm::sqlx::postgres::PgListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::Writes;
 use crate::store::deliveries::CHANNEL;
 
 /// The longest pause between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Listens on `url` until `shutdown`, waking `wake` on every reconnection and on every
-/// notification but those of `own`, the worker's own outbox (see
-/// [`crate::payload::outbox::Outbox::announcer`]).
-pub async fn listen(url: String, wake: Arc<Notify>, own: String, shutdown: CancellationToken) {
+/// Listens on `url` until `shutdown`, waking the worker (through `writes`) on every
+/// reconnection and on every notification but this process's own (see [`Writes::announcer`]).
+pub async fn listen(url: String, writes: Writes, shutdown: CancellationToken) {
+    let own = writes.announcer().to_owned();
     let mut backoff = Duration::from_millis(100);
     loop {
         let session = async {
@@ -28,12 +27,12 @@ pub async fn listen(url: String, wake: Arc<Notify>, own: String, shutdown: Cance
             listener.listen(CHANNEL).await?;
             tracing::debug!("listening for deliveries");
             // Anything committed while we were not listening is picked up now.
-            wake.notify_one();
+            writes.wake();
             loop {
                 // `None` means the connection dropped and was re-established.
                 let notification = listener.try_recv().await?;
                 if notification.is_none_or(|n| n.payload() != own) {
-                    wake.notify_one();
+                    writes.wake();
                 }
             }
             #[allow(unreachable_code)]

@@ -35,7 +35,7 @@ pub struct NewEvent {
 }
 
 /// Records events in one statement; the id of each, by its build. A batch of changes holds at
-/// most one change per build (see [`crate::payload::commit`]), so the build names the event.
+/// most one change per build (see [`crate::events::writer`]), so the build names the event.
 pub async fn insert_events(
     conn: &impl ConnectionTrait,
     events: &[NewEvent],
@@ -533,7 +533,7 @@ pub const CHANNEL: &str = "herald_deliveries";
 
 /// Announces, on PostgreSQL, that deliveries are due once the current transaction commits
 /// (`NOTIFY` is transactional: a rolled-back change wakes nobody), in the name of `announcer`
-/// (see [`crate::payload::outbox::Outbox::announcer`]). SQLite has one process, whose worker
+/// (see [`crate::events::outbox::Outbox::announcer`]). SQLite has one process, whose worker
 /// the outbox wakes directly.
 pub async fn announce(conn: &impl ConnectionTrait, announcer: &str) -> Result<()> {
     if conn.get_database_backend() == DbBackend::Postgres {

@@ -13,6 +13,7 @@ mod nodelay;
 pub mod orgs;
 mod sql;
 pub mod tls;
+mod write;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,8 @@ use sea_orm::{
 };
 
 use crate::{Error, Result};
+
+pub use write::{Turn, WorkerTurn, WriteTx, Writes};
 
 /// Opens the database at `url`, creating an SQLite file if needed, and applies migrations.
 pub async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
@@ -160,7 +163,7 @@ async fn begin_immediate(db: &DatabaseConnection) -> Result<DatabaseTransaction>
 /// not take back; `NORMAL` for the delivery worker's claims and outcomes, where losing the last
 /// ones only sends a delivery again. It is set before a transaction begins (SQLite refuses to
 /// change it inside one), on the process's one writing connection, by the holder of the write
-/// turn ([`crate::payload::outbox::Outbox::turn`]), so that the other kind of write cannot
+/// turn ([`Writes::turn`]), so that the other kind of write cannot
 /// change it in between.
 pub async fn wait_for_disk(db: &DatabaseConnection, durable: bool) -> Result<()> {
     if db.get_database_backend() == DbBackend::Sqlite {

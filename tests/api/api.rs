@@ -772,7 +772,8 @@ async fn on_sqlite_acknowledged_writes_wait_for_the_disk() {
         let statement = Statement::from_string(sea_orm::DbBackend::Sqlite, "PRAGMA synchronous");
         let row = app
             .state
-            .writer
+            .writes
+            .conn()
             .query_one_raw(statement)
             .await
             .unwrap()

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use herald::bridge::{self, BridgeOptions};
 use herald::signing;
+use herald::tools::bridge::{self, BridgeOptions};
 use serde_json::json;
 
 use crate::fake_slack::FakeSlack;
@@ -219,7 +219,7 @@ async fn send_standard(url: &str, delivery: &str, timestamp: i64, secret: &str) 
 async fn a_bridge_that_requires_timestamps_refuses_stale_and_unsigned_deliveries() {
     let slack = FakeSlack::start().await;
     let url = start_bridge_with(&slack, &[], true).await;
-    let now = herald::receive::now_secs();
+    let now = herald::tools::receive::now_secs();
 
     // X-Cirrus-Signature alone carries no time: a captured delivery could be replayed forever.
     let (status, text) = send_cirrus(&url, "d-cirrus", &cirrus_build_body("FAILED"), SECRET).await;
@@ -234,7 +234,7 @@ async fn a_bridge_that_requires_timestamps_refuses_stale_and_unsigned_deliveries
     assert_eq!(status, 400, "a signature that does not verify");
     assert_eq!(slack.requests(), 0);
 
-    let now = herald::receive::now_secs();
+    let now = herald::tools::receive::now_secs();
     let (status, text) = send_standard(&url, "d-fresh", now, SECRET).await;
     assert_eq!((status, text.trim()), (200, "forwarded"));
     assert_eq!(slack.requests(), 1);

@@ -96,7 +96,7 @@ impl TestApp {
             let config = &state.config;
             state.sender = herald::delivery::client::Sender::new(
                 config.delivery_timeout,
-                config.target_policy(),
+                herald::delivery::guard::TargetPolicy::from_config(config),
                 lookup,
             )
             .unwrap();

@@ -147,7 +147,7 @@ async fn the_cli_revokes_tokens_for_a_running_server(app: TestApp) {
         line.starts_with("Tokens of \"acme\" issued before ") && line.ends_with("are refused."),
         "{line}"
     );
-    let deadline = Instant::now() + herald::graphql::auth::REVOCATION_STALENESS * 3;
+    let deadline = Instant::now() + herald::schema::auth::REVOCATION_STALENESS * 3;
     loop {
         let response = app.gql(Some(&acme.read), VIEWER, json!({})).await;
         if response.get("errors").is_some() {
@@ -327,7 +327,7 @@ async fn a_clear_token_key_beside_sealed_secrets_is_sealed_by_the_next_start() {
         value: Set(clear.into()),
     };
     row.update(&app.state.db).await.unwrap();
-    let old = herald::graphql::TokenKeys::new(clear)
+    let old = herald::schema::TokenKeys::new(clear)
         .issue(&world.org, "old", Permission::Read, 60)
         .unwrap();
 

@@ -15,8 +15,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::receive::{Incoming, Signatures, now_secs};
 use crate::slack;
+use crate::tools::receive::{Incoming, Signatures, now_secs};
 
 /// How the receiver checks and answers.
 /// No `Debug`: it holds the secret.

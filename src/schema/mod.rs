@@ -1,24 +1,25 @@
-//! The GraphQL API by area. Names follow Cirrus CI's public schema (CONTRACT §4).
+//! The read side of the GraphQL API: the `Query` root, the object types, token auth and
+//! guards, and the row budgets. Names follow Cirrus CI's public schema.
 //!
 //! Resolvers read the request's [`Viewer`] (from the token) and [`Db`] (the pool, or the open
-//! transaction when a payload is being rendered) from the context. This module never imports
-//! axum: the HTTP layer and the payload renderer both call [`execute`].
+//! transaction when a payload is being rendered) from the context. Nothing here writes: the
+//! payload renderer runs stored selections on [`QuerySchema`], which has no mutations, and the
+//! API's mutations (`crate::api`) build on the same `Query`. This module never imports axum:
+//! the HTTP layer and the payload renderer both call [`execute`].
 
-mod audit;
 pub mod auth;
-mod ci;
-mod deliveries;
-mod inputs;
+pub mod ci;
+pub mod deliveries;
+pub mod inputs;
 pub mod rows;
-mod types;
-mod webhook_draft;
-mod webhooks;
+pub mod selections;
+pub mod types;
+pub mod webhooks;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-
-use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{EmptySubscription, MergedObject, Schema, ServerError};
+use async_graphql::{
+    EmptyMutation, EmptySubscription, MergedObject, ObjectType, Schema, ServerError,
+    SubscriptionType,
+};
 
 pub use auth::{Claims, TokenKeys, Viewer};
 pub use types::{Build, OwnerInfo, Repository, Task, UserInfo};
@@ -26,8 +27,8 @@ pub use types::{Build, OwnerInfo, Repository, Task, UserInfo};
 use crate::Error;
 use crate::store::Db;
 
-/// Herald's schema.
-pub type HeraldSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+/// The read side alone: what stored payload selections run on, so they cannot mutate.
+pub type QuerySchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
 
 /// Every query, by area.
 #[derive(MergedObject, Default)]
@@ -36,16 +37,6 @@ pub struct QueryRoot(
     ci::CiQuery,
     webhooks::WebhookQuery,
     deliveries::DeliveryQuery,
-);
-
-/// Every mutation, by area.
-#[derive(MergedObject, Default)]
-#[graphql(name = "Mutation")]
-pub struct MutationRoot(
-    ci::CiMutation,
-    webhooks::WebhookMutation,
-    deliveries::DeliveryMutation,
-    auth::TokenMutation,
 );
 
 /// Bounds checked before any resolver runs.
@@ -95,24 +86,32 @@ pub(crate) fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
 /// the most a build may have, so that the cost is true for every build a token can record.
 pub(crate) const TASKS_PER_BUILD: usize = crate::domain::limits::MAX_TASKS_PER_BUILD;
 
-/// Builds the schema with the given limits.
-pub fn build_schema(limits: Limits) -> HeraldSchema {
-    let mut builder = Schema::build(
-        QueryRoot::default(),
-        MutationRoot::default(),
-        EmptySubscription,
-    )
-    .limit_depth(limits.depth)
-    .limit_complexity(limits.complexity);
-    if !limits.introspection {
-        builder = builder.disable_introspection();
-    }
-    builder.finish()
+/// The query-only schema with the given limits.
+pub fn query_schema(limits: Limits) -> QuerySchema {
+    limits
+        .apply(Schema::build(
+            QueryRoot::default(),
+            EmptyMutation,
+            EmptySubscription,
+        ))
+        .finish()
 }
 
-/// The SDL of the schema, as `herald schema` prints it and `schema.graphql` holds it.
-pub fn sdl() -> String {
-    build_schema(Limits::API).sdl()
+impl Limits {
+    /// Sets these limits on a schema being built.
+    pub fn apply<Q, M, S>(
+        self,
+        builder: async_graphql::SchemaBuilder<Q, M, S>,
+    ) -> async_graphql::SchemaBuilder<Q, M, S> {
+        let builder = builder
+            .limit_depth(self.depth)
+            .limit_complexity(self.complexity);
+        if self.introspection {
+            builder
+        } else {
+            builder.disable_introspection()
+        }
+    }
 }
 
 /// The most aliases one request may use (each can repeat an expensive field).
@@ -120,57 +119,16 @@ pub const MAX_ALIASES: usize = 30;
 /// The most directives one request may use.
 pub const MAX_DIRECTIVES: usize = 20;
 
-/// The parsed documents of the requests clients send, by their text. A CI engine sends the same
-/// few mutations over and over, and parsing one took about a quarter of the API's
-/// instructions; a cached document is cloned instead. Validation and limits still run on
-/// every request. Only requests with a valid token fill it, and at most [`Documents::ENTRIES`]
-/// texts of at most [`Documents::TEXT`] bytes are kept; a full cache starts over, so that many
-/// distinct queries cost memory only up to that bound.
-#[derive(Clone, Default)]
-pub struct Documents(Arc<Mutex<ByText>>);
-
-/// Parsed documents by their query text.
-type ByText = HashMap<String, ExecutableDocument>;
-
-impl Documents {
-    /// The most documents kept.
-    pub const ENTRIES: usize = 64;
-    /// The longest query text kept, in bytes: a CI engine's mutations are a few hundred.
-    pub const TEXT: usize = 2048;
-
-    /// Gives `request` its parsed document: the cached one for its text, or a fresh parse,
-    /// which is kept when it succeeds.
-    pub fn prepare(&self, request: &mut async_graphql::Request) {
-        if request.query.len() > Self::TEXT {
-            return;
-        }
-        let cached = self.lock().get(&request.query).cloned();
-        if let Some(doc) = cached {
-            request.set_parsed_query(doc);
-            return;
-        }
-        let Ok(doc) = request.parsed_query() else {
-            return;
-        };
-        let doc = doc.clone();
-        let mut documents = self.lock();
-        if documents.len() >= Self::ENTRIES {
-            documents.clear();
-        }
-        documents.insert(request.query.clone(), doc);
-    }
-
-    fn lock(&self) -> MutexGuard<'_, ByText> {
-        // A panic while holding the lock leaves a map of complete documents: still usable.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Runs a request and gives every error its `extensions.code` (CONTRACT §3).
-pub async fn execute(
-    schema: &HeraldSchema,
+/// Runs a request and gives every error its `extensions.code`.
+pub async fn execute<Q, M, S>(
+    schema: &Schema<Q, M, S>,
     mut request: async_graphql::Request,
-) -> async_graphql::Response {
+) -> async_graphql::Response
+where
+    Q: ObjectType + 'static,
+    M: ObjectType + 'static,
+    S: SubscriptionType + 'static,
+{
     // Alias and directive counts are checked on the parsed document before anything runs;
     // depth and complexity are checked by the engine, also before any resolver.
     let nul_variable = inputs::nul_in_variables(&request.variables);
@@ -256,38 +214,4 @@ fn classify(error: &mut ServerError) {
 pub(crate) fn db<'a>(ctx: &'a async_graphql::Context<'_>) -> crate::Result<&'a Db> {
     ctx.data::<Db>()
         .map_err(|_| Error::internal("the request has no database handle"))
-}
-
-/// The application state, present for requests that came over HTTP (mutations need it).
-pub(crate) fn state<'a>(
-    ctx: &'a async_graphql::Context<'_>,
-) -> crate::Result<&'a crate::app::AppState> {
-    ctx.data::<crate::app::AppState>()
-        .map_err(|_| Error::internal("the request has no application state"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn documents_keep_what_parsed_up_to_their_bounds() {
-        let documents = Documents::default();
-        let prepare = |query: &str| {
-            let mut request = async_graphql::Request::new(query);
-            documents.prepare(&mut request);
-            request.parsed_query().is_ok()
-        };
-        assert!(prepare("{ viewer { name } }"));
-        assert!(prepare("{ viewer { name } }"));
-        assert_eq!(documents.lock().len(), 1, "one text, one document");
-        assert!(!prepare("{ viewer {"), "a syntax error is still one");
-        let long = format!("{{ viewer {{ name }} }}{}", " ".repeat(Documents::TEXT));
-        assert!(prepare(&long));
-        assert_eq!(documents.lock().len(), 1, "neither was kept");
-        for i in 0..Documents::ENTRIES + 10 {
-            assert!(prepare(&format!("{{ f{i} }}")));
-            assert!(documents.lock().len() <= Documents::ENTRIES);
-        }
-    }
 }

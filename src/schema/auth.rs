@@ -6,13 +6,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use sea_orm::ConnectionTrait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::Permission;
-use crate::store::{self, parse_id};
+use crate::store;
 use crate::{Error, Result};
 
 /// The issuer every Herald token names.
@@ -228,53 +227,6 @@ pub(crate) fn require<'a>(
             )
         })?
         .require(needed)
-}
-
-#[derive(InputObject)]
-pub struct RevokeTokensInput {
-    /// The organization whose tokens are refused.
-    pub owner_uid: ID,
-    pub client_mutation_id: Option<String>,
-}
-
-#[derive(SimpleObject)]
-pub struct RevokeTokensPayload {
-    /// Tokens issued before this time (ms since the epoch, a whole second) are refused; tokens
-    /// issued from it on are accepted.
-    pub revoked_before: i64,
-    pub client_mutation_id: Option<String>,
-}
-
-#[derive(Default)]
-pub struct TokenMutation;
-
-#[Object]
-impl TokenMutation {
-    /// Refuses every token of the organization issued until now, the one making this request
-    /// included (ADMIN). Issue new tokens afterwards (`herald token issue`).
-    async fn revoke_tokens(
-        &self,
-        ctx: &Context<'_>,
-        input: RevokeTokensInput,
-    ) -> Result<RevokeTokensPayload> {
-        let viewer = require(ctx, Permission::Admin)?;
-        let state = super::state(ctx)?;
-        let not_found = || Error::not_found("organization", input.owner_uid.as_str());
-        if parse_id("organization", &input.owner_uid)? != viewer.org_id {
-            return Err(not_found());
-        }
-        let (_turn, tx) = state.begin_api_write().await?;
-        let before = revocation_time(crate::now_ms());
-        let before = store::orgs::revoke_tokens(&tx, viewer.org_id, before)
-            .await?
-            .ok_or_else(not_found)?;
-        super::audit::commit(ctx, tx, viewer.org_id, None, false).await?;
-        state.keys.revoked(viewer.org_id, before);
-        Ok(RevokeTokensPayload {
-            revoked_before: before,
-            client_mutation_id: input.client_mutation_id,
-        })
-    }
 }
 
 #[cfg(test)]

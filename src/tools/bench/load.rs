@@ -17,7 +17,7 @@ use super::receiver::Receiver;
 use super::report::Figures;
 use super::{BenchArgs, DELIVERY_DEADLINE};
 use crate::domain::{EndpointUrl, EventKind, PayloadFormat, Permission};
-use crate::graphql::TokenKeys;
+use crate::schema::TokenKeys;
 use crate::store;
 
 /// The selection every bench endpoint uses: small, and enough to key arrivals.

@@ -36,7 +36,7 @@ macro_rules! asset {
         Asset {
             name: $name,
             content_type: $content_type,
-            body: include_bytes!(concat!("../web/", $dir, $name)),
+            body: include_bytes!(concat!("../../web/", $dir, $name)),
         }
     };
 }

@@ -7,13 +7,13 @@ use async_graphql::{Request, Variables};
 use sea_orm::DatabaseConnection;
 use serde_json::{Map, Value as Json, json};
 
+use super::change::Change;
 use super::ids::IdFields;
-use super::outbox::Change;
 use super::selection::{self, DEFAULT_SELECTION, Prepared};
 use crate::domain::limits::MAX_BODY;
 use crate::domain::{PayloadFormat, Permission};
-use crate::graphql::rows::{Budget, Known, Settled};
-use crate::graphql::{self, HeraldSchema, Limits, Viewer};
+use crate::schema::rows::{Budget, Known, Settled};
+use crate::schema::{self, Limits, QuerySchema, Viewer};
 use crate::slack::SLACK_SELECTION;
 use crate::store::Db;
 use crate::{Error, Result};
@@ -48,9 +48,10 @@ pub enum Rendered {
 /// How many distinct selections the cache keeps before it starts over.
 const CACHE_CAPACITY: usize = 1024;
 
-/// Renders payloads with Herald's own schema; parsed selections are cached by their text.
+/// Renders payloads with the query-only schema, so that a stored selection cannot mutate;
+/// parsed selections are cached by their text.
 pub struct Renderer {
-    schema: HeraldSchema,
+    schema: QuerySchema,
     cache: Mutex<HashMap<String, Arc<Prepared>>>,
     /// Repositories and organizations read by earlier payloads.
     settled: Arc<Settled>,
@@ -63,7 +64,7 @@ pub struct Renderer {
 impl Renderer {
     /// A renderer whose Slack messages link to `public_url`, when given.
     pub fn new(public_url: Option<String>) -> Self {
-        let schema = graphql::build_schema(Limits::PAYLOAD);
+        let schema = schema::query_schema(Limits::PAYLOAD);
         Self {
             ids: IdFields::from_sdl(&schema.sdl()),
             schema,
@@ -221,7 +222,7 @@ impl Renderer {
             request = request.data(known);
         }
         request.set_parsed_query(prepared.doc.clone());
-        graphql::execute(&self.schema, request).await
+        schema::execute(&self.schema, request).await
     }
 }
 

@@ -6,176 +6,72 @@ use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
 use serde_json::json;
-use tokio::sync::{Notify, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
+use super::audit::{AuditDraft, KnownUsers};
+use super::change::Change;
 use super::{Rendered, Renderer};
+use crate::domain::PayloadFormat;
 use crate::domain::status::parse_stored;
-use crate::domain::{BuildStatus, EventKind, PayloadFormat, TaskStatus};
 use crate::metrics::Metrics;
+use crate::store::audit::UserKey;
 use crate::store::deliveries::{EventDeliveries, FailedDelivery, NewDelivery, NewEvent};
 use crate::store::entities::{build, delivery, task, webhook_endpoint};
 use crate::store::{self, Db};
 use crate::{Error, Result};
 
-/// A build or task change, as an event.
-#[derive(Clone, Debug)]
-pub struct Change {
-    pub org_id: i64,
-    pub kind: EventKind,
-    /// `created` or `updated`.
-    pub action: &'static str,
-    pub old_status: Option<&'static str>,
-    /// The build's (build events) or task's (task events) status after the change.
-    pub status: String,
-    pub repository_id: i64,
-    pub build_id: i64,
-    pub task_id: Option<i64>,
-    pub timestamp: i64,
-    /// The build row as the change left it, when the change has it: the payload reads it
-    /// instead of reading it back.
-    pub build_row: Option<build::Model>,
-    /// The task row as the change left it (task events).
-    pub task_row: Option<task::Model>,
-    /// The tasks of the build once the change is written, read for the payload with those of
-    /// the other changes of its batch.
-    pub build_tasks: Option<Arc<Vec<task::Model>>>,
-}
-
-impl Change {
-    pub fn build_created(build: &build::Model) -> Self {
-        Self {
-            org_id: build.org_id,
-            kind: EventKind::Build,
-            action: "created",
-            old_status: None,
-            status: build.status.clone(),
-            repository_id: build.repository_id,
-            build_id: build.id,
-            task_id: None,
-            timestamp: build.created_at,
-            build_row: Some(build.clone()),
-            task_row: None,
-            build_tasks: None,
-        }
-    }
-
-    pub fn build_updated(before: &build::Model, after: &build::Model) -> Result<Self> {
-        Ok(Self {
-            action: "updated",
-            old_status: Some(parse_stored(&before.status, BuildStatus::parse)?.as_str()),
-            timestamp: after.status_timestamp,
-            ..Self::build_created(after)
-        })
-    }
-
-    pub fn task_created(task: &task::Model) -> Self {
-        Self {
-            org_id: task.org_id,
-            kind: EventKind::Task,
-            action: "created",
-            old_status: None,
-            status: task.status.clone(),
-            repository_id: task.repository_id,
-            build_id: task.build_id,
-            task_id: Some(task.id),
-            timestamp: task.creation_timestamp,
-            build_row: None,
-            task_row: Some(task.clone()),
-            build_tasks: None,
-        }
-    }
-
-    /// The change also hands the payload its task's `build` row, which it read in its
-    /// transaction and did not change.
-    pub fn with_build(self, build: &build::Model) -> Self {
-        Self {
-            build_row: Some(build.clone()),
-            ..self
-        }
-    }
-
-    pub fn task_updated(before: &task::Model, after: &task::Model) -> Result<Self> {
-        Ok(Self {
-            action: "updated",
-            old_status: Some(parse_stored(&before.status, TaskStatus::parse)?.as_str()),
-            timestamp: after.status_timestamp,
-            ..Self::task_created(after)
-        })
-    }
-}
-
 /// Records events with their deliveries and wakes the worker after commit when some are due.
 #[derive(Clone)]
 pub struct Outbox {
     renderer: Arc<Renderer>,
-    wake: Arc<Notify>,
     metrics: Metrics,
-    /// On SQLite, which takes one writing transaction at a time: how the batches of changes and
-    /// the delivery worker take turns.
-    gate: Option<Arc<RwLock<()>>>,
-    /// See [`Outbox::announcer`].
-    announcer: Arc<str>,
+    /// The process's writing connection, its write turn and the worker's wake-up.
+    writes: store::Writes,
     /// Users whose ids this process has recorded (see [`Outbox::users`]).
-    users: Arc<super::audit::KnownUsers>,
-}
-
-/// A batch of changes' turn to write; the transaction must end before it is dropped.
-pub struct Turn {
-    _held: Option<OwnedRwLockReadGuard<()>>,
+    users: Arc<KnownUsers>,
 }
 
 impl Outbox {
-    /// An outbox whose Slack messages link to `public_url`, when given. `one_writer` (SQLite,
-    /// whose database takes one writing transaction at a time) makes the batches of changes and
-    /// the delivery worker's writes take turns in this process.
-    pub fn new(
-        wake: Arc<Notify>,
-        metrics: Metrics,
-        public_url: Option<String>,
-        one_writer: bool,
-    ) -> Self {
+    /// An outbox writing through `writes`, whose Slack messages link to `public_url`, when
+    /// given.
+    pub fn new(writes: store::Writes, metrics: Metrics, public_url: Option<String>) -> Self {
         Self {
             renderer: Arc::new(Renderer::new(public_url)),
-            wake,
             metrics,
-            gate: one_writer.then(|| Arc::new(RwLock::new(()))),
-            announcer: uuid::Uuid::new_v4().simple().to_string().into(),
+            writes,
             users: Arc::default(),
         }
     }
 
-    /// The name this outbox's announcements of due deliveries carry on PostgreSQL's channel.
-    /// It wakes its own worker directly, and that worker's listener skips them: woken twice for
-    /// one commit, the worker would claim twice, and the second claim would find nothing.
-    pub fn announcer(&self) -> &str {
-        &self.announcer
+    /// The process's writes.
+    pub fn writes(&self) -> &store::Writes {
+        &self.writes
     }
 
-    /// Waits for a batch of changes' turn to write; hold it until the transaction ends. The
-    /// process's one writer of changes ([`crate::payload::commit`]) takes it, and on SQLite the
-    /// delivery worker's writes go first (see [`Outbox::worker_turn`]).
-    pub async fn turn(&self) -> Turn {
-        Turn {
-            _held: match &self.gate {
-                Some(gate) => Some(gate.clone().read_owned().await),
-                None => None,
-            },
-        }
+    /// The ids of these users, each created if it is new. Hand them to
+    /// [`Outbox::learn_users`] once the transaction commits.
+    pub async fn users(
+        &self,
+        conn: &impl ConnectionTrait,
+        keys: Vec<UserKey>,
+    ) -> Result<HashMap<UserKey, i64>> {
+        self.users.ids(conn, keys).await
     }
 
-    /// On SQLite, the delivery worker's turn to write (a claim, a batch of outcomes): it waits
-    /// for the batch of changes being written, if any, and the next batch waits for it. Under a
-    /// stream of changes the worker would otherwise get the write lock only now and then, and
-    /// deliveries would fall behind. Hold it until the transaction ends.
-    pub async fn worker_turn(&self) -> Option<OwnedRwLockWriteGuard<()>> {
-        match &self.gate {
-            Some(gate) => Some(gate.clone().write_owned().await),
-            None => None,
-        }
+    /// Remembers users that a committed transaction holds.
+    pub fn learn_users(&self, users: HashMap<UserKey, i64>) {
+        self.users.learn(users);
     }
 
-    pub(super) fn known_users(&self) -> &super::audit::KnownUsers {
-        &self.users
+    /// Records audit events and queues their deliveries (see [`super::audit::record`]);
+    /// whether it queued any.
+    pub async fn record_audits(
+        &self,
+        conn: &impl ConnectionTrait,
+        drafts: Vec<AuditDraft>,
+        users: &HashMap<UserKey, i64>,
+        endpoints: &[webhook_endpoint::Model],
+    ) -> Result<bool> {
+        super::audit::record(conn, self.writes.announcer(), drafts, users, endpoints).await
     }
 
     /// The process's metrics.
@@ -304,7 +200,7 @@ impl Outbox {
         let builds: Vec<i64> = queued.iter().map(|event| event.build_id).collect();
         store::deliveries::insert_failed(conn, refused).await?;
         store::deliveries::lock_chains(conn, &builds).await?;
-        store::deliveries::queue_events(conn, &queued, &self.announcer).await
+        store::deliveries::queue_events(conn, &queued, self.writes.announcer()).await
     }
 
     /// Hands each change with deliveries to render its build row, if it does not hold it, and
@@ -365,14 +261,9 @@ impl Outbox {
         tx.commit().await?;
         self.metrics.events_recorded.inc_by(events);
         if due {
-            self.wake();
+            self.writes.wake();
         }
         Ok(())
-    }
-
-    /// Wakes the worker: deliveries are due.
-    pub fn wake(&self) {
-        self.wake.notify_one();
     }
 
     /// Queues a `ping` to one endpoint; a status filter does not hold it back, and a Slack
@@ -410,7 +301,7 @@ impl Outbox {
             timestamp: now,
         };
         let row = store::deliveries::insert_one(conn, new).await?;
-        store::deliveries::announce(conn, &self.announcer).await?;
+        store::deliveries::announce(conn, self.writes.announcer()).await?;
         Ok(row)
     }
 }

@@ -14,7 +14,6 @@ use serde_json::{Map, Value as Json, json};
 
 use sea_orm::ConnectionTrait;
 
-use super::outbox::Outbox;
 use crate::domain::PayloadFormat;
 use crate::domain::status::parse_stored;
 use crate::slack::escape;
@@ -238,108 +237,103 @@ pub fn body(
     serde_json::to_string(&body).map_err(Error::internal)
 }
 
-impl Outbox {
-    /// The ids of these users, each created if it is new. Hand them to [`Outbox::learn_users`]
-    /// once the transaction commits.
-    pub async fn users(
+impl KnownUsers {
+    /// The ids of these users, each created in `conn` if it is new. Hand them to
+    /// [`KnownUsers::learn`] once the transaction commits.
+    pub async fn ids(
         &self,
         conn: &impl ConnectionTrait,
         keys: Vec<UserKey>,
     ) -> Result<HashMap<UserKey, i64>> {
-        let (mut ids, missing) = self.known_users().split(keys);
+        let (mut ids, missing) = self.split(keys);
         if !missing.is_empty() {
             ids.extend(store::audit::ensure_users(conn, &missing, crate::now_ms()).await?);
         }
         Ok(ids)
     }
+}
 
-    /// Remembers users that a committed transaction holds.
-    pub fn learn_users(&self, users: HashMap<UserKey, i64>) {
-        self.known_users().learn(users);
+/// Records the audit events of `drafts`, whose actors `users` holds, and queues a delivery of
+/// each to every endpoint of its organization among `endpoints` (the enabled endpoints of their
+/// organizations) that names `AUDIT_EVENT`, announced as `announcer`. Returns whether it queued
+/// any (they are due at once).
+pub async fn record(
+    conn: &impl ConnectionTrait,
+    announcer: &str,
+    drafts: Vec<AuditDraft>,
+    users: &HashMap<UserKey, i64>,
+    endpoints: &[webhook_endpoint::Model],
+) -> Result<bool> {
+    if drafts.is_empty() {
+        return Ok(false);
     }
-
-    /// Records the audit events of `drafts`, whose actors `users` holds, and queues a delivery
-    /// of each to every endpoint of its organization among `endpoints` (the enabled endpoints
-    /// of their organizations) that names `AUDIT_EVENT`. Returns
-    /// whether it queued any (they are due at once).
-    pub async fn record_audits(
-        &self,
-        conn: &impl ConnectionTrait,
-        drafts: Vec<AuditDraft>,
-        users: &HashMap<UserKey, i64>,
-        endpoints: &[webhook_endpoint::Model],
-    ) -> Result<bool> {
-        if drafts.is_empty() {
-            return Ok(false);
+    let now = crate::now_ms();
+    let mut new = Vec::with_capacity(drafts.len());
+    for draft in drafts {
+        let actor_id = *users
+            .get(&draft.actor_key())
+            .ok_or_else(|| Error::internal("an audit event's actor has no user id"))?;
+        new.push(NewAuditEvent {
+            org_id: draft.org_id,
+            kind: MUTATION,
+            timestamp: now,
+            data: draft.data,
+            actor_id,
+            actor_username: draft.actor.username,
+            actor_ip: draft.actor.ip,
+            repository_id: draft.repository_id,
+        });
+    }
+    let events = store::audit::insert(conn, new).await?;
+    let mut subscribed = Vec::new();
+    for endpoint in endpoints {
+        if store::endpoints::subscribes_to_audit(endpoint)? {
+            subscribed.push(endpoint);
         }
-        let now = crate::now_ms();
-        let mut new = Vec::with_capacity(drafts.len());
-        for draft in drafts {
-            let actor_id = *users
-                .get(&draft.actor_key())
-                .ok_or_else(|| Error::internal("an audit event's actor has no user id"))?;
-            new.push(NewAuditEvent {
-                org_id: draft.org_id,
-                kind: MUTATION,
-                timestamp: now,
-                data: draft.data,
-                actor_id,
-                actor_username: draft.actor.username,
-                actor_ip: draft.actor.ip,
-                repository_id: draft.repository_id,
+    }
+    let endpoints = subscribed;
+    if endpoints.is_empty() {
+        return Ok(false);
+    }
+    let mut repositories: HashMap<i64, Option<RepositoryInfo>> = HashMap::new();
+    let mut deliveries = Vec::new();
+    for event in &events {
+        let to: Vec<_> = endpoints
+            .iter()
+            .filter(|endpoint| endpoint.org_id == event.org_id)
+            .collect();
+        if to.is_empty() {
+            continue;
+        }
+        let repository = match event.repository_id {
+            None => None,
+            Some(id) => match repositories.get(&id) {
+                Some(info) => info.clone(),
+                None => {
+                    let info = repository_info(conn, event.org_id, id).await?;
+                    repositories.insert(id, info.clone());
+                    info
+                }
+            },
+        };
+        for endpoint in to {
+            let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
+            deliveries.push(NewDelivery {
+                org_id: event.org_id,
+                endpoint_id: endpoint.id,
+                event: "audit_event".into(),
+                action: "created".into(),
+                body: body(format, event, repository.as_ref())?,
+                timestamp: event.timestamp,
             });
         }
-        let events = store::audit::insert(conn, new).await?;
-        let mut subscribed = Vec::new();
-        for endpoint in endpoints {
-            if store::endpoints::subscribes_to_audit(endpoint)? {
-                subscribed.push(endpoint);
-            }
-        }
-        let endpoints = subscribed;
-        if endpoints.is_empty() {
-            return Ok(false);
-        }
-        let mut repositories: HashMap<i64, Option<RepositoryInfo>> = HashMap::new();
-        let mut deliveries = Vec::new();
-        for event in &events {
-            let to: Vec<_> = endpoints
-                .iter()
-                .filter(|endpoint| endpoint.org_id == event.org_id)
-                .collect();
-            if to.is_empty() {
-                continue;
-            }
-            let repository = match event.repository_id {
-                None => None,
-                Some(id) => match repositories.get(&id) {
-                    Some(info) => info.clone(),
-                    None => {
-                        let info = repository_info(conn, event.org_id, id).await?;
-                        repositories.insert(id, info.clone());
-                        info
-                    }
-                },
-            };
-            for endpoint in to {
-                let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
-                deliveries.push(NewDelivery {
-                    org_id: event.org_id,
-                    endpoint_id: endpoint.id,
-                    event: "audit_event".into(),
-                    action: "created".into(),
-                    body: body(format, event, repository.as_ref())?,
-                    timestamp: event.timestamp,
-                });
-            }
-        }
-        if deliveries.is_empty() {
-            return Ok(false);
-        }
-        store::deliveries::insert_unchained(conn, deliveries).await?;
-        store::deliveries::announce(conn, self.announcer()).await?;
-        Ok(true)
     }
+    if deliveries.is_empty() {
+        return Ok(false);
+    }
+    store::deliveries::insert_unchained(conn, deliveries).await?;
+    store::deliveries::announce(conn, announcer).await?;
+    Ok(true)
 }
 
 /// The repository an audit event concerns, as its body shows it; none if it is gone.

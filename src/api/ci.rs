@@ -1,85 +1,18 @@
-//! Queries and mutations of the CI engine: repositories, builds, tasks.
+//! Mutations of the CI engine: repositories, builds, tasks. A build's or task's change goes
+//! through the process's writer of changes ([`crate::events::Writer`]).
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
-use super::auth::require;
-use super::types::{Build, OwnerInfo, Repository, Task};
-use super::{audit, db, rows, state};
+use super::audit;
 use crate::domain::{BuildStatus, Notification, NotificationLevel, Permission, TaskStatus, limits};
-use crate::payload::audit::check_user_name;
-use crate::payload::commit::{ChangeRequest, Changed};
+use crate::events::Writer;
+use crate::events::audit::check_user_name;
+use crate::events::writer::{ChangeRequest, Changed};
+use crate::schema::auth::require;
+use crate::schema::types::{Build, Repository, Task};
 use crate::store::entities::{build, task};
 use crate::store::{self, parse_id};
 use crate::{Error, Result};
-
-#[derive(Default)]
-pub struct CiQuery;
-
-#[Object]
-impl CiQuery {
-    /// The organization of the token asking.
-    async fn viewer(&self, ctx: &Context<'_>) -> Result<OwnerInfo> {
-        let viewer = require(ctx, Permission::Read)?;
-        owner(ctx, viewer.org_id, &viewer.org_id.to_string()).await
-    }
-
-    /// An organization by uid; only the token's own exists for it.
-    async fn owner_info(&self, ctx: &Context<'_>, uid: ID) -> Result<Option<OwnerInfo>> {
-        let viewer = require(ctx, Permission::Read)?;
-        if parse_id("organization", &uid)? != viewer.org_id {
-            return Err(Error::not_found("organization", uid.as_str()));
-        }
-        owner(ctx, viewer.org_id, &uid).await.map(Some)
-    }
-
-    /// An organization by name; only the token's own exists for it.
-    async fn owner_info_by_name(
-        &self,
-        ctx: &Context<'_>,
-        name: String,
-    ) -> Result<Option<OwnerInfo>> {
-        let viewer = require(ctx, Permission::Read)?;
-        // No name holds a NUL, and PostgreSQL refuses one in a parameter: the error would end
-        // the transaction of the change whose payload a stored selection renders.
-        if name.contains('\0') {
-            return Err(Error::not_found("organization", format!("{name:?}")));
-        }
-        let org = store::orgs::find_by_name(&db(ctx)?.conn(), &name).await?;
-        match org {
-            Some(org) if org.id == viewer.org_id => Ok(Some(OwnerInfo(org))),
-            _ => Err(Error::not_found("organization", format!("{name:?}"))),
-        }
-    }
-
-    async fn repository(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Repository>> {
-        let viewer = require(ctx, Permission::Read)?;
-        let id = parse_id("repository", &id)?;
-        Ok(Some(Repository(
-            rows::repository(ctx, viewer.org_id, id).await?,
-        )))
-    }
-
-    async fn build(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Build>> {
-        let viewer = require(ctx, Permission::Read)?;
-        let id = parse_id("build", &id)?;
-        Ok(Some(Build(rows::build(ctx, viewer.org_id, id).await?)))
-    }
-
-    /// A task; null for a null id, so one payload selection serves build and task events.
-    async fn task(&self, ctx: &Context<'_>, id: Option<ID>) -> Result<Option<Task>> {
-        let viewer = require(ctx, Permission::Read)?;
-        let Some(id) = id else { return Ok(None) };
-        let id = parse_id("task", &id)?;
-        Ok(Some(Task(rows::task(ctx, viewer.org_id, id).await?)))
-    }
-}
-
-async fn owner(ctx: &Context<'_>, org_id: i64, uid: &str) -> Result<OwnerInfo> {
-    rows::organization(ctx, org_id)
-        .await?
-        .map(OwnerInfo)
-        .ok_or_else(|| Error::not_found("organization", uid))
-}
 
 #[derive(InputObject)]
 pub struct CreateRepositoryInput {
@@ -185,9 +118,9 @@ impl CiMutation {
             is_private: input.is_private.unwrap_or(false),
             default_branch: input.default_branch.unwrap_or_else(|| "main".into()),
         };
-        let (_turn, tx) = state(ctx)?.begin_api_write().await?;
-        let repository = store::ci::create_repository(&tx, viewer.org_id, new).await?;
-        audit::commit(ctx, tx, viewer.org_id, Some(repository.id), false).await?;
+        let tx = super::handle::<store::Writes>(ctx)?.begin().await?;
+        let repository = store::ci::create_repository(&*tx, viewer.org_id, new).await?;
+        audit::commit(ctx, tx, viewer.org_id, Some(repository.id)).await?;
         Ok(CreateRepositoryPayload {
             repository: Repository(repository),
             client_mutation_id: input.client_mutation_id,
@@ -350,7 +283,7 @@ impl CiMutation {
 /// Writes a change of a build through the process's writer of changes.
 async fn changed_build(ctx: &Context<'_>, request: ChangeRequest) -> Result<build::Model> {
     let audit = audit::draft(ctx, request.org_id());
-    match state(ctx)?.changes.submit(request, audit).await? {
+    match super::handle::<Writer>(ctx)?.submit(request, audit).await? {
         Changed::Build(build) => Ok(build),
         Changed::Task(_) => Err(Error::internal("a build's change came back as a task")),
     }
@@ -359,7 +292,7 @@ async fn changed_build(ctx: &Context<'_>, request: ChangeRequest) -> Result<buil
 /// Writes a change of a task through the process's writer of changes.
 async fn changed_task(ctx: &Context<'_>, request: ChangeRequest) -> Result<task::Model> {
     let audit = audit::draft(ctx, request.org_id());
-    match state(ctx)?.changes.submit(request, audit).await? {
+    match super::handle::<Writer>(ctx)?.submit(request, audit).await? {
         Changed::Task(task) => Ok(task),
         Changed::Build(_) => Err(Error::internal("a task's change came back as a build")),
     }

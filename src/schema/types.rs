@@ -1,9 +1,9 @@
-//! The CI records as GraphQL objects: OwnerInfo, Repository, Build, Task.
+//! The CI records as GraphQL objects: OwnerInfo, Repository, Build, Task, and the audit
+//! events listed by `OwnerInfo.auditEvents`.
 
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, ID, Object, OutputType, SimpleObject};
 
-use super::audit::AuditEventType;
 use super::auth::require;
 use super::{db, deliveries::WebHookDelivery, rows, webhooks::WebHookSettings};
 use crate::Result;
@@ -11,7 +11,7 @@ use crate::domain::status::parse_stored;
 use crate::domain::{
     BuildStatus, DeliveryState, Notification, Permission, TaskStatus, seconds_between,
 };
-use crate::store::entities::{build, organization, repository, task};
+use crate::store::entities::{audit_event, build, organization, repository, task};
 use crate::store::{self, Page, parse_id};
 
 /// Turns a fetched page (one row more than asked for) into a Relay connection.
@@ -56,7 +56,7 @@ impl OwnerInfo {
     }
 
     /// Deliveries, newest first, optionally of one endpoint and one state (ADMIN).
-    #[graphql(complexity = "crate::graphql::page_cost(first, child_complexity)")]
+    #[graphql(complexity = "crate::schema::page_cost(first, child_complexity)")]
     async fn webhook_deliveries(
         &self,
         ctx: &Context<'_>,
@@ -77,7 +77,7 @@ impl OwnerInfo {
     }
 
     /// Audit events: every mutation performed for the organization, newest first (ADMIN).
-    #[graphql(complexity = "crate::graphql::page_cost(first, child_complexity)")]
+    #[graphql(complexity = "crate::schema::page_cost(first, child_complexity)")]
     async fn audit_events(
         &self,
         ctx: &Context<'_>,
@@ -92,7 +92,7 @@ impl OwnerInfo {
     }
 
     /// Repositories, oldest first.
-    #[graphql(complexity = "crate::graphql::page_cost(first, child_complexity)")]
+    #[graphql(complexity = "crate::schema::page_cost(first, child_complexity)")]
     async fn repositories(
         &self,
         ctx: &Context<'_>,
@@ -135,7 +135,7 @@ impl Repository {
     }
 
     /// Builds, newest first, optionally of one status.
-    #[graphql(complexity = "crate::graphql::page_cost(first, child_complexity)")]
+    #[graphql(complexity = "crate::schema::page_cost(first, child_complexity)")]
     async fn builds(
         &self,
         ctx: &Context<'_>,
@@ -235,7 +235,7 @@ impl Build {
     }
 
     #[graphql(
-        complexity = "crate::graphql::list_cost(crate::graphql::TASKS_PER_BUILD, child_complexity)"
+        complexity = "crate::schema::list_cost(crate::schema::TASKS_PER_BUILD, child_complexity)"
     )]
     async fn tasks(&self, ctx: &Context<'_>) -> Result<Vec<Task>> {
         let rows = rows::tasks_of_build(ctx, self.0.org_id, self.0.id).await?;
@@ -335,7 +335,7 @@ impl Task {
 
     /// The labels that tell this task apart from other tasks of its build with the same name
     /// (a matrix); all its labels when its name is unique.
-    #[graphql(complexity = "crate::graphql::TASKS_PER_BUILD")]
+    #[graphql(complexity = "crate::schema::TASKS_PER_BUILD")]
     async fn unique_labels(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
         let own: Vec<String> = store::ci::labels_or_notes(&self.0.labels)?;
         let siblings = rows::tasks_of_build(ctx, self.0.org_id, self.0.build_id).await?;
@@ -373,5 +373,58 @@ impl Task {
 
     async fn notifications(&self) -> Result<Vec<Notification>> {
         store::ci::labels_or_notes(&self.0.notifications)
+    }
+}
+
+/// Something done for an organization: for now, always a GraphQL mutation.
+pub struct AuditEventType(pub audit_event::Model);
+
+#[Object(name = "AuditEventType")]
+impl AuditEventType {
+    /// The event's id, a UUID.
+    async fn id(&self) -> ID {
+        ID(self.0.uid.clone())
+    }
+
+    /// `graphql.mutation`: a mutation was performed for the organization.
+    #[graphql(name = "type")]
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+
+    /// When it happened (ms since the epoch).
+    async fn timestamp(&self) -> i64 {
+        self.0.timestamp
+    }
+
+    /// A JSON object as a string: `mutationName` and the mutation's input, secrets removed.
+    async fn data(&self) -> &str {
+        &self.0.data
+    }
+
+    /// Who performed it: the subject of the token.
+    async fn actor(&self) -> UserInfo {
+        UserInfo {
+            id: ID(self.0.actor_id.to_string()),
+            username: self.0.actor_username.clone(),
+        }
+    }
+
+    /// The address the request came from.
+    #[graphql(name = "actorLocationIP")]
+    async fn actor_location_ip(&self) -> Option<&str> {
+        self.0.actor_ip.as_deref()
+    }
+
+    /// The repository the mutation concerned, if any (and if it still exists).
+    async fn repository(&self, ctx: &Context<'_>) -> Result<Option<Repository>> {
+        let Some(id) = self.0.repository_id else {
+            return Ok(None);
+        };
+        match rows::repository(ctx, self.0.org_id, id).await {
+            Ok(row) => Ok(Some(Repository(row))),
+            Err(crate::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 }

@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::retry::{format_duration, parse_retry_after};
-use crate::receive::{Check, Incoming, Signatures, now_secs};
 use crate::slack;
+use crate::tools::receive::{Check, Incoming, Signatures, now_secs};
 
 /// How many delivery ids the bridge remembers to skip repeats (delivery is at least once).
 const REMEMBERED: usize = 4096;

@@ -11,24 +11,7 @@ use async_graphql_value::Value;
 
 use crate::{Error, Result};
 
-/// The selection used when an endpoint has none: what Cirrus CI sends today, which is Cirrus's
-/// documented selection ([`CIRRUS_DOCUMENTED_SELECTION`]) plus the fields its receivers read
-/// that the documentation leaves out (`changeMessageTitle`, `user`, `localGroupId`,
-/// `instanceType`).
-pub const DEFAULT_SELECTION: &str = "query WebhookPayload($repositoryId: ID!, $buildId: ID!, $taskId: ID) {
-  repository(id: $repositoryId) { id owner name isPrivate }
-  build(id: $buildId) { id branch pullRequest pullRequestDraft durationInSeconds changeIdInRepo changeMessageTitle changeTimestamp status user { id username } }
-  task(id: $taskId) { id name nameAlias localGroupId status statusTimestamp creationTimestamp durationInSeconds uniqueLabels automaticReRun automaticallyReRunnable manualRerunCount instanceType notifications { level message link } }
-}";
-
-/// The selection Cirrus CI's documentation gives, field for field: what Herald sent by
-/// default before it sent what Cirrus sends on the wire. An endpoint can store it to keep
-/// exactly those fields.
-pub const CIRRUS_DOCUMENTED_SELECTION: &str = "query WebhookPayload($repositoryId: ID!, $buildId: ID!, $taskId: ID) {
-  repository(id: $repositoryId) { id owner name isPrivate }
-  build(id: $buildId) { id branch pullRequest pullRequestDraft durationInSeconds changeIdInRepo changeTimestamp status }
-  task(id: $taskId) { id name nameAlias status statusTimestamp creationTimestamp durationInSeconds uniqueLabels automaticReRun automaticallyReRunnable manualRerunCount notifications { level message link } }
-}";
+pub use crate::schema::selections::{CIRRUS_DOCUMENTED_SELECTION, DEFAULT_SELECTION};
 
 /// The variables a selection may use, with their types.
 pub const VARIABLES: [(&str, &str); 3] = [

@@ -1,6 +1,11 @@
 //! HTTP: the web console at `/`, `/graphql` (POST, and GraphiQL on GET), `/healthz`, `/readyz`,
 //! `/metrics`; every request within the request timeout, and a GraphQL body within the body
-//! timeout (the connection limits are in [`crate::serve`]).
+//! timeout (the connection limits are in [`crate::http::serve`]).
+
+mod documents;
+pub use documents::Documents;
+pub mod serve;
+pub mod web;
 
 use async_graphql_axum::GraphQLResponse;
 use axum::Router;
@@ -15,25 +20,59 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sea_orm::ConnectionTrait;
 
-use crate::app::AppState;
+use crate::api::ApiSchema;
+use crate::config::Config;
 use crate::domain::retry::format_duration;
-use crate::graphql::rows::Budget;
-use crate::graphql::{self, Limits, Viewer};
-use crate::payload::audit::Actor;
+use crate::events::audit::Actor;
+use crate::metrics::Metrics;
+use crate::schema::rows::Budget;
+use crate::schema::{self, Limits, TokenKeys, Viewer};
 use crate::store::Db;
 
 /// The largest GraphQL request body accepted.
 const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
+/// What the routes use.
+#[derive(Clone)]
+pub struct Http {
+    pub timeouts: Timeouts,
+    /// Whether `GET /graphql` serves GraphiQL.
+    pub graphiql: bool,
+    pub db: sea_orm::DatabaseConnection,
+    pub keys: TokenKeys,
+    pub schema: ApiSchema,
+    pub documents: Documents,
+    pub metrics: Metrics,
+}
+
+/// How long a request may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// For a GraphQL request's body to arrive.
+    pub body: std::time::Duration,
+    /// For the whole request.
+    pub request: std::time::Duration,
+}
+
+impl Timeouts {
+    /// The timeouts `config` sets.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            body: config.http_body_timeout,
+            request: config.http_request_timeout,
+        }
+    }
+}
+
 /// Every route.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: Http) -> Router {
     Router::new()
         .route("/graphql", get(graphiql).post(graphql_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(crate::web::router())
-        .merge(crate::web::graphiql_assets())
+        .merge(web::router())
+        .merge(web::graphiql_assets())
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -45,8 +84,8 @@ pub fn router(state: AppState) -> Router {
 /// Stops a request still running after the request timeout and answers 503 in one sentence
 /// (a GraphQL error on `/graphql`). The change a stopped mutation handed to the change writer
 /// may still commit, so the sentence says to check before repeating it.
-async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let limit = state.config.http_request_timeout;
+async fn request_timeout(State(state): State<Http>, request: Request, next: Next) -> Response {
+    let limit = state.timeouts.request;
     let graphql = request.uri().path() == "/graphql";
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
@@ -77,13 +116,13 @@ fn refusal(status: StatusCode, code: &str, message: &str) -> Response {
 
 // The body is read as bytes so that `DefaultBodyLimit` applies (413 past the limit) before any
 // JSON is parsed, and within the body timeout (408 past it).
-async fn graphql_handler(State(state): State<AppState>, request: Request) -> Response {
+async fn graphql_handler(State(state): State<Http>, request: Request) -> Response {
     let headers = request.headers().clone();
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .cloned();
-    let limit = state.config.http_body_timeout;
+    let limit = state.timeouts.body;
     let body = match tokio::time::timeout(limit, Bytes::from_request(request, &state)).await {
         Ok(Ok(body)) => body,
         Ok(Err(rejection)) => return rejection.into_response(),
@@ -108,7 +147,6 @@ async fn graphql_handler(State(state): State<AppState>, request: Request) -> Res
     };
     let mut request = request
         .data(Db::Pool(state.db.clone()))
-        .data(state.clone())
         .data(Arc::new(Budget::new(Limits::API.rows)));
     let verified = match bearer(&headers) {
         Some(token) => Some(state.keys.authenticate(token, &state.db).await),
@@ -136,7 +174,7 @@ async fn graphql_handler(State(state): State<AppState>, request: Request) -> Res
         }
         Some(Err(err)) => return refusal(StatusCode::OK, err.code(), &err.to_string()),
     }
-    GraphQLResponse::from(graphql::execute(&state.schema, request).await).into_response()
+    GraphQLResponse::from(schema::execute(&state.schema, request).await).into_response()
 }
 
 /// The bearer token of a request, if it sent one.
@@ -173,14 +211,14 @@ fn asks_for_the_schema(request: &mut async_graphql::Request) -> bool {
             .any(|fragment| walk(&fragment.node.selection_set.node))
 }
 
-async fn graphiql(State(state): State<AppState>) -> Response {
-    if !state.config.graphiql {
+async fn graphiql(State(state): State<Http>) -> Response {
+    if !state.graphiql {
         return (StatusCode::NOT_FOUND, "GraphiQL is turned off.").into_response();
     }
-    crate::web::graphiql_page()
+    web::graphiql_page()
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Http>) -> Response {
     match state.db.execute_unprepared("SELECT 1").await {
         Ok(_) => "ready".into_response(),
         Err(err) => {
@@ -194,7 +232,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Http>) -> Response {
     if let Ok(depth) = crate::store::deliveries::queue_depth(&state.db).await {
         state.metrics.queue_depth.set(depth as i64);
     }

@@ -129,11 +129,12 @@ fn id_numbers(value: Json) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::selection::prepare;
+    use crate::events::selection::prepare;
     use serde_json::json;
 
     fn numbers(selection: &str, data: Json) -> Json {
-        let ids = IdFields::from_sdl(&crate::graphql::sdl());
+        let ids =
+            IdFields::from_sdl(&crate::schema::query_schema(crate::schema::Limits::API).sdl());
         ids.numbers(data, &prepare(selection).unwrap().doc)
     }
 

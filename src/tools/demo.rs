@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, Role};
 use crate::config::Config;
 use crate::domain::{Permission, RetrySchedule};
-use crate::listen::{self, ListenOptions};
-use crate::receive::DEFAULT_TOLERANCE;
 use crate::store;
+use crate::tools::listen::{self, ListenOptions};
+use crate::tools::receive::DEFAULT_TOLERANCE;
 
 /// The pause between two steps of the scenario, so its deliveries can be read as they come.
 const STEP: Duration = Duration::from_millis(250);
@@ -70,7 +70,7 @@ async fn run_in(dir: &Path, listen: SocketAddr) -> anyhow::Result<()> {
     let state = app.state().clone();
     let server = tokio::spawn(app.run(shutdown.clone()));
 
-    let org = store::orgs::create(&state.writer, "demo")
+    let org = store::orgs::create(state.writes.conn(), "demo")
         .await
         .map_err(|err| anyhow!("{err}"))?;
     let token = state

@@ -2,12 +2,37 @@
 //! to, the selection validates, the status filter names real statuses, and masked values keep
 //! what is stored.
 
-use crate::app::AppState;
+use sea_orm::DatabaseConnection;
+
+use super::MaxEndpoints;
+use crate::delivery::guard::TargetPolicy;
 use crate::domain::status::is_status_name;
 use crate::domain::{EndpointUrl, EventKind, PayloadFormat, limits, mask_secret};
+use crate::events::Renderer;
+use crate::secrets::Vault;
 use crate::store::endpoints::{EndpointFields, fields_of};
 use crate::store::entities::webhook_endpoint;
 use crate::{Error, Result};
+
+/// What checking a draft reads.
+pub(super) struct Checks<'a> {
+    pub(super) pool: &'a DatabaseConnection,
+    pub(super) vault: &'a Vault,
+    pub(super) policy: &'a TargetPolicy,
+    pub(super) renderer: &'a Renderer,
+}
+
+impl<'a> Checks<'a> {
+    /// The handles of the request being resolved.
+    pub(super) fn of(ctx: &'a async_graphql::Context<'_>) -> Result<Self> {
+        Ok(Self {
+            pool: super::pool(ctx)?,
+            vault: super::handle::<Vault>(ctx)?,
+            policy: super::handle::<TargetPolicy>(ctx)?,
+            renderer: super::handle::<crate::events::Outbox>(ctx)?.renderer(),
+        })
+    }
+}
 
 /// An endpoint's settings as a client sent them, before they are checked.
 pub(super) struct Draft {
@@ -24,7 +49,7 @@ pub(super) struct Draft {
 /// Checks a draft against the stored endpoint it replaces (if any): the URL parses and may be
 /// delivered to, the selection validates, and masked values keep what is stored.
 pub(super) async fn check(
-    state: &AppState,
+    checks: &Checks<'_>,
     draft: Draft,
     current: Option<&webhook_endpoint::Model>,
 ) -> Result<EndpointFields> {
@@ -39,7 +64,7 @@ pub(super) async fn check(
         status_filter,
     } = draft;
     let stored = current
-        .map(|row| fields_of(row, &state.vault))
+        .map(|row| fields_of(row, checks.vault))
         .transpose()?;
     let masked = current
         .map(crate::store::endpoints::masked_url)
@@ -48,7 +73,7 @@ pub(super) async fn check(
         Some(stored) if Some(url.trim()) == masked.as_deref() => stored.url.clone(),
         _ => EndpointUrl::parse(&url)?,
     };
-    crate::delivery::guard::check_url(&url, state.sender.policy())?;
+    crate::delivery::guard::check_url(&url, checks.policy)?;
     let secret = match (secret, &stored) {
         (Some(secret), Some(stored))
             if stored.secret.as_deref().map(mask_secret).as_deref() == Some(secret.as_str()) =>
@@ -65,7 +90,7 @@ pub(super) async fn check(
     };
     let payload_query = payload_query.filter(|query| !query.trim().is_empty());
     if let Some(query) = &payload_query {
-        state.outbox.renderer().check(query, &state.db).await?;
+        checks.renderer.check(query, checks.pool).await?;
     }
     let mut unique = Vec::new();
     for kind in events {
@@ -103,8 +128,8 @@ pub(super) async fn check(
 }
 
 /// Checks that an organization may have `endpoints` endpoints (`HERALD_MAX_ENDPOINTS`).
-pub(super) fn check_endpoint_count(state: &AppState, endpoints: usize) -> Result<()> {
-    let max = state.config.max_endpoints as usize;
+pub(super) fn check_endpoint_count(max: MaxEndpoints, endpoints: usize) -> Result<()> {
+    let MaxEndpoints(max) = max;
     if endpoints > max {
         return Err(Error::Invalid(format!(
             "An organization may have at most {max} webhook endpoints."

@@ -29,11 +29,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction};
+use sea_orm::DatabaseTransaction;
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::AuditDraft;
-use super::outbox::{Change, Outbox};
+use super::{Change, Outbox};
 use crate::domain::{BuildStatus, Notification, TaskStatus};
 use crate::store::audit::UserKey;
 use crate::store::entities::{build, task};
@@ -109,7 +109,7 @@ impl Changed {
 
 /// Hands changes to the process's writer and waits for their commit.
 #[derive(Clone)]
-pub struct Changes {
+pub struct Writer {
     queue: mpsc::Sender<Job>,
 }
 
@@ -128,12 +128,12 @@ impl Job {
     }
 }
 
-impl Changes {
-    /// Starts the writer of this process's changes on `writer` (see
+impl Writer {
+    /// Starts the writer of this process's changes on the outbox's writing connection (see
     /// [`store::connect_writer`]); it runs while a handle is left.
-    pub fn start(writer: DatabaseConnection, outbox: Outbox) -> Self {
+    pub fn start(outbox: Outbox) -> Self {
         let (queue, jobs) = mpsc::channel(QUEUE);
-        tokio::spawn(write_changes(writer, outbox, jobs));
+        tokio::spawn(write_changes(outbox, jobs));
         Self { queue }
     }
 
@@ -160,7 +160,7 @@ impl Changes {
 
 /// The writer: takes a fair batch of what is waiting (see [`Waiting::batch`]) and writes it in
 /// one transaction.
-async fn write_changes(writer: DatabaseConnection, outbox: Outbox, mut jobs: mpsc::Receiver<Job>) {
+async fn write_changes(outbox: Outbox, mut jobs: mpsc::Receiver<Job>) {
     let mut waiting = Waiting::default();
     loop {
         if waiting.len == 0 {
@@ -180,8 +180,8 @@ async fn write_changes(writer: DatabaseConnection, outbox: Outbox, mut jobs: mps
         // A batch runs as a task of its own: should it panic, its changes' callers get an
         // error (their answers are dropped) and the writer goes on with the next ones.
         let written = tokio::spawn({
-            let (writer, outbox) = (writer.clone(), outbox.clone());
-            async move { write_batch(&writer, &outbox, batch).await }
+            let outbox = outbox.clone();
+            async move { write_batch(&outbox, batch).await }
         });
         match written.await {
             Ok(Answered { deferred, tasks }) => {
@@ -342,10 +342,10 @@ struct Answered {
 
 /// Writes a batch and answers its changes; the changes whose build was taken, to be written in
 /// a later batch.
-async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Job>) -> Answered {
+async fn write_batch(outbox: &Outbox, batch: Vec<Job>) -> Answered {
     let requests: Vec<_> = batch.iter().map(Job::parts).collect();
     let mut tasks = Vec::new();
-    match write(writer, outbox, &requests, &mut tasks).await {
+    match write(outbox, &requests, &mut tasks).await {
         Ok(results) => {
             let mut deferred = Vec::new();
             for (job, result) in batch.into_iter().zip(results) {
@@ -389,7 +389,7 @@ async fn write_batch(writer: &DatabaseConnection, outbox: &Outbox, batch: Vec<Jo
             );
             outbox.metrics().change_batches_split.inc();
             for job in batch {
-                let result = match write(writer, outbox, &[job.parts()], &mut tasks).await {
+                let result = match write(outbox, &[job.parts()], &mut tasks).await {
                     Ok(mut results) => results
                         .pop()
                         .flatten()
@@ -429,13 +429,16 @@ fn is_the_changes_own(err: &Error) -> bool {
 /// The builds of the existing tasks it reads are added to `tasks`, whatever becomes of the
 /// transaction.
 async fn write(
-    writer: &DatabaseConnection,
     outbox: &Outbox,
     requests: &[(&ChangeRequest, &AuditDraft)],
     tasks: &mut Vec<TaskBuild>,
 ) -> Result<Vec<Option<Result<Changed>>>, Failed> {
-    let _turn = outbox.turn().await;
-    let tx = Arc::new(store::begin_change(writer).await.map_err(Failed::Before)?);
+    let _turn = outbox.writes().turn().await;
+    let tx = Arc::new(
+        store::begin_change(outbox.writes().conn())
+            .await
+            .map_err(Failed::Before)?,
+    );
     let now = crate::now_ms();
     let mut taken = Taken::read(&tx, requests).await.map_err(Failed::Before)?;
     tasks.extend(
@@ -736,7 +739,7 @@ async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::payload::audit::Actor;
+    use crate::events::audit::Actor;
 
     fn job(request: ChangeRequest) -> Job {
         let audit = AuditDraft::new(

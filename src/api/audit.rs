@@ -1,0 +1,59 @@
+//! How a mutation hands its audit event to the write that records it.
+
+use async_graphql::Context;
+
+use crate::events::Outbox;
+use crate::events::audit::{Actor, AuditDraft};
+use crate::store::WriteTx;
+use crate::{Result, store};
+
+/// The audit event of the mutation being resolved, by its organization `org_id`: the
+/// mutation's name and input (secrets removed) and the request's actor.
+pub(super) fn draft(ctx: &Context<'_>, org_id: i64) -> AuditDraft {
+    let actor = actor(ctx);
+    let field = ctx.field();
+    // Arguments were resolved before the resolver ran; an error here is impossible, and the
+    // event then records the name alone.
+    let input = field
+        .arguments()
+        .ok()
+        .and_then(|arguments| {
+            arguments
+                .into_iter()
+                .find(|(name, _)| name.as_str() == "input")
+                .and_then(|(_, value)| value.into_json().ok())
+        })
+        .unwrap_or_default();
+    AuditDraft::new(org_id, actor, field.name(), input)
+}
+
+/// Who performs the request: its token's subject and its address.
+pub(super) fn actor(ctx: &Context<'_>) -> Actor {
+    ctx.data_opt::<Actor>().cloned().unwrap_or_else(|| Actor {
+        username: "api".into(),
+        ip: None,
+    })
+}
+
+/// Ends a mutation's write: records its audit event (concerning `repository_id`, if any) in
+/// `tx` and commits, which wakes the worker for any delivery the write queued.
+pub(super) async fn commit(
+    ctx: &Context<'_>,
+    tx: WriteTx,
+    org_id: i64,
+    repository_id: Option<i64>,
+) -> Result<()> {
+    let outbox = super::handle::<Outbox>(ctx)?;
+    let draft = AuditDraft {
+        repository_id,
+        ..draft(ctx, org_id)
+    };
+    let users = outbox.users(&*tx, vec![draft.actor_key()]).await?;
+    let endpoints = store::endpoints::enabled_of(&*tx, &[org_id]).await?;
+    outbox
+        .record_audits(&*tx, vec![draft], &users, &endpoints)
+        .await?;
+    tx.commit().await?;
+    outbox.learn_users(users);
+    Ok(())
+}

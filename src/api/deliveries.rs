@@ -1,0 +1,160 @@
+//! Redelivery, test pings and payload previews (ADMIN).
+
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+
+use super::audit;
+use crate::domain::{PayloadFormat, Permission};
+use crate::events::{Change, Outbox, Rendered};
+use crate::schema::auth::require;
+use crate::schema::deliveries::WebHookDelivery;
+use crate::store::{self, Writes, parse_id};
+use crate::{Error, Result};
+
+#[derive(InputObject)]
+pub struct RedeliverWebHookInput {
+    pub delivery_id: ID,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct SendTestWebHookInput {
+    pub endpoint_id: ID,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct DeliveryPayload {
+    pub delivery: WebHookDelivery,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(InputObject)]
+pub struct PreviewWebHookPayloadInput {
+    pub owner_uid: ID,
+    /// The selection to try; Cirrus's default when absent.
+    pub payload_query: Option<String>,
+    pub payload_format: Option<PayloadFormat>,
+    pub build_id: ID,
+    pub task_id: Option<ID>,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct PreviewWebHookPayloadPayload {
+    /// The `X-Cirrus-Event` value.
+    pub event: String,
+    /// The exact JSON text that would be sent.
+    pub body: String,
+    pub client_mutation_id: Option<String>,
+}
+
+#[derive(Default)]
+pub struct DeliveryMutation;
+
+#[Object]
+impl DeliveryMutation {
+    /// Sends a delivery again: the same id and the same bytes, in a new attempt (ADMIN).
+    /// Refused while an attempt of the delivery is under way, and while its endpoint is
+    /// disabled.
+    async fn redeliver_web_hook(
+        &self,
+        ctx: &Context<'_>,
+        input: RedeliverWebHookInput,
+    ) -> Result<DeliveryPayload> {
+        let viewer = require(ctx, Permission::Admin)?;
+        let writes = super::handle::<Writes>(ctx)?;
+        let tx = writes.begin().await?;
+        let row = store::deliveries::find(&*tx, viewer.org_id, &input.delivery_id).await?;
+        if row.body.is_empty() {
+            return Err(Error::Invalid(
+                "The delivery was never sent: its payload was refused when its event was recorded (its attempt log says why), so there is nothing to send again.".into(),
+            ));
+        }
+        let endpoint = store::endpoints::find(&*tx, viewer.org_id, row.endpoint_id).await?;
+        if !endpoint.enabled {
+            return Err(Error::Invalid(
+                "The endpoint is disabled; enable it to redeliver its deliveries.".into(),
+            ));
+        }
+        store::deliveries::redeliver(&*tx, &row, crate::now_ms()).await?;
+        store::deliveries::announce(&*tx, writes.announcer()).await?;
+        let row = store::deliveries::find(&*tx, viewer.org_id, &input.delivery_id).await?;
+        audit::commit(ctx, tx, viewer.org_id, None).await?;
+        Ok(DeliveryPayload {
+            delivery: WebHookDelivery(row),
+            client_mutation_id: input.client_mutation_id,
+        })
+    }
+
+    /// Queues a `ping` delivery to an enabled endpoint (ADMIN).
+    async fn send_test_web_hook(
+        &self,
+        ctx: &Context<'_>,
+        input: SendTestWebHookInput,
+    ) -> Result<DeliveryPayload> {
+        let viewer = require(ctx, Permission::Admin)?;
+        let outbox = super::handle::<Outbox>(ctx)?;
+        let id = parse_id("webhook endpoint", &input.endpoint_id)?;
+        let tx = super::handle::<Writes>(ctx)?.begin().await?;
+        let endpoint = store::endpoints::find(&*tx, viewer.org_id, id).await?;
+        if !endpoint.enabled {
+            return Err(Error::Invalid(
+                "The endpoint is disabled; enable it to send a test delivery.".into(),
+            ));
+        }
+        let row = outbox.queue_ping(&*tx, &endpoint).await?;
+        audit::commit(ctx, tx, viewer.org_id, None).await?;
+        Ok(DeliveryPayload {
+            delivery: WebHookDelivery(row),
+            client_mutation_id: input.client_mutation_id,
+        })
+    }
+
+    /// Renders the body a selection would produce for the `created` event of a build or task,
+    /// without saving anything (ADMIN).
+    async fn preview_web_hook_payload(
+        &self,
+        ctx: &Context<'_>,
+        input: PreviewWebHookPayloadInput,
+    ) -> Result<PreviewWebHookPayloadPayload> {
+        let viewer = require(ctx, Permission::Admin)?;
+        let outbox = super::handle::<Outbox>(ctx)?;
+        let pool = super::pool(ctx)?;
+        if parse_id("organization", &input.owner_uid)? != viewer.org_id {
+            return Err(Error::not_found("organization", input.owner_uid.as_str()));
+        }
+        let build_id = parse_id("build", &input.build_id)?;
+        let change = match &input.task_id {
+            Some(task_id) => {
+                let task = store::ci::task(pool, viewer.org_id, parse_id("task", task_id)?).await?;
+                if task.build_id != build_id {
+                    return Err(Error::Invalid(format!(
+                        "Task {} is not a task of build {build_id}.",
+                        task.id
+                    )));
+                }
+                Change::task_created(&task)
+            }
+            None => Change::build_created(&store::ci::build(pool, viewer.org_id, build_id).await?),
+        };
+        let query = input.payload_query.filter(|query| !query.trim().is_empty());
+        let renderer = outbox.renderer();
+        if let Some(query) = &query {
+            renderer.check(query, pool).await?;
+        }
+        let format = input.payload_format.unwrap_or(PayloadFormat::Data);
+        let db = store::Db::Pool(pool.clone());
+        let body = match renderer
+            .render(db, &change, query.as_deref(), format)
+            .await?
+        {
+            Rendered::Body(body) => body,
+            Rendered::Refused(reason) => return Err(Error::Invalid(reason)),
+        };
+        Ok(PreviewWebHookPayloadPayload {
+            event: change.kind.header_value().into(),
+            body,
+            client_mutation_id: input.client_mutation_id,
+        })
+    }
+}

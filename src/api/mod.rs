@@ -1,0 +1,116 @@
+//! The write side of the GraphQL API: every mutation, and the full schema (the read side's
+//! `Query` with these mutations) that `/graphql` serves.
+//!
+//! A resolver takes the handles it needs from the schema's data ([`handle`]), never the whole
+//! application: the pool, the process's [`Writes`] (each API write is one [`crate::store::WriteTx`],
+//! which holds its write turn and wakes the worker at commit), the writer of changes, the
+//! outbox, the vault, the target policy, the token keys and the endpoint cap.
+
+mod audit;
+mod ci;
+mod deliveries;
+mod tokens;
+mod webhook_draft;
+mod webhooks;
+
+use async_graphql::{EmptySubscription, MergedObject, Schema};
+use sea_orm::DatabaseConnection;
+
+use crate::delivery::guard::TargetPolicy;
+use crate::events::{Outbox, Writer};
+use crate::schema::{Limits, QueryRoot, TokenKeys};
+use crate::secrets::Vault;
+use crate::store::Writes;
+use crate::{Error, Result};
+
+/// Herald's schema: queries and mutations.
+pub type ApiSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+
+/// Every mutation, by area.
+#[derive(MergedObject, Default)]
+#[graphql(name = "Mutation")]
+pub struct MutationRoot(
+    ci::CiMutation,
+    webhooks::WebhookMutation,
+    deliveries::DeliveryMutation,
+    tokens::TokenMutation,
+);
+
+/// The most webhook endpoints one organization may have (`HERALD_MAX_ENDPOINTS`).
+#[derive(Clone, Copy, Debug)]
+pub struct MaxEndpoints(pub usize);
+
+/// The handles mutations use.
+pub struct Handles {
+    /// Reads outside a write.
+    pub pool: DatabaseConnection,
+    pub writes: Writes,
+    pub writer: Writer,
+    pub outbox: Outbox,
+    pub vault: Vault,
+    pub policy: TargetPolicy,
+    pub keys: TokenKeys,
+    pub max_endpoints: MaxEndpoints,
+}
+
+/// The full schema with the given limits, its mutations using `handles`.
+pub fn build_schema(limits: Limits, handles: Handles) -> ApiSchema {
+    let Handles {
+        pool,
+        writes,
+        writer,
+        outbox,
+        vault,
+        policy,
+        keys,
+        max_endpoints,
+    } = handles;
+    limits
+        .apply(Schema::build(
+            QueryRoot::default(),
+            MutationRoot::default(),
+            EmptySubscription,
+        ))
+        .data(pool)
+        .data(writes)
+        .data(writer)
+        .data(outbox)
+        .data(vault)
+        .data(policy)
+        .data(keys)
+        .data(max_endpoints)
+        .finish()
+}
+
+/// The SDL of the full schema, as `herald schema` prints it and `schema.graphql` holds it.
+pub fn sdl() -> String {
+    limits_only(Limits::API).sdl()
+}
+
+/// The full schema without handles: enough for its SDL.
+fn limits_only(limits: Limits) -> ApiSchema {
+    limits
+        .apply(Schema::build(
+            QueryRoot::default(),
+            MutationRoot::default(),
+            EmptySubscription,
+        ))
+        .finish()
+}
+
+/// A handle from the schema's data.
+pub(crate) fn handle<'a, T: std::any::Any + Send + Sync>(
+    ctx: &'a async_graphql::Context<'_>,
+) -> Result<&'a T> {
+    ctx.data::<T>().map_err(|_| {
+        Error::internal(format!(
+            "the schema has no {} handle",
+            std::any::type_name::<T>()
+        ))
+    })
+}
+
+/// The pool, for reads outside a write.
+pub(crate) fn pool<'a>(ctx: &'a async_graphql::Context<'_>) -> Result<&'a DatabaseConnection> {
+    handle::<DatabaseConnection>(ctx)
+}

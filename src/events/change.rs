@@ -1,0 +1,95 @@
+//! A build's or task's change as an event: what the outbox records and the renderer reads.
+
+use std::sync::Arc;
+
+use crate::Result;
+use crate::domain::status::parse_stored;
+use crate::domain::{BuildStatus, EventKind, TaskStatus};
+use crate::store::entities::{build, task};
+
+/// A build or task change, as an event.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub org_id: i64,
+    pub kind: EventKind,
+    /// `created` or `updated`.
+    pub action: &'static str,
+    pub old_status: Option<&'static str>,
+    /// The build's (build events) or task's (task events) status after the change.
+    pub status: String,
+    pub repository_id: i64,
+    pub build_id: i64,
+    pub task_id: Option<i64>,
+    pub timestamp: i64,
+    /// The build row as the change left it, when the change has it: the payload reads it
+    /// instead of reading it back.
+    pub build_row: Option<build::Model>,
+    /// The task row as the change left it (task events).
+    pub task_row: Option<task::Model>,
+    /// The tasks of the build once the change is written, read for the payload with those of
+    /// the other changes of its batch.
+    pub build_tasks: Option<Arc<Vec<task::Model>>>,
+}
+
+impl Change {
+    pub fn build_created(build: &build::Model) -> Self {
+        Self {
+            org_id: build.org_id,
+            kind: EventKind::Build,
+            action: "created",
+            old_status: None,
+            status: build.status.clone(),
+            repository_id: build.repository_id,
+            build_id: build.id,
+            task_id: None,
+            timestamp: build.created_at,
+            build_row: Some(build.clone()),
+            task_row: None,
+            build_tasks: None,
+        }
+    }
+
+    pub fn build_updated(before: &build::Model, after: &build::Model) -> Result<Self> {
+        Ok(Self {
+            action: "updated",
+            old_status: Some(parse_stored(&before.status, BuildStatus::parse)?.as_str()),
+            timestamp: after.status_timestamp,
+            ..Self::build_created(after)
+        })
+    }
+
+    pub fn task_created(task: &task::Model) -> Self {
+        Self {
+            org_id: task.org_id,
+            kind: EventKind::Task,
+            action: "created",
+            old_status: None,
+            status: task.status.clone(),
+            repository_id: task.repository_id,
+            build_id: task.build_id,
+            task_id: Some(task.id),
+            timestamp: task.creation_timestamp,
+            build_row: None,
+            task_row: Some(task.clone()),
+            build_tasks: None,
+        }
+    }
+
+    /// The change also hands the payload its task's `build` row, which it read in its
+    /// transaction and did not change.
+    pub fn with_build(self, build: &build::Model) -> Self {
+        Self {
+            build_row: Some(build.clone()),
+            ..self
+        }
+    }
+
+    pub fn task_updated(before: &task::Model, after: &task::Model) -> Result<Self> {
+        Ok(Self {
+            action: "updated",
+            old_status: Some(parse_stored(&before.status, TaskStatus::parse)?.as_str()),
+            timestamp: after.status_timestamp,
+            ..Self::task_created(after)
+        })
+    }
+}
