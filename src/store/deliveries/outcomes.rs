@@ -1,0 +1,297 @@
+//! Outcomes: each attempt recorded under its claim's token, and the release of the next
+//! delivery of each chain whose delivery finished.
+
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement, Value};
+
+use super::events::lock_chains;
+use super::queue::release_next;
+use crate::Result;
+use crate::domain::DeliveryState;
+use crate::store::sql;
+
+/// What one attempt came to, ready to be written.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    pub delivery_id: i64,
+    /// The delivery's chain: its endpoint and build (none for a ping).
+    pub endpoint_id: i64,
+    pub build_id: Option<i64>,
+    /// The fencing token of the claim the attempt was made under.
+    pub token: String,
+    pub state: DeliveryState,
+    pub next_attempt_at: i64,
+    pub timestamp: i64,
+    pub status: Option<i32>,
+    pub duration_ms: i64,
+    pub error: Option<String>,
+    pub response_headers: String,
+    pub response_body: String,
+}
+
+/// Records attempts, each only if its token still holds the delivery's lease, and releases the
+/// next delivery of each chain whose delivery finished (delivered, or failed for good).
+/// Returns the ids of the deliveries whose attempt was recorded (the others, lease lost to
+/// another worker or delivery deleted, changed nothing) and the endpoints of the deliveries
+/// it released. It must run inside a transaction: its statements change the queue and the
+/// deliveries together.
+pub async fn record_attempts(
+    conn: &impl ConnectionTrait,
+    records: &[&AttemptRecord],
+) -> Result<Recorded> {
+    // A delivery appears twice when its lease expired during an attempt and the same worker
+    // claimed it again: at most one of its tokens is current. Each statement takes a delivery
+    // once, so that its result names the record that was written.
+    let mut recorded = Recorded::default();
+    let mut rest: Vec<&AttemptRecord> = records.to_vec();
+    while !rest.is_empty() {
+        let mut seen = HashSet::new();
+        let (layer, later): (Vec<&AttemptRecord>, Vec<&AttemptRecord>) = rest
+            .into_iter()
+            .partition(|record| seen.insert(record.delivery_id));
+        let (ids, released) = record_distinct(conn, &layer).await?;
+        recorded.ids.extend(ids);
+        recorded.released.extend(released);
+        rest = later;
+    }
+    Ok(recorded)
+}
+
+/// What [`record_attempts`] wrote.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// The deliveries whose attempt was recorded.
+    pub ids: HashSet<i64>,
+    /// The endpoints of deliveries released because the one before them in their chain
+    /// finished: besides a retry due at once (after `Retry-After: 0`), the only deliveries
+    /// outcomes make due.
+    pub released: HashSet<i64>,
+}
+
+/// [`record_attempts`] for records of distinct deliveries; the ids recorded and the endpoints
+/// of the deliveries released. Each attempt is recorded only where its token still holds the
+/// delivery's queue row, which a finished delivery leaves and a retried one keeps, due again.
+async fn record_distinct(
+    conn: &impl ConnectionTrait,
+    records: &[&AttemptRecord],
+) -> Result<(HashSet<i64>, HashSet<i64>)> {
+    let (finishing, retrying): (Vec<&AttemptRecord>, Vec<&AttemptRecord>) =
+        records.iter().partition(|record| {
+            matches!(
+                record.state,
+                DeliveryState::Delivered | DeliveryState::Failed
+            )
+        });
+    let builds: Vec<i64> = finishing
+        .iter()
+        .filter_map(|record| record.build_id)
+        .collect();
+    lock_chains(conn, &builds).await?;
+    let backend = conn.get_database_backend();
+    // Finished deliveries leave the queue; retried ones are due again at their next attempt.
+    let rows = sql::rows(
+        finishing
+            .iter()
+            .map(|record| (record.delivery_id, &record.token)),
+    );
+    let finished = write_queue(conn, dequeue_sql, rows, &finishing).await?;
+    let rows = sql::rows(
+        retrying
+            .iter()
+            .map(|record| (record.delivery_id, &record.token, record.next_attempt_at)),
+    );
+    let retried = write_queue(conn, requeue_sql, rows, &retrying).await?;
+    let recorded: Vec<&&AttemptRecord> = records
+        .iter()
+        .filter(|record| {
+            finished.contains(&record.delivery_id) || retried.contains(&record.delivery_id)
+        })
+        .collect();
+    if recorded.is_empty() {
+        return Ok((HashSet::new(), HashSet::new()));
+    }
+    let outcomes = sql::rows(recorded.iter().map(|record| {
+        (
+            record.delivery_id,
+            record.state.as_str(),
+            record.next_attempt_at,
+            record.status,
+            record.duration_ms,
+            record.status.is_some().then_some(&record.response_body),
+            record.timestamp,
+        )
+    }));
+    #[derive(FromQueryResult)]
+    struct Numbered {
+        id: i64,
+        attempts: i32,
+    }
+    let mut values = vec![outcomes];
+    values.extend(sql::pg_ids(
+        backend,
+        recorded.iter().map(|record| record.delivery_id),
+    ));
+    let statement = Statement::from_sql_and_values(backend, outcomes_sql(backend), values);
+    let numbers: HashMap<i64, i32> = Numbered::find_by_statement(statement)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|row| (row.id, row.attempts))
+        .collect();
+    let attempts: Vec<_> = recorded
+        .iter()
+        .filter_map(|record| {
+            let number = *numbers.get(&record.delivery_id)?;
+            Some((
+                record.delivery_id,
+                number,
+                record.timestamp,
+                record.status,
+                record.duration_ms,
+                &record.error,
+                &record.response_headers,
+                &record.response_body,
+            ))
+        })
+        .collect();
+    if !attempts.is_empty() {
+        let statement =
+            Statement::from_sql_and_values(backend, attempts_sql(backend), [sql::rows(attempts)]);
+        conn.execute_raw(statement).await?;
+    }
+    let chains: Vec<(i64, i64, i64)> = finishing
+        .iter()
+        .filter(|record| finished.contains(&record.delivery_id))
+        .filter_map(|record| Some((record.endpoint_id, record.build_id?, record.delivery_id)))
+        .collect();
+    let released = release_next(conn, &chains).await?;
+    Ok((numbers.into_keys().collect(), released))
+}
+
+/// Writes the queue rows of `records` with `statement` (see [`dequeue_sql`] and
+/// [`requeue_sql`]), whose parameter is `rows`, one per record; the ids of the rows written,
+/// those whose claim was current.
+async fn write_queue(
+    conn: &impl ConnectionTrait,
+    statement: fn(DbBackend) -> String,
+    rows: Value,
+    records: &[&AttemptRecord],
+) -> Result<HashSet<i64>> {
+    if records.is_empty() {
+        return Ok(HashSet::new());
+    }
+    #[derive(FromQueryResult)]
+    struct Written {
+        delivery_id: i64,
+    }
+    let backend = conn.get_database_backend();
+    let mut values = vec![rows];
+    values.extend(sql::pg_ids(
+        backend,
+        records.iter().map(|record| record.delivery_id),
+    ));
+    let statement = Statement::from_sql_and_values(backend, statement(backend), values);
+    Ok(Written::find_by_statement(statement)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|row| row.delivery_id)
+        .collect())
+}
+
+/// The delete of finished deliveries' queue rows, each only under its token; its parameter is
+/// one row per delivery, its id and token, and on PostgreSQL the ids again. SQLite has no `DELETE … USING`; it finds each row by key from the
+/// pair of id and token.
+pub(super) fn dequeue_sql(backend: DbBackend) -> String {
+    let (int, text) = (|n| sql::int_field("f", n), |n| sql::field("f", n));
+    let sql = match backend {
+        DbBackend::Postgres => format!(
+            "WITH v(v_id, v_token) AS (SELECT {}, {} FROM {})
+            DELETE FROM delivery_queue USING v
+            WHERE delivery_id = v_id AND lease_token = v_token {}
+            RETURNING delivery_id",
+            int(0),
+            text(1),
+            sql::json_rows(backend, "f"),
+            sql::pg_by_ids(backend, "delivery_id"),
+        ),
+        _ => format!(
+            "DELETE FROM delivery_queue
+            WHERE (delivery_id, lease_token) IN (SELECT {}, {} FROM {})
+            RETURNING delivery_id",
+            int(0),
+            text(1),
+            sql::json_rows(backend, "f"),
+        ),
+    };
+    sql::numbered(backend, &sql)
+}
+
+/// The update of retried deliveries' queue rows, each only under its token: due again at its
+/// next attempt, and no longer claimed; its parameter is one row per delivery: id, token and
+/// next attempt, and on PostgreSQL the ids again.
+pub(super) fn requeue_sql(backend: DbBackend) -> String {
+    let (int, text) = (|n| sql::int_field("r", n), |n| sql::field("r", n));
+    let sql = format!(
+        "WITH v(v_id, v_token, v_next) AS (SELECT {}, {}, {} FROM {})
+        UPDATE delivery_queue SET next_attempt_at = v_next, lease_until = NULL, lease_token = NULL
+        FROM v WHERE delivery_id = v_id AND lease_token = v_token {}
+        RETURNING delivery_id",
+        int(0),
+        text(1),
+        int(2),
+        sql::json_rows(backend, "r"),
+        sql::pg_by_ids(backend, "delivery_id"),
+    );
+    sql::numbered(backend, &sql)
+}
+
+/// The update of the attempted deliveries whose claim was current, each by primary key; its
+/// parameter is one row per delivery: id, state, next attempt, status, duration, response and
+/// time, and on PostgreSQL the deliveries' ids again.
+pub(super) fn outcomes_sql(backend: DbBackend) -> String {
+    let (int, text) = (|n| sql::int_field("o", n), |n| sql::field("o", n));
+    let sql = format!(
+        "WITH v(v_id, v_state, v_next, v_status, v_duration, v_response, v_at) AS (
+            SELECT {}, {}, {}, {}, {}, {}, {} FROM {})
+        UPDATE deliveries SET state = v_state, attempts = attempts + 1,
+            round_attempts = round_attempts + 1, next_attempt_at = v_next,
+            last_status = v_status, last_duration = v_duration, last_response = v_response,
+            updated_at = v_at
+        FROM v WHERE id = v_id {}
+        RETURNING id, attempts",
+        int(0),
+        text(1),
+        int(2),
+        int(3),
+        int(4),
+        text(5),
+        int(6),
+        sql::json_rows(backend, "o"),
+        sql::pg_by_ids(backend, "id"),
+    );
+    sql::numbered(backend, &sql)
+}
+
+/// The attempts recorded; its parameter is one row per attempt: delivery, number, time,
+/// status, duration, error, response headers and response body.
+fn attempts_sql(backend: DbBackend) -> String {
+    let (int, text) = (|n| sql::int_field("a", n), |n| sql::field("a", n));
+    let sql = format!(
+        "INSERT INTO delivery_attempts
+            (delivery_id, number, \"timestamp\", status, duration, error, response_headers,
+             response_body)
+        SELECT {}, {}, {}, {}, {}, {}, {}, {} FROM {}",
+        int(0),
+        int(1),
+        int(2),
+        int(3),
+        int(4),
+        text(5),
+        text(6),
+        text(7),
+        sql::json_rows(backend, "a"),
+    );
+    sql::numbered(backend, &sql)
+}
