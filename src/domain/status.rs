@@ -67,6 +67,7 @@ named_enum!(
 named_enum!(
     /// What a token may do; each level includes the ones before it.
     #[derive(PartialOrd, Ord)]
+    #[graphql(name = "PermissionType")]
     Permission {
         None = "NONE",
         Read = "READ",
