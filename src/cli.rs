@@ -1,4 +1,4 @@
-//! The command line (CONTRACT §1). Exit codes: 0 success, 1 runtime failure, 2 bad usage.
+//! The command line. Exit codes: 0 success, 1 runtime failure, 2 bad usage.
 
 use std::io::Read as _;
 

@@ -1,4 +1,4 @@
-//! Parsing and checking stored selections (CONTRACT §5).
+//! Parsing and checking stored selections.
 
 use std::collections::BTreeSet;
 

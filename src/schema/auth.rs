@@ -1,4 +1,4 @@
-//! API tokens: HS256 JWTs with `iss`, `sub`, `org`, `permission`, `iat`, `exp` (CONTRACT §3),
+//! API tokens: HS256 JWTs with `iss`, `sub`, `org`, `permission`, `iat`, `exp`,
 //! and their revocation: an organization refuses the tokens issued before a time
 //! (`revokeTokens`, `herald token revoke`), checked on every request.
 

@@ -122,9 +122,15 @@ async fn open(url: &str, connections: u32) -> anyhow::Result<DatabaseConnection>
         });
     if let Some(port) = nodelay::postgres_port(url) {
         options.map_sqlx_postgres_pool_opts(move |pool| {
-            pool.after_connect(move |_, _| {
+            pool.after_connect(move |conn, _| {
                 Box::pin(async move {
-                    nodelay::disable_nagle(port);
+                    let local: Option<i32> =
+                        sea_orm::sqlx::query_scalar("SELECT inet_client_port()")
+                            .fetch_one(&mut *conn)
+                            .await?;
+                    if let Some(local) = local.and_then(|local| u16::try_from(local).ok()) {
+                        nodelay::disable_nagle(local, port);
+                    }
                     Ok(())
                 })
             })

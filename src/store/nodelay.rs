@@ -1,23 +1,26 @@
 //! TCP_NODELAY for PostgreSQL connections.
 //!
-//! sqlx 0.9.0 opens its TCP connections with Nagle's algorithm on (the option was dropped in
-//! that release; the fix, transact-rs/sqlx#4336, is not released). A statement whose messages
-//! leave in more than one segment then waits for the server's delayed ACK, 40 ms on Linux: a
-//! batch of outcomes took 60–70 ms while none of its statements took 3 ms in the server, and the
-//! worker drained a backlog at a quarter of its speed over TCP against over a Unix socket. sqlx
-//! offers no handle on the socket, so each new connection's socket is found among the process's
-//! own and the option is set on it.
+//! sqlx 0.9.0 opens its TCP connections with Nagle's algorithm on and offers no handle on the
+//! socket. A statement whose messages leave in more than one segment then waits for the
+//! server's delayed ACK (40 ms on Linux), which bounds a worker's batches of outcomes. So each
+//! new connection asks the server which client port it sees (`inet_client_port()`), and the
+//! option is set on the one socket of this process with that local port and the database's
+//! port as its peer: no other socket (a webhook's, a receiver's on the same port) is touched.
 
 use std::net::SocketAddr;
 
-/// Turns Nagle's algorithm off on every TCP socket of this process connected to port `port`
-/// (the database's), the connection just opened among them. Sockets already set are unchanged;
-/// failures are ignored, since the connection works either way, only slower.
+/// Turns Nagle's algorithm off on the TCP socket of this process whose local port is `local`
+/// and whose peer's port is `peer` (the database's): the connection just opened. Failures are
+/// ignored, since the connection works either way, only slower.
 #[cfg(target_os = "linux")]
-pub fn disable_nagle(port: u16) {
+pub fn disable_nagle(local: u16, peer: u16) {
     each_socket(|socket| {
-        let peer: Option<SocketAddr> = socket.peer_addr().ok().and_then(|addr| addr.as_socket());
-        if peer.is_some_and(|peer| peer.port() == port) {
+        let port = |addr: std::io::Result<socket2::SockAddr>| {
+            addr.ok()
+                .and_then(|addr| addr.as_socket())
+                .map(|addr: SocketAddr| addr.port())
+        };
+        if port(socket.local_addr()) == Some(local) && port(socket.peer_addr()) == Some(peer) {
             let _ = socket.set_tcp_nodelay(true);
         }
     });
@@ -54,7 +57,7 @@ fn each_socket(mut f: impl FnMut(socket2::SockRef<'_>)) {
 
 /// Elsewhere the connections keep the system's default.
 #[cfg(not(target_os = "linux"))]
-pub fn disable_nagle(_port: u16) {}
+pub fn disable_nagle(_local: u16, _peer: u16) {}
 
 /// The TCP port a `postgres://` URL connects to; none when it names a Unix socket directory.
 pub fn postgres_port(url: &str) -> Option<u16> {
@@ -86,18 +89,25 @@ mod tests {
         );
     }
 
-    /// A connection opened by the pool has Nagle's algorithm off, so a statement sent in
-    /// several segments is not held for the server's delayed ACK.
+    /// Only the socket of the connection just opened gets the option.
     #[cfg(target_os = "linux")]
     #[test]
-    fn a_socket_to_the_port_gets_nodelay_and_others_do_not() {
+    fn only_the_socket_of_the_connection_gets_nodelay() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let to_port = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let connection = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let same_peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let elsewhere = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
-        assert!(!to_port.nodelay().unwrap());
-        disable_nagle(listener.local_addr().unwrap().port());
-        assert!(to_port.nodelay().unwrap());
+        assert!(!connection.nodelay().unwrap());
+        disable_nagle(
+            connection.local_addr().unwrap().port(),
+            listener.local_addr().unwrap().port(),
+        );
+        assert!(connection.nodelay().unwrap());
+        assert!(
+            !same_peer.nodelay().unwrap(),
+            "another socket to the same port"
+        );
         assert!(!elsewhere.nodelay().unwrap());
     }
 
