@@ -193,6 +193,13 @@ async fn attempt(
         now,
         rand::random::<f64>(),
     );
+    tracing::debug!(
+        status = answer.status,
+        error = answer.error.as_deref(),
+        outcome = outcome.label(),
+        duration_ms = answer.duration.as_millis() as u64,
+        "attempt answered"
+    );
     let (delivery_state, next_attempt_at) = match outcome {
         Outcome::Delivered => (DeliveryState::Delivered, now),
         Outcome::Retry { at } => (DeliveryState::Retrying, at),

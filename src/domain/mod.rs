@@ -1,11 +1,14 @@
-//! Plain types and rules, free of I/O: statuses, permissions, endpoint URLs, retry policy.
+//! Plain types and rules, free of I/O: ids, statuses, event actions, permissions, endpoint URLs,
+//! retry policy, limits.
 
 pub mod endpoint;
+pub mod event;
 pub mod limits;
 pub mod retry;
 pub mod status;
 
 pub use endpoint::{EndpointUrl, mask_secret};
+pub use event::EventAction;
 pub use retry::RetrySchedule;
 pub use status::{
     BuildStatus, DeliveryState, EventKind, NotificationLevel, PayloadFormat, Permission, TaskStatus,

@@ -14,8 +14,8 @@ use serde_json::{Map, Value as Json, json};
 
 use sea_orm::ConnectionTrait;
 
-use crate::domain::PayloadFormat;
 use crate::domain::status::parse_stored;
+use crate::domain::{EventAction, PayloadFormat};
 use crate::slack::escape;
 use crate::store::audit::{NewAuditEvent, UserKey};
 use crate::store::deliveries::NewDelivery;
@@ -186,7 +186,7 @@ pub fn body(
 ) -> Result<String> {
     let body = match format {
         PayloadFormat::Data => json!({
-            "action": "created",
+            "action": EventAction::Created.as_str(),
             "data": {
                 "id": event.uid,
                 "type": event.kind,
@@ -209,7 +209,7 @@ pub fn body(
             "data": event.data,
             "actor": { "id": event.actor_id, "username": event.actor_username },
             "actorLocationIp": event.actor_ip,
-            "action": "created",
+            "action": EventAction::Created.as_str(),
             "repository": repository.map_or_else(|| json!({}), |repo| json!({
                 "id": repo.id,
                 "owner": repo.owner,
@@ -322,7 +322,7 @@ pub async fn record(
                 org_id: event.org_id,
                 endpoint_id: endpoint.id,
                 event: "audit_event".into(),
-                action: "created".into(),
+                action: EventAction::Created.as_str().into(),
                 body: body(format, event, repository.as_ref())?,
                 timestamp: event.timestamp,
             });

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::Result;
 use crate::domain::status::parse_stored;
-use crate::domain::{BuildStatus, EventKind, TaskStatus};
+use crate::domain::{BuildStatus, EventAction, EventKind, TaskStatus};
 use crate::store::entities::{build, task};
 
 /// A build or task change, as an event.
@@ -13,7 +13,7 @@ pub struct Change {
     pub org_id: i64,
     pub kind: EventKind,
     /// `created` or `updated`.
-    pub action: &'static str,
+    pub action: EventAction,
     pub old_status: Option<&'static str>,
     /// The build's (build events) or task's (task events) status after the change.
     pub status: String,
@@ -36,7 +36,7 @@ impl Change {
         Self {
             org_id: build.org_id,
             kind: EventKind::Build,
-            action: "created",
+            action: EventAction::Created,
             old_status: None,
             status: build.status.clone(),
             repository_id: build.repository_id,
@@ -51,7 +51,7 @@ impl Change {
 
     pub fn build_updated(before: &build::Model, after: &build::Model) -> Result<Self> {
         Ok(Self {
-            action: "updated",
+            action: EventAction::Updated,
             old_status: Some(parse_stored(&before.status, BuildStatus::parse)?.as_str()),
             timestamp: after.status_timestamp,
             ..Self::build_created(after)
@@ -62,7 +62,7 @@ impl Change {
         Self {
             org_id: task.org_id,
             kind: EventKind::Task,
-            action: "created",
+            action: EventAction::Created,
             old_status: None,
             status: task.status.clone(),
             repository_id: task.repository_id,
@@ -86,7 +86,7 @@ impl Change {
 
     pub fn task_updated(before: &task::Model, after: &task::Model) -> Result<Self> {
         Ok(Self {
-            action: "updated",
+            action: EventAction::Updated,
             old_status: Some(parse_stored(&before.status, TaskStatus::parse)?.as_str()),
             timestamp: after.status_timestamp,
             ..Self::task_created(after)

@@ -10,8 +10,8 @@ use serde_json::json;
 use super::audit::{AuditDraft, KnownUsers};
 use super::change::Change;
 use super::{Rendered, Renderer};
-use crate::domain::PayloadFormat;
 use crate::domain::status::parse_stored;
+use crate::domain::{EventAction, PayloadFormat};
 use crate::metrics::Metrics;
 use crate::store::audit::UserKey;
 use crate::store::deliveries::{EventDeliveries, FailedDelivery, NewDelivery, NewEvent};
@@ -107,7 +107,7 @@ impl Outbox {
             .map(|change| NewEvent {
                 org_id: change.org_id,
                 kind: change.kind.header_value(),
-                action: change.action,
+                action: change.action.as_str(),
                 old_status: change.old_status,
                 repository_id: change.repository_id,
                 build_id: change.build_id,
@@ -172,7 +172,7 @@ impl Outbox {
                                 org_id: change.org_id,
                                 endpoint_id: endpoint.id,
                                 event: change.kind.header_value().into(),
-                                action: change.action.into(),
+                                action: change.action.as_str().into(),
                                 body: String::new(),
                                 timestamp: change.timestamp,
                             },
@@ -188,7 +188,7 @@ impl Outbox {
                 event_id,
                 build_id: change.build_id,
                 event: change.kind.header_value(),
-                action: change.action,
+                action: change.action.as_str(),
                 timestamp: change.timestamp,
                 bodies: rendered,
             });
@@ -277,13 +277,13 @@ impl Outbox {
         let body = match parse_stored(&endpoint.payload_format, PayloadFormat::parse)? {
             PayloadFormat::Slack => crate::slack::ping_message(),
             PayloadFormat::Data => json!({
-                "action": "ping",
+                "action": EventAction::Ping.as_str(),
                 "data": { "ownerUid": endpoint.org_id.to_string(), "endpointId": endpoint.id.to_string(), "timestamp": now },
             }),
             // FLAT receivers read `repository`, `build` and `task` at the top level, as for any
             // event; the ping's own fields stand beside them, ids as numbers.
             PayloadFormat::Flat => json!({
-                "action": "ping",
+                "action": EventAction::Ping.as_str(),
                 "repository": {},
                 "build": {},
                 "task": {},
@@ -296,7 +296,7 @@ impl Outbox {
             org_id: endpoint.org_id,
             endpoint_id: endpoint.id,
             event: "ping".into(),
-            action: "ping".into(),
+            action: EventAction::Ping.as_str().into(),
             body: serde_json::to_string(&body).map_err(Error::internal)?,
             timestamp: now,
         };

@@ -11,7 +11,7 @@ use super::change::Change;
 use super::ids::IdFields;
 use super::selection::{self, DEFAULT_SELECTION, Prepared};
 use crate::domain::limits::MAX_BODY;
-use crate::domain::{PayloadFormat, Permission};
+use crate::domain::{EventAction, PayloadFormat, Permission};
 use crate::schema::rows::{Budget, Known, Settled};
 use crate::schema::{self, Limits, QuerySchema, Viewer};
 use crate::slack::SLACK_SELECTION;
@@ -185,7 +185,7 @@ impl Renderer {
         let body = if format == PayloadFormat::Slack {
             let message = crate::slack::from_data(
                 change.kind.header_value(),
-                change.action,
+                change.action.as_str(),
                 change.old_status,
                 &data,
                 self.public_url.as_deref(),
@@ -231,12 +231,12 @@ impl Renderer {
 /// sends `"task": {}` for build events). A Slack message has no envelope: see [`crate::slack`].
 pub fn envelope(
     format: PayloadFormat,
-    action: &str,
+    action: EventAction,
     old_status: Option<&str>,
     data: Json,
 ) -> Result<String> {
     let mut body = Map::new();
-    body.insert("action".into(), action.into());
+    body.insert("action".into(), action.as_str().into());
     if let Some(old_status) = old_status {
         body.insert("old_status".into(), old_status.into());
     }
@@ -299,7 +299,7 @@ mod tests {
     fn data_envelope_puts_action_first() {
         let body = envelope(
             PayloadFormat::Data,
-            "updated",
+            EventAction::Updated,
             Some("EXECUTING"),
             json!({"build": {"id": "1"}}),
         )
@@ -314,7 +314,7 @@ mod tests {
     fn flat_envelope_spreads_data_and_empties_nulls() {
         let body = envelope(
             PayloadFormat::Flat,
-            "created",
+            EventAction::Created,
             None,
             json!({"build": {"id": "1"}, "task": null}),
         )

@@ -19,6 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sea_orm::ConnectionTrait;
+use tracing::Instrument as _;
 
 use crate::api::ApiSchema;
 use crate::config::Config;
@@ -78,7 +79,19 @@ pub fn router(state: Http) -> Router {
             state.clone(),
             request_timeout,
         ))
+        .layer(axum::middleware::from_fn(request_span))
         .with_state(state)
+}
+
+/// Runs each request in a span of its own, so that what it logs (and what the writer of
+/// changes logs for it) carries its method and path.
+async fn request_span(request: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    next.run(request).instrument(span).await
 }
 
 /// Stops a request still running after the request timeout and answers 503 in one sentence

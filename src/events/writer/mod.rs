@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use super::audit::AuditDraft;
 use super::{Change, Outbox};
@@ -183,9 +184,10 @@ async fn write_changes(outbox: Outbox, mut jobs: mpsc::Receiver<Job>) {
         let batch = waiting.batch();
         // A batch runs as a task of its own: should it panic, its changes' callers get an
         // error (their answers are dropped) and the writer goes on with the next ones.
+        let span = tracing::info_span!("change_batch", changes = batch.len());
         let written = tokio::spawn({
             let outbox = outbox.clone();
-            async move { write_batch(&outbox, batch).await }
+            async move { write_batch(&outbox, batch).await }.instrument(span)
         });
         match written.await {
             Ok(Answered { deferred, tasks }) => {
