@@ -443,15 +443,13 @@ pub async fn write_task_statuses(conn: &impl ConnectionTrait, tasks: &[task::Mod
         return Ok(());
     }
     let backend = conn.get_database_backend();
-    let rows = sql::rows(tasks.iter().map(|task| {
-        (
-            task.id,
-            &task.status,
-            task.status_timestamp,
-            task.executing_timestamp,
-            task.final_status_timestamp,
-            &task.notifications,
-        )
+    let rows = sql::rows(tasks.iter().map(|task| TaskStatusRow {
+        id: task.id,
+        status: &task.status,
+        status_timestamp: task.status_timestamp,
+        executing_timestamp: task.executing_timestamp,
+        final_status_timestamp: task.final_status_timestamp,
+        notifications: &task.notifications,
     }));
     let mut values = vec![rows];
     values.extend(sql::pg_ids(backend, tasks.iter().map(|task| task.id)));
@@ -466,10 +464,27 @@ pub async fn write_task_statuses(conn: &impl ConnectionTrait, tasks: &[task::Mod
     Ok(())
 }
 
-/// [`write_task_statuses`]' statement; its parameter is one row per task: id, status, status
-/// time, executing time, final time and notifications, and on PostgreSQL the tasks' ids again.
+/// A row of [`task_statuses_sql`]: a task's new status, its times and its notifications.
+#[derive(serde::Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct TaskStatusRow<'a> {
+    id: i64,
+    status: &'a str,
+    status_timestamp: i64,
+    executing_timestamp: Option<i64>,
+    final_status_timestamp: Option<i64>,
+    notifications: &'a str,
+}
+
+impl sql::Row for TaskStatusRow<'_> {}
+
+/// [`write_task_statuses`]' statement; its parameter is one [`TaskStatusRow`] per task, and on
+/// PostgreSQL the tasks' ids again.
 fn task_statuses_sql(backend: DbBackend) -> String {
-    let (int, text) = (|n| sql::int_field("t", n), |n| sql::field("t", n));
+    let (int, text) = (
+        |name| sql::int_field("t", name),
+        |name| sql::field("t", name),
+    );
     let sql = format!(
         "WITH v(v_id, v_status, v_at, v_executing, v_final, v_notes) AS (
             SELECT {}, {}, {}, {}, {}, {} FROM {})
@@ -477,12 +492,12 @@ fn task_statuses_sql(backend: DbBackend) -> String {
             executing_timestamp = v_executing, final_status_timestamp = v_final,
             notifications = v_notes
         FROM v WHERE id = v_id {}",
-        int(0),
-        text(1),
-        int(2),
-        int(3),
-        int(4),
-        text(5),
+        int("id"),
+        text("status"),
+        int("status_timestamp"),
+        int("executing_timestamp"),
+        int("final_status_timestamp"),
+        text("notifications"),
         sql::json_rows(backend, "t"),
         sql::pg_by_ids(backend, "id"),
     );
@@ -492,4 +507,16 @@ fn task_statuses_sql(backend: DbBackend) -> String {
 /// Reads a stored JSON list (labels or notifications).
 pub fn labels_or_notes<T: serde::de::DeserializeOwned>(json: &str) -> Result<Vec<T>> {
     serde_json::from_str(json).map_err(Error::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_statuses_read_every_field_of_their_rows_by_name() {
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            sql::assert_reads_fields_of::<TaskStatusRow>(&task_statuses_sql(backend), "t");
+        }
+    }
 }

@@ -2,8 +2,8 @@
 
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
-    Statement, TransactionTrait,
+    DatabaseTransaction, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    QuerySelect, SqlErr, Statement, TransactionTrait,
 };
 
 use super::entities::{delivery, delivery_queue, organization, webhook_endpoint};
@@ -252,13 +252,20 @@ pub async fn delete(conn: &impl ConnectionTrait, endpoint: &webhook_endpoint::Mo
         .filter(delivery_queue::Column::EndpointId.eq(endpoint.id))
         .exec(conn)
         .await?;
+    #[derive(FromQueryResult)]
+    struct Delivery {
+        id: i64,
+    }
     let deliveries: Vec<i64> = delivery::Entity::find()
         .select_only()
         .column(delivery::Column::Id)
         .filter(delivery::Column::EndpointId.eq(endpoint.id))
-        .into_tuple()
+        .into_model::<Delivery>()
         .all(conn)
-        .await?;
+        .await?
+        .into_iter()
+        .map(|row| row.id)
+        .collect();
     super::deliveries::delete(conn, &deliveries).await?;
     webhook_endpoint::Entity::delete_by_id(endpoint.id)
         .exec(conn)

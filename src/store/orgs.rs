@@ -2,7 +2,8 @@
 
 use rand::RngCore;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, SqlErr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, FromQueryResult, QueryFilter,
+    QuerySelect, SqlErr,
 };
 
 use super::entities::{organization, setting};
@@ -82,13 +83,17 @@ pub async fn tokens_revoked_before(
     conn: &impl ConnectionTrait,
     org_id: i64,
 ) -> Result<Option<i64>> {
-    let found: Option<Option<i64>> = organization::Entity::find_by_id(org_id)
+    #[derive(FromQueryResult)]
+    struct Revoked {
+        tokens_revoked_before: Option<i64>,
+    }
+    let found = organization::Entity::find_by_id(org_id)
         .select_only()
         .column(organization::Column::TokensRevokedBefore)
-        .into_tuple()
+        .into_model::<Revoked>()
         .one(conn)
         .await?;
-    Ok(found.flatten())
+    Ok(found.and_then(|row| row.tokens_revoked_before))
 }
 
 /// The HS256 key for API tokens stored in the database, generated on first use and sealed

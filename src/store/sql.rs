@@ -4,6 +4,10 @@
 //! text is the same however long its list: each pooled connection prepares it once and keeps it
 //! (sqlx caches prepared statements per connection), instead of parsing and planning a new text
 //! for every claim and every batch of outcomes.
+//!
+//! A row of several fields is a JSON object, a [`Row`] struct serialized, and the statement
+//! reads each field by its name ([`field`], [`int_field`]): the statement and the struct agree
+//! on names, not on an order that reordering either would silently break.
 
 use sea_orm::{DbBackend, Value};
 
@@ -48,33 +52,56 @@ pub fn ids(backend: DbBackend, ids: &[i64]) -> Value {
 }
 
 /// A table of the rows bound, as [`rows`], to the one parameter this adds, named `alias`; each
-/// row is `{alias}.value`, a JSON array whose fields are read with [`field`] and [`int_field`].
+/// row is `{alias}.value`, a JSON object whose fields are read by name with [`field`] and
+/// [`int_field`].
 pub fn json_rows(backend: DbBackend, alias: &str) -> String {
     match backend {
         DbBackend::Postgres => format!("jsonb_array_elements(CAST(? AS jsonb)) AS {alias}"),
-        // `jsonb_each`, not `json_each`: each row's array comes as JSONB, which `->>` reads in
+        // `jsonb_each`, not `json_each`: each row's object comes as JSONB, which `->>` reads in
         // place; `json_each` renders it back to text, which each field's `->>` parses again.
         _ => format!("jsonb_each(?) AS {alias}"),
     }
 }
 
-/// The parameter of [`json_rows`]: one JSON array per row, each row a tuple of its fields
-/// (serialized straight to text, borrowing them).
-pub fn rows<T: serde::Serialize>(rows: impl IntoIterator<Item = T>) -> Value {
+/// A row of a [`json_rows`] table: a struct with named fields (`#[derive(serde::Serialize)]`,
+/// borrowing what it can), which serializes as a JSON object whose keys are the names that
+/// [`field`] and [`int_field`] read. A tuple or an array, which would serialize as a JSON array
+/// read by position, is not a `Row`.
+pub trait Row: serde::Serialize {}
+
+impl<T: Row> Row for &T {}
+
+/// The parameter of [`json_rows`]: a JSON array of one object per row (serialized straight to
+/// text).
+pub fn rows<T: Row>(rows: impl IntoIterator<Item = T>) -> Value {
     let rows: Vec<T> = rows.into_iter().collect();
-    serde_json::to_string(&rows)
-        .expect("tuples of numbers and strings serialize")
-        .into()
+    let json = serde_json::to_string(&rows).expect("rows of numbers and strings serialize");
+    debug_assert!(
+        json == "[]" || json.starts_with("[{"),
+        "rows serialize as JSON objects"
+    );
+    json.into()
 }
 
-/// Field `n` of a [`json_rows`] row, as text (SQL `NULL` for JSON `null`).
-pub fn field(alias: &str, n: usize) -> String {
-    format!("({alias}.value ->> {n})")
+/// Field `name` of a [`json_rows`] row, as text (SQL `NULL` for JSON `null`, or for a name the
+/// row does not have).
+pub fn field(alias: &str, name: &str) -> String {
+    format!("({alias}.value ->> '{}')", key(name))
 }
 
-/// Field `n` of a [`json_rows`] row, as an integer.
-pub fn int_field(alias: &str, n: usize) -> String {
-    format!("CAST({alias}.value ->> {n} AS BIGINT)")
+/// Field `name` of a [`json_rows`] row, as an integer.
+pub fn int_field(alias: &str, name: &str) -> String {
+    format!("CAST({alias}.value ->> '{}' AS BIGINT)", key(name))
+}
+
+/// `name`, checked to be a plain identifier (`[a-z_]+`), as a row's fields are: it goes into
+/// the statement's text, quoted.
+fn key(name: &str) -> &str {
+    assert!(
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+        "a row's field is named with [a-z_]+, not {name:?}"
+    );
+    name
 }
 
 /// An index hint for SQLite (`INDEXED BY …`, `NOT INDEXED`), whose planner has no statistics
@@ -110,4 +137,62 @@ pub fn numbered(backend: DbBackend, sql: &str) -> String {
         }
     }
     out
+}
+
+/// Asserts that the fields `sql` reads of its rows named `alias` are exactly those of `T`: no
+/// name misspelled (it would read `NULL`), and none left unread.
+#[cfg(test)]
+pub fn assert_reads_fields_of<T: Row + Default>(sql: &str, alias: &str) {
+    use std::collections::BTreeSet;
+    let serde_json::Value::Object(row) = serde_json::to_value(T::default()).unwrap() else {
+        panic!("a row serializes as a JSON object");
+    };
+    let written: BTreeSet<&str> = row.keys().map(String::as_str).collect();
+    let prefix = format!("{alias}.value ->> '");
+    let read: BTreeSet<&str> = sql
+        .match_indices(&prefix)
+        .map(|(at, _)| {
+            let rest = &sql[at + prefix.len()..];
+            &rest[..rest.find('\'').unwrap()]
+        })
+        .collect();
+    assert_eq!(read, written, "the fields read of {alias} in:\n{sql}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_read_by_name() {
+        assert_eq!(field("o", "state"), "(o.value ->> 'state')");
+        assert_eq!(int_field("o", "id"), "CAST(o.value ->> 'id' AS BIGINT)");
+    }
+
+    #[test]
+    #[should_panic(expected = "[a-z_]+")]
+    fn a_field_name_is_a_plain_identifier() {
+        field("o", "x') OR ('1");
+    }
+
+    #[test]
+    fn rows_are_json_objects() {
+        #[derive(serde::Serialize)]
+        struct Pair<'a> {
+            id: i64,
+            token: Option<&'a str>,
+        }
+        impl Row for Pair<'_> {}
+        let pairs = [
+            Pair {
+                id: 1,
+                token: Some("a\"b"),
+            },
+            Pair { id: 2, token: None },
+        ];
+        assert_eq!(
+            rows(pairs),
+            Value::from(r#"[{"id":1,"token":"a\"b"},{"id":2,"token":null}]"#)
+        );
+    }
 }

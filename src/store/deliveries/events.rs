@@ -30,17 +30,15 @@ pub async fn insert_events(
         return Ok(HashMap::new());
     }
     let backend = conn.get_database_backend();
-    let rows = sql::rows(events.iter().map(|event| {
-        (
-            event.org_id,
-            event.kind,
-            event.action,
-            event.old_status,
-            event.repository_id,
-            event.build_id,
-            event.task_id,
-            event.timestamp,
-        )
+    let rows = sql::rows(events.iter().map(|event| EventRow {
+        org_id: event.org_id,
+        kind: event.kind,
+        action: event.action,
+        old_status: event.old_status,
+        repository_id: event.repository_id,
+        build_id: event.build_id,
+        task_id: event.task_id,
+        timestamp: event.timestamp,
     }));
     #[derive(FromQueryResult)]
     struct Inserted {
@@ -56,23 +54,41 @@ pub async fn insert_events(
         .collect())
 }
 
-/// [`insert_events`]' statement; its parameter is one row per event: organization, kind,
-/// action, old status, repository, build, task and time.
+/// A row of [`insert_events_sql`]: an event.
+#[derive(serde::Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct EventRow {
+    org_id: i64,
+    kind: &'static str,
+    action: &'static str,
+    old_status: Option<&'static str>,
+    repository_id: i64,
+    build_id: i64,
+    task_id: Option<i64>,
+    timestamp: i64,
+}
+
+impl sql::Row for EventRow {}
+
+/// [`insert_events`]' statement; its parameter is one [`EventRow`] per event.
 fn insert_events_sql(backend: DbBackend) -> String {
-    let (int, text) = (|n| sql::int_field("e", n), |n| sql::field("e", n));
+    let (int, text) = (
+        |name| sql::int_field("e", name),
+        |name| sql::field("e", name),
+    );
     let sql = format!(
         "INSERT INTO events
             (org_id, kind, action, old_status, repository_id, build_id, task_id, timestamp)
         SELECT {}, {}, {}, {}, {}, {}, {}, {} FROM {}
         RETURNING id, build_id",
-        int(0),
-        text(1),
-        text(2),
-        text(3),
-        int(4),
-        int(5),
-        int(6),
-        int(7),
+        int("org_id"),
+        text("kind"),
+        text("action"),
+        text("old_status"),
+        int("repository_id"),
+        int("build_id"),
+        int("task_id"),
+        int("timestamp"),
         sql::json_rows(backend, "e"),
     );
     sql::numbered(backend, &sql)
@@ -131,18 +147,16 @@ pub async fn queue_events(
     let rows: Vec<_> = events
         .iter()
         .flat_map(|event| {
-            event.bodies.iter().map(|(endpoint_id, body)| {
-                (
-                    uuid::Uuid::now_v7().to_string(),
-                    endpoint_id,
-                    body,
-                    event.org_id,
-                    event.event_id,
-                    event.build_id,
-                    event.event,
-                    event.action,
-                    event.timestamp,
-                )
+            event.bodies.iter().map(|(endpoint_id, body)| DeliveryRow {
+                uid: uuid::Uuid::now_v7().to_string(),
+                endpoint_id: *endpoint_id,
+                body,
+                org_id: event.org_id,
+                event_id: event.event_id,
+                build_id: event.build_id,
+                event: event.event,
+                action: event.action,
+                at: event.timestamp,
             })
         })
         .collect();
@@ -177,11 +191,12 @@ pub async fn queue_events(
         [sql::rows(rows)],
     );
     let inserted = Inserted::find_by_statement(statement).all(conn).await?;
-    let rows = sql::rows(
-        inserted
-            .iter()
-            .map(|row| (row.id, row.endpoint_id, row.build_id, row.next_attempt_at)),
-    );
+    let rows = sql::rows(inserted.iter().map(|row| QueueRow {
+        id: row.id,
+        endpoint_id: row.endpoint_id,
+        build_id: row.build_id,
+        next_attempt_at: row.next_attempt_at,
+    }));
     #[derive(FromQueryResult)]
     struct Queued {
         held: bool,
@@ -191,12 +206,34 @@ pub async fn queue_events(
     Ok(queued.iter().any(|row| !row.held))
 }
 
-/// The insert of events' deliveries; its parameter is one row per delivery: public id,
-/// endpoint, body, organization, event, build, the event's kind and action, and its time. It
+/// A row of [`insert_deliveries_sql`]: a delivery of an event to one endpoint, with its new
+/// public id.
+#[derive(serde::Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct DeliveryRow<'a> {
+    uid: String,
+    endpoint_id: i64,
+    body: &'a str,
+    org_id: i64,
+    event_id: i64,
+    build_id: i64,
+    /// The event's kind and action.
+    event: &'a str,
+    action: &'a str,
+    /// The event's time: the delivery's creation and first due time.
+    at: i64,
+}
+
+impl sql::Row for DeliveryRow<'_> {}
+
+/// The insert of events' deliveries; its parameter is one [`DeliveryRow`] per delivery. It
 /// returns what their queue rows need: id, endpoint, build and due time. Its placeholders are
 /// `?`, numbered by the caller.
 pub(super) fn insert_deliveries_sql(backend: DbBackend) -> String {
-    let (int, text) = (|n| sql::int_field("n", n), |n| sql::field("n", n));
+    let (int, text) = (
+        |name| sql::int_field("n", name),
+        |name| sql::field("n", name),
+    );
     format!(
         "INSERT INTO deliveries
             (uid, org_id, endpoint_id, event_id, build_id, event, action, body, state, attempts,
@@ -205,26 +242,43 @@ pub(super) fn insert_deliveries_sql(backend: DbBackend) -> String {
             'PENDING', 0, 0, {at}, {at}, {at}
         FROM {rows}
         RETURNING id, endpoint_id, build_id, next_attempt_at",
-        uid = text(0),
-        endpoint = int(1),
-        body = text(2),
-        org = int(3),
-        event_id = int(4),
-        build = int(5),
-        event = text(6),
-        action = text(7),
-        at = int(8),
+        uid = text("uid"),
+        endpoint = int("endpoint_id"),
+        body = text("body"),
+        org = int("org_id"),
+        event_id = int("event_id"),
+        build = int("build_id"),
+        event = text("event"),
+        action = text("action"),
+        at = int("at"),
         rows = sql::json_rows(backend, "n"),
     )
 }
 
-/// The queue rows of new deliveries; its parameter is one row per delivery: id, endpoint,
-/// build and due time. Each is held when its chain has a row in the queue already. It returns
-/// each one's `held`.
+/// A row of [`enqueue_sql`]: a new delivery's queue row.
+#[derive(serde::Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct QueueRow {
+    id: i64,
+    endpoint_id: i64,
+    build_id: Option<i64>,
+    next_attempt_at: i64,
+}
+
+impl sql::Row for QueueRow {}
+
+/// The queue rows of new deliveries; its parameter is one [`QueueRow`] per delivery. Each is
+/// held when its chain has a row in the queue already. It returns each one's `held`.
 pub(super) fn enqueue_sql(backend: DbBackend) -> String {
-    let int = |n| sql::int_field("r", n);
+    let int = |name| sql::int_field("r", name);
     let from = sql::json_rows(backend, "r");
-    let sql = enqueue_from(backend, &from, [&int(0), &int(1), &int(2), &int(3)]);
+    let columns = [
+        int("id"),
+        int("endpoint_id"),
+        int("build_id"),
+        int("next_attempt_at"),
+    ];
+    let sql = enqueue_from(backend, &from, columns.each_ref().map(String::as_str));
     sql::numbered(backend, &sql)
 }
 
@@ -265,4 +319,19 @@ fn queue_events_pg_sql() -> String {
         insert_deliveries_sql(backend),
     );
     sql::numbered(backend, &sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_read_every_field_of_their_rows_by_name() {
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            sql::assert_reads_fields_of::<EventRow>(&insert_events_sql(backend), "e");
+            sql::assert_reads_fields_of::<DeliveryRow>(&insert_deliveries_sql(backend), "n");
+            sql::assert_reads_fields_of::<QueueRow>(&enqueue_sql(backend), "r");
+        }
+        sql::assert_reads_fields_of::<DeliveryRow>(&queue_events_pg_sql(), "n");
+    }
 }

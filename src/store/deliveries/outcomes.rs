@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement, Value};
 
 use super::events::lock_chains;
-use super::queue::release_next;
+use super::queue::{ChainRow, LeaseRow, release_next};
 use crate::Result;
 use crate::domain::DeliveryState;
 use crate::store::sql;
@@ -90,17 +90,16 @@ async fn record_distinct(
     lock_chains(conn, &builds).await?;
     let backend = conn.get_database_backend();
     // Finished deliveries leave the queue; retried ones are due again at their next attempt.
-    let rows = sql::rows(
-        finishing
-            .iter()
-            .map(|record| (record.delivery_id, &record.token)),
-    );
+    let rows = sql::rows(finishing.iter().map(|record| LeaseRow {
+        id: record.delivery_id,
+        token: &record.token,
+    }));
     let finished = write_queue(conn, dequeue_sql, rows, &finishing).await?;
-    let rows = sql::rows(
-        retrying
-            .iter()
-            .map(|record| (record.delivery_id, &record.token, record.next_attempt_at)),
-    );
+    let rows = sql::rows(retrying.iter().map(|record| RetryRow {
+        id: record.delivery_id,
+        token: &record.token,
+        next_attempt_at: record.next_attempt_at,
+    }));
     let retried = write_queue(conn, requeue_sql, rows, &retrying).await?;
     let recorded: Vec<&&AttemptRecord> = records
         .iter()
@@ -112,15 +111,18 @@ async fn record_distinct(
         return Ok((HashSet::new(), HashSet::new()));
     }
     let outcomes = sql::rows(recorded.iter().map(|record| {
-        (
-            record.delivery_id,
-            record.state.as_str(),
-            record.next_attempt_at,
-            record.status,
-            record.duration_ms,
-            record.status.is_some().then_some(&record.response_body),
-            record.timestamp,
-        )
+        OutcomeRow {
+            id: record.delivery_id,
+            state: record.state.as_str(),
+            next_attempt_at: record.next_attempt_at,
+            status: record.status,
+            duration: record.duration_ms,
+            response: record
+                .status
+                .is_some()
+                .then_some(record.response_body.as_str()),
+            at: record.timestamp,
+        }
     }));
     #[derive(FromQueryResult)]
     struct Numbered {
@@ -143,16 +145,16 @@ async fn record_distinct(
         .iter()
         .filter_map(|record| {
             let number = *numbers.get(&record.delivery_id)?;
-            Some((
-                record.delivery_id,
+            Some(AttemptRow {
+                delivery_id: record.delivery_id,
                 number,
-                record.timestamp,
-                record.status,
-                record.duration_ms,
-                &record.error,
-                &record.response_headers,
-                &record.response_body,
-            ))
+                timestamp: record.timestamp,
+                status: record.status,
+                duration: record.duration_ms,
+                error: record.error.as_deref(),
+                response_headers: &record.response_headers,
+                response_body: &record.response_body,
+            })
         })
         .collect();
     if !attempts.is_empty() {
@@ -160,10 +162,16 @@ async fn record_distinct(
             Statement::from_sql_and_values(backend, attempts_sql(backend), [sql::rows(attempts)]);
         conn.execute_raw(statement).await?;
     }
-    let chains: Vec<(i64, i64, i64)> = finishing
+    let chains: Vec<ChainRow> = finishing
         .iter()
         .filter(|record| finished.contains(&record.delivery_id))
-        .filter_map(|record| Some((record.endpoint_id, record.build_id?, record.delivery_id)))
+        .filter_map(|record| {
+            Some(ChainRow {
+                endpoint_id: record.endpoint_id,
+                build_id: record.build_id?,
+                finished: record.delivery_id,
+            })
+        })
         .collect();
     let released = release_next(conn, &chains).await?;
     Ok((numbers.into_keys().collect(), released))
@@ -201,18 +209,21 @@ async fn write_queue(
 }
 
 /// The delete of finished deliveries' queue rows, each only under its token; its parameter is
-/// one row per delivery, its id and token, and on PostgreSQL the ids again. SQLite has no `DELETE … USING`; it finds each row by key from the
-/// pair of id and token.
+/// one [`LeaseRow`] per delivery, and on PostgreSQL the ids again. SQLite has no `DELETE …
+/// USING`; it finds each row by key from the pair of id and token.
 pub(super) fn dequeue_sql(backend: DbBackend) -> String {
-    let (int, text) = (|n| sql::int_field("f", n), |n| sql::field("f", n));
+    let (int, text) = (
+        |name| sql::int_field("f", name),
+        |name| sql::field("f", name),
+    );
     let sql = match backend {
         DbBackend::Postgres => format!(
             "WITH v(v_id, v_token) AS (SELECT {}, {} FROM {})
             DELETE FROM delivery_queue USING v
             WHERE delivery_id = v_id AND lease_token = v_token {}
             RETURNING delivery_id",
-            int(0),
-            text(1),
+            int("id"),
+            text("token"),
             sql::json_rows(backend, "f"),
             sql::pg_by_ids(backend, "delivery_id"),
         ),
@@ -220,38 +231,70 @@ pub(super) fn dequeue_sql(backend: DbBackend) -> String {
             "DELETE FROM delivery_queue
             WHERE (delivery_id, lease_token) IN (SELECT {}, {} FROM {})
             RETURNING delivery_id",
-            int(0),
-            text(1),
+            int("id"),
+            text("token"),
             sql::json_rows(backend, "f"),
         ),
     };
     sql::numbered(backend, &sql)
 }
 
+/// A row of [`requeue_sql`]: a retried delivery, the token of its claim, and its next attempt.
+#[derive(serde::Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct RetryRow<'a> {
+    id: i64,
+    token: &'a str,
+    next_attempt_at: i64,
+}
+
+impl sql::Row for RetryRow<'_> {}
+
 /// The update of retried deliveries' queue rows, each only under its token: due again at its
-/// next attempt, and no longer claimed; its parameter is one row per delivery: id, token and
-/// next attempt, and on PostgreSQL the ids again.
+/// next attempt, and no longer claimed; its parameter is one [`RetryRow`] per delivery, and on
+/// PostgreSQL the ids again.
 pub(super) fn requeue_sql(backend: DbBackend) -> String {
-    let (int, text) = (|n| sql::int_field("r", n), |n| sql::field("r", n));
+    let (int, text) = (
+        |name| sql::int_field("r", name),
+        |name| sql::field("r", name),
+    );
     let sql = format!(
         "WITH v(v_id, v_token, v_next) AS (SELECT {}, {}, {} FROM {})
         UPDATE delivery_queue SET next_attempt_at = v_next, lease_until = NULL, lease_token = NULL
         FROM v WHERE delivery_id = v_id AND lease_token = v_token {}
         RETURNING delivery_id",
-        int(0),
-        text(1),
-        int(2),
+        int("id"),
+        text("token"),
+        int("next_attempt_at"),
         sql::json_rows(backend, "r"),
         sql::pg_by_ids(backend, "delivery_id"),
     );
     sql::numbered(backend, &sql)
 }
 
+/// A row of [`outcomes_sql`]: what an attempt changes of its delivery.
+#[derive(serde::Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct OutcomeRow<'a> {
+    id: i64,
+    state: &'a str,
+    next_attempt_at: i64,
+    status: Option<i32>,
+    duration: i64,
+    /// The response's body, when there was a response.
+    response: Option<&'a str>,
+    at: i64,
+}
+
+impl sql::Row for OutcomeRow<'_> {}
+
 /// The update of the attempted deliveries whose claim was current, each by primary key; its
-/// parameter is one row per delivery: id, state, next attempt, status, duration, response and
-/// time, and on PostgreSQL the deliveries' ids again.
+/// parameter is one [`OutcomeRow`] per delivery, and on PostgreSQL the deliveries' ids again.
 pub(super) fn outcomes_sql(backend: DbBackend) -> String {
-    let (int, text) = (|n| sql::int_field("o", n), |n| sql::field("o", n));
+    let (int, text) = (
+        |name| sql::int_field("o", name),
+        |name| sql::field("o", name),
+    );
     let sql = format!(
         "WITH v(v_id, v_state, v_next, v_status, v_duration, v_response, v_at) AS (
             SELECT {}, {}, {}, {}, {}, {}, {} FROM {})
@@ -261,37 +304,70 @@ pub(super) fn outcomes_sql(backend: DbBackend) -> String {
             updated_at = v_at
         FROM v WHERE id = v_id {}
         RETURNING id, attempts",
-        int(0),
-        text(1),
-        int(2),
-        int(3),
-        int(4),
-        text(5),
-        int(6),
+        int("id"),
+        text("state"),
+        int("next_attempt_at"),
+        int("status"),
+        int("duration"),
+        text("response"),
+        int("at"),
         sql::json_rows(backend, "o"),
         sql::pg_by_ids(backend, "id"),
     );
     sql::numbered(backend, &sql)
 }
 
-/// The attempts recorded; its parameter is one row per attempt: delivery, number, time,
-/// status, duration, error, response headers and response body.
+/// A row of [`attempts_sql`]: an attempt.
+#[derive(serde::Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct AttemptRow<'a> {
+    delivery_id: i64,
+    number: i32,
+    timestamp: i64,
+    status: Option<i32>,
+    duration: i64,
+    error: Option<&'a str>,
+    response_headers: &'a str,
+    response_body: &'a str,
+}
+
+impl sql::Row for AttemptRow<'_> {}
+
+/// The attempts recorded; its parameter is one [`AttemptRow`] per attempt.
 fn attempts_sql(backend: DbBackend) -> String {
-    let (int, text) = (|n| sql::int_field("a", n), |n| sql::field("a", n));
+    let (int, text) = (
+        |name| sql::int_field("a", name),
+        |name| sql::field("a", name),
+    );
     let sql = format!(
         "INSERT INTO delivery_attempts
             (delivery_id, number, \"timestamp\", status, duration, error, response_headers,
              response_body)
         SELECT {}, {}, {}, {}, {}, {}, {}, {} FROM {}",
-        int(0),
-        int(1),
-        int(2),
-        int(3),
-        int(4),
-        text(5),
-        text(6),
-        text(7),
+        int("delivery_id"),
+        int("number"),
+        int("timestamp"),
+        int("status"),
+        int("duration"),
+        text("error"),
+        text("response_headers"),
+        text("response_body"),
         sql::json_rows(backend, "a"),
     );
     sql::numbered(backend, &sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_read_every_field_of_their_rows_by_name() {
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            sql::assert_reads_fields_of::<LeaseRow>(&dequeue_sql(backend), "f");
+            sql::assert_reads_fields_of::<RetryRow>(&requeue_sql(backend), "r");
+            sql::assert_reads_fields_of::<OutcomeRow>(&outcomes_sql(backend), "o");
+            sql::assert_reads_fields_of::<AttemptRow>(&attempts_sql(backend), "a");
+        }
+    }
 }

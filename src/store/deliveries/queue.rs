@@ -57,12 +57,24 @@ impl NewDelivery {
     }
 }
 
+/// A row of [`release_next_sql`]: a chain whose delivery has just finished.
+#[derive(serde::Serialize)]
+#[cfg_attr(test, derive(Default))]
+pub(super) struct ChainRow {
+    pub endpoint_id: i64,
+    pub build_id: i64,
+    /// The delivery of the chain that finished.
+    pub finished: i64,
+}
+
+impl sql::Row for ChainRow {}
+
 /// Makes the next unfinished delivery of each chain whose delivery has just finished the chain's
 /// head: releases it when it is held; the endpoints of the chains that have one, which a claim
-/// may now take. Each chain is given as (endpoint, build, the delivery that finished).
+/// may now take.
 pub(super) async fn release_next(
     conn: &impl ConnectionTrait,
-    finished: &[(i64, i64, i64)],
+    finished: &[ChainRow],
 ) -> Result<HashSet<i64>> {
     if finished.is_empty() {
         return Ok(HashSet::new());
@@ -78,23 +90,23 @@ pub(super) async fn release_next(
     Ok(released.into_iter().map(|row| row.endpoint_id).collect())
 }
 
-/// Releases the next unfinished delivery of each chain; its parameter is the chains, as
-/// `[endpoint, build, finished delivery]` rows. The next is the first queued after the one
-/// that finished: the queue's rows before it are gone, and reading from it does not step over
-/// what the index of chains still holds of them. After a redelivery, the next may not be the
-/// chain's head (a finished delivery sent again goes ahead of its chain's unfinished ones, and
-/// one of those may have been in flight when it was): it is released all the same, and the
-/// claims' chain check keeps it waiting. The next ids are found first, each in the index of
-/// chains, and the update reads only them: PostgreSQL may plan an `UPDATE … WHERE id IN
-/// (SELECT …)` as a scan of the whole table, so there the ids are an array computed once.
+/// Releases the next unfinished delivery of each chain; its parameter is the chains, one
+/// [`ChainRow`] each. The next is the first queued after the one that finished: the queue's
+/// rows before it are gone, and reading from it does not step over what the index of chains
+/// still holds of them. After a redelivery, the next may not be the chain's head (a finished
+/// delivery sent again goes ahead of its chain's unfinished ones, and one of those may have
+/// been in flight when it was): it is released all the same, and the claims' chain check keeps
+/// it waiting. The next ids are found first, each in the index of chains, and the update reads
+/// only them: PostgreSQL may plan an `UPDATE … WHERE id IN (SELECT …)` as a scan of the whole
+/// table, so there the ids are an array computed once.
 pub(super) fn release_next_sql(backend: DbBackend) -> String {
     let next = format!(
         "SELECT (SELECT MIN(p.delivery_id) FROM delivery_queue p
                 WHERE p.endpoint_id = {} AND p.build_id = {} AND p.delivery_id > {})
         FROM {}",
-        sql::int_field("c", 0),
-        sql::int_field("c", 1),
-        sql::int_field("c", 2),
+        sql::int_field("c", "endpoint_id"),
+        sql::int_field("c", "build_id"),
+        sql::int_field("c", "finished"),
         sql::json_rows(backend, "c")
     );
     let chosen = match backend {
@@ -287,6 +299,17 @@ pub async fn announce(conn: &impl ConnectionTrait, announcer: &str) -> Result<()
     Ok(())
 }
 
+/// A row of [`give_back`]'s statement and of the delete of finished deliveries' queue rows: a
+/// delivery and the token of its claim.
+#[derive(serde::Serialize)]
+#[cfg_attr(test, derive(Default))]
+pub(super) struct LeaseRow<'a> {
+    pub id: i64,
+    pub token: &'a str,
+}
+
+impl sql::Row for LeaseRow<'_> {}
+
 /// Ends these claims, each a delivery and its claim's token, where they are still current: the
 /// deliveries are due again at once.
 pub async fn give_back(conn: &impl ConnectionTrait, claims: &[(i64, String)]) -> Result<()> {
@@ -294,22 +317,32 @@ pub async fn give_back(conn: &impl ConnectionTrait, claims: &[(i64, String)]) ->
         return Ok(());
     }
     let backend = conn.get_database_backend();
-    let rows = sql::rows(claims.iter().map(|(id, token)| (id, token)));
+    let rows = sql::rows(claims.iter().map(|(id, token)| LeaseRow { id: *id, token }));
     let mut values = vec![rows];
     values.extend(sql::pg_ids(backend, claims.iter().map(|(id, _)| *id)));
-    let (int, text) = (|n| sql::int_field("g", n), |n| sql::field("g", n));
+    let sql = give_back_sql(backend);
+    let statement = Statement::from_sql_and_values(backend, sql, values);
+    conn.execute_raw(statement).await?;
+    Ok(())
+}
+
+/// [`give_back`]'s statement; its parameter is one [`LeaseRow`] per claim, and on PostgreSQL
+/// the ids again.
+fn give_back_sql(backend: DbBackend) -> String {
+    let (int, text) = (
+        |name| sql::int_field("g", name),
+        |name| sql::field("g", name),
+    );
     let sql = format!(
         "WITH v(v_id, v_token) AS (SELECT {}, {} FROM {})
         UPDATE delivery_queue SET lease_until = NULL, lease_token = NULL
         FROM v WHERE delivery_id = v_id AND lease_token = v_token {}",
-        int(0),
-        text(1),
+        int("id"),
+        text("token"),
         sql::json_rows(backend, "g"),
         sql::pg_by_ids(backend, "delivery_id"),
     );
-    let statement = Statement::from_sql_and_values(backend, sql::numbered(backend, &sql), values);
-    conn.execute_raw(statement).await?;
-    Ok(())
+    sql::numbered(backend, &sql)
 }
 
 /// Queues a delivery again, with the same id and body, for an attempt now and a fresh retry
@@ -373,4 +406,17 @@ pub async fn queue_depth(conn: &impl ConnectionTrait) -> Result<u64> {
     );
     let count = Count::find_by_statement(statement).one(conn).await?;
     Ok(count.map(|c| c.n.max(0) as u64).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_read_every_field_of_their_rows_by_name() {
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            sql::assert_reads_fields_of::<ChainRow>(&release_next_sql(backend), "c");
+            sql::assert_reads_fields_of::<LeaseRow>(&give_back_sql(backend), "g");
+        }
+    }
 }
