@@ -217,9 +217,9 @@ async fn attempt(
             (_, None) => None,
         });
     let record = AttemptRecord {
-        delivery_id: row.id,
-        endpoint_id: row.endpoint_id,
-        build_id: row.build_id,
+        delivery_id: row.id.into(),
+        endpoint_id: row.endpoint_id.into(),
+        build_id: row.build_id.map(Into::into),
         token: token.to_string(),
         state: delivery_state,
         next_attempt_at,
@@ -302,12 +302,12 @@ pub(super) async fn write_outcomes(
             .enumerate()
             .map(|(i, written)| {
                 let result = &results[i.min(results.len() - 1)];
-                let endpoint = written.record.endpoint_id;
+                let endpoint = written.record.endpoint_id.get();
                 // Whether an outcome that could not be recorded made anything due is not
                 // known: it counts as if it did.
                 let made_due = match result {
                     Ok(done) => {
-                        let recorded = done.ids.contains(&written.record.delivery_id);
+                        let recorded = done.ids.contains(&written.record.delivery_id.get());
                         count(&handles, &written, recorded);
                         done.released.contains(&endpoint) || (recorded && written.retry_now)
                     }
@@ -365,8 +365,8 @@ async fn write_batch(
     let tx = store::begin_worker_write(handles.writes.conn()).await?;
     let recorded = store::deliveries::record_attempts(&tx, &records).await?;
     for written in batch.iter().filter(|w| w.outcome == Outcome::Gone) {
-        if recorded.ids.contains(&written.record.delivery_id) {
-            store::endpoints::disable(&tx, written.record.endpoint_id).await?;
+        if recorded.ids.contains(&written.record.delivery_id.get()) {
+            store::endpoints::disable(&tx, written.record.endpoint_id.get()).await?;
         }
     }
     tx.commit().await?;

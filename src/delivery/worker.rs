@@ -285,9 +285,9 @@ impl Worker {
         let records: Vec<AttemptRecord> = rows
             .iter()
             .map(|row| AttemptRecord {
-                delivery_id: row.id,
-                endpoint_id: row.endpoint_id,
-                build_id: row.build_id,
+                delivery_id: row.id.into(),
+                endpoint_id: row.endpoint_id.into(),
+                build_id: row.build_id.map(Into::into),
                 token: token.to_owned(),
                 state: DeliveryState::Failed,
                 next_attempt_at: now,

@@ -3,12 +3,14 @@
 
 pub mod endpoint;
 pub mod event;
+pub mod ids;
 pub mod limits;
 pub mod retry;
 pub mod status;
 
 pub use endpoint::{EndpointUrl, mask_secret};
 pub use event::EventAction;
+pub use ids::{BuildId, DeliveryId, EndpointId, OrgId, RepositoryId, TaskId};
 pub use retry::RetrySchedule;
 pub use status::{
     BuildStatus, DeliveryState, EventKind, NotificationLevel, PayloadFormat, Permission, TaskStatus,

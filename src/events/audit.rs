@@ -319,10 +319,10 @@ pub async fn record(
         for endpoint in to {
             let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
             deliveries.push(NewDelivery {
-                org_id: event.org_id,
-                endpoint_id: endpoint.id,
+                org_id: event.org_id.into(),
+                endpoint_id: endpoint.id.into(),
                 event: "audit_event".into(),
-                action: EventAction::Created.as_str().into(),
+                action: EventAction::Created,
                 body: body(format, event, repository.as_ref())?,
                 timestamp: event.timestamp,
             });

@@ -4,22 +4,24 @@ use std::sync::Arc;
 
 use crate::Result;
 use crate::domain::status::parse_stored;
-use crate::domain::{BuildStatus, EventAction, EventKind, TaskStatus};
+use crate::domain::{
+    BuildId, BuildStatus, EventAction, EventKind, OrgId, RepositoryId, TaskId, TaskStatus,
+};
 use crate::store::entities::{build, task};
 
 /// A build or task change, as an event.
 #[derive(Clone, Debug)]
 pub struct Change {
-    pub org_id: i64,
+    pub org_id: OrgId,
     pub kind: EventKind,
     /// `created` or `updated`.
     pub action: EventAction,
     pub old_status: Option<&'static str>,
     /// The build's (build events) or task's (task events) status after the change.
     pub status: String,
-    pub repository_id: i64,
-    pub build_id: i64,
-    pub task_id: Option<i64>,
+    pub repository_id: RepositoryId,
+    pub build_id: BuildId,
+    pub task_id: Option<TaskId>,
     pub timestamp: i64,
     /// The build row as the change left it, when the change has it: the payload reads it
     /// instead of reading it back.
@@ -34,13 +36,13 @@ pub struct Change {
 impl Change {
     pub fn build_created(build: &build::Model) -> Self {
         Self {
-            org_id: build.org_id,
+            org_id: build.org_id.into(),
             kind: EventKind::Build,
             action: EventAction::Created,
             old_status: None,
             status: build.status.clone(),
-            repository_id: build.repository_id,
-            build_id: build.id,
+            repository_id: build.repository_id.into(),
+            build_id: build.id.into(),
             task_id: None,
             timestamp: build.created_at,
             build_row: Some(build.clone()),
@@ -60,14 +62,14 @@ impl Change {
 
     pub fn task_created(task: &task::Model) -> Self {
         Self {
-            org_id: task.org_id,
+            org_id: task.org_id.into(),
             kind: EventKind::Task,
             action: EventAction::Created,
             old_status: None,
             status: task.status.clone(),
-            repository_id: task.repository_id,
-            build_id: task.build_id,
-            task_id: Some(task.id),
+            repository_id: task.repository_id.into(),
+            build_id: task.build_id.into(),
+            task_id: Some(task.id.into()),
             timestamp: task.creation_timestamp,
             build_row: None,
             task_row: Some(task.clone()),

@@ -107,7 +107,7 @@ impl Outbox {
             .map(|change| NewEvent {
                 org_id: change.org_id,
                 kind: change.kind.header_value(),
-                action: change.action.as_str(),
+                action: change.action,
                 old_status: change.old_status,
                 repository_id: change.repository_id,
                 build_id: change.build_id,
@@ -119,7 +119,7 @@ impl Outbox {
         let mut addressed = Vec::with_capacity(changes.len());
         for change in changes {
             let mut to = Vec::new();
-            for endpoint in endpoints.iter().filter(|e| e.org_id == change.org_id) {
+            for endpoint in endpoints.iter().filter(|e| e.org_id == change.org_id.get()) {
                 if store::endpoints::subscribes(endpoint, change.kind, &change.status)? {
                     to.push(endpoint);
                 }
@@ -137,7 +137,7 @@ impl Outbox {
         for (change, to) in &addressed {
             let mut bodies: HashMap<(Option<&str>, PayloadFormat), Rendered> = HashMap::new();
             let mut rendered = Vec::with_capacity(to.len());
-            let event_id = *event_ids.get(&change.build_id).ok_or_else(|| {
+            let event_id = *event_ids.get(&change.build_id.get()).ok_or_else(|| {
                 Error::internal("an event's id did not come back from its insert")
             })?;
             for endpoint in to {
@@ -162,7 +162,7 @@ impl Outbox {
                     Rendered::Body(body) => rendered.push((endpoint.id, body)),
                     Rendered::Refused(reason) => {
                         tracing::warn!(
-                            org = change.org_id,
+                            org = %change.org_id,
                             endpoint = endpoint.id,
                             reason = %reason,
                             "a payload was refused; its delivery is recorded as failed"
@@ -170,9 +170,9 @@ impl Outbox {
                         refused.push(FailedDelivery {
                             delivery: NewDelivery {
                                 org_id: change.org_id,
-                                endpoint_id: endpoint.id,
+                                endpoint_id: endpoint.id.into(),
                                 event: change.kind.header_value().into(),
-                                action: change.action.as_str().into(),
+                                action: change.action,
                                 body: String::new(),
                                 timestamp: change.timestamp,
                             },
@@ -188,7 +188,7 @@ impl Outbox {
                 event_id,
                 build_id: change.build_id,
                 event: change.kind.header_value(),
-                action: change.action.as_str(),
+                action: change.action,
                 timestamp: change.timestamp,
                 bodies: rendered,
             });
@@ -197,7 +197,7 @@ impl Outbox {
         // checks). The chains are locked (on PostgreSQL) only now that the bodies are
         // rendered: the worker's outcome writes that finish a delivery of these builds wait for
         // this commit.
-        let builds: Vec<i64> = queued.iter().map(|event| event.build_id).collect();
+        let builds: Vec<i64> = queued.iter().map(|event| event.build_id.get()).collect();
         store::deliveries::insert_failed(conn, refused).await?;
         store::deliveries::lock_chains(conn, &builds).await?;
         store::deliveries::queue_events(conn, &queued, self.writes.announcer()).await
@@ -216,7 +216,7 @@ impl Outbox {
             for endpoint in to {
                 let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
                 if super::render::reads_build_tasks(endpoint.payload_query.as_deref(), format) {
-                    builds.push((change.org_id, change.build_id));
+                    builds.push((change.org_id.get(), change.build_id.get()));
                     break;
                 }
             }
@@ -224,7 +224,7 @@ impl Outbox {
         let missing: Vec<(i64, i64)> = addressed
             .iter()
             .filter(|(change, _)| change.build_row.is_none())
-            .map(|(change, _)| (change.org_id, change.build_id))
+            .map(|(change, _)| (change.org_id.get(), change.build_id.get()))
             .collect();
         let mut rows: HashMap<i64, build::Model> = HashMap::new();
         if !missing.is_empty() {
@@ -241,10 +241,10 @@ impl Outbox {
         let read: HashSet<i64> = builds.iter().map(|(_, build)| *build).collect();
         for (change, _) in addressed.iter_mut() {
             if change.build_row.is_none() {
-                change.build_row = rows.remove(&change.build_id);
+                change.build_row = rows.remove(&change.build_id.get());
             }
-            if read.contains(&change.build_id) {
-                let own = tasks.remove(&change.build_id).unwrap_or_default();
+            if read.contains(&change.build_id.get()) {
+                let own = tasks.remove(&change.build_id.get()).unwrap_or_default();
                 change.build_tasks = Some(Arc::new(own));
             }
         }
@@ -293,10 +293,10 @@ impl Outbox {
             }),
         };
         let new = NewDelivery {
-            org_id: endpoint.org_id,
-            endpoint_id: endpoint.id,
+            org_id: endpoint.org_id.into(),
+            endpoint_id: endpoint.id.into(),
             event: "ping".into(),
-            action: EventAction::Ping.as_str().into(),
+            action: EventAction::Ping,
             body: serde_json::to_string(&body).map_err(Error::internal)?,
             timestamp: now,
         };

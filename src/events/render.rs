@@ -143,7 +143,7 @@ impl Renderer {
     ) -> Result<Rendered> {
         let prepared = self.prepared(rendered_selection(source, format))?;
         let viewer = Viewer {
-            org_id: change.org_id,
+            org_id: change.org_id.get(),
             permission: Permission::Read,
         };
         let variables = json!({
@@ -175,7 +175,7 @@ impl Renderer {
             )));
         }
         for error in &response.errors {
-            tracing::warn!(org = change.org_id, error = %error.message, "payload selection reported an error");
+            tracing::warn!(org = %change.org_id, error = %error.message, "payload selection reported an error");
         }
         let data = response.data.into_json().map_err(Error::internal)?;
         let mut data = selection::in_selection_order(data, &prepared.doc);

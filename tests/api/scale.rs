@@ -778,9 +778,9 @@ async fn a_redelivery_fences_out_the_claim_whose_lease_ran_out(app: TestApp) {
     .await;
 
     let stale = AttemptRecord {
-        delivery_id: rows[0].id,
-        endpoint_id: rows[0].endpoint_id,
-        build_id: rows[0].build_id,
+        delivery_id: rows[0].id.into(),
+        endpoint_id: rows[0].endpoint_id.into(),
+        build_id: rows[0].build_id.map(Into::into),
         token,
         state: DeliveryState::Failed,
         next_attempt_at: herald::now_ms(),
@@ -848,9 +848,9 @@ async fn an_attempt_whose_lease_was_taken_over_changes_nothing(app: TestApp) {
     );
 
     let outcome = |token: &str, state: DeliveryState, status: i32| AttemptRecord {
-        delivery_id: id,
-        endpoint_id: rows[0].endpoint_id,
-        build_id: rows[0].build_id,
+        delivery_id: id.into(),
+        endpoint_id: rows[0].endpoint_id.into(),
+        build_id: rows[0].build_id.map(Into::into),
         token: token.to_owned(),
         state,
         next_attempt_at: herald::now_ms(),
@@ -1120,9 +1120,9 @@ async fn deliver_the_one_due(db: &sea_orm::DatabaseConnection) -> Delivered {
     tx.commit().await.unwrap();
     assert_eq!(rows.len(), 1, "one delivery of the chain is due at a time");
     let record = AttemptRecord {
-        delivery_id: rows[0].id,
-        endpoint_id: rows[0].endpoint_id,
-        build_id: rows[0].build_id,
+        delivery_id: rows[0].id.into(),
+        endpoint_id: rows[0].endpoint_id.into(),
+        build_id: rows[0].build_id.map(Into::into),
         token,
         state: DeliveryState::Delivered,
         next_attempt_at: herald::now_ms(),
@@ -1136,10 +1136,10 @@ async fn deliver_the_one_due(db: &sea_orm::DatabaseConnection) -> Delivered {
     let tx = herald::store::begin_write(db).await.unwrap();
     let recorded = deliveries::record_attempts(&tx, &[&record]).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(recorded.ids, HashSet::from([record.delivery_id]));
+    assert_eq!(recorded.ids, HashSet::from([record.delivery_id.get()]));
     Delivered {
-        id: record.delivery_id,
-        endpoint: record.endpoint_id,
+        id: record.delivery_id.get(),
+        endpoint: record.endpoint_id.get(),
         released: recorded.released,
     }
 }

@@ -377,7 +377,7 @@ async fn write(
         .collect();
     users.extend(outbox.users(&*tx, actors).await.map_err(Failed::Before)?);
     let mut orgs: Vec<i64> = audits.iter().map(|audit| audit.org_id).collect();
-    orgs.extend(changes.iter().map(|change| change.org_id));
+    orgs.extend(changes.iter().map(|change| change.org_id.get()));
     orgs.sort_unstable();
     orgs.dedup();
     let endpoints = store::endpoints::enabled_of(&*tx, &orgs)

@@ -5,18 +5,19 @@ use std::collections::HashMap;
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
 
 use super::queue::CHANNEL;
+use crate::domain::{BuildId, EventAction, OrgId, RepositoryId, TaskId};
 use crate::Result;
 use crate::store::sql;
 
 /// An event as recorded in the same transaction as the change it describes.
 pub struct NewEvent {
-    pub org_id: i64,
+    pub org_id: OrgId,
     pub kind: &'static str,
-    pub action: &'static str,
+    pub action: EventAction,
     pub old_status: Option<&'static str>,
-    pub repository_id: i64,
-    pub build_id: i64,
-    pub task_id: Option<i64>,
+    pub repository_id: RepositoryId,
+    pub build_id: BuildId,
+    pub task_id: Option<TaskId>,
     pub timestamp: i64,
 }
 
@@ -31,13 +32,13 @@ pub async fn insert_events(
     }
     let backend = conn.get_database_backend();
     let rows = sql::rows(events.iter().map(|event| EventRow {
-        org_id: event.org_id,
+        org_id: event.org_id.get(),
         kind: event.kind,
-        action: event.action,
+        action: event.action.as_str(),
         old_status: event.old_status,
-        repository_id: event.repository_id,
-        build_id: event.build_id,
-        task_id: event.task_id,
+        repository_id: event.repository_id.get(),
+        build_id: event.build_id.get(),
+        task_id: event.task_id.map(TaskId::get),
         timestamp: event.timestamp,
     }));
     #[derive(FromQueryResult)]
@@ -120,11 +121,11 @@ pub async fn lock_chains(conn: &impl ConnectionTrait, builds: &[i64]) -> Result<
 
 /// An event's deliveries, one per endpoint, ready to be queued.
 pub struct EventDeliveries<'a> {
-    pub org_id: i64,
+    pub org_id: OrgId,
     pub event_id: i64,
-    pub build_id: i64,
+    pub build_id: BuildId,
     pub event: &'a str,
-    pub action: &'a str,
+    pub action: EventAction,
     pub timestamp: i64,
     /// Each endpoint and the body it gets.
     pub bodies: Vec<(i64, String)>,
@@ -151,11 +152,11 @@ pub async fn queue_events(
                 uid: uuid::Uuid::now_v7().to_string(),
                 endpoint_id: *endpoint_id,
                 body,
-                org_id: event.org_id,
+                org_id: event.org_id.get(),
                 event_id: event.event_id,
-                build_id: event.build_id,
+                build_id: event.build_id.get(),
                 event: event.event,
-                action: event.action,
+                action: event.action.as_str(),
                 at: event.timestamp,
             })
         })

@@ -8,16 +8,16 @@ use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement, Value};
 use super::events::lock_chains;
 use super::queue::{ChainRow, LeaseRow, release_next};
 use crate::Result;
-use crate::domain::DeliveryState;
+use crate::domain::{BuildId, DeliveryId, DeliveryState, EndpointId};
 use crate::store::sql;
 
 /// What one attempt came to, ready to be written.
 #[derive(Clone, Debug)]
 pub struct AttemptRecord {
-    pub delivery_id: i64,
+    pub delivery_id: DeliveryId,
     /// The delivery's chain: its endpoint and build (none for a ping).
-    pub endpoint_id: i64,
-    pub build_id: Option<i64>,
+    pub endpoint_id: EndpointId,
+    pub build_id: Option<BuildId>,
     /// The fencing token of the claim the attempt was made under.
     pub token: String,
     pub state: DeliveryState,
@@ -85,18 +85,18 @@ async fn record_distinct(
         });
     let builds: Vec<i64> = finishing
         .iter()
-        .filter_map(|record| record.build_id)
+        .filter_map(|record| record.build_id.map(BuildId::get))
         .collect();
     lock_chains(conn, &builds).await?;
     let backend = conn.get_database_backend();
     // Finished deliveries leave the queue; retried ones are due again at their next attempt.
     let rows = sql::rows(finishing.iter().map(|record| LeaseRow {
-        id: record.delivery_id,
+        id: record.delivery_id.get(),
         token: &record.token,
     }));
     let finished = write_queue(conn, dequeue_sql, rows, &finishing).await?;
     let rows = sql::rows(retrying.iter().map(|record| RetryRow {
-        id: record.delivery_id,
+        id: record.delivery_id.get(),
         token: &record.token,
         next_attempt_at: record.next_attempt_at,
     }));
@@ -104,7 +104,7 @@ async fn record_distinct(
     let recorded: Vec<&&AttemptRecord> = records
         .iter()
         .filter(|record| {
-            finished.contains(&record.delivery_id) || retried.contains(&record.delivery_id)
+            finished.contains(&record.delivery_id.get()) || retried.contains(&record.delivery_id.get())
         })
         .collect();
     if recorded.is_empty() {
@@ -112,7 +112,7 @@ async fn record_distinct(
     }
     let outcomes = sql::rows(recorded.iter().map(|record| {
         OutcomeRow {
-            id: record.delivery_id,
+            id: record.delivery_id.get(),
             state: record.state.as_str(),
             next_attempt_at: record.next_attempt_at,
             status: record.status,
@@ -132,7 +132,7 @@ async fn record_distinct(
     let mut values = vec![outcomes];
     values.extend(sql::pg_ids(
         backend,
-        recorded.iter().map(|record| record.delivery_id),
+        recorded.iter().map(|record| record.delivery_id.get()),
     ));
     let statement = Statement::from_sql_and_values(backend, outcomes_sql(backend), values);
     let numbers: HashMap<i64, i32> = Numbered::find_by_statement(statement)
@@ -144,9 +144,9 @@ async fn record_distinct(
     let attempts: Vec<_> = recorded
         .iter()
         .filter_map(|record| {
-            let number = *numbers.get(&record.delivery_id)?;
+            let number = *numbers.get(&record.delivery_id.get())?;
             Some(AttemptRow {
-                delivery_id: record.delivery_id,
+                delivery_id: record.delivery_id.get(),
                 number,
                 timestamp: record.timestamp,
                 status: record.status,
@@ -164,12 +164,12 @@ async fn record_distinct(
     }
     let chains: Vec<ChainRow> = finishing
         .iter()
-        .filter(|record| finished.contains(&record.delivery_id))
+        .filter(|record| finished.contains(&record.delivery_id.get()))
         .filter_map(|record| {
             Some(ChainRow {
-                endpoint_id: record.endpoint_id,
-                build_id: record.build_id?,
-                finished: record.delivery_id,
+                endpoint_id: record.endpoint_id.get(),
+                build_id: record.build_id?.get(),
+                finished: record.delivery_id.get(),
             })
         })
         .collect();
@@ -197,7 +197,7 @@ async fn write_queue(
     let mut values = vec![rows];
     values.extend(sql::pg_ids(
         backend,
-        records.iter().map(|record| record.delivery_id),
+        records.iter().map(|record| record.delivery_id.get()),
     ));
     let statement = Statement::from_sql_and_values(backend, statement(backend), values);
     Ok(Written::find_by_statement(statement)

@@ -8,7 +8,7 @@ use sea_orm::{
     QueryFilter, QuerySelect, Statement,
 };
 
-use crate::domain::DeliveryState;
+use crate::domain::{BuildId, DeliveryState, EndpointId, EventAction, OrgId};
 use crate::store::entities::{delivery, delivery_attempt, delivery_queue};
 use crate::store::sql;
 use crate::{Error, Result};
@@ -16,10 +16,10 @@ use crate::{Error, Result};
 /// A delivery of no event and no build (a ping), ready to be queued; an event's deliveries are
 /// queued by [`queue_events`](super::queue_events).
 pub struct NewDelivery {
-    pub org_id: i64,
-    pub endpoint_id: i64,
+    pub org_id: OrgId,
+    pub endpoint_id: EndpointId,
     pub event: String,
-    pub action: String,
+    pub action: EventAction,
     pub body: String,
     pub timestamp: i64,
 }
@@ -36,12 +36,12 @@ impl NewDelivery {
         } = self;
         delivery::ActiveModel {
             uid: Set(uuid::Uuid::now_v7().to_string()),
-            org_id: Set(org_id),
-            endpoint_id: Set(endpoint_id),
+            org_id: Set(org_id.get()),
+            endpoint_id: Set(endpoint_id.get()),
             event_id: Set(None),
             build_id: Set(None),
             event: Set(event),
-            action: Set(action),
+            action: Set(action.as_str().into()),
             body: Set(body),
             state: Set(DeliveryState::Pending.as_str().into()),
             attempts: Set(0),
@@ -190,7 +190,7 @@ pub struct FailedDelivery {
     /// Its body is not kept: nothing of it is ever sent.
     pub delivery: NewDelivery,
     pub event_id: i64,
-    pub build_id: i64,
+    pub build_id: BuildId,
     pub reason: String,
 }
 
@@ -213,7 +213,7 @@ pub async fn insert_failed(conn: &impl ConnectionTrait, failed: Vec<FailedDelive
         let mut row = delivery.into_row();
         row.uid = Set(uid);
         row.event_id = Set(Some(event_id));
-        row.build_id = Set(Some(build_id));
+        row.build_id = Set(Some(build_id.get()));
         row.state = Set(DeliveryState::Failed.as_str().into());
         row.attempts = Set(1);
         row.round_attempts = Set(1);
