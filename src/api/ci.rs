@@ -153,8 +153,8 @@ impl CiMutation {
             limits::MAX_MESSAGE,
         )?;
         let request = ChangeRequest::CreateBuild {
-            org_id: viewer.org_id,
-            repository_id: parse_id("repository", &input.repository_id)?,
+            org_id: viewer.org_id.into(),
+            repository_id: parse_id("repository", &input.repository_id)?.into(),
             new: store::ci::NewBuild {
                 branch: input.branch,
                 tag: input.tag,
@@ -187,8 +187,8 @@ impl CiMutation {
     ) -> Result<BuildPayload> {
         let viewer = require(ctx, Permission::Write)?;
         let request = ChangeRequest::UpdateBuildStatus {
-            org_id: viewer.org_id,
-            build_id: parse_id("build", &input.build_id)?,
+            org_id: viewer.org_id.into(),
+            build_id: parse_id("build", &input.build_id)?.into(),
             status: input.status,
         };
         Ok(BuildPayload {
@@ -213,8 +213,8 @@ impl CiMutation {
             limits::text("label", label, false, limits::MAX_NAME)?;
         }
         let request = ChangeRequest::CreateTask {
-            org_id: viewer.org_id,
-            build_id: parse_id("build", &input.build_id)?,
+            org_id: viewer.org_id.into(),
+            build_id: parse_id("build", &input.build_id)?.into(),
             new: store::ci::NewTask {
                 name: input.name,
                 name_alias: input.name_alias,
@@ -268,8 +268,8 @@ impl CiMutation {
             )
             .collect();
         let request = ChangeRequest::UpdateTaskStatus {
-            org_id: viewer.org_id,
-            task_id: parse_id("task", &input.task_id)?,
+            org_id: viewer.org_id.into(),
+            task_id: parse_id("task", &input.task_id)?.into(),
             status: input.status,
             notifications,
         };
@@ -282,7 +282,7 @@ impl CiMutation {
 
 /// Writes a change of a build through the process's writer of changes.
 async fn changed_build(ctx: &Context<'_>, request: ChangeRequest) -> Result<build::Model> {
-    let audit = audit::draft(ctx, request.org_id());
+    let audit = audit::draft(ctx, request.org_id().get());
     match super::handle::<Writer>(ctx)?.submit(request, audit).await? {
         Changed::Build(build) => Ok(build),
         Changed::Task(_) => Err(Error::internal("a build's change came back as a task")),
@@ -291,7 +291,7 @@ async fn changed_build(ctx: &Context<'_>, request: ChangeRequest) -> Result<buil
 
 /// Writes a change of a task through the process's writer of changes.
 async fn changed_task(ctx: &Context<'_>, request: ChangeRequest) -> Result<task::Model> {
-    let audit = audit::draft(ctx, request.org_id());
+    let audit = audit::draft(ctx, request.org_id().get());
     match super::handle::<Writer>(ctx)?.submit(request, audit).await? {
         Changed::Task(task) => Ok(task),
         Changed::Build(_) => Err(Error::internal("a task's change came back as a build")),

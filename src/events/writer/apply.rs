@@ -50,15 +50,15 @@ impl Taken {
             match request {
                 ChangeRequest::UpdateTaskStatus {
                     org_id, task_id, ..
-                } => task_keys.push((*org_id, *task_id)),
+                } => task_keys.push((org_id.get(), task_id.get())),
                 ChangeRequest::UpdateBuildStatus {
                     org_id, build_id, ..
-                } => build_changes.push((*org_id, *build_id)),
+                } => build_changes.push((org_id.get(), build_id.get())),
                 ChangeRequest::CreateTask {
                     org_id, build_id, ..
                 } => {
-                    build_keys.push((*org_id, *build_id));
-                    new_task_builds.push(*build_id);
+                    build_keys.push((org_id.get(), build_id.get()));
+                    new_task_builds.push(build_id.get());
                 }
                 ChangeRequest::CreateBuild { .. } => {}
             }
@@ -138,8 +138,9 @@ pub(super) async fn apply(
             repository_id,
             new,
         } => {
-            let repository = store::ci::repository(tx, *org_id, *repository_id).await?;
-            let key = (*org_id, new.initializer.clone());
+            let (org_id, repository_id) = (org_id.get(), repository_id.get());
+            let repository = store::ci::repository(tx, org_id, repository_id).await?;
+            let key = (org_id, new.initializer.clone());
             if !users.contains_key(&key) {
                 users.extend(outbox.users(tx, vec![key.clone()]).await?);
             }
@@ -157,10 +158,11 @@ pub(super) async fn apply(
             build_id,
             status,
         } => {
+            let (org_id, build_id) = (org_id.get(), build_id.get());
             // Another organization's build is not found before it is taken, so that naming it
             // holds up none of that organization's changes.
-            let before = build_of(&taken.changed_builds, *org_id, *build_id)?;
-            if !taken.build(*build_id) {
+            let before = build_of(&taken.changed_builds, org_id, build_id)?;
+            if !taken.build(build_id) {
                 return Ok(Step::Deferred);
             }
             match store::ci::set_build_status(tx, before.clone(), *status, now).await? {
@@ -176,11 +178,12 @@ pub(super) async fn apply(
             build_id,
             new,
         } => {
-            let build = build_of(&taken.known_builds, *org_id, *build_id)?;
-            if !taken.build(*build_id) {
+            let (org_id, build_id) = (org_id.get(), build_id.get());
+            let build = build_of(&taken.known_builds, org_id, build_id)?;
+            if !taken.build(build_id) {
                 return Ok(Step::Deferred);
             }
-            let tasks = taken.task_counts.get(build_id).copied().unwrap_or(0);
+            let tasks = taken.task_counts.get(&build_id).copied().unwrap_or(0);
             let row = store::ci::new_task_row(&build, tasks, new.clone(), now)?;
             taken.new_tasks.push((build, row));
             Ok(Step::Later)
@@ -191,17 +194,18 @@ pub(super) async fn apply(
             status,
             notifications,
         } => {
-            if taken.tasks.contains(task_id) {
+            let (org_id, task_id) = (org_id.get(), task_id.get());
+            if taken.tasks.contains(&task_id) {
                 return Ok(Step::Deferred);
             }
             let before = taken
                 .known_tasks
-                .get(task_id)
-                .filter(|task| task.org_id == *org_id)
+                .get(&task_id)
+                .filter(|task| task.org_id == org_id)
                 .cloned()
                 .ok_or_else(|| Error::not_found("task", task_id))?;
             if !taken.build(before.build_id) {
-                taken.tasks.insert(*task_id);
+                taken.tasks.insert(task_id);
                 return Ok(Step::Deferred);
             }
             match store::ci::next_task_status(&before, *status, notifications.clone(), now)? {

@@ -37,7 +37,7 @@ use tracing::Instrument as _;
 
 use super::audit::AuditDraft;
 use super::{Change, Outbox};
-use crate::domain::{BuildStatus, Notification, TaskStatus};
+use crate::domain::{BuildId, BuildStatus, Notification, OrgId, RepositoryId, TaskId, TaskStatus};
 use crate::store::entities::{build, task};
 use crate::store::{self, ci::NewBuild, ci::NewTask};
 use crate::{Error, Result};
@@ -62,23 +62,23 @@ pub(super) const KNOWN_TASKS: usize = 100_000;
 #[derive(Clone, Debug)]
 pub enum ChangeRequest {
     CreateBuild {
-        org_id: i64,
-        repository_id: i64,
+        org_id: OrgId,
+        repository_id: RepositoryId,
         new: NewBuild,
     },
     UpdateBuildStatus {
-        org_id: i64,
-        build_id: i64,
+        org_id: OrgId,
+        build_id: BuildId,
         status: BuildStatus,
     },
     CreateTask {
-        org_id: i64,
-        build_id: i64,
+        org_id: OrgId,
+        build_id: BuildId,
         new: NewTask,
     },
     UpdateTaskStatus {
-        org_id: i64,
-        task_id: i64,
+        org_id: OrgId,
+        task_id: TaskId,
         status: TaskStatus,
         notifications: Vec<Notification>,
     },
@@ -86,7 +86,7 @@ pub enum ChangeRequest {
 
 impl ChangeRequest {
     /// The organization whose build or task the change concerns.
-    pub fn org_id(&self) -> i64 {
+    pub fn org_id(&self) -> OrgId {
         match self {
             Self::CreateBuild { org_id, .. }
             | Self::UpdateBuildStatus { org_id, .. }
@@ -220,7 +220,8 @@ async fn write_batch(outbox: &Outbox, batch: Vec<Job>) -> Answered {
                 match result {
                     Some(result) => {
                         if let Ok(Changed::Task(task)) = &result {
-                            tasks.push((task.id, (task.org_id, task.build_id)));
+                            tasks
+                                .push((task.id.into(), (task.org_id.into(), task.build_id.into())));
                         }
                         let _ = job.reply.send(result);
                     }
@@ -313,7 +314,7 @@ async fn write(
         taken
             .known_tasks
             .values()
-            .map(|task| (task.id, (task.org_id, task.build_id))),
+            .map(|task| (task.id.into(), (task.org_id.into(), task.build_id.into()))),
     );
     // The users the batch's changes and audit events name, as they are learned.
     let mut users = HashMap::new();

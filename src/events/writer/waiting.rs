@@ -3,27 +3,28 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::{ChangeRequest, Job, KNOWN_TASKS, LOOK_PAST, MAX_BATCH};
+use crate::domain::{BuildId, OrgId, TaskId};
 
 /// What no two changes of a batch may share: a build (or, until its build is known, a task).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Key {
-    Build(i64),
-    Task(i64),
+    Build(BuildId),
+    Task(TaskId),
 }
 
 /// A task's organization and build.
-pub(super) type TaskBuild = (i64, (i64, i64));
+pub(super) type TaskBuild = (TaskId, (OrgId, BuildId));
 
 /// The changes waiting for the writer: one queue per organization, each in the order its
 /// changes came, and the organizations in the order they are served.
 #[derive(Default)]
 pub(super) struct Waiting {
-    pub(super) by_org: HashMap<i64, VecDeque<Job>>,
-    pub(super) turns: VecDeque<i64>,
+    pub(super) by_org: HashMap<OrgId, VecDeque<Job>>,
+    pub(super) turns: VecDeque<OrgId>,
     pub(super) len: usize,
     pub(super) received: u64,
     /// Each task's organization and build, as batches read them: neither ever changes.
-    pub(super) tasks: HashMap<i64, (i64, i64)>,
+    pub(super) tasks: HashMap<TaskId, (OrgId, BuildId)>,
 }
 
 impl Waiting {
@@ -60,7 +61,10 @@ impl Waiting {
 
     /// What `request` may not share a batch with; none for a new build, which no other change
     /// can name yet.
-    pub(super) fn key(tasks: &HashMap<i64, (i64, i64)>, request: &ChangeRequest) -> Option<Key> {
+    pub(super) fn key(
+        tasks: &HashMap<TaskId, (OrgId, BuildId)>,
+        request: &ChangeRequest,
+    ) -> Option<Key> {
         match request {
             ChangeRequest::CreateBuild { .. } => None,
             ChangeRequest::UpdateBuildStatus { build_id, .. }
@@ -94,8 +98,8 @@ impl Waiting {
             passed_unknown: bool,
         }
         let mut batch = Vec::new();
-        let mut scans: HashMap<i64, Scan> = HashMap::new();
-        let mut open: Vec<i64> = self.turns.iter().copied().collect();
+        let mut scans: HashMap<OrgId, Scan> = HashMap::new();
+        let mut open: Vec<OrgId> = self.turns.iter().copied().collect();
         while !open.is_empty() && batch.len() < MAX_BATCH {
             let mut still = Vec::with_capacity(open.len());
             for org in open {
@@ -152,7 +156,7 @@ mod tests {
 
     fn job(request: ChangeRequest) -> Job {
         let audit = AuditDraft::new(
-            request.org_id(),
+            request.org_id().get(),
             Actor {
                 username: "test".into(),
                 ip: None,
@@ -170,8 +174,8 @@ mod tests {
 
     fn task(org_id: i64, task_id: i64) -> Job {
         job(ChangeRequest::UpdateTaskStatus {
-            org_id,
-            task_id,
+            org_id: org_id.into(),
+            task_id: task_id.into(),
             status: TaskStatus::Executing,
             notifications: Vec::new(),
         })
@@ -179,10 +183,15 @@ mod tests {
 
     fn build(org_id: i64, build_id: i64) -> Job {
         job(ChangeRequest::UpdateBuildStatus {
-            org_id,
-            build_id,
+            org_id: org_id.into(),
+            build_id: build_id.into(),
             status: BuildStatus::Executing,
         })
+    }
+
+    /// That task `task` of organization `org` is of build `build`.
+    fn known(task: i64, org: i64, build: i64) -> TaskBuild {
+        (task.into(), (org.into(), build.into()))
     }
 
     /// The organization and the task or build of each change.
@@ -192,10 +201,10 @@ mod tests {
             .map(|job| match &job.request {
                 ChangeRequest::UpdateTaskStatus {
                     org_id, task_id, ..
-                } => (*org_id, *task_id),
+                } => (org_id.get(), task_id.get()),
                 ChangeRequest::UpdateBuildStatus {
                     org_id, build_id, ..
-                } => (*org_id, *build_id),
+                } => (org_id.get(), build_id.get()),
                 _ => unreachable!(),
             })
             .collect()
@@ -205,7 +214,7 @@ mod tests {
     fn a_flood_of_one_builds_changes_takes_one_place_in_a_batch() {
         let mut waiting = Waiting::default();
         // Organization 1's tasks 1 to 500 are of its build 7.
-        waiting.learn((1..=500).map(|task| (task, (1, 7))).collect());
+        waiting.learn((1..=500).map(|task| known(task, 1, 7)).collect());
         for id in 1..=500 {
             waiting.push(task(1, id));
         }
@@ -244,7 +253,7 @@ mod tests {
     fn a_builds_changes_are_taken_in_the_order_they_came() {
         let mut waiting = Waiting::default();
         // Tasks 1 and 2 are known to be of build 7; task 3 is of build 7 too, not known yet.
-        waiting.learn(vec![(1, (1, 7)), (2, (1, 7))]);
+        waiting.learn(vec![known(1, 1, 7), known(2, 1, 7)]);
         waiting.push(task(1, 1));
         waiting.push(task(1, 2));
         waiting.push(build(1, 8));
@@ -258,7 +267,7 @@ mod tests {
         assert_eq!(named(&second), [(1, 2), (1, 3)]);
         // The batch defers the change of task 3, whose build it held, and learns the build.
         let deferred = second.into_iter().nth(1).unwrap();
-        waiting.learn(vec![(3, (1, 7))]);
+        waiting.learn(vec![known(3, 1, 7)]);
         waiting.put(deferred);
         assert_eq!(named(&waiting.batch()), [(1, 3)]);
         assert_eq!(named(&waiting.batch()), [(1, 1)]);
@@ -271,7 +280,7 @@ mod tests {
     #[test]
     fn an_unknown_tasks_change_does_not_pass_a_change_passed_over() {
         let mut waiting = Waiting::default();
-        waiting.learn(vec![(1, (1, 7)), (2, (1, 7))]);
+        waiting.learn(vec![known(1, 1, 7), known(2, 1, 7)]);
         waiting.push(task(1, 1));
         waiting.push(task(1, 2));
         waiting.push(task(1, 3));
@@ -284,7 +293,7 @@ mod tests {
     #[test]
     fn a_change_naming_another_organizations_task_holds_up_none_of_its_changes() {
         let mut waiting = Waiting::default();
-        waiting.learn(vec![(1, (1, 7)), (2, (1, 7))]);
+        waiting.learn(vec![known(1, 1, 7), known(2, 1, 7)]);
         waiting.push(task(2, 1));
         waiting.push(task(1, 2));
         let mut got = named(&waiting.batch());

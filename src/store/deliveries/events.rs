@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
 
 use super::queue::CHANNEL;
-use crate::domain::{BuildId, EventAction, OrgId, RepositoryId, TaskId};
 use crate::Result;
+use crate::domain::{BuildId, EventAction, OrgId, RepositoryId, TaskId};
 use crate::store::sql;
 
 /// An event as recorded in the same transaction as the change it describes.

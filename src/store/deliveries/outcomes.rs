@@ -104,7 +104,8 @@ async fn record_distinct(
     let recorded: Vec<&&AttemptRecord> = records
         .iter()
         .filter(|record| {
-            finished.contains(&record.delivery_id.get()) || retried.contains(&record.delivery_id.get())
+            finished.contains(&record.delivery_id.get())
+                || retried.contains(&record.delivery_id.get())
         })
         .collect();
     if recorded.is_empty() {
