@@ -4,8 +4,8 @@
 //! `HERALD_UPDATE_SCREENSHOT=1` also refreshes the README's `docs/console.png`.
 
 mod browser;
-#[path = "../api/support.rs"]
-#[allow(dead_code)]
+#[path = "../api/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::path::PathBuf;

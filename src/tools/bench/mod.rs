@@ -6,11 +6,16 @@
 //! to a built-in receiver on loopback, or with `--receiver-url` to the user's, whose arrivals
 //! are read from Herald's delivery log. Every run stops by itself.
 
+mod ceiling;
 mod cpu;
+mod drain;
 mod load;
 mod noisy;
 mod receiver;
 mod report;
+mod server;
+mod setup;
+mod sink;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -201,10 +206,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     args.check()?;
     let args = args.scaled();
-    load::check_server(&args).await?;
+    server::check_server(&args).await?;
     let sink = match &args.receiver_url {
-        Some(url) => load::Sink::External(url.clone()),
-        None => load::Sink::Builtin(
+        Some(url) => sink::Sink::External(url.clone()),
+        None => sink::Sink::Builtin(
             receiver::Receiver::start()
                 .await
                 .context("starting the bench receiver")?,
@@ -220,7 +225,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let scenarios = args.scenarios();
     let mut results: Vec<Figures> = Vec::new();
     if scenarios.iter().any(|s| s == "ceiling") {
-        results.push(load::ceiling(&args, &sink).await?);
+        results.push(ceiling::ceiling(&args, &sink).await?);
     }
     for scenario in &scenarios {
         if args.interrupted.is_cancelled() {
@@ -246,7 +251,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     let mut figures = Vec::with_capacity(runs);
                     for _ in 0..runs {
                         if !args.interrupted.is_cancelled() {
-                            figures.push(load::drain(&args, &sink, *size).await?);
+                            figures.push(drain::drain(&args, &sink, *size).await?);
                         }
                     }
                     all.extend(report::median(figures));

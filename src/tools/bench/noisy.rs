@@ -14,11 +14,11 @@ use anyhow::Context as _;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::load::{
-    CREATE_BUILD, CREATE_TASK, Progress, Recorded, Server, Sink, UPDATE_TASK, backend, record,
-};
+use super::load::{CREATE_BUILD, CREATE_TASK, Progress, Recorded, UPDATE_TASK, backend, record};
 use super::receiver::{Receiver, SLOW};
 use super::report::{Figures, percentile};
+use super::server::Server;
+use super::sink::Sink;
 use super::{BenchArgs, DELIVERY_DEADLINE, cpu};
 
 /// B's load before its measured part, not measured: the server's pool opens its connections.
