@@ -44,16 +44,25 @@ pub(super) async fn every_mutation_records_an_audit_event_and_a_failed_one_none(
     world.task_status(&app, &task, "COMPLETED").await;
     world.build_status(&app, &build, "COMPLETED").await;
     receiver.wait_for(4).await;
-    let delivery = app
-        .ok(
-            &world.admin,
-            "{ viewer { webhookDeliveries(first: 1) { edges { node { id } } } } }",
-            json!({}),
-        )
-        .await["viewer"]["webhookDeliveries"]["edges"][0]["node"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    // Redelivery is refused while an attempt is under way, and an attempt lasts until its
+    // outcome is written, which may come after the receiver got the request.
+    let mut delivery = None;
+    for _ in 0..200 {
+        let newest = app
+            .ok(
+                &world.admin,
+                "{ viewer { webhookDeliveries(first: 1) { edges { node { id state } } } } }",
+                json!({}),
+            )
+            .await["viewer"]["webhookDeliveries"]["edges"][0]["node"]
+            .clone();
+        if newest["state"] == "DELIVERED" {
+            delivery = newest["id"].as_str().map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivery = delivery.expect("the newest delivery was recorded as delivered");
     app.ok(
         &world.admin,
         "mutation($id: ID!) { redeliverWebHook(input: {deliveryId: $id}) { delivery { id } } }",
