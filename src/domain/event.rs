@@ -1,13 +1,17 @@
 //! What happened to the subject of an event: the `action` of its body.
 
 /// The `action` of an event's body.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, sea_orm::EnumIter, sea_orm::DeriveActiveEnum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
 pub enum EventAction {
     /// A build or task was recorded, or an audit event was.
+    #[sea_orm(string_value = "created")]
     Created,
     /// A build or task changed status.
+    #[sea_orm(string_value = "updated")]
     Updated,
     /// A test delivery (`sendTestWebHook`).
+    #[sea_orm(string_value = "ping")]
     Ping,
 }
 

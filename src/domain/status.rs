@@ -1,4 +1,5 @@
-//! The enums of the API, each with the exact names of Cirrus CI's schema, stored as those names.
+//! The enums of the API, each with the exact names of Cirrus CI's schema, stored as those names:
+//! entities read and write them as these types (`DeriveActiveEnum`), never as bare strings.
 
 use async_graphql::Enum;
 use serde::{Deserialize, Serialize};
@@ -6,10 +7,20 @@ use serde::{Deserialize, Serialize};
 /// Declares a GraphQL enum whose values are stored in the database as their GraphQL names.
 macro_rules! named_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        #[derive(Enum, Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(
+            Enum, Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize,
+            sea_orm::EnumIter, sea_orm::DeriveActiveEnum,
+        )]
+        #[sea_orm(rs_type = "String", db_type = "Text")]
         $(#[$meta])*
         pub enum $name {
-            $($(#[$vmeta])* #[graphql(name = $text)] #[serde(rename = $text)] $variant),+
+            $(
+                $(#[$vmeta])*
+                #[graphql(name = $text)]
+                #[serde(rename = $text)]
+                #[sea_orm(string_value = $text)]
+                $variant
+            ),+
         }
 
         impl $name {
@@ -181,11 +192,6 @@ impl DeliveryState {
 /// Whether `text` names a build or a task status (an endpoint's status filter holds such names).
 pub fn is_status_name(text: &str) -> bool {
     BuildStatus::parse(text).is_some() || TaskStatus::parse(text).is_some()
-}
-
-/// A status as stored; an unknown name means the database was edited by hand.
-pub fn parse_stored<T>(text: &str, parse: fn(&str) -> Option<T>) -> crate::Result<T> {
-    parse(text).ok_or_else(|| crate::Error::internal(format!("unknown stored value {text:?}")))
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use serde_json::{Map, Value as Json, json};
 
 use sea_orm::ConnectionTrait;
 
-use crate::domain::status::parse_stored;
 use crate::domain::{EventAction, PayloadFormat};
 use crate::slack::escape;
 use crate::store::audit::{NewAuditEvent, UserKey};
@@ -317,7 +316,7 @@ pub async fn record(
             },
         };
         for endpoint in to {
-            let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
+            let format = endpoint.payload_format;
             deliveries.push(NewDelivery {
                 org_id: event.org_id.into(),
                 endpoint_id: endpoint.id.into(),

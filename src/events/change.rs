@@ -3,10 +3,7 @@
 use std::sync::Arc;
 
 use crate::Result;
-use crate::domain::status::parse_stored;
-use crate::domain::{
-    BuildId, BuildStatus, EventAction, EventKind, OrgId, RepositoryId, TaskId, TaskStatus,
-};
+use crate::domain::{BuildId, EventAction, EventKind, OrgId, RepositoryId, TaskId};
 use crate::store::entities::{build, task};
 
 /// A build or task change, as an event.
@@ -40,7 +37,7 @@ impl Change {
             kind: EventKind::Build,
             action: EventAction::Created,
             old_status: None,
-            status: build.status.clone(),
+            status: build.status.as_str().to_owned(),
             repository_id: build.repository_id.into(),
             build_id: build.id.into(),
             task_id: None,
@@ -54,7 +51,7 @@ impl Change {
     pub fn build_updated(before: &build::Model, after: &build::Model) -> Result<Self> {
         Ok(Self {
             action: EventAction::Updated,
-            old_status: Some(parse_stored(&before.status, BuildStatus::parse)?.as_str()),
+            old_status: Some(before.status.as_str()),
             timestamp: after.status_timestamp,
             ..Self::build_created(after)
         })
@@ -66,7 +63,7 @@ impl Change {
             kind: EventKind::Task,
             action: EventAction::Created,
             old_status: None,
-            status: task.status.clone(),
+            status: task.status.as_str().to_owned(),
             repository_id: task.repository_id.into(),
             build_id: task.build_id.into(),
             task_id: Some(task.id.into()),
@@ -89,7 +86,7 @@ impl Change {
     pub fn task_updated(before: &task::Model, after: &task::Model) -> Result<Self> {
         Ok(Self {
             action: EventAction::Updated,
-            old_status: Some(parse_stored(&before.status, TaskStatus::parse)?.as_str()),
+            old_status: Some(before.status.as_str()),
             timestamp: after.status_timestamp,
             ..Self::task_created(after)
         })

@@ -10,7 +10,6 @@ use serde_json::json;
 use super::audit::{AuditDraft, KnownUsers};
 use super::change::Change;
 use super::{Rendered, Renderer};
-use crate::domain::status::parse_stored;
 use crate::domain::{EventAction, PayloadFormat};
 use crate::metrics::Metrics;
 use crate::store::audit::UserKey;
@@ -141,7 +140,7 @@ impl Outbox {
                 Error::internal("an event's id did not come back from its insert")
             })?;
             for endpoint in to {
-                let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
+                let format = endpoint.payload_format;
                 // A Slack message ignores the stored selection, so all Slack endpoints share one.
                 let query = match format {
                     PayloadFormat::Slack => None,
@@ -214,7 +213,7 @@ impl Outbox {
         let mut builds: Vec<(i64, i64)> = Vec::new();
         for (change, to) in addressed.iter() {
             for endpoint in to {
-                let format = parse_stored(&endpoint.payload_format, PayloadFormat::parse)?;
+                let format = endpoint.payload_format;
                 if super::render::reads_build_tasks(endpoint.payload_query.as_deref(), format) {
                     builds.push((change.org_id.get(), change.build_id.get()));
                     break;
@@ -274,7 +273,7 @@ impl Outbox {
         endpoint: &webhook_endpoint::Model,
     ) -> Result<delivery::Model> {
         let now = crate::now_ms();
-        let body = match parse_stored(&endpoint.payload_format, PayloadFormat::parse)? {
+        let body = match endpoint.payload_format {
             PayloadFormat::Slack => crate::slack::ping_message(),
             PayloadFormat::Data => json!({
                 "action": EventAction::Ping.as_str(),

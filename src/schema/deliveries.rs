@@ -5,7 +5,6 @@ use async_graphql::{Context, ID, Object, SimpleObject};
 use super::auth::require;
 use super::db;
 use crate::Result;
-use crate::domain::status::parse_stored;
 use crate::domain::{DeliveryState, Permission};
 use crate::store;
 use crate::store::entities::{delivery, delivery_attempt};
@@ -50,11 +49,11 @@ impl WebHookDelivery {
     }
 
     async fn action(&self) -> &str {
-        &self.0.action
+        self.0.action.as_str()
     }
 
-    async fn state(&self) -> Result<DeliveryState> {
-        parse_stored(&self.0.state, DeliveryState::parse)
+    async fn state(&self) -> DeliveryState {
+        self.0.state
     }
 
     /// Attempts made so far.
@@ -68,15 +67,14 @@ impl WebHookDelivery {
     }
 
     /// When the next attempt is due; null once the delivery is finished.
-    async fn next_attempt_timestamp(&self) -> Result<Option<i64>> {
-        let state = parse_stored(&self.0.state, DeliveryState::parse)?;
-        Ok((!state.is_final()).then_some(self.0.next_attempt_at))
+    async fn next_attempt_timestamp(&self) -> Option<i64> {
+        (!self.0.state.is_final()).then_some(self.0.next_attempt_at)
     }
 
     async fn payload(&self) -> WebHookDeliveryPayload {
         WebHookDeliveryPayload {
             event: self.0.event.clone(),
-            action: self.0.action.clone(),
+            action: self.0.action.as_str().to_owned(),
             data: self.0.body.clone(),
         }
     }

@@ -7,7 +7,6 @@ use async_graphql::{Context, ID, Object, OutputType, SimpleObject};
 use super::auth::require;
 use super::{db, deliveries::WebHookDelivery, rows, webhooks::WebHookSettings};
 use crate::Result;
-use crate::domain::status::parse_stored;
 use crate::domain::{
     BuildStatus, DeliveryState, Notification, Permission, TaskStatus, seconds_between,
 };
@@ -219,8 +218,8 @@ impl Build {
         }
     }
 
-    async fn status(&self) -> Result<BuildStatus> {
-        parse_stored(&self.0.status, BuildStatus::parse)
+    async fn status(&self) -> BuildStatus {
+        self.0.status
     }
 
     /// Who initiated the build: the name the CI engine gave (`createBuild`'s `initializer`), or
@@ -301,8 +300,8 @@ impl Task {
         self.0.local_group_id
     }
 
-    async fn status(&self) -> Result<TaskStatus> {
-        parse_stored(&self.0.status, TaskStatus::parse)
+    async fn status(&self) -> TaskStatus {
+        self.0.status
     }
 
     /// When the task last changed status (ms since the epoch).

@@ -79,8 +79,8 @@ impl WebHookDeliveryEndpoint {
         self.0.payload_query.as_deref()
     }
 
-    async fn payload_format(&self) -> Result<PayloadFormat> {
-        crate::domain::status::parse_stored(&self.0.payload_format, PayloadFormat::parse)
+    async fn payload_format(&self) -> PayloadFormat {
+        self.0.payload_format
     }
 
     async fn enabled(&self) -> bool {

@@ -132,7 +132,7 @@ pub async fn create_build(
         pull_request_draft: Set(pull_request_draft),
         change_timestamp: Set(change_timestamp.unwrap_or(now)),
         created_at: Set(now),
-        status: Set(BuildStatus::Created.as_str().into()),
+        status: Set(BuildStatus::Created),
         status_timestamp: Set(now),
         executing_timestamp: Set(None),
         final_status_timestamp: Set(None),
@@ -215,12 +215,12 @@ pub async fn set_build_status(
     status: BuildStatus,
     now: i64,
 ) -> Result<Option<build::Model>> {
-    if current.status == status.as_str() {
+    if current.status == status {
         return Ok(None);
     }
     let executing = current.executing_timestamp;
     let mut row: build::ActiveModel = current.into();
-    row.status = Set(status.as_str().into());
+    row.status = Set(status);
     row.status_timestamp = Set(now);
     if status == BuildStatus::Executing && executing.is_none() {
         row.executing_timestamp = Set(Some(now));
@@ -298,7 +298,7 @@ pub fn new_task_row(
         name: Set(name),
         name_alias: Set(name_alias),
         local_group_id: Set(local_group_id.unwrap_or(0)),
-        status: Set(TaskStatus::Created.as_str().into()),
+        status: Set(TaskStatus::Created),
         status_timestamp: Set(now),
         creation_timestamp: Set(now),
         executing_timestamp: Set(None),
@@ -411,7 +411,7 @@ pub fn next_task_status(
     notifications: Vec<Notification>,
     now: i64,
 ) -> Result<Option<task::Model>> {
-    if current.status == status.as_str() {
+    if current.status == status {
         return Ok(None);
     }
     let mut all = labels_or_notes::<Notification>(&current.notifications)?;
@@ -426,7 +426,7 @@ pub fn next_task_status(
         )));
     }
     let mut next = current.clone();
-    next.status = status.as_str().into();
+    next.status = status;
     next.status_timestamp = now;
     if status == TaskStatus::Executing && next.executing_timestamp.is_none() {
         next.executing_timestamp = Some(now);
@@ -445,7 +445,7 @@ pub async fn write_task_statuses(conn: &impl ConnectionTrait, tasks: &[task::Mod
     let backend = conn.get_database_backend();
     let rows = sql::rows(tasks.iter().map(|task| TaskStatusRow {
         id: task.id,
-        status: &task.status,
+        status: task.status.as_str(),
         status_timestamp: task.status_timestamp,
         executing_timestamp: task.executing_timestamp,
         final_status_timestamp: task.final_status_timestamp,

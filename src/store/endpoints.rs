@@ -42,7 +42,7 @@ impl EndpointFields {
         row.secret = Set(secret.map(|secret| vault.seal(&secret)).transpose()?);
         row.events = Set(serde_json::to_string(&events).map_err(Error::internal)?);
         row.payload_query = Set(payload_query);
-        row.payload_format = Set(payload_format.as_str().into());
+        row.payload_format = Set(payload_format);
         row.enabled = Set(enabled);
         row.insecure_ssl = Set(insecure_ssl);
         row.status_filter = Set(serde_json::to_string(&status_filter).map_err(Error::internal)?);
@@ -66,10 +66,7 @@ pub fn fields_of(row: &webhook_endpoint::Model, vault: &Vault) -> Result<Endpoin
             .transpose()?,
         events: event_kinds(row)?,
         payload_query: row.payload_query.clone(),
-        payload_format: super::super::domain::status::parse_stored(
-            &row.payload_format,
-            PayloadFormat::parse,
-        )?,
+        payload_format: row.payload_format,
         enabled: row.enabled,
         insecure_ssl: row.insecure_ssl,
         status_filter: status_filter(row)?,

@@ -75,7 +75,7 @@ pub mod build {
         pub pull_request_draft: Option<bool>,
         pub change_timestamp: i64,
         pub created_at: i64,
-        pub status: String,
+        pub status: crate::domain::BuildStatus,
         pub status_timestamp: i64,
         pub executing_timestamp: Option<i64>,
         pub final_status_timestamp: Option<i64>,
@@ -141,7 +141,7 @@ pub mod task {
         pub name: String,
         pub name_alias: Option<String>,
         pub local_group_id: i64,
-        pub status: String,
+        pub status: crate::domain::TaskStatus,
         pub status_timestamp: i64,
         pub creation_timestamp: i64,
         pub executing_timestamp: Option<i64>,
@@ -175,7 +175,7 @@ pub mod webhook_endpoint {
         /// A JSON array of event kinds; empty means every kind.
         pub events: String,
         pub payload_query: Option<String>,
-        pub payload_format: String,
+        pub payload_format: crate::domain::PayloadFormat,
         pub enabled: bool,
         pub insecure_ssl: bool,
         pub created_at: i64,
@@ -235,10 +235,10 @@ pub mod delivery {
         pub build_id: Option<i64>,
         /// `build`, `task`, `audit_event` or `ping`.
         pub event: String,
-        pub action: String,
+        pub action: crate::domain::EventAction,
         /// The exact bytes every attempt sends.
         pub body: String,
-        pub state: String,
+        pub state: crate::domain::DeliveryState,
         pub attempts: i32,
         /// Attempts since the delivery was created or last redelivered; drives the schedule.
         pub round_attempts: i32,

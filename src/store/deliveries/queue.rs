@@ -41,9 +41,9 @@ impl NewDelivery {
             event_id: Set(None),
             build_id: Set(None),
             event: Set(event),
-            action: Set(action.as_str().into()),
+            action: Set(action),
             body: Set(body),
-            state: Set(DeliveryState::Pending.as_str().into()),
+            state: Set(DeliveryState::Pending),
             attempts: Set(0),
             round_attempts: Set(0),
             next_attempt_at: Set(timestamp),
@@ -214,7 +214,7 @@ pub async fn insert_failed(conn: &impl ConnectionTrait, failed: Vec<FailedDelive
         row.uid = Set(uid);
         row.event_id = Set(Some(event_id));
         row.build_id = Set(Some(build_id.get()));
-        row.state = Set(DeliveryState::Failed.as_str().into());
+        row.state = Set(DeliveryState::Failed);
         row.attempts = Set(1);
         row.round_attempts = Set(1);
         row

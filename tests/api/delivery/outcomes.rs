@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use herald::domain::DeliveryState;
 use herald::store::deliveries;
 use sea_orm::sqlx::postgres::PgListener;
 use serde_json::json;
@@ -21,7 +22,8 @@ pub(super) async fn shutdown_lets_in_flight_attempts_finish(mut app: TestApp) {
         .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(
-        rows[0].state, "DELIVERED",
+        rows[0].state,
+        DeliveryState::Delivered,
         "the in-flight attempt finished and was recorded before exit"
     );
     assert_eq!(receiver.received().len(), 1);
@@ -78,7 +80,10 @@ pub(super) async fn shutdown_gives_back_claims_it_did_not_send(app: TestApp) {
         1,
         "{states:?}"
     );
-    for row in rows.iter().filter(|row| row.state == "PENDING") {
+    for row in rows
+        .iter()
+        .filter(|row| row.state == DeliveryState::Pending)
+    {
         use sea_orm::EntityTrait;
         let queued = herald::store::entities::delivery_queue::Entity::find_by_id(row.id)
             .one(&app.state.db)
