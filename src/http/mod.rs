@@ -67,13 +67,17 @@ impl Timeouts {
 
 /// Every route.
 pub fn router(state: Http) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/graphql", get(graphiql).post(graphql_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(web::router())
-        .merge(web::graphiql_assets())
+        .merge(web::router());
+    // GraphiQL's files are served only when GraphiQL is.
+    if state.graphiql {
+        router = router.merge(web::graphiql_assets());
+    }
+    router
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

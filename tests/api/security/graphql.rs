@@ -101,4 +101,13 @@ pub(super) async fn graphql_limits_apply_before_any_resolver() {
         http.get(app.url("/graphql")).send().await.unwrap().status(),
         200
     );
+    // GraphiQL's own files go with it.
+    for (server, status) in [(&app, 200), (&closed, 404)] {
+        let asset = http
+            .get(server.url("/graphiql/graphiql.min.js"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(asset.status(), status);
+    }
 }
