@@ -36,10 +36,10 @@ pub(super) fn actor(ctx: &Context<'_>) -> Actor {
 }
 
 /// Ends a mutation's write: records its audit event (concerning `repository_id`, if any) in
-/// `tx` and commits, which wakes the worker for any delivery the write queued.
+/// `tx` and commits, which wakes the worker if the write or the audit event queued a delivery.
 pub(super) async fn commit(
     ctx: &Context<'_>,
-    tx: WriteTx,
+    mut tx: WriteTx,
     org_id: i64,
     repository_id: Option<i64>,
 ) -> Result<()> {
@@ -50,9 +50,12 @@ pub(super) async fn commit(
     };
     let users = outbox.users(&*tx, vec![draft.actor_key()]).await?;
     let endpoints = store::endpoints::enabled_of(&*tx, &[org_id]).await?;
-    outbox
+    if outbox
         .record_audits(&*tx, vec![draft], &users, &endpoints)
-        .await?;
+        .await?
+    {
+        tx.queued_due();
+    }
     tx.commit().await?;
     outbox.learn_users(users);
     Ok(())

@@ -63,7 +63,7 @@ impl DeliveryMutation {
     ) -> Result<DeliveryPayload> {
         let viewer = require(ctx, Permission::Admin)?;
         let writes = super::handle::<Writes>(ctx)?;
-        let tx = writes.begin().await?;
+        let mut tx = writes.begin().await?;
         let row = store::deliveries::find(&*tx, viewer.org_id, &input.delivery_id).await?;
         if row.body.is_empty() {
             return Err(Error::Invalid(
@@ -78,6 +78,7 @@ impl DeliveryMutation {
         }
         store::deliveries::redeliver(&*tx, &row, crate::now_ms()).await?;
         store::deliveries::announce(&*tx, writes.announcer()).await?;
+        tx.queued_due();
         let row = store::deliveries::find(&*tx, viewer.org_id, &input.delivery_id).await?;
         audit::commit(ctx, tx, viewer.org_id, None).await?;
         Ok(DeliveryPayload {
@@ -95,7 +96,7 @@ impl DeliveryMutation {
         let viewer = require(ctx, Permission::Admin)?;
         let outbox = super::handle::<Outbox>(ctx)?;
         let id = parse_id("webhook endpoint", &input.endpoint_id)?;
-        let tx = super::handle::<Writes>(ctx)?.begin().await?;
+        let mut tx = super::handle::<Writes>(ctx)?.begin().await?;
         let endpoint = store::endpoints::find(&*tx, viewer.org_id, id).await?;
         if !endpoint.enabled {
             return Err(Error::Invalid(
@@ -103,6 +104,7 @@ impl DeliveryMutation {
             ));
         }
         let row = outbox.queue_ping(&*tx, &endpoint).await?;
+        tx.queued_due();
         audit::commit(ctx, tx, viewer.org_id, None).await?;
         Ok(DeliveryPayload {
             delivery: WebHookDelivery(row),

@@ -2,9 +2,10 @@
 //! `Query` with these mutations) that `/graphql` serves.
 //!
 //! A resolver takes the handles it needs from the schema's data ([`handle`]), never the whole
-//! application: the pool, the process's [`Writes`] (each API write is one [`crate::store::WriteTx`],
-//! which holds its write turn and wakes the worker at commit), the writer of changes, the
-//! outbox, the vault, the target policy, the token keys and the endpoint cap.
+//! application: the pool, the process's [`Writes`] (each API write is one
+//! [`crate::store::WriteTx`], which holds its write turn and wakes the worker at commit when it
+//! queued a delivery), the writer of changes, the outbox, the vault, the target policy, the
+//! token keys and the endpoint cap.
 
 mod audit;
 mod ci;

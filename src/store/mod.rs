@@ -124,13 +124,15 @@ async fn open(url: &str, connections: u32) -> anyhow::Result<DatabaseConnection>
         options.map_sqlx_postgres_pool_opts(move |pool| {
             pool.after_connect(move |conn, _| {
                 Box::pin(async move {
+                    // A failed question leaves the connection usable: the option is then set
+                    // by the database's port alone.
                     let local: Option<i32> =
                         sea_orm::sqlx::query_scalar("SELECT inet_client_port()")
                             .fetch_one(&mut *conn)
-                            .await?;
-                    if let Some(local) = local.and_then(|local| u16::try_from(local).ok()) {
-                        nodelay::disable_nagle(local, port);
-                    }
+                            .await
+                            .unwrap_or_default();
+                    let local = local.and_then(|local| u16::try_from(local).ok());
+                    nodelay::disable_nagle(local, port);
                     Ok(())
                 })
             })

@@ -5,25 +5,40 @@
 //! server's delayed ACK (40 ms on Linux), which bounds a worker's batches of outcomes. So each
 //! new connection asks the server which client port it sees (`inet_client_port()`), and the
 //! option is set on the one socket of this process with that local port and the database's
-//! port as its peer: no other socket (a webhook's, a receiver's on the same port) is touched.
+//! port as its peer. Behind a proxy or a NAT the server sees another port (or the question
+//! fails); then every socket of this process connected to the database's port gets it, which
+//! harms none (outbound webhooks set it anyway).
 
 use std::net::SocketAddr;
 
 /// Turns Nagle's algorithm off on the TCP socket of this process whose local port is `local`
-/// and whose peer's port is `peer` (the database's): the connection just opened. Failures are
-/// ignored, since the connection works either way, only slower.
+/// and whose peer's port is `peer` (the database's): the connection just opened. When no
+/// socket has that local port (the server saw another one), or `local` is not known, every
+/// socket whose peer's port is `peer` gets it. Failures are ignored, since the connection
+/// works either way, only slower.
 #[cfg(target_os = "linux")]
-pub fn disable_nagle(local: u16, peer: u16) {
-    each_socket(|socket| {
-        let port = |addr: std::io::Result<socket2::SockAddr>| {
-            addr.ok()
-                .and_then(|addr| addr.as_socket())
-                .map(|addr: SocketAddr| addr.port())
-        };
-        if port(socket.local_addr()) == Some(local) && port(socket.peer_addr()) == Some(peer) {
-            let _ = socket.set_tcp_nodelay(true);
-        }
-    });
+pub fn disable_nagle(local: Option<u16>, peer: u16) {
+    let port = |addr: std::io::Result<socket2::SockAddr>| {
+        addr.ok()
+            .and_then(|addr| addr.as_socket())
+            .map(|addr: SocketAddr| addr.port())
+    };
+    let mut found = false;
+    if let Some(local) = local {
+        each_socket(|socket| {
+            if port(socket.local_addr()) == Some(local) && port(socket.peer_addr()) == Some(peer) {
+                found = true;
+                let _ = socket.set_tcp_nodelay(true);
+            }
+        });
+    }
+    if !found {
+        each_socket(|socket| {
+            if port(socket.peer_addr()) == Some(peer) {
+                let _ = socket.set_tcp_nodelay(true);
+            }
+        });
+    }
 }
 
 /// Calls `f` with each socket the process has open.
@@ -57,7 +72,7 @@ fn each_socket(mut f: impl FnMut(socket2::SockRef<'_>)) {
 
 /// Elsewhere the connections keep the system's default.
 #[cfg(not(target_os = "linux"))]
-pub fn disable_nagle(_local: u16, _peer: u16) {}
+pub fn disable_nagle(_local: Option<u16>, _peer: u16) {}
 
 /// The TCP port a `postgres://` URL connects to; none when it names a Unix socket directory.
 pub fn postgres_port(url: &str) -> Option<u16> {
@@ -100,7 +115,7 @@ mod tests {
         let elsewhere = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
         assert!(!connection.nodelay().unwrap());
         disable_nagle(
-            connection.local_addr().unwrap().port(),
+            Some(connection.local_addr().unwrap().port()),
             listener.local_addr().unwrap().port(),
         );
         assert!(connection.nodelay().unwrap());
@@ -108,6 +123,14 @@ mod tests {
             !same_peer.nodelay().unwrap(),
             "another socket to the same port"
         );
+        assert!(!elsewhere.nodelay().unwrap());
+        // Behind a proxy the server names a port this process does not have: every socket to
+        // the database's port gets the option.
+        disable_nagle(
+            Some(other.local_addr().unwrap().port()),
+            listener.local_addr().unwrap().port(),
+        );
+        assert!(same_peer.nodelay().unwrap());
         assert!(!elsewhere.nodelay().unwrap());
     }
 

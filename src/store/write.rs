@@ -1,6 +1,6 @@
 //! The process's writes: its one writing connection, the turn SQLite's single writer needs,
-//! and [`WriteTx`], a transaction that holds its turn until it ends and wakes the delivery
-//! worker when it commits.
+//! and [`WriteTx`], a transaction that holds its turn until it ends and, when it queued a
+//! delivery due now, wakes the delivery worker as it commits.
 //!
 //! SQLite takes one writing transaction at a time. In one process the API's writes, the batches
 //! of changes and the delivery worker's claims and outcomes take turns through a read-write
@@ -83,7 +83,7 @@ impl Writes {
     }
 
     /// Begins a write of the API in its turn; its commit waits for the disk (see
-    /// [`super::wait_for_disk`]) and wakes the worker.
+    /// [`super::wait_for_disk`]).
     pub async fn begin(&self) -> Result<WriteTx> {
         let turn = self.turn().await;
         let tx = super::begin_write(&self.conn).await?;
@@ -91,6 +91,7 @@ impl Writes {
             tx,
             _turn: turn,
             wake: self.wake.clone(),
+            due: false,
         })
     }
 
@@ -110,13 +111,26 @@ pub struct WriteTx {
     tx: DatabaseTransaction,
     _turn: Turn,
     wake: Arc<Notify>,
+    /// Whether the write queued a delivery that is due now.
+    due: bool,
 }
 
 impl WriteTx {
-    /// Commits and wakes the worker, which finds any delivery the write queued.
+    /// Notes that the write queued a delivery due now: the commit wakes the worker for it. A
+    /// write that queues nothing wakes no one, since each wake is a claim (on SQLite, a turn
+    /// at the one write lock) that would find nothing.
+    pub fn queued_due(&mut self) {
+        self.due = true;
+    }
+
+    /// Commits, and wakes the worker if a delivery it queued is due (see
+    /// [`WriteTx::queued_due`]). A delivery queued without it waits at most for the worker's
+    /// poll.
     pub async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
-        self.wake.notify_one();
+        if self.due {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 }
