@@ -24,7 +24,7 @@ use crate::domain::retry::{format_duration, parse_retry_after};
 use crate::slack;
 use crate::tools::receive::{Check, Incoming, Signatures, now_secs};
 
-/// How many delivery ids the bridge remembers to skip repeats (delivery is at least once).
+/// How many deliveries the bridge remembers to skip repeats (delivery is at least once).
 const REMEMBERED: usize = 4096;
 
 /// How the bridge checks, filters and forwards.
@@ -222,6 +222,22 @@ fn answer(status: StatusCode, text: &str) -> Response {
     (status, format!("{text}\n")).into_response()
 }
 
+/// What identifies a delivery among repeats, from what its signature covers: the
+/// `webhook-id` when the Standard Webhooks signature (which signs it) is valid, else the body's
+/// SHA-256. `X-Cirrus-Delivery` is not signed, so a replayed body under a new id is still a
+/// repeat.
+fn repeat_key(headers: &HeaderMap, body: &[u8], signatures: &Signatures) -> String {
+    use sha2::Digest as _;
+    let signed_id = headers
+        .get("webhook-id")
+        .and_then(|id| id.to_str().ok())
+        .filter(|_| signatures.standard == Check::Valid);
+    match signed_id {
+        Some(id) => format!("id:{id}"),
+        None => format!("sha256:{}", hex::encode(sha2::Sha256::digest(body))),
+    }
+}
+
 async fn handle(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, body: Bytes) -> Response {
     let options = &bridge.options;
     let signatures = Signatures::check(
@@ -254,9 +270,8 @@ async fn handle(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, body: Byt
         );
     }
     let incoming = Incoming::parse(&headers, &body);
-    if let Some(id) = &incoming.delivery
-        && bridge.seen(id)
-    {
+    let key = repeat_key(&headers, &body, &signatures);
+    if bridge.seen(&key) {
         return answer(StatusCode::OK, "already forwarded");
     }
     let message = if incoming.event == "ping" {
@@ -279,9 +294,7 @@ async fn handle(State(bridge): State<Arc<Bridge>>, headers: HeaderMap, body: Byt
     .await
     {
         Ok(()) => {
-            if let Some(id) = &incoming.delivery {
-                bridge.remember(id);
-            }
+            bridge.remember(&key);
             tracing::info!(event = %incoming.event, delivery = ?incoming.delivery, "forwarded to Slack");
             answer(StatusCode::OK, "forwarded")
         }

@@ -181,6 +181,11 @@ async fn the_bridge_filters_forwards_once_and_waits_out_a_429() {
     let (status, _) = send_cirrus(&url, "d-failed", &cirrus_build_body("FAILED"), SECRET).await;
     assert_eq!(status, 200);
     assert_eq!(slack.requests(), 2);
+    // X-Cirrus-Delivery is not signed: the same signed body under another id is a repeat too.
+    let (status, text) =
+        send_cirrus(&url, "d-replayed", &cirrus_build_body("FAILED"), SECRET).await;
+    assert_eq!((status, text.trim()), (200, "already forwarded"));
+    assert_eq!(slack.requests(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
