@@ -66,12 +66,7 @@ pub fn build_schema(limits: Limits, handles: Handles) -> ApiSchema {
         keys,
         max_endpoints,
     } = handles;
-    limits
-        .apply(Schema::build(
-            QueryRoot::default(),
-            MutationRoot::default(),
-            EmptySubscription,
-        ))
+    builder(limits)
         .data(pool)
         .data(writes)
         .data(writer)
@@ -85,18 +80,18 @@ pub fn build_schema(limits: Limits, handles: Handles) -> ApiSchema {
 
 /// The SDL of the full schema, as `herald schema` prints it and `schema.graphql` holds it.
 pub fn sdl() -> String {
-    limits_only(Limits::API).sdl()
+    builder(Limits::API).finish().sdl()
 }
 
-/// The full schema without handles: enough for its SDL.
-fn limits_only(limits: Limits) -> ApiSchema {
-    limits
-        .apply(Schema::build(
-            QueryRoot::default(),
-            MutationRoot::default(),
-            EmptySubscription,
-        ))
-        .finish()
+/// The full schema with `limits`, before its handles.
+fn builder(
+    limits: Limits,
+) -> async_graphql::SchemaBuilder<QueryRoot, MutationRoot, EmptySubscription> {
+    limits.apply(Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        EmptySubscription,
+    ))
 }
 
 /// A handle from the schema's data.

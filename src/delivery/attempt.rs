@@ -15,7 +15,7 @@ use tracing::Instrument as _;
 use super::WorkerHandles;
 use super::client::{Destination, Outgoing};
 use super::outcome::{Outcome, decide};
-use super::scheduler::Claimed;
+use super::scheduler::{Claimed, Launch};
 use crate::Result;
 use crate::domain::DeliveryState;
 use crate::signing::Signer;
@@ -93,6 +93,17 @@ impl Launcher {
             }
             .instrument(span),
         );
+    }
+
+    /// Starts the claims the scheduler sends now; those whose lease is ending are left to
+    /// another claim once it ends.
+    pub(super) fn start(&self, in_flight: &mut JoinSet<()>, launch: Launch<Claim>) {
+        for claim in launch.expired {
+            tracing::info!(delivery = %claim.row.uid, "a claim waited past its lease's margin and was not sent");
+        }
+        for claim in launch.send {
+            self.launch(in_flight, claim);
+        }
     }
 
     /// The number of outcomes handed to the writer and not written yet.

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::WorkerHandles;
 use super::attempt::{Claim, Ended, Launcher, Target, write_outcomes};
 use super::client::Destination;
-use super::scheduler::{ClaimPlan, ClaimResult, Launch, Scheduler};
+use super::scheduler::{ClaimPlan, ClaimResult, Scheduler};
 use crate::Result;
 use crate::domain::DeliveryState;
 use crate::signing::Signer;
@@ -100,8 +100,7 @@ impl Worker {
             }
             // Slots freed by answers not seen yet are given back before a claim counts them.
             while let Ok(endpoint) = answered.try_recv() {
-                self.launch(
-                    &launcher,
+                launcher.start(
                     &mut in_flight,
                     scheduler.answered(endpoint, crate::now_ms()),
                 );
@@ -117,7 +116,7 @@ impl Worker {
                     Ok(result) => {
                         let (launch, more) =
                             scheduler.claimed(plan.room, result, now, crate::now_ms());
-                        self.launch(&launcher, &mut in_flight, launch);
+                        launcher.start(&mut in_flight, launch);
                         if more && scheduler.claims_again(kept(&in_flight)) {
                             continue;
                         }
@@ -149,7 +148,7 @@ impl Worker {
                     }
                 }
                 Some(endpoint) = answered.recv() => {
-                    self.launch(&launcher, &mut in_flight, scheduler.answered(endpoint, crate::now_ms()));
+                    launcher.start(&mut in_flight, scheduler.answered(endpoint, crate::now_ms()));
                 }
                 _ = self.handles.writes.woken(), if scheduler.listens() => scheduler.wake(),
                 _ = tokio::time::sleep_until(scheduler.poll_at()) => scheduler.poll(),
@@ -175,16 +174,6 @@ impl Worker {
         // Every sender is gone once the attempts are: the writer records what is left and ends.
         drop(in_flight);
         let _ = writer.await;
-    }
-
-    /// Starts the claims the scheduler sends now; those whose lease is ending are left to it.
-    fn launch(&self, launcher: &Launcher, in_flight: &mut JoinSet<()>, launch: Launch<Claim>) {
-        for claim in launch.expired {
-            tracing::info!(delivery = %claim.row.uid, "a claim waited past its lease's margin and was not sent");
-        }
-        for claim in launch.send {
-            launcher.launch(in_flight, claim);
-        }
     }
 
     /// Claims up to `room` deliveries and looks up their endpoints. A delivery whose endpoint

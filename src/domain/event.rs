@@ -24,13 +24,6 @@ impl EventAction {
             Self::Ping => "ping",
         }
     }
-
-    /// The action with this name, if there is one.
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Created, Self::Updated, Self::Ping]
-            .into_iter()
-            .find(|action| action.as_str() == text)
-    }
 }
 
 impl std::fmt::Display for EventAction {
@@ -42,16 +35,18 @@ impl std::fmt::Display for EventAction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::ActiveEnum;
 
     #[test]
-    fn actions_read_back_what_they_write() {
+    fn actions_are_stored_as_they_are_sent() {
         for action in [
             EventAction::Created,
             EventAction::Updated,
             EventAction::Ping,
         ] {
-            assert_eq!(EventAction::parse(action.as_str()), Some(action));
+            assert_eq!(action.to_value(), action.as_str());
+            assert_eq!(EventAction::try_from_value(&action.to_value()), Ok(action));
         }
-        assert_eq!(EventAction::parse("deleted"), None);
+        assert!(EventAction::try_from_value(&"deleted".to_owned()).is_err());
     }
 }

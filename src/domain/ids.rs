@@ -5,16 +5,13 @@
 use serde::{Deserialize, Serialize};
 
 macro_rules! id {
-    ($(#[$meta:meta])* $name:ident, $what:literal) => {
+    ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(i64);
 
         impl $name {
-            /// What the id names, for messages ("build 7 was not found").
-            pub const WHAT: &'static str = $what;
-
             /// The id as the database stores it.
             pub fn get(self) -> i64 {
                 self.0
@@ -43,33 +40,27 @@ macro_rules! id {
 
 id!(
     /// An organization's id (its `uid` in the API).
-    OrgId,
-    "organization"
+    OrgId
 );
 id!(
     /// A repository's id.
-    RepositoryId,
-    "repository"
+    RepositoryId
 );
 id!(
     /// A build's id.
-    BuildId,
-    "build"
+    BuildId
 );
 id!(
     /// A task's id.
-    TaskId,
-    "task"
+    TaskId
 );
 id!(
     /// A webhook endpoint's id.
-    EndpointId,
-    "webhook endpoint"
+    EndpointId
 );
 id!(
     /// A delivery's row id (the API names deliveries by their uid).
-    DeliveryId,
-    "delivery"
+    DeliveryId
 );
 
 #[cfg(test)]

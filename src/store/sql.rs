@@ -83,6 +83,15 @@ pub fn rows<T: Row>(rows: impl IntoIterator<Item = T>) -> Value {
     json.into()
 }
 
+/// [`int_field`] and [`field`] of the rows named `alias`, as a pair of functions of the
+/// field's name.
+pub fn fields(alias: &'static str) -> (impl Fn(&str) -> String, impl Fn(&str) -> String) {
+    (
+        move |name: &str| int_field(alias, name),
+        move |name: &str| field(alias, name),
+    )
+}
+
 /// Field `name` of a [`json_rows`] row, as text (SQL `NULL` for JSON `null`, or for a name the
 /// row does not have).
 pub fn field(alias: &str, name: &str) -> String {

@@ -245,10 +245,7 @@ impl sql::Row for TaskStatusRow<'_> {}
 /// [`write_task_statuses`]' statement; its parameter is one [`TaskStatusRow`] per task, and on
 /// PostgreSQL the tasks' ids again.
 fn task_statuses_sql(backend: DbBackend) -> String {
-    let (int, text) = (
-        |name| sql::int_field("t", name),
-        |name| sql::field("t", name),
-    );
+    let (int, text) = sql::fields("t");
     let sql = format!(
         "WITH v(v_id, v_status, v_at, v_executing, v_final, v_notes) AS (
             SELECT {}, {}, {}, {}, {}, {} FROM {})

@@ -73,10 +73,7 @@ impl sql::Row for EventRow {}
 
 /// [`insert_events`]' statement; its parameter is one [`EventRow`] per event.
 fn insert_events_sql(backend: DbBackend) -> String {
-    let (int, text) = (
-        |name| sql::int_field("e", name),
-        |name| sql::field("e", name),
-    );
+    let (int, text) = sql::fields("e");
     let sql = format!(
         "INSERT INTO events
             (org_id, kind, action, old_status, repository_id, build_id, task_id, timestamp)
@@ -231,10 +228,7 @@ impl sql::Row for DeliveryRow<'_> {}
 /// returns what their queue rows need: id, endpoint, build and due time. Its placeholders are
 /// `?`, numbered by the caller.
 pub(super) fn insert_deliveries_sql(backend: DbBackend) -> String {
-    let (int, text) = (
-        |name| sql::int_field("n", name),
-        |name| sql::field("n", name),
-    );
+    let (int, text) = sql::fields("n");
     format!(
         "INSERT INTO deliveries
             (uid, org_id, endpoint_id, event_id, build_id, event, action, body, state, attempts,

@@ -213,10 +213,7 @@ async fn write_queue(
 /// one [`LeaseRow`] per delivery, and on PostgreSQL the ids again. SQLite has no `DELETE …
 /// USING`; it finds each row by key from the pair of id and token.
 pub(super) fn dequeue_sql(backend: DbBackend) -> String {
-    let (int, text) = (
-        |name| sql::int_field("f", name),
-        |name| sql::field("f", name),
-    );
+    let (int, text) = sql::fields("f");
     let sql = match backend {
         DbBackend::Postgres => format!(
             "WITH v(v_id, v_token) AS (SELECT {}, {} FROM {})
@@ -255,10 +252,7 @@ impl sql::Row for RetryRow<'_> {}
 /// next attempt, and no longer claimed; its parameter is one [`RetryRow`] per delivery, and on
 /// PostgreSQL the ids again.
 pub(super) fn requeue_sql(backend: DbBackend) -> String {
-    let (int, text) = (
-        |name| sql::int_field("r", name),
-        |name| sql::field("r", name),
-    );
+    let (int, text) = sql::fields("r");
     let sql = format!(
         "WITH v(v_id, v_token, v_next) AS (SELECT {}, {}, {} FROM {})
         UPDATE delivery_queue SET next_attempt_at = v_next, lease_until = NULL, lease_token = NULL
@@ -292,10 +286,7 @@ impl sql::Row for OutcomeRow<'_> {}
 /// The update of the attempted deliveries whose claim was current, each by primary key; its
 /// parameter is one [`OutcomeRow`] per delivery, and on PostgreSQL the deliveries' ids again.
 pub(super) fn outcomes_sql(backend: DbBackend) -> String {
-    let (int, text) = (
-        |name| sql::int_field("o", name),
-        |name| sql::field("o", name),
-    );
+    let (int, text) = sql::fields("o");
     let sql = format!(
         "WITH v(v_id, v_state, v_next, v_status, v_duration, v_response, v_at) AS (
             SELECT {}, {}, {}, {}, {}, {}, {} FROM {})
@@ -336,10 +327,7 @@ impl sql::Row for AttemptRow<'_> {}
 
 /// The attempts recorded; its parameter is one [`AttemptRow`] per attempt.
 fn attempts_sql(backend: DbBackend) -> String {
-    let (int, text) = (
-        |name| sql::int_field("a", name),
-        |name| sql::field("a", name),
-    );
+    let (int, text) = sql::fields("a");
     let sql = format!(
         "INSERT INTO delivery_attempts
             (delivery_id, number, \"timestamp\", status, duration, error, response_headers,

@@ -329,10 +329,7 @@ pub async fn give_back(conn: &impl ConnectionTrait, claims: &[(i64, String)]) ->
 /// [`give_back`]'s statement; its parameter is one [`LeaseRow`] per claim, and on PostgreSQL
 /// the ids again.
 fn give_back_sql(backend: DbBackend) -> String {
-    let (int, text) = (
-        |name| sql::int_field("g", name),
-        |name| sql::field("g", name),
-    );
+    let (int, text) = sql::fields("g");
     let sql = format!(
         "WITH v(v_id, v_token) AS (SELECT {}, {} FROM {})
         UPDATE delivery_queue SET lease_until = NULL, lease_token = NULL
