@@ -12,6 +12,7 @@ mod m20261214_000001_delivery_queue;
 mod m20261216_000001_audit_events;
 mod m20261220_000001_delivery_queue_endpoint_due;
 mod m20261220_000001_token_revocation;
+mod m20261227_000001_receivers;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             InOneTransaction::boxed(m20261216_000001_audit_events::Migration),
             InOneTransaction::boxed(m20261220_000001_delivery_queue_endpoint_due::Migration),
             InOneTransaction::boxed(m20261220_000001_token_revocation::Migration),
+            InOneTransaction::boxed(m20261227_000001_receivers::Migration),
         ]
     }
 }

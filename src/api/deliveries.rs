@@ -3,10 +3,13 @@
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
 use super::audit;
-use crate::domain::{PayloadFormat, Permission};
+use super::webhooks::WebHookHeaderInput;
+use crate::domain::headers::Header;
+use crate::domain::{PayloadFormat, Permission, SignatureStyle};
 use crate::events::{Change, Outbox, Rendered};
 use crate::schema::auth::require;
 use crate::schema::deliveries::WebHookDelivery;
+use crate::schema::webhooks::WebHookHeader;
 use crate::store::{self, Writes, parse_id};
 use crate::{Error, Result};
 
@@ -19,6 +22,10 @@ pub struct RedeliverWebHookInput {
 #[derive(InputObject)]
 pub struct SendTestWebHookInput {
     pub endpoint_id: ID,
+    /// What to send: `build` or `task` (the organization's newest build, or its newest task,
+    /// as created), a published type (its newest payload, or `{}`), rendered through the
+    /// endpoint's own selection, format and style; a `ping` when absent.
+    pub event: Option<String>,
     pub client_mutation_id: Option<String>,
 }
 
@@ -36,6 +43,12 @@ pub struct PreviewWebHookPayloadInput {
     pub payload_format: Option<PayloadFormat>,
     pub build_id: ID,
     pub task_id: Option<ID>,
+    /// The style whose headers `headers` shows; `CIRRUS` when absent.
+    pub signature_style: Option<SignatureStyle>,
+    /// Whether the endpoint has a secret (its own or a named one), so that signatures are sent.
+    pub with_secret: Option<bool>,
+    /// Custom headers to show among the headers.
+    pub headers: Option<Vec<WebHookHeaderInput>>,
     pub client_mutation_id: Option<String>,
 }
 
@@ -45,6 +58,9 @@ pub struct PreviewWebHookPayloadPayload {
     pub event: String,
     /// The exact JSON text that would be sent.
     pub body: String,
+    /// The request's headers, in the order sent; secrets, tokens and signatures masked, and
+    /// the delivery's id and times as examples.
+    pub headers: Vec<WebHookHeader>,
     pub client_mutation_id: Option<String>,
 }
 
@@ -87,7 +103,8 @@ impl DeliveryMutation {
         })
     }
 
-    /// Queues a `ping` delivery to an enabled endpoint (ADMIN).
+    /// Queues a test delivery to an enabled endpoint (ADMIN): a `ping`, or a sample of the
+    /// `event` kind as the endpoint would send it.
     async fn send_test_web_hook(
         &self,
         ctx: &Context<'_>,
@@ -95,15 +112,34 @@ impl DeliveryMutation {
     ) -> Result<DeliveryPayload> {
         let viewer = require(ctx, Permission::Admin)?;
         let outbox = super::handle::<Outbox>(ctx)?;
+        let pool = super::pool(ctx)?;
         let id = parse_id("webhook endpoint", &input.endpoint_id)?;
-        let mut tx = super::handle::<Writes>(ctx)?.begin().await?;
+        let endpoint = store::endpoints::find(pool, viewer.org_id, id).await?;
+        let test = outbox
+            .test_delivery(
+                store::Db::Pool(pool.clone()),
+                &endpoint,
+                input.event.as_deref(),
+            )
+            .await?;
+        let writes = super::handle::<Writes>(ctx)?;
+        let mut tx = writes.begin().await?;
         let endpoint = store::endpoints::find(&*tx, viewer.org_id, id).await?;
         if !endpoint.enabled {
             return Err(Error::Invalid(
                 "The endpoint is disabled; enable it to send a test delivery.".into(),
             ));
         }
-        let row = outbox.queue_ping(&*tx, &endpoint).await?;
+        let new = store::deliveries::NewDelivery {
+            org_id: viewer.org_id.into(),
+            endpoint_id: id.into(),
+            event: test.event,
+            action: test.action,
+            body: test.body,
+            timestamp: crate::now_ms(),
+        };
+        let row = store::deliveries::insert_one(&*tx, new).await?;
+        store::deliveries::announce(&*tx, writes.announcer()).await?;
         tx.queued_due();
         audit::commit(ctx, tx, viewer.org_id, None).await?;
         Ok(DeliveryPayload {
@@ -153,9 +189,30 @@ impl DeliveryMutation {
             Rendered::Body(body) => body,
             Rendered::Refused(reason) => return Err(Error::Invalid(reason)),
         };
+        let event = change.kind.header_value();
+        let custom: Vec<Header> = input
+            .headers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|header| Header {
+                name: header.name,
+                value: header.value,
+            })
+            .collect();
+        let headers = crate::delivery::client::preview_headers(
+            input.signature_style.unwrap_or(SignatureStyle::Cirrus),
+            input.with_secret.unwrap_or(false),
+            &custom,
+            event,
+            &body,
+        )
+        .into_iter()
+        .map(|(name, masked_value)| WebHookHeader { name, masked_value })
+        .collect();
         Ok(PreviewWebHookPayloadPayload {
-            event: change.kind.header_value().into(),
+            event: event.into(),
             body,
+            headers,
             client_mutation_id: input.client_mutation_id,
         })
     }

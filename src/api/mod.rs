@@ -10,6 +10,8 @@
 mod audit;
 mod ci;
 mod deliveries;
+mod publish;
+mod secrets;
 mod tokens;
 mod webhook_draft;
 mod webhooks;
@@ -35,6 +37,8 @@ pub struct MutationRoot(
     webhooks::WebhookMutation,
     deliveries::DeliveryMutation,
     tokens::TokenMutation,
+    secrets::SecretMutation,
+    publish::PublishMutation,
 );
 
 /// The most webhook endpoints one organization may have (`HERALD_MAX_ENDPOINTS`).

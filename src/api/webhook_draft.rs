@@ -6,8 +6,12 @@ use sea_orm::DatabaseConnection;
 
 use super::MaxEndpoints;
 use crate::delivery::guard::TargetPolicy;
+use crate::domain::endpoint::check_secret_name;
+use crate::domain::headers::{self, Header};
 use crate::domain::status::is_status_name;
-use crate::domain::{EndpointUrl, EventKind, PayloadFormat, limits, mask_secret};
+use crate::domain::{
+    EndpointUrl, EventKind, PayloadFormat, SignatureStyle, limits, mask_secret, published,
+};
 use crate::events::Renderer;
 use crate::secrets::Vault;
 use crate::store::endpoints::{EndpointFields, fields_of};
@@ -44,6 +48,12 @@ pub(super) struct Draft {
     pub(super) enabled: bool,
     pub(super) insecure_ssl: bool,
     pub(super) status_filter: Vec<String>,
+    pub(super) signature_style: SignatureStyle,
+    pub(super) secret_name: Option<String>,
+    pub(super) published_events: Vec<String>,
+    /// Custom headers; a value equal to the mask of the stored value of the same name keeps
+    /// that value.
+    pub(super) headers: Vec<Header>,
 }
 
 /// Checks a draft against the stored endpoint it replaces (if any): the URL parses and may be
@@ -62,6 +72,10 @@ pub(super) async fn check(
         enabled,
         insecure_ssl,
         status_filter,
+        signature_style,
+        secret_name,
+        published_events,
+        headers,
     } = draft;
     let stored = current
         .map(|row| fields_of(row, checks.vault))
@@ -82,12 +96,60 @@ pub(super) async fn check(
         }
         (Some(secret), _) if secret.is_empty() => None,
         (Some(secret), _) => {
-            limits::text("secret token", &secret, false, limits::MAX_SECRET)?;
-            crate::signing::check_secret(&secret)?;
+            check_secret("secret token", &secret)?;
             Some(secret)
         }
         (None, _) => None,
     };
+    // A secret kept as stored keeps the one a rotation replaced, while its overlap lasts.
+    let previous_secret = match &stored {
+        Some(stored) if stored.secret.is_some() && stored.secret == secret => {
+            stored.previous_secret.clone()
+        }
+        _ => None,
+    };
+    let secret_name = secret_name.filter(|name| !name.trim().is_empty());
+    if let Some(name) = &secret_name {
+        check_secret_name(name)?;
+        if secret.is_some() {
+            return Err(Error::Invalid(
+                "An endpoint takes a secretToken or a secretName, not both.".into(),
+            ));
+        }
+    }
+    if matches!(
+        signature_style,
+        SignatureStyle::Gitlab | SignatureStyle::Codeup
+    ) && let Some(secret) = &secret
+        && secret.chars().any(|c| !(' '..='~').contains(&c))
+    {
+        return Err(Error::Invalid(
+            "A GITLAB or CODEUP endpoint sends its secret as a header, so the secret must be visible ASCII characters or spaces.".into(),
+        ));
+    }
+    let published_events = published::check_types(published_events)?;
+    let stored_headers = stored.as_ref().map(|s| s.headers.as_slice()).unwrap_or(&[]);
+    let headers: Vec<Header> = headers
+        .into_iter()
+        .map(|header| {
+            let name = header.name.trim().to_owned();
+            let kept = stored_headers.iter().find(|old| {
+                old.name.eq_ignore_ascii_case(&name) && mask_secret(&old.value) == header.value
+            });
+            let value = kept.map_or(header.value, |old| old.value.clone());
+            Header { name, value }
+        })
+        .collect();
+    headers::check_all(&headers)?;
+    if url.credentials().is_some()
+        && headers
+            .iter()
+            .any(|header| header.name.eq_ignore_ascii_case("authorization"))
+    {
+        return Err(Error::Invalid(
+            "An endpoint with credentials in its URL sends them as its Authorization header, so it cannot have an Authorization header of its own.".into(),
+        ));
+    }
     let payload_query = payload_query.filter(|query| !query.trim().is_empty());
     if let Some(query) = &payload_query {
         checks.renderer.check(query, checks.pool).await?;
@@ -124,7 +186,19 @@ pub(super) async fn check(
         enabled,
         insecure_ssl,
         status_filter: statuses,
+        signature_style,
+        published_events,
+        headers,
+        secret_name,
+        previous_secret,
     })
+}
+
+/// Checks a new secret's value (an endpoint's `secretToken`, a named secret, a rotation's new
+/// value), named `field` in the error.
+pub(super) fn check_secret(field: &str, secret: &str) -> Result<()> {
+    limits::text(field, secret, true, limits::MAX_SECRET)?;
+    crate::signing::check_secret(secret)
 }
 
 /// Checks that an organization may have `endpoints` endpoints (`HERALD_MAX_ENDPOINTS`).

@@ -7,7 +7,8 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use super::MaxEndpoints;
 use super::audit;
 use super::webhook_draft::{Checks, Draft, check, check_endpoint_count};
-use crate::domain::{EventKind, PayloadFormat, Permission, mask_secret};
+use crate::domain::headers::Header;
+use crate::domain::{EventKind, PayloadFormat, Permission, SignatureStyle, mask_secret};
 use crate::schema::auth::require;
 use crate::schema::webhooks::{WebHookDeliveryEndpoint, WebHookSettings};
 use crate::store::endpoints::{EndpointFields, fields_of};
@@ -28,6 +29,36 @@ pub struct WebHookDeliveryEndpointInput {
     pub insecure_ssl: Option<bool>,
     /// Only events reaching these build or task statuses; empty or absent means every status.
     pub status_filter: Option<Vec<String>>,
+    /// How deliveries are signed; `CIRRUS` when absent.
+    pub signature_style: Option<SignatureStyle>,
+    /// The organization's named secret that signs (instead of `secretToken`); empty means none.
+    pub secret_name: Option<String>,
+    /// With `PUBLISHED` among `events`, the published types sent (compared case-insensitively);
+    /// empty means every type.
+    pub published_events: Option<Vec<String>>,
+    /// Headers sent with every delivery (at most 20); a value equal to the masked value keeps
+    /// the stored one.
+    pub headers: Option<Vec<WebHookHeaderInput>>,
+}
+
+/// A custom header of an endpoint.
+#[derive(InputObject)]
+pub struct WebHookHeaderInput {
+    pub name: String,
+    /// Write-only: shown back masked.
+    pub value: String,
+}
+
+/// The headers of an input, as the draft takes them.
+fn headers_of(input: Option<Vec<WebHookHeaderInput>>) -> Vec<Header> {
+    input
+        .unwrap_or_default()
+        .into_iter()
+        .map(|header| Header {
+            name: header.name,
+            value: header.value,
+        })
+        .collect()
 }
 
 #[derive(InputObject)]
@@ -56,6 +87,16 @@ pub struct CreateWebHookEndpointInput {
     pub insecure_ssl: Option<bool>,
     /// Only events reaching these build or task statuses; empty means every status.
     pub status_filter: Option<Vec<String>>,
+    /// How deliveries are signed; `CIRRUS` when absent.
+    pub signature_style: Option<SignatureStyle>,
+    /// The organization's named secret that signs (instead of `secretToken`); empty means none.
+    pub secret_name: Option<String>,
+    /// With `PUBLISHED` among `events`, the published types sent (compared case-insensitively);
+    /// empty means every type.
+    pub published_events: Option<Vec<String>>,
+    /// Headers sent with every delivery (at most 20); a value equal to the masked value keeps
+    /// the stored one.
+    pub headers: Option<Vec<WebHookHeaderInput>>,
     pub client_mutation_id: Option<String>,
 }
 
@@ -75,6 +116,16 @@ pub struct UpdateWebHookEndpointInput {
     pub insecure_ssl: Option<bool>,
     /// Only events reaching these build or task statuses; empty means every status.
     pub status_filter: Option<Vec<String>>,
+    /// How deliveries are signed; `CIRRUS` when absent.
+    pub signature_style: Option<SignatureStyle>,
+    /// The organization's named secret that signs (instead of `secretToken`); empty means none.
+    pub secret_name: Option<String>,
+    /// With `PUBLISHED` among `events`, the published types sent (compared case-insensitively);
+    /// empty means every type.
+    pub published_events: Option<Vec<String>>,
+    /// Headers sent with every delivery (at most 20); a value equal to the masked value keeps
+    /// the stored one.
+    pub headers: Option<Vec<WebHookHeaderInput>>,
     pub client_mutation_id: Option<String>,
 }
 
@@ -106,6 +157,9 @@ struct Given {
     enabled: bool,
     insecure_ssl: bool,
     status_filter: bool,
+    signature_style: bool,
+    published_events: bool,
+    headers: bool,
 }
 
 impl Given {
@@ -124,10 +178,28 @@ impl Given {
             enabled,
             insecure_ssl,
             status_filter,
+            signature_style,
+            published_events,
+            headers,
+            secret_name,
+            previous_secret,
         } = checked;
         EndpointFields {
             url: pick(self.url, url, locked.url),
             secret: pick(self.secret, secret, locked.secret),
+            secret_name: pick(self.secret, secret_name, locked.secret_name),
+            previous_secret: pick(self.secret, previous_secret, locked.previous_secret),
+            signature_style: pick(
+                self.signature_style,
+                signature_style,
+                locked.signature_style,
+            ),
+            published_events: pick(
+                self.published_events,
+                published_events,
+                locked.published_events,
+            ),
+            headers: pick(self.headers, headers, locked.headers),
             events: pick(self.events, events, locked.events),
             payload_query: pick(self.payload_query, payload_query, locked.payload_query),
             payload_format: pick(self.payload_format, payload_format, locked.payload_format),
@@ -169,6 +241,10 @@ impl WebhookMutation {
             enabled: input.enabled.unwrap_or(true),
             insecure_ssl: input.insecure_ssl.unwrap_or(false),
             status_filter: input.status_filter.unwrap_or_default(),
+            signature_style: input.signature_style.unwrap_or(SignatureStyle::Cirrus),
+            secret_name: input.secret_name,
+            published_events: input.published_events.unwrap_or_default(),
+            headers: headers_of(input.headers),
         };
         let fields = check(&checks, draft, None).await?;
         let tx = writes.begin().await?;
@@ -201,21 +277,44 @@ impl WebhookMutation {
         let current = store::endpoints::find(checks.pool, viewer.org_id, id).await?;
         let stored = fields_of(&current, checks.vault)?;
         let masked = store::endpoints::masked_url(&current)?;
+        let names_secret = input
+            .secret_name
+            .as_ref()
+            .is_some_and(|n| !n.trim().is_empty());
+        let gives_secret = input.secret_token.as_ref().is_some_and(|s| !s.is_empty());
         let given = Given {
             url: input.webhook_url.is_some(),
-            secret: input.secret_token.is_some(),
+            secret: input.secret_token.is_some() || input.secret_name.is_some(),
             events: input.events.is_some(),
             payload_query: input.payload_query.is_some(),
             payload_format: input.payload_format.is_some(),
             enabled: input.enabled.is_some(),
             insecure_ssl: input.insecure_ssl.is_some(),
             status_filter: input.status_filter.is_some(),
+            signature_style: input.signature_style.is_some(),
+            published_events: input.published_events.is_some(),
+            headers: input.headers.is_some(),
         };
+        let stored_headers = stored
+            .headers
+            .iter()
+            .map(|header| Header {
+                name: header.name.clone(),
+                value: mask_secret(&header.value),
+            })
+            .collect();
         let draft = Draft {
             url: input.webhook_url.unwrap_or(masked),
+            // Naming a secret drops the endpoint's own, and a new own secret drops the name.
             secret: match input.secret_token {
                 Some(secret) => Some(secret),
+                None if names_secret => None,
                 None => stored.secret.as_deref().map(mask_secret),
+            },
+            secret_name: match input.secret_name {
+                Some(name) => Some(name),
+                None if gives_secret => None,
+                None => stored.secret_name,
             },
             events: input.events.unwrap_or(stored.events),
             payload_query: match input.payload_query {
@@ -226,6 +325,12 @@ impl WebhookMutation {
             enabled: input.enabled.unwrap_or(stored.enabled),
             insecure_ssl: input.insecure_ssl.unwrap_or(stored.insecure_ssl),
             status_filter: input.status_filter.unwrap_or(stored.status_filter),
+            signature_style: input.signature_style.unwrap_or(stored.signature_style),
+            published_events: input.published_events.unwrap_or(stored.published_events),
+            headers: match input.headers {
+                Some(headers) => headers_of(Some(headers)),
+                None => stored_headers,
+            },
         };
         let checked = check(&checks, draft, Some(&current)).await?;
         let tx = writes.begin().await?;
@@ -288,6 +393,10 @@ impl WebhookMutation {
                 enabled: item.enabled.unwrap_or(true),
                 insecure_ssl: item.insecure_ssl.unwrap_or(false),
                 status_filter: item.status_filter.unwrap_or_default(),
+                signature_style: item.signature_style.unwrap_or(SignatureStyle::Cirrus),
+                secret_name: item.secret_name,
+                published_events: item.published_events.unwrap_or_default(),
+                headers: headers_of(item.headers),
             };
             let fields = check(&checks, draft, current).await?;
             if !seen.insert(fields.url.as_stored().to_owned()) {

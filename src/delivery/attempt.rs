@@ -13,12 +13,13 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use super::WorkerHandles;
-use super::client::{Destination, Outgoing};
+use super::client::{Destination, Outgoing, Signing};
 use super::outcome::{Outcome, decide};
 use super::scheduler::{Claimed, Launch};
 use crate::Result;
 use crate::domain::DeliveryState;
-use crate::signing::Signer;
+use crate::secrets::Vault;
+use crate::store::entities::{webhook_endpoint, webhook_secret};
 use crate::store::{
     self,
     deliveries::{AttemptRecord, Leased},
@@ -121,10 +122,53 @@ pub(super) struct Ended {
     pub(super) made_due: bool,
 }
 
-/// An endpoint as an attempt needs it: where to send, and its secret ready to sign with.
+/// An endpoint as an attempt needs it: where to send, and how to sign.
 pub(super) struct Target {
     pub(super) destination: Destination,
-    pub(super) signer: Option<Signer>,
+    pub(super) signing: Signing,
+}
+
+impl Target {
+    /// The target of endpoint `row`, signing with its own secret or the named one among
+    /// `named` (its organization's), and with the secret a rotation replaced while the overlap
+    /// lasts at `now`. An endpoint whose URL, secret or headers cannot be read, or whose named
+    /// secret is gone, has none.
+    pub(super) fn of(
+        row: &webhook_endpoint::Model,
+        named: &[webhook_secret::Model],
+        vault: &Vault,
+        now: i64,
+    ) -> Result<Self> {
+        let fields = store::endpoints::fields_of(row, vault)?;
+        let (current, replaced) = match &fields.secret_name {
+            Some(name) => {
+                let secret = named
+                    .iter()
+                    .find(|secret| secret.org_id == row.org_id && &secret.name == name)
+                    .ok_or_else(|| {
+                        crate::Error::internal(format!("the named secret {name:?} is gone"))
+                    })?;
+                let (current, replaced) = store::secrets::keys(secret, vault)?.signing_at(now);
+                (Some(current), replaced)
+            }
+            None => {
+                let replaced = fields
+                    .previous_secret
+                    .filter(|(_, until)| *until > now)
+                    .map(|(secret, _)| secret);
+                (fields.secret, replaced)
+            }
+        };
+        Ok(Self {
+            destination: Destination::new(&fields.url, row.insecure_ssl),
+            signing: Signing::new(
+                fields.signature_style,
+                current.as_deref(),
+                replaced.as_deref(),
+                &fields.headers,
+            ),
+        })
+    }
 }
 
 /// An endpoint's slot held by one attempt; dropped once the receiver has answered (or the
@@ -190,7 +234,7 @@ async fn attempt(
             event: &row.event,
             delivery_id: &row.uid,
             event_timestamp: row.created_at,
-            signer: endpoint.signer.as_ref(),
+            signing: &endpoint.signing,
             body: std::mem::take(&mut row.body),
         })
         .await;

@@ -14,7 +14,8 @@ use reqwest::header::{
 use reqwest::{Method, Url};
 
 use super::guard::{BLOCKED, Blocked, GuardedResolver, Lookup, TargetPolicy};
-use crate::domain::EndpointUrl;
+use crate::domain::headers::{Header, hook_name};
+use crate::domain::{EndpointUrl, SignatureStyle};
 use crate::signing::Signer;
 
 /// How much of a response body is kept.
@@ -56,16 +57,67 @@ fn basic_auth(user: &str, password: Option<&str>) -> HeaderValue {
     value
 }
 
+/// How an endpoint's deliveries are authenticated: its style, the secrets that sign, and its
+/// custom headers, worked out once for all of them.
+pub struct Signing {
+    style: SignatureStyle,
+    /// The secrets that sign, ready to sign with; none for an endpoint without a secret. The
+    /// first signs the style's own header: during a rotation's overlap, that is the replaced
+    /// secret, so that a receiver holding it keeps verifying until the overlap ends. Every one
+    /// signs `webhook-signature`.
+    signers: Vec<Signer>,
+    /// The secret of the first, as the token header of the styles that send the secret itself.
+    token: Option<HeaderValue>,
+    /// The custom headers, values marked sensitive.
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Signing {
+    /// The signing of an endpoint of `style` whose secret is `current` (if it has one), with
+    /// the secret a rotation replaced while its overlap lasts, and these custom headers.
+    pub fn new(
+        style: SignatureStyle,
+        current: Option<&str>,
+        replaced: Option<&str>,
+        headers: &[Header],
+    ) -> Self {
+        let mut secrets: Vec<&str> = Vec::with_capacity(2);
+        secrets.extend(replaced);
+        secrets.extend(current);
+        let token = secrets.first().and_then(|secret| sensitive(secret));
+        Self {
+            style,
+            signers: secrets.into_iter().map(Signer::new).collect(),
+            token,
+            headers: headers
+                .iter()
+                .filter_map(|header| {
+                    Some((
+                        HeaderName::from_bytes(header.name.as_bytes()).ok()?,
+                        sensitive(&header.value)?,
+                    ))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A header value marked sensitive, so that it is never logged; none if it cannot be one.
+fn sensitive(text: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_str(text).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 /// One request to send.
 pub struct Outgoing<'a> {
     pub to: &'a Destination,
-    /// `build`, `task`, `audit_event` or `ping`.
+    /// `build`, `task`, `audit_event`, `ping` or a published type.
     pub event: &'a str,
     pub delivery_id: &'a str,
     /// The event's time, ms since the epoch.
     pub event_timestamp: i64,
-    /// The endpoint's secret, ready to sign with; none for an endpoint without one.
-    pub signer: Option<&'a Signer>,
+    pub signing: &'a Signing,
     /// Moved into the request as it is: the payload is not copied.
     pub body: String,
 }
@@ -186,7 +238,12 @@ impl Sender {
 /// map made large enough for all of them and the `accept` the client adds to it.
 fn build_request(out: Outgoing<'_>) -> reqwest::Request {
     let attempt_seconds = crate::now_ms() / 1000;
-    let mut headers = HeaderMap::with_capacity(12);
+    let signing = out.signing;
+    let mut headers = HeaderMap::with_capacity(14 + signing.headers.len());
+    // Custom headers first: none of them may be one Herald sets, which would replace it.
+    for (name, value) in &signing.headers {
+        headers.insert(name.clone(), value.clone());
+    }
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(USER_AGENT, HeaderValue::from_static(AGENT));
     if let Some(authorization) = &out.to.authorization {
@@ -198,24 +255,103 @@ fn build_request(out: Outgoing<'_>) -> reqwest::Request {
         }
     };
     let delivery_id = HeaderValue::from_str(out.delivery_id).ok();
-    put("x-cirrus-event", HeaderValue::from_str(out.event).ok());
+    let event = HeaderValue::from_str(out.event).ok();
+    put("x-cirrus-event", event.clone());
     put("x-cirrus-delivery", delivery_id.clone());
     put("x-cirrus-timestamp", Some(out.event_timestamp.into()));
-    put("webhook-id", delivery_id);
+    put("webhook-id", delivery_id.clone());
     put("webhook-timestamp", Some(attempt_seconds.into()));
-    if let Some(signer) = out.signer {
-        let body = out.body.as_bytes();
-        let standard = signer.standard(out.delivery_id, attempt_seconds, body);
-        put(
-            "x-cirrus-signature",
-            HeaderValue::try_from(signer.cirrus(body)).ok(),
-        );
+    let body = out.body.as_bytes();
+    let hook = || HeaderValue::try_from(hook_name(out.event)).ok();
+    match signing.style {
+        SignatureStyle::Cirrus | SignatureStyle::Jobserv | SignatureStyle::None => {}
+        SignatureStyle::Github => {
+            put("x-github-event", event);
+            put("x-github-delivery", delivery_id);
+        }
+        SignatureStyle::Gitlab => put("x-gitlab-event", hook()),
+        SignatureStyle::Codeup => put("codeup-event", hook()),
+    }
+    if signing.style != SignatureStyle::None
+        && let Some(first) = signing.signers.first()
+    {
+        let standard = signing
+            .signers
+            .iter()
+            .rev()
+            .map(|signer| signer.standard(out.delivery_id, attempt_seconds, body))
+            .collect::<Vec<_>>()
+            .join(" ");
         put("webhook-signature", HeaderValue::try_from(standard).ok());
+        let token = || signing.token.clone();
+        match signing.style {
+            SignatureStyle::Cirrus => put(
+                "x-cirrus-signature",
+                HeaderValue::try_from(first.cirrus(body)).ok(),
+            ),
+            SignatureStyle::Github => put(
+                "x-hub-signature-256",
+                HeaderValue::try_from(format!("sha256={}", first.cirrus(body))).ok(),
+            ),
+            SignatureStyle::Jobserv => put(
+                "x-jobserv-sig",
+                HeaderValue::try_from(format!("sha256:{}", first.cirrus(body))).ok(),
+            ),
+            SignatureStyle::Gitlab => put("x-gitlab-token", token()),
+            SignatureStyle::Codeup => put("x-codeup-token", token()),
+            SignatureStyle::None => {}
+        }
     }
     let mut request = reqwest::Request::new(Method::POST, out.to.target.clone());
     *request.headers_mut() = headers;
     *request.body_mut() = Some(out.body.into());
     request
+}
+
+/// The headers a delivery of `event` with `body` would carry in `style`, in the order sent, as
+/// (name, shown value): what the console's preview shows. Secrets, tokens and signatures are
+/// masked (a signature keeps its prefix, `sha256=` or `v1,`), custom header values are masked,
+/// and the delivery's id and times are examples.
+pub fn preview_headers(
+    style: SignatureStyle,
+    with_secret: bool,
+    custom: &[Header],
+    event: &str,
+    body: &str,
+) -> Vec<(String, String)> {
+    const MASK: &str = "********";
+    let masked: Vec<Header> = custom
+        .iter()
+        .map(|header| Header {
+            name: header.name.clone(),
+            value: MASK.into(),
+        })
+        .collect();
+    let signing = Signing::new(style, with_secret.then_some(MASK), None, &masked);
+    let url = EndpointUrl::parse("https://receiver.example/").expect("a valid URL");
+    let request = build_request(Outgoing {
+        to: &Destination::new(&url, false),
+        event,
+        delivery_id: "00000000-0000-7000-8000-000000000000",
+        event_timestamp: crate::now_ms(),
+        signing: &signing,
+        body: body.to_owned(),
+    });
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let shown = match name.as_str() {
+                "x-cirrus-signature" => MASK.to_owned(),
+                "x-hub-signature-256" | "x-jobserv-sig" => format!("{}{MASK}", &text[..7]),
+                "webhook-signature" => format!("v1,{MASK}"),
+                _ if value.is_sensitive() => MASK.to_owned(),
+                _ => text.into_owned(),
+            };
+            (name.as_str().to_owned(), shown)
+        })
+        .collect()
 }
 
 /// A response's headers as JSON (see [`HeadersJson`]), and its `Retry-After`. The map is

@@ -21,11 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::WorkerHandles;
 use super::attempt::{Claim, Ended, Launcher, Target, write_outcomes};
-use super::client::Destination;
 use super::scheduler::{ClaimPlan, ClaimResult, Scheduler};
 use crate::Result;
 use crate::domain::DeliveryState;
-use crate::signing::Signer;
 use crate::store::{
     self,
     deliveries::{AttemptRecord, Leased},
@@ -222,20 +220,19 @@ impl Worker {
             let mut ids: Vec<i64> = rows.iter().map(|row| row.endpoint_id).collect();
             ids.sort_unstable();
             ids.dedup();
-            for row in store::endpoints::find_many(db, &ids).await? {
-                let fields = match store::endpoints::fields_of(&row, &self.handles.vault) {
-                    Ok(fields) => fields,
+            let rows = store::endpoints::find_many(db, &ids).await?;
+            let named = named_secrets(db, &rows).await?;
+            let now = crate::now_ms();
+            for row in rows {
+                match Target::of(&row, &named, &self.handles.vault, now) {
+                    Ok(target) => {
+                        endpoints.insert(row.id, Arc::new(target));
+                    }
                     Err(err) => {
                         tracing::error!(endpoint = row.id, error = %err, "an endpoint's stored URL or secret cannot be read; its deliveries fail");
                         unreadable.insert(row.id);
-                        continue;
                     }
-                };
-                let target = Target {
-                    destination: Destination::new(&fields.url, row.insecure_ssl),
-                    signer: fields.secret.as_deref().map(Signer::new),
-                };
-                endpoints.insert(row.id, Arc::new(target));
+                }
             }
         }
         let (failing, rows): (Vec<Leased>, Vec<Leased>) = rows
@@ -380,4 +377,23 @@ impl Worker {
             }
         }
     }
+}
+
+/// The named secrets of the organizations of these endpoints, when any endpoint signs with
+/// one.
+async fn named_secrets(
+    db: &sea_orm::DatabaseConnection,
+    rows: &[store::entities::webhook_endpoint::Model],
+) -> Result<Vec<store::entities::webhook_secret::Model>> {
+    let mut orgs: Vec<i64> = rows
+        .iter()
+        .filter(|row| row.secret_name.is_some())
+        .map(|row| row.org_id)
+        .collect();
+    if orgs.is_empty() {
+        return Ok(Vec::new());
+    }
+    orgs.sort_unstable();
+    orgs.dedup();
+    store::secrets::of_orgs(db, &orgs).await
 }

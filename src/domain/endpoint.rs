@@ -143,9 +143,37 @@ pub fn mask_secret(secret: &str) -> String {
     }
 }
 
+/// The longest name of a named secret.
+pub const MAX_SECRET_NAME: usize = 64;
+
+/// Checks the name of a named secret: a letter or digit, then letters, digits, `_`, `.` or
+/// `-`, at most [`MAX_SECRET_NAME`] characters (`webhook-docs-example`).
+pub fn check_secret_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let fine = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name.len() <= MAX_SECRET_NAME;
+    if !fine {
+        return Err(Error::Invalid(format!(
+            "The secret name {name:?} must be a letter or digit followed by at most {} letters, digits, `_`, `.` or `-`.",
+            MAX_SECRET_NAME - 1
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_names_are_plain_words() {
+        check_secret_name("webhook-docs-example").unwrap();
+        check_secret_name("9.lives_x").unwrap();
+        for bad in ["", "-x", "a b", "é", &"x".repeat(65)] {
+            assert!(check_secret_name(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 
     #[test]
     fn refuses_what_is_not_a_webhook_url() {

@@ -13,6 +13,9 @@ pub enum EventAction {
     /// A test delivery (`sendTestWebHook`).
     #[sea_orm(string_value = "ping")]
     Ping,
+    /// An event a platform published (`publishEvent`).
+    #[sea_orm(string_value = "published")]
+    Published,
 }
 
 impl EventAction {
@@ -22,6 +25,7 @@ impl EventAction {
             Self::Created => "created",
             Self::Updated => "updated",
             Self::Ping => "ping",
+            Self::Published => "published",
         }
     }
 }
@@ -43,6 +47,7 @@ mod tests {
             EventAction::Created,
             EventAction::Updated,
             EventAction::Ping,
+            EventAction::Published,
         ] {
             assert_eq!(action.to_value(), action.as_str());
             assert_eq!(EventAction::try_from_value(&action.to_value()), Ok(action));

@@ -3,8 +3,10 @@
 
 pub mod endpoint;
 pub mod event;
+pub mod headers;
 pub mod ids;
 pub mod limits;
+pub mod published;
 pub mod retry;
 pub mod status;
 
@@ -13,7 +15,8 @@ pub use event::EventAction;
 pub use ids::{BuildId, DeliveryId, EndpointId, OrgId, RepositoryId, TaskId};
 pub use retry::RetrySchedule;
 pub use status::{
-    BuildStatus, DeliveryState, EventKind, NotificationLevel, PayloadFormat, Permission, TaskStatus,
+    BuildStatus, DeliveryState, EventKind, NotificationLevel, PayloadFormat, Permission,
+    SignatureStyle, TaskStatus,
 };
 
 /// A note attached to a task, such as "Instances got rescheduled".

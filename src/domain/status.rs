@@ -98,7 +98,7 @@ named_enum!(
 
 named_enum!(
     /// The kinds of event an endpoint can subscribe to. An endpoint that names none gets build
-    /// and task events; audit events go only to endpoints that name `AUDIT_EVENT`.
+    /// and task events; audit and published events go only to endpoints that name them.
     #[graphql(name = "WebHookEventType")]
     EventKind {
         /// A build was created or changed status (`X-Cirrus-Event: build`).
@@ -107,6 +107,9 @@ named_enum!(
         Task = "TASK",
         /// A mutation was performed for the organization (`X-Cirrus-Event: audit_event`).
         AuditEvent = "AUDIT_EVENT",
+        /// An event a platform published (`publishEvent`); `X-Cirrus-Event` is its type as
+        /// published. The endpoint's `publishedEvents` narrows which types it gets.
+        Published = "PUBLISHED",
     }
 );
 
@@ -124,6 +127,33 @@ named_enum!(
         /// A Slack message (`text` and `blocks`) for an incoming-webhook URL, built from a fixed
         /// selection; the endpoint's `payloadQuery` is not used.
         Slack = "SLACK",
+        /// No envelope: the selection's result itself, or, when the selection has one top-level
+        /// field, that field's value, so that aliases give any shape (`build(id: $buildId) {
+        /// build_id: id … }` sends `{"build_id": …}`). Decimal-integer `ID`s are numbers, as in
+        /// FLAT. A published event's body is its payload.
+        Raw = "RAW",
+    }
+);
+
+named_enum!(
+    /// The headers that authenticate a delivery, in the way a kind of receiver checks them. The
+    /// identity headers (`X-Cirrus-Event`, `X-Cirrus-Delivery`, `X-Cirrus-Timestamp`,
+    /// `webhook-id`, `webhook-timestamp`) are sent in every style, and `webhook-signature` in
+    /// every style but `NONE` when a secret is set.
+    #[graphql(name = "WebHookSignatureStyle")]
+    SignatureStyle {
+        /// `X-Cirrus-Signature: <hex HMAC-SHA256 of the body>`, as Cirrus CI sends.
+        Cirrus = "CIRRUS",
+        /// `X-Hub-Signature-256: sha256=<hex>`, `X-GitHub-Event`, `X-GitHub-Delivery`.
+        Github = "GITHUB",
+        /// `X-JobServ-Sig: sha256:<hex>`, as Foundries.io's jobserv sends.
+        Jobserv = "JOBSERV",
+        /// `X-Gitlab-Event: <Name> Hook` and the secret itself as `X-Gitlab-Token`.
+        Gitlab = "GITLAB",
+        /// `Codeup-Event: <Name> Hook` and the secret itself as `X-Codeup-Token`.
+        Codeup = "CODEUP",
+        /// No signature of any kind, as Kudu's hooks are sent.
+        None = "NONE",
     }
 );
 
@@ -169,6 +199,7 @@ impl EventKind {
             Self::Build => "build",
             Self::Task => "task",
             Self::AuditEvent => "audit_event",
+            Self::Published => "published",
         }
     }
 
@@ -177,7 +208,7 @@ impl EventKind {
     pub fn is_in(self, kinds: &[EventKind]) -> bool {
         match self {
             Self::Build | Self::Task => kinds.is_empty() || kinds.contains(&self),
-            Self::AuditEvent => kinds.contains(&self),
+            Self::AuditEvent | Self::Published => kinds.contains(&self),
         }
     }
 }

@@ -106,7 +106,11 @@ fn pascal_case(name: &str) -> String {
 }
 
 /// Input fields that hold secrets; their values never reach an audit event.
-const SECRET_FIELDS: [&str; 3] = ["secretToken", "secret", "value"];
+const SECRET_FIELDS: [&str; 4] = ["secretToken", "secret", "value", "newValue"];
+
+/// Input fields that hold a published payload, which an audit event records by size only: it
+/// may be as large as a delivery.
+const PAYLOAD_FIELDS: [&str; 1] = ["payload"];
 
 /// Input fields that hold URLs, whose credentials never reach an audit event.
 const URL_FIELDS: [&str; 2] = ["webhookURL", "url"];
@@ -125,6 +129,8 @@ pub fn redact_input(input: Json) -> Json {
                         Json::from("[redacted]")
                     } else if URL_FIELDS.contains(&key.as_str()) {
                         redact_url(value)
+                    } else if PAYLOAD_FIELDS.contains(&key.as_str()) {
+                        Json::from(format!("[{} bytes]", value.to_string().len()))
                     } else {
                         redact_input(value)
                     };
@@ -217,6 +223,21 @@ pub fn body(
             })),
             "build": {},
             "task": {},
+        }),
+        // No envelope: the event itself, ids as numbers.
+        PayloadFormat::Raw => json!({
+            "id": event.uid,
+            "type": event.kind,
+            "timestamp": event.timestamp,
+            "data": event.data,
+            "actor": { "id": event.actor_id, "username": event.actor_username },
+            "actorLocationIp": event.actor_ip,
+            "repository": repository.map(|repo| json!({
+                "id": repo.id,
+                "owner": repo.owner,
+                "name": repo.name,
+                "isPrivate": repo.is_private,
+            })),
         }),
         PayloadFormat::Slack => {
             let data: Json = serde_json::from_str(&event.data).unwrap_or(Json::Null);

@@ -9,7 +9,9 @@ pub mod audit;
 pub mod change;
 pub mod ids;
 pub mod outbox;
+pub mod published;
 pub mod render;
+pub mod samples;
 pub mod selection;
 pub mod writer;
 

@@ -5,16 +5,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
-use serde_json::json;
 
 use super::audit::{AuditDraft, KnownUsers};
 use super::change::Change;
 use super::{Rendered, Renderer};
-use crate::domain::{EventAction, PayloadFormat};
+use crate::domain::PayloadFormat;
 use crate::metrics::Metrics;
 use crate::store::audit::UserKey;
 use crate::store::deliveries::{EventDeliveries, FailedDelivery, NewDelivery, NewEvent};
-use crate::store::entities::{build, delivery, task, webhook_endpoint};
+use crate::store::entities::{build, task, webhook_endpoint};
 use crate::store::{self, Db};
 use crate::{Error, Result};
 
@@ -144,7 +143,9 @@ impl Outbox {
                 // A Slack message ignores the stored selection, so all Slack endpoints share one.
                 let query = match format {
                     PayloadFormat::Slack => None,
-                    PayloadFormat::Data | PayloadFormat::Flat => endpoint.payload_query.as_deref(),
+                    PayloadFormat::Data | PayloadFormat::Flat | PayloadFormat::Raw => {
+                        endpoint.payload_query.as_deref()
+                    }
                 };
                 let body = match bodies.get(&(query, format)) {
                     Some(body) => body.clone(),
@@ -184,8 +185,8 @@ impl Outbox {
             }
             queued.push(EventDeliveries {
                 org_id: change.org_id,
-                event_id,
-                build_id: change.build_id,
+                event_id: Some(event_id),
+                chain: change.build_id.get(),
                 event: change.kind.header_value(),
                 action: change.action,
                 timestamp: change.timestamp,
@@ -196,7 +197,7 @@ impl Outbox {
         // checks). The chains are locked (on PostgreSQL) only now that the bodies are
         // rendered: the worker's outcome writes that finish a delivery of these builds wait for
         // this commit.
-        let builds: Vec<i64> = queued.iter().map(|event| event.build_id.get()).collect();
+        let builds: Vec<i64> = queued.iter().map(|event| event.chain).collect();
         store::deliveries::insert_failed(conn, refused).await?;
         store::deliveries::lock_chains(conn, &builds).await?;
         store::deliveries::queue_events(conn, &queued, self.writes.announcer()).await
@@ -263,44 +264,5 @@ impl Outbox {
             self.writes.wake();
         }
         Ok(())
-    }
-
-    /// Queues a `ping` to one endpoint; a status filter does not hold it back, and a Slack
-    /// endpoint gets a Slack message saying the hook works.
-    pub async fn queue_ping(
-        &self,
-        conn: &impl ConnectionTrait,
-        endpoint: &webhook_endpoint::Model,
-    ) -> Result<delivery::Model> {
-        let now = crate::now_ms();
-        let body = match endpoint.payload_format {
-            PayloadFormat::Slack => crate::slack::ping_message(),
-            PayloadFormat::Data => json!({
-                "action": EventAction::Ping.as_str(),
-                "data": { "ownerUid": endpoint.org_id.to_string(), "endpointId": endpoint.id.to_string(), "timestamp": now },
-            }),
-            // FLAT receivers read `repository`, `build` and `task` at the top level, as for any
-            // event; the ping's own fields stand beside them, ids as numbers.
-            PayloadFormat::Flat => json!({
-                "action": EventAction::Ping.as_str(),
-                "repository": {},
-                "build": {},
-                "task": {},
-                "ownerUid": endpoint.org_id,
-                "endpointId": endpoint.id,
-                "timestamp": now,
-            }),
-        };
-        let new = NewDelivery {
-            org_id: endpoint.org_id.into(),
-            endpoint_id: endpoint.id.into(),
-            event: "ping".into(),
-            action: EventAction::Ping,
-            body: serde_json::to_string(&body).map_err(Error::internal)?,
-            timestamp: now,
-        };
-        let row = store::deliveries::insert_one(conn, new).await?;
-        store::deliveries::announce(conn, self.writes.announcer()).await?;
-        Ok(row)
     }
 }

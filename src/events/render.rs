@@ -33,7 +33,9 @@ pub fn reads_build_tasks(source: Option<&str>, format: PayloadFormat) -> bool {
 fn rendered_selection(source: Option<&str>, format: PayloadFormat) -> &str {
     match format {
         PayloadFormat::Slack => SLACK_SELECTION,
-        PayloadFormat::Data | PayloadFormat::Flat => source.unwrap_or(DEFAULT_SELECTION),
+        PayloadFormat::Data | PayloadFormat::Flat | PayloadFormat::Raw => {
+            source.unwrap_or(DEFAULT_SELECTION)
+        }
     }
 }
 
@@ -179,7 +181,7 @@ impl Renderer {
         }
         let data = response.data.into_json().map_err(Error::internal)?;
         let mut data = selection::in_selection_order(data, &prepared.doc);
-        if format == PayloadFormat::Flat {
+        if matches!(format, PayloadFormat::Flat | PayloadFormat::Raw) {
             data = self.ids.numbers(data, &prepared.doc);
         }
         let body = if format == PayloadFormat::Slack {
@@ -228,13 +230,25 @@ impl Renderer {
 
 /// Wraps a selection's result: `{action, old_status?, data}` (DATA) or
 /// `{action, old_status?, …data's fields}` (FLAT, where a null field becomes `{}` as Cirrus
-/// sends `"task": {}` for build events). A Slack message has no envelope: see [`crate::slack`].
+/// sends `"task": {}` for build events). RAW has no envelope: the result, or its one top-level
+/// field's value. A Slack message has no envelope either: see [`crate::slack`].
 pub fn envelope(
     format: PayloadFormat,
     action: EventAction,
     old_status: Option<&str>,
     data: Json,
 ) -> Result<String> {
+    if format == PayloadFormat::Raw {
+        let body = match data {
+            Json::Object(fields) if fields.len() == 1 => fields
+                .into_iter()
+                .next()
+                .map(|(_, value)| value)
+                .unwrap_or_default(),
+            other => other,
+        };
+        return serde_json::to_string(&body).map_err(Error::internal);
+    }
     let mut body = Map::new();
     body.insert("action".into(), action.as_str().into());
     if let Some(old_status) = old_status {
@@ -251,7 +265,7 @@ pub fn envelope(
                 }
             }
         }
-        PayloadFormat::Slack => {
+        PayloadFormat::Slack | PayloadFormat::Raw => {
             return Err(Error::internal(
                 "a Slack message is built by the Slack formatter, not wrapped in an envelope",
             ));
@@ -308,6 +322,26 @@ mod tests {
             body,
             r#"{"action":"updated","old_status":"EXECUTING","data":{"build":{"id":"1"}}}"#
         );
+    }
+
+    #[test]
+    fn raw_sends_the_one_top_level_field_or_the_whole_result() {
+        let one = envelope(
+            PayloadFormat::Raw,
+            EventAction::Created,
+            Some("CREATED"),
+            json!({"build": {"build_id": 7, "runs": []}}),
+        )
+        .unwrap();
+        assert_eq!(one, r#"{"build_id":7,"runs":[]}"#);
+        let two = envelope(
+            PayloadFormat::Raw,
+            EventAction::Created,
+            None,
+            json!({"build": {"id": 7}, "task": null}),
+        )
+        .unwrap();
+        assert_eq!(two, r#"{"build":{"id":7},"task":null}"#);
     }
 
     #[test]

@@ -30,8 +30,9 @@ use crate::schema::rows::Budget;
 use crate::schema::{self, Limits, TokenKeys, Viewer};
 use crate::store::Db;
 
-/// The largest GraphQL request body accepted.
-const MAX_REQUEST_BYTES: usize = 256 * 1024;
+/// The largest GraphQL request body accepted: room for a published payload of the largest
+/// size a delivery carries, with its query.
+const MAX_REQUEST_BYTES: usize = 384 * 1024;
 
 /// What the routes use.
 #[derive(Clone)]

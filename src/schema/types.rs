@@ -75,6 +75,20 @@ impl OwnerInfo {
         Ok(connection(rows, page, |row| row.id, WebHookDelivery))
     }
 
+    /// Named secrets, by name (ADMIN): values are write-only, shown masked.
+    async fn webhook_secrets(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<super::webhooks::WebHookSecret>> {
+        require(ctx, Permission::Admin)?;
+        let rows = store::secrets::list(&db(ctx)?.conn(), self.0.id).await?;
+        rows::charge(ctx, rows.len())?;
+        Ok(rows
+            .into_iter()
+            .map(super::webhooks::WebHookSecret)
+            .collect())
+    }
+
     /// Audit events: every mutation performed for the organization, newest first (ADMIN).
     #[graphql(complexity = "crate::schema::page_cost(first, child_complexity)")]
     async fn audit_events(

@@ -6,7 +6,7 @@ use async_graphql::{Context, ID, Object, SimpleObject};
 use super::auth::require;
 use super::db;
 use super::deliveries::WebHookDelivery;
-use crate::domain::{EventKind, PayloadFormat, Permission, mask_secret};
+use crate::domain::{EventKind, PayloadFormat, Permission, SignatureStyle, mask_secret};
 use crate::secrets::Vault;
 use crate::store::entities::{organization, webhook_endpoint};
 use crate::store::{self, Db, parse_id};
@@ -62,10 +62,42 @@ impl WebHookDeliveryEndpoint {
         let Some(sealed) = &self.0.secret else {
             return Ok(None);
         };
-        let vault = ctx
-            .data::<Vault>()
-            .map_err(|_| Error::internal("the request has no vault"))?;
-        Ok(Some(mask_secret(&vault.open(sealed)?)))
+        Ok(Some(mask_secret(&vault(ctx)?.open(sealed)?)))
+    }
+
+    /// The organization's named secret that signs, when the endpoint uses one instead of its
+    /// own.
+    async fn secret_name(&self) -> Option<&str> {
+        self.0.secret_name.as_deref()
+    }
+
+    /// While a rotation of the endpoint's own secret overlaps: when the replaced secret stops
+    /// signing (ms since the epoch).
+    async fn secret_overlap_ends_timestamp(&self) -> Option<i64> {
+        self.0
+            .previous_secret_until
+            .filter(|until| *until > crate::now_ms())
+    }
+
+    /// How deliveries are signed.
+    async fn signature_style(&self) -> SignatureStyle {
+        self.0.signature_style
+    }
+
+    /// The published event types sent when `events` names `PUBLISHED`; empty means every type.
+    async fn published_events(&self) -> Result<Vec<String>> {
+        store::endpoints::published_events(&self.0)
+    }
+
+    /// The custom headers sent with every delivery, values masked.
+    async fn headers(&self, ctx: &Context<'_>) -> Result<Vec<WebHookHeader>> {
+        Ok(store::endpoints::headers(&self.0, vault(ctx)?)?
+            .into_iter()
+            .map(|header| WebHookHeader {
+                masked_value: mask_secret(&header.value),
+                name: header.name,
+            })
+            .collect())
     }
 
     /// The event types sent; empty means build and task events (audit events go only to
@@ -101,6 +133,52 @@ impl WebHookDeliveryEndpoint {
     async fn last_delivery(&self, ctx: &Context<'_>) -> Result<Option<WebHookDelivery>> {
         let row = store::deliveries::last_of_endpoint(&db(ctx)?.conn(), self.0.id).await?;
         Ok(row.map(WebHookDelivery))
+    }
+}
+
+fn vault<'a>(ctx: &'a Context<'_>) -> Result<&'a Vault> {
+    ctx.data::<Vault>()
+        .map_err(|_| Error::internal("the request has no vault"))
+}
+
+/// A custom header of an endpoint; its value is write-only.
+#[derive(SimpleObject)]
+pub struct WebHookHeader {
+    pub name: String,
+    /// At most the value's last four characters.
+    pub masked_value: String,
+}
+
+/// A named secret: defined once, used by any of the organization's endpoints (`secretName`).
+pub struct WebHookSecret(pub crate::store::entities::webhook_secret::Model);
+
+#[Object]
+impl WebHookSecret {
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// At most the value's last four characters.
+    async fn masked_value(&self, ctx: &Context<'_>) -> Result<String> {
+        Ok(mask_secret(&vault(ctx)?.open(&self.0.value)?))
+    }
+
+    /// When the value was last set or rotated (ms since the epoch).
+    async fn updated_timestamp(&self) -> i64 {
+        self.0.updated_at
+    }
+
+    /// While a rotation overlaps: when the replaced value stops signing (ms since the epoch).
+    async fn overlap_ends_timestamp(&self) -> Option<i64> {
+        self.0
+            .previous_until
+            .filter(|until| *until > crate::now_ms())
+    }
+
+    /// The ids of the endpoints that sign with it.
+    async fn used_by(&self, ctx: &Context<'_>) -> Result<Vec<ID>> {
+        let ids = store::secrets::used_by(&db(ctx)?.conn(), self.0.org_id, &self.0.name).await?;
+        Ok(ids.into_iter().map(|id| ID(id.to_string())).collect())
     }
 }
 

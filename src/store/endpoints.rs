@@ -7,7 +7,8 @@ use sea_orm::{
 };
 
 use super::entities::{delivery, delivery_queue, organization, webhook_endpoint};
-use crate::domain::{EndpointUrl, EventKind, PayloadFormat};
+use crate::domain::headers::Header;
+use crate::domain::{EndpointUrl, EventKind, PayloadFormat, SignatureStyle};
 use crate::secrets::Vault;
 use crate::{Error, Result};
 
@@ -23,6 +24,14 @@ pub struct EndpointFields {
     pub insecure_ssl: bool,
     /// Build and task status names an event must reach to be sent; empty means every status.
     pub status_filter: Vec<String>,
+    pub signature_style: SignatureStyle,
+    /// Published event types sent; empty means every type (when `events` names `PUBLISHED`).
+    pub published_events: Vec<String>,
+    pub headers: Vec<Header>,
+    /// The organization's named secret that signs, instead of `secret`.
+    pub secret_name: Option<String>,
+    /// The secret a rotation replaced, and until when it signs too (ms since the epoch).
+    pub previous_secret: Option<(String, i64)>,
 }
 
 impl EndpointFields {
@@ -36,6 +45,11 @@ impl EndpointFields {
             enabled,
             insecure_ssl,
             status_filter,
+            signature_style,
+            published_events,
+            headers,
+            secret_name,
+            previous_secret,
         } = self;
         row.url = Set(url.target().to_string());
         row.credentials = Set(url.userinfo().map(|info| vault.seal(&info)).transpose()?);
@@ -46,6 +60,20 @@ impl EndpointFields {
         row.enabled = Set(enabled);
         row.insecure_ssl = Set(insecure_ssl);
         row.status_filter = Set(serde_json::to_string(&status_filter).map_err(Error::internal)?);
+        row.signature_style = Set(signature_style);
+        row.published_events =
+            Set(serde_json::to_string(&published_events).map_err(Error::internal)?);
+        row.headers = Set(match headers.is_empty() {
+            true => None,
+            false => Some(vault.seal(&serde_json::to_string(&headers).map_err(Error::internal)?)?),
+        });
+        row.secret_name = Set(secret_name);
+        let (previous, until) = match previous_secret {
+            Some((secret, until)) => (Some(vault.seal(&secret)?), Some(until)),
+            None => (None, None),
+        };
+        row.previous_secret = Set(previous);
+        row.previous_secret_until = Set(until);
         row.updated_at = Set(now);
         Ok(())
     }
@@ -70,7 +98,28 @@ pub fn fields_of(row: &webhook_endpoint::Model, vault: &Vault) -> Result<Endpoin
         enabled: row.enabled,
         insecure_ssl: row.insecure_ssl,
         status_filter: status_filter(row)?,
+        signature_style: row.signature_style,
+        published_events: published_events(row)?,
+        headers: headers(row, vault)?,
+        secret_name: row.secret_name.clone(),
+        previous_secret: match (&row.previous_secret, row.previous_secret_until) {
+            (Some(sealed), Some(until)) => Some((vault.open(sealed)?, until)),
+            _ => None,
+        },
     })
+}
+
+/// The published event types an endpoint asked for; empty means every type.
+pub fn published_events(row: &webhook_endpoint::Model) -> Result<Vec<String>> {
+    serde_json::from_str(&row.published_events).map_err(Error::internal)
+}
+
+/// An endpoint's custom headers, values opened.
+pub fn headers(row: &webhook_endpoint::Model, vault: &Vault) -> Result<Vec<Header>> {
+    match &row.headers {
+        None => Ok(Vec::new()),
+        Some(sealed) => serde_json::from_str(&vault.open(sealed)?).map_err(Error::internal),
+    }
 }
 
 /// The endpoint's URL as it may be shown: credentials, if any, as `***:***` (no secret is
@@ -125,6 +174,9 @@ pub async fn create(
 ) -> Result<webhook_endpoint::Model> {
     let now = crate::now_ms();
     let url = fields.url.clone();
+    if let Some(name) = &fields.secret_name {
+        super::secrets::require(conn, org_id, name).await?;
+    }
     let mut row = webhook_endpoint::ActiveModel {
         org_id: Set(org_id),
         created_at: Set(now),
@@ -145,6 +197,11 @@ pub async fn update(
     vault: &Vault,
 ) -> Result<webhook_endpoint::Model> {
     let url = fields.url.clone();
+    if let Some(name) = &fields.secret_name {
+        // Under the organization's lock, as a deletion of the secret is.
+        lock_organization(conn, current.org_id).await?;
+        super::secrets::require(conn, current.org_id, name).await?;
+    }
     let mut row: webhook_endpoint::ActiveModel = current.into();
     fields.apply(&mut row, crate::now_ms(), vault)?;
     row.update(conn).await.map_err(conflict(&url))
@@ -243,6 +300,13 @@ pub fn subscribes_to_audit(row: &webhook_endpoint::Model) -> Result<bool> {
     Ok(EventKind::AuditEvent.is_in(&event_kinds(row)?))
 }
 
+/// Whether the endpoint `row` subscribes to published events of type `name`: it names
+/// `PUBLISHED`, and the type is among its `publishedEvents` (when it lists any).
+pub fn subscribes_to_published(row: &webhook_endpoint::Model, name: &str) -> Result<bool> {
+    Ok(EventKind::Published.is_in(&event_kinds(row)?)
+        && crate::domain::published::wants(&published_events(row)?, name))
+}
+
 /// Deletes an endpoint with its deliveries, their queue rows and their attempts.
 pub async fn delete(conn: &impl ConnectionTrait, endpoint: &webhook_endpoint::Model) -> Result<()> {
     delivery_queue::Entity::delete_many()
@@ -326,6 +390,9 @@ pub async fn reconcile_sealing(db: &DatabaseConnection, vault: &Vault) -> anyhow
                     .await
                     .map_err(|err| anyhow::anyhow!("{err}"))?;
             }
+            super::secrets::seal_all(&tx, vault)
+                .await
+                .map_err(|err| anyhow::anyhow!("{err}"))?;
             super::orgs::seal_jwt_key(&tx, vault).await?;
             let row = setting::ActiveModel {
                 key: Set(CHECK_KEY.into()),

@@ -184,6 +184,16 @@ pub mod webhook_endpoint {
         pub credentials: Option<String>,
         /// A JSON array of build and task status names; empty means every status.
         pub status_filter: String,
+        pub signature_style: crate::domain::SignatureStyle,
+        /// A JSON array of published event types; empty means every type.
+        pub published_events: String,
+        /// The custom headers as a JSON array of `{name, value}`, sealed as one value.
+        pub headers: Option<String>,
+        /// The organization's named secret that signs, instead of `secret`.
+        pub secret_name: Option<String>,
+        /// The secret a rotation replaced, sealed, and when it stops signing (ms since epoch).
+        pub previous_secret: Option<String>,
+        pub previous_secret_until: Option<i64>,
     }
     no_relations!();
 
@@ -196,6 +206,56 @@ pub mod webhook_endpoint {
                 .finish_non_exhaustive()
         }
     }
+}
+
+pub mod webhook_secret {
+    use sea_orm::entity::prelude::*;
+
+    /// A secret defined once by name and used by any of the organization's endpoints.
+    #[derive(Clone, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "webhook_secrets")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub org_id: i64,
+        pub name: String,
+        /// Sealed when a key is configured; write-only in the API.
+        pub value: String,
+        /// The value a rotation replaced, sealed, and when it stops signing.
+        pub previous_value: Option<String>,
+        pub previous_until: Option<i64>,
+        pub updated_at: i64,
+    }
+    no_relations!();
+
+    impl std::fmt::Debug for Model {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("WebhookSecret")
+                .field("id", &self.id)
+                .field("name", &self.name)
+                .finish_non_exhaustive()
+        }
+    }
+}
+
+pub mod published_event {
+    use sea_orm::entity::prelude::*;
+
+    /// An event a platform published, with its payload as JSON text.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "published_events")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub uid: String,
+        pub org_id: i64,
+        #[sea_orm(column_name = "type")]
+        pub kind: String,
+        pub subject: Option<String>,
+        pub payload: String,
+        pub timestamp: i64,
+    }
+    no_relations!();
 }
 
 pub mod event {

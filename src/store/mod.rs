@@ -11,6 +11,8 @@ pub mod endpoints;
 pub mod entities;
 mod nodelay;
 pub mod orgs;
+pub mod published;
+pub mod secrets;
 mod sql;
 pub mod tls;
 mod write;

@@ -156,6 +156,18 @@ pub async fn build(conn: &impl ConnectionTrait, org_id: i64, id: i64) -> Result<
         .ok_or_else(|| Error::not_found("build", id))
 }
 
+/// The organization's newest build, if it has one.
+pub async fn newest_build(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+) -> Result<Option<build::Model>> {
+    Ok(build::Entity::find()
+        .filter(build::Column::OrgId.eq(org_id))
+        .order_by_desc(build::Column::Id)
+        .one(conn)
+        .await?)
+}
+
 /// The builds these (organization, build) pairs name, by id, locked until the transaction ends
 /// (see [`tasks_of`]), for changes of their status. A pair naming another organization's build
 /// finds nothing.

@@ -119,8 +119,11 @@ pub async fn lock_chains(conn: &impl ConnectionTrait, builds: &[i64]) -> Result<
 /// An event's deliveries, one per endpoint, ready to be queued.
 pub struct EventDeliveries<'a> {
     pub org_id: OrgId,
-    pub event_id: i64,
-    pub build_id: BuildId,
+    /// The build or task event recorded (none for a published event, kept apart).
+    pub event_id: Option<i64>,
+    /// The chain the deliveries are ordered in: the build's id, or a subject's (negative)
+    /// chain (see [`crate::domain::published::subject_chain`]).
+    pub chain: i64,
     pub event: &'a str,
     pub action: EventAction,
     pub timestamp: i64,
@@ -151,7 +154,7 @@ pub async fn queue_events(
                 body,
                 org_id: event.org_id.get(),
                 event_id: event.event_id,
-                build_id: event.build_id.get(),
+                build_id: event.chain,
                 event: event.event,
                 action: event.action.as_str(),
                 at: event.timestamp,
@@ -213,7 +216,8 @@ struct DeliveryRow<'a> {
     endpoint_id: i64,
     body: &'a str,
     org_id: i64,
-    event_id: i64,
+    event_id: Option<i64>,
+    /// The chain (see [`EventDeliveries::chain`]).
     build_id: i64,
     /// The event's kind and action.
     event: &'a str,

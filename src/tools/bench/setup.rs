@@ -72,6 +72,11 @@ impl Owned {
                 enabled: true,
                 insecure_ssl: false,
                 status_filter: Vec::new(),
+                signature_style: crate::domain::SignatureStyle::Cirrus,
+                published_events: Vec::new(),
+                headers: Vec::new(),
+                secret_name: None,
+                previous_secret: None,
             };
             store::endpoints::create(&db, org.id, fields, &crate::secrets::Vault::default())
                 .await

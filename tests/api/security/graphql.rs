@@ -49,7 +49,7 @@ pub(super) async fn graphql_limits_apply_before_any_resolver() {
     assert!(message.contains("too complex"), "{message}");
 
     let http = reqwest::Client::new();
-    let big = json!({ "query": "{ __typename }", "variables": { "pad": "x".repeat(300 * 1024) } })
+    let big = json!({ "query": "{ __typename }", "variables": { "pad": "x".repeat(400 * 1024) } })
         .to_string();
     let response = http
         .post(app.url("/graphql"))
