@@ -76,6 +76,7 @@ impl AppState {
                 policy: policy.clone(),
                 keys: keys.clone(),
                 max_endpoints: api::MaxEndpoints(config.max_endpoints as usize),
+                public_url: crate::schema::PublicUrl::new(config.public_url.as_deref()),
             },
         );
         Ok(Self {

@@ -21,7 +21,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::delivery::guard::TargetPolicy;
 use crate::events::{Outbox, Writer};
-use crate::schema::{Limits, QueryRoot, TokenKeys};
+use crate::schema::{Limits, PublicUrl, QueryRoot, TokenKeys};
 use crate::secrets::Vault;
 use crate::store::Writes;
 use crate::{Error, Result};
@@ -56,6 +56,7 @@ pub struct Handles {
     pub policy: TargetPolicy,
     pub keys: TokenKeys,
     pub max_endpoints: MaxEndpoints,
+    pub public_url: PublicUrl,
 }
 
 /// The full schema with the given limits, its mutations using `handles`.
@@ -69,6 +70,7 @@ pub fn build_schema(limits: Limits, handles: Handles) -> ApiSchema {
         policy,
         keys,
         max_endpoints,
+        public_url,
     } = handles;
     builder(limits)
         .data(pool)
@@ -79,6 +81,7 @@ pub fn build_schema(limits: Limits, handles: Handles) -> ApiSchema {
         .data(policy)
         .data(keys)
         .data(max_endpoints)
+        .data(public_url)
         .finish()
 }
 

@@ -59,6 +59,8 @@ pub struct Renderer {
     settled: Arc<Settled>,
     /// Where Slack messages link builds and tasks (`HERALD_PUBLIC_URL`).
     public_url: Option<String>,
+    /// The same, for `Build.webUrl` and `Task.webUrl`.
+    links: schema::PublicUrl,
     /// Which fields are `ID`s, for FLAT bodies.
     ids: IdFields,
 }
@@ -72,6 +74,7 @@ impl Renderer {
             schema,
             cache: Mutex::default(),
             settled: Arc::default(),
+            links: schema::PublicUrl::new(public_url.as_deref()),
             public_url,
         }
     }
@@ -219,7 +222,8 @@ impl Renderer {
             .variables(Variables::from_json(variables))
             .data(db)
             .data(viewer)
-            .data(budget);
+            .data(budget)
+            .data(self.links.clone());
         if let Some(known) = known {
             request = request.data(known);
         }

@@ -22,6 +22,30 @@ use async_graphql::{
 };
 
 pub use auth::{Claims, TokenKeys, Viewer};
+
+/// Where Herald's console is published (`HERALD_PUBLIC_URL`, without a trailing `/`), from which
+/// `Build.webUrl` and `Task.webUrl` link; none leaves them null.
+#[derive(Clone, Debug, Default)]
+pub struct PublicUrl(pub Option<std::sync::Arc<str>>);
+
+impl PublicUrl {
+    pub fn new(url: Option<&str>) -> Self {
+        Self(url.map(|url| std::sync::Arc::from(url.trim_end_matches('/'))))
+    }
+
+    /// The link to `path` (`build/7`), when a public URL is set.
+    pub fn link(&self, path: &str) -> Option<String> {
+        self.0.as_ref().map(|base| format!("{base}/{path}"))
+    }
+}
+
+/// A time in ms since the epoch as RFC 3339 in UTC, to the second: `2021-07-26T18:10:37+00:00`,
+/// as receivers that take ISO 8601 timestamps (Foundries.io's) expect.
+pub fn iso_8601(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
 pub use types::{Build, OwnerInfo, Repository, Task, UserInfo};
 
 use crate::Error;

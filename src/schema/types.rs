@@ -164,6 +164,12 @@ impl Repository {
     }
 }
 
+/// The console's page of a build or task, when Herald has a public URL.
+fn web_url(ctx: &Context<'_>, kind: &str, id: i64) -> Option<String> {
+    ctx.data_opt::<super::PublicUrl>()?
+        .link(&format!("{kind}/{id}"))
+}
+
 /// One build of a repository: a change, and the tasks that check it.
 pub struct Build(pub build::Model);
 
@@ -219,6 +225,32 @@ impl Build {
     /// When Herald recorded the build (ms since the epoch).
     async fn build_created_timestamp(&self) -> i64 {
         self.0.created_at
+    }
+
+    /// `buildCreatedTimestamp` as ISO 8601 (`2021-07-26T18:10:33+00:00`).
+    async fn build_created_timestamp_iso(&self) -> String {
+        super::iso_8601(self.0.created_at)
+    }
+
+    /// `changeTimestamp` as ISO 8601.
+    async fn change_timestamp_iso(&self) -> String {
+        super::iso_8601(self.0.change_timestamp)
+    }
+
+    /// When the build reached a final status (ms since the epoch); null until then.
+    async fn final_status_timestamp(&self) -> Option<i64> {
+        self.0.final_status_timestamp
+    }
+
+    /// `finalStatusTimestamp` as ISO 8601; null until the build ends.
+    async fn final_status_timestamp_iso(&self) -> Option<String> {
+        self.0.final_status_timestamp.map(super::iso_8601)
+    }
+
+    /// The build's page in Herald's console, `<HERALD_PUBLIC_URL>/build/<id>`; null without a
+    /// public URL.
+    async fn web_url(&self, ctx: &Context<'_>) -> Option<String> {
+        web_url(ctx, "build", self.0.id)
     }
 
     /// From the start of execution (or creation) to the final status, or to now while the build
@@ -327,9 +359,30 @@ impl Task {
         self.0.creation_timestamp
     }
 
+    /// `creationTimestamp` as ISO 8601 (`2021-07-26T18:10:37+00:00`).
+    async fn creation_timestamp_iso(&self) -> String {
+        super::iso_8601(self.0.creation_timestamp)
+    }
+
+    /// `statusTimestamp` as ISO 8601.
+    async fn status_timestamp_iso(&self) -> String {
+        super::iso_8601(self.0.status_timestamp)
+    }
+
     /// When the task reached a final status; null until then.
     async fn final_status_timestamp(&self) -> Option<i64> {
         self.0.final_status_timestamp
+    }
+
+    /// `finalStatusTimestamp` as ISO 8601; null until the task ends.
+    async fn final_status_timestamp_iso(&self) -> Option<String> {
+        self.0.final_status_timestamp.map(super::iso_8601)
+    }
+
+    /// The task's page in Herald's console, `<HERALD_PUBLIC_URL>/task/<id>`; null without a
+    /// public URL.
+    async fn web_url(&self, ctx: &Context<'_>) -> Option<String> {
+        web_url(ctx, "task", self.0.id)
     }
 
     /// From the start of execution to the final status, or to now while it runs; 0 before.

@@ -16,4 +16,5 @@ mod scale;
 mod security;
 mod slack_format;
 mod support;
+mod systems;
 mod tokens;
