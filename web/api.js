@@ -57,8 +57,13 @@ export async function gql(query, variables = {}) {
 }
 
 export const ENDPOINT_FIELDS = `
-  id webhookURL maskedSecretToken events payloadQuery payloadFormat enabled insecureSsl
+  id webhookURL maskedSecretToken secretName secretOverlapEndsTimestamp signatureStyle
+  events publishedEvents payloadQuery payloadFormat enabled insecureSsl
+  headers { name maskedValue }
   lastDelivery { id state timestamp attempts response { status } }`;
+
+/** The organization's named secrets (values masked), and the endpoints signing with each. */
+export const SECRET_FIELDS = "name maskedValue updatedTimestamp overlapEndsTimestamp usedBy";
 
 export const DELIVERY_FIELDS = `
   id endpointId event action state attempts timestamp nextAttemptTimestamp

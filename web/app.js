@@ -6,6 +6,7 @@ import { endpointsView } from "./endpoints.js";
 import { editorView } from "./editor.js";
 import { deliveriesView } from "./deliveries.js";
 import { buildsView } from "./builds.js";
+import { secretsView } from "./secrets.js";
 
 const main = document.getElementById("main");
 let viewer = null;
@@ -94,11 +95,11 @@ function route() {
   const [section, id, extra] = location.hash.replace(/^#\/?/, "").split("/");
   const fallback = isAdmin() ? "endpoints" : "builds";
   const name = section || fallback;
-  if (!isAdmin() && (name === "endpoints" || name === "deliveries")) {
+  if (!isAdmin() && ["endpoints", "deliveries", "secrets"].includes(name)) {
     main.replaceChildren(
       h("section.card.notice", {},
         h("h1", {}, "An ADMIN token is needed here"),
-        h("p", {}, `This token has ${viewer.viewerPermission} permission. Webhook endpoints and `
+        h("p", {}, `This token has ${viewer.viewerPermission} permission. Webhook endpoints, secrets and `
           + "the delivery log are for organization admins; builds are below."),
         h("a.button", { href: "#/builds" }, "Show builds")),
     );
@@ -112,6 +113,7 @@ function route() {
   const views = {
     endpoints: () => (id ? editorView(context, id === "new" ? null : id) : endpointsView(context)),
     deliveries: () => deliveriesView(context, { endpointId: id === "endpoint" ? extra : null, openId: id === "endpoint" ? null : id }),
+    secrets: () => secretsView(context),
     builds: () => buildsView(context),
   };
   const view = views[name];

@@ -1,11 +1,20 @@
 // Creating and editing an endpoint, with the payload selection checked and previewed live
 // against a real build or task as the admin types.
 
-import { gql, ENDPOINT_FIELDS, DEFAULT_SELECTION, CIRRUS_DOCUMENTED_SELECTION } from "./api.js";
+import { gql, ENDPOINT_FIELDS, SECRET_FIELDS, DEFAULT_SELECTION, CIRRUS_DOCUMENTED_SELECTION } from "./api.js";
 import { h, toast, errorBox, codeBlock, pretty } from "./ui.js";
-import { deleteEndpoint, sendPing } from "./endpoints.js";
+import { deleteEndpoint, sendTestControl } from "./endpoints.js";
+import { signingFields } from "./signing.js";
+import { headersEditor } from "./headers.js";
 
-const EVENTS = ["BUILD", "TASK", "AUDIT_EVENT"];
+const EVENTS = ["BUILD", "TASK", "AUDIT_EVENT", "PUBLISHED"];
+/** Every payload format, with the shape of the body it sends. */
+const FORMATS = {
+  DATA: " {action, old_status?, data}",
+  FLAT: " {action, repository, build, task} as Cirrus sends",
+  RAW: " the selection's result, no envelope",
+  SLACK: " a Slack message; the selection is not used",
+};
 const CHECK_DELAY_MS = 350;
 
 /** Recent builds and their tasks, per repository, to preview against. */
@@ -70,10 +79,11 @@ function field(label, control, help) {
 }
 
 export async function editorView({ viewer, main }, id) {
-  const [endpoint, repositories] = await Promise.all([
+  const [endpoint, repositories, secrets] = await Promise.all([
     id ? gql(`query($id: ID!) { webhookEndpoint(id: $id) { ${ENDPOINT_FIELDS} } }`, { id })
       .then((data) => data.webhookEndpoint) : null,
     loadBuilds(),
+    gql(`{ viewer { webhookSecrets { ${SECRET_FIELDS} } } }`).then((data) => data.viewer.webhookSecrets),
   ]);
   if (id && !endpoint) {
     main.replaceChildren(errorBox(new Error(`There is no endpoint ${id}.`)));
@@ -84,17 +94,24 @@ export async function editorView({ viewer, main }, id) {
     type: "url", name: "webhookURL", required: true, placeholder: "https://example.com/hooks/ci",
     value: endpoint?.webhookURL ?? "", autocomplete: "off", spellcheck: "false",
   });
-  const secret = h("input#secret-token", {
-    type: "password", name: "secretToken", autocomplete: "new-password", spellcheck: "false",
-    placeholder: endpoint?.maskedSecretToken ? "Leave empty to keep the current secret" : "Used to sign every delivery",
-  });
-  const removeSecret = endpoint?.maskedSecretToken
-    ? h("input#remove-secret", { type: "checkbox", name: "removeSecret" }) : null;
+  const signing = signingFields(endpoint, secrets, schedule);
+  const headers = headersEditor(endpoint?.headers ?? [], schedule);
   const events = EVENTS.map((event) => h("input", {
     type: "checkbox", name: "events", value: event, id: `event-${event.toLowerCase()}`,
     checked: endpoint?.events.includes(event) ?? false,
   }));
-  const formats = ["DATA", "FLAT"].map((format) => h("input", {
+  const publishedTypes = h("input#published-events", {
+    type: "text", name: "publishedEvents", autocomplete: "off", spellcheck: "false", autocapitalize: "off",
+    value: endpoint?.publishedEvents.join(", ") ?? "", placeholder: "deployment, release.created",
+    "aria-describedby": "published-events-help",
+  });
+  const publishedField = field("Published event types", publishedTypes,
+    "Comma separated, compared case-insensitively; empty means every type published with publishEvent.");
+  const publishedBox = events.find((box) => box.value === "PUBLISHED");
+  const syncPublished = () => { publishedField.hidden = !publishedBox.checked; };
+  publishedBox.addEventListener("change", syncPublished);
+  syncPublished();
+  const formats = Object.keys(FORMATS).map((format) => h("input", {
     type: "radio", name: "payloadFormat", value: format, id: `format-${format.toLowerCase()}`,
     checked: (endpoint?.payloadFormat ?? "DATA") === format,
   }));
@@ -111,7 +128,7 @@ export async function editorView({ viewer, main }, id) {
       repo.builds.map((build) => h("option", { value: build.id },
         `#${build.id} · ${build.branch} · ${build.status.toLowerCase()}`)))));
   const taskSelect = h("select#preview-task", {});
-  const previewEvent = h("span.muted#preview-event");
+  const previewHeaders = h("div#preview-headers");
   const previewBody = h("div#preview-body");
   function fillTasks() {
     const build = builds.find((b) => b.id === buildSelect.value);
@@ -162,19 +179,23 @@ export async function editorView({ viewer, main }, id) {
     status.textContent = "Checking…";
     try {
       const data = await gql(`mutation($input: PreviewWebHookPayloadInput!) {
-        previewWebHookPayload(input: $input) { event body } }`, {
+        previewWebHookPayload(input: $input) { body headers { name maskedValue } } }`, {
         input: {
           ownerUid: viewer.uid,
           payloadQuery: selection(),
           payloadFormat: format(),
           buildId: buildSelect.value,
           taskId: taskSelect.value || null,
+          signatureStyle: signing.style(),
+          withSecret: signing.withSecret(),
+          headers: headers.forPreview(),
         },
       });
       if (mine !== sequence) return;
-      const { event, body } = data.previewWebHookPayload;
+      const { body, headers: sent } = data.previewWebHookPayload;
       if (selection().trim()) showSelectionOk(isDefault() ? "The default selection: what Cirrus CI sends." : "The selection is valid.");
-      previewEvent.textContent = `X-Cirrus-Event: ${event}`;
+      previewHeaders.replaceChildren(codeBlock(
+        sent.map((header) => `${header.name}: ${header.maskedValue}`).join("\n"), "Preview of the request headers"));
       previewBody.classList.remove("stale");
       previewBody.replaceChildren(codeBlock(pretty(body), "Preview of the request body"));
     } catch (error) {
@@ -198,21 +219,21 @@ export async function editorView({ viewer, main }, id) {
     const chosen = events.filter((box) => box.checked).map((box) => box.value);
     const input = {
       events: chosen,
+      publishedEvents: publishedTypes.value.split(",").map((type) => type.trim()).filter(Boolean),
       payloadFormat: format(),
       enabled: enabled.checked,
       insecureSsl: insecure.checked,
+      headers: headers.values(),
     };
+    signing.apply(input);
     const query = isDefault() ? "" : selection();
     if (endpoint) {
       input.id = endpoint.id;
       // The URL is shown masked; sending it back unchanged would replace its credentials.
       if (url.value !== endpoint.webhookURL) input.webhookURL = url.value.trim();
-      if (removeSecret?.checked) input.secretToken = "";
-      else if (secret.value) input.secretToken = secret.value;
       input.payloadQuery = query;
     } else {
       Object.assign(input, { ownerUid: viewer.uid, webhookURL: url.value.trim() });
-      if (secret.value) input.secretToken = secret.value;
       if (query.trim()) input.payloadQuery = query;
     }
     const mutation = endpoint
@@ -222,7 +243,7 @@ export async function editorView({ viewer, main }, id) {
     if (button) button.disabled = true;
     try {
       await gql(mutation, { input });
-      secret.value = "";
+      signing.clear();
       toast(endpoint ? "The endpoint was saved." : "The endpoint was created.");
       location.hash = "#/endpoints";
     } catch (error) {
@@ -237,21 +258,15 @@ export async function editorView({ viewer, main }, id) {
   const form = h("form.card.endpoint-form#endpoint-form", { onsubmit: save, novalidate: true },
     formError,
     field("Payload URL", url, "Receives a POST for every event. Credentials in the URL are sent as HTTP Basic authentication and never shown again."),
-    h("div.field", {},
-      h("label", { for: "secret-token" }, endpoint?.maskedSecretToken ? "Replace the secret" : "Secret"),
-      endpoint ? h("p.help", {}, endpoint.maskedSecretToken
-        ? ["A secret is set (", h("code", {}, endpoint.maskedSecretToken), "). It is never shown."]
-        : "No secret is set: deliveries are not signed.") : null,
-      secret,
-      removeSecret ? h("label.inline", {}, removeSecret, "Remove the secret (deliveries are sent unsigned)") : null),
+    signing.element,
     h("fieldset", {}, h("legend", {}, "Events"),
       h("div.choices", {}, events.map((box) => h("label.inline", {}, box, box.value.toLowerCase().replace("_", " ")))),
       h("p.help", {}, "None checked means build and task events. Audit events (every change made to the organization, as ",
-        h("code", {}, "X-Cirrus-Event: audit_event"), ") go only to endpoints that check them.")),
+        h("code", {}, "X-Cirrus-Event: audit_event"), ") and published events go only to endpoints that check them."),
+      publishedField),
     h("fieldset", {}, h("legend", {}, "Payload format"),
-      h("div.choices", {},
-        h("label.inline", {}, formats[0], h("span", {}, h("b", {}, "DATA"), " {action, old_status?, data}")),
-        h("label.inline", {}, formats[1], h("span", {}, h("b", {}, "FLAT"), " {action, repository, build, task} as Cirrus sends")))),
+      h("div.choices", {}, formats.map((radio) =>
+        h("label.inline", {}, radio, h("span", {}, h("b", {}, radio.value), FORMATS[radio.value]))))),
     h("div.field", {},
       h("div.label-row", {},
         h("label", { for: "payload-query" }, "Payload selection"),
@@ -270,6 +285,7 @@ export async function editorView({ viewer, main }, id) {
         " (null for build events), or a bare selection such as ", h("code", {}, "build(id: $buildId) { id status }"), "."),
       editor.element,
       status),
+    headers.element,
     h("div.choices", {},
       h("label.inline", {}, enabled, "Enabled"),
       h("label.inline", {}, insecure, "Skip TLS certificate checks")),
@@ -277,9 +293,7 @@ export async function editorView({ viewer, main }, id) {
       h("button.primary#save-endpoint", { type: "submit" }, endpoint ? "Save changes" : "Create endpoint"),
       h("a.button.ghost", { href: "#/endpoints" }, "Cancel"),
       endpoint ? h("span.spacer") : null,
-      endpoint ? h("button.ghost", { type: "button", disabled: !endpoint.enabled, onclick: async () => {
-        try { await sendPing(endpoint); } catch (error) { toast(error.message, "error"); }
-      } }, "Send ping") : null,
+      endpoint ? sendTestControl(endpoint) : null,
       endpoint ? h("button.danger", { type: "button", onclick: async () => {
         try { if (await deleteEndpoint(endpoint)) location.hash = "#/endpoints"; } catch (error) { toast(error.message, "error"); }
       } }, "Delete") : null),
@@ -290,9 +304,11 @@ export async function editorView({ viewer, main }, id) {
 
   const preview = h("aside.card.preview", { "aria-labelledby": "preview-title" },
     h("h2#preview-title", {}, "Live preview"),
-    h("p.help", {}, "The exact body this endpoint would send for the created event of:"),
+    h("p.help", {}, "The exact request this endpoint would send for the created event of:"),
     h("div.preview-pick", {}, field("Build", buildSelect), field("Event", taskSelect)),
-    previewEvent,
+    h("h3", {}, "Headers"),
+    previewHeaders,
+    h("h3", {}, "Body"),
     previewBody);
 
   main.replaceChildren(h("section", {},

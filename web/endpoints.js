@@ -20,17 +20,65 @@ export function deleteEndpoint(endpoint) {
   });
 }
 
-export async function sendPing(endpoint) {
+/** Queues a test delivery: a ping when `event` is empty, else `build`, `task` or a published type. */
+export async function sendTest(endpoint, event) {
   const data = await gql(
-    "mutation($id: ID!) { sendTestWebHook(input: {endpointId: $id}) { delivery { id } } }",
-    { id: endpoint.id },
+    "mutation($id: ID!, $event: String) { sendTestWebHook(input: {endpointId: $id, event: $event}) { delivery { id } } }",
+    { id: endpoint.id, event: event || null },
   );
-  toast("A ping was queued; it shows in the delivery log.");
+  toast(`A test ${event || "ping"} was queued; it shows in the delivery log.`);
   return data.sendTestWebHook.delivery.id;
 }
 
-function eventsText(events) {
-  return events.length ? events.map((e) => e.toLowerCase().replace("_", " ")).join(", ") : "builds and tasks";
+export function sendPing(endpoint) {
+  return sendTest(endpoint, null);
+}
+
+/** The test kinds an endpoint can be sent: a ping, a build, a task, or a published type it lists. */
+function testKinds(endpoint) {
+  const published = endpoint.events.includes("PUBLISHED") ? endpoint.publishedEvents : [];
+  return [["", "ping"], ["build", "build"], ["task", "task"], ...published.map((type) => [type, `${type} (published)`])];
+}
+
+/** A choice of event kind and a "Send test" button; `after` runs once the test is queued. */
+export function sendTestControl(endpoint, after) {
+  const kind = h("select.test-event", {
+    "aria-label": `Test event for ${endpoint.webhookURL}`,
+    disabled: !endpoint.enabled,
+  }, testKinds(endpoint).map(([value, label]) => h("option", { value }, label)));
+  const send = h("button.ghost.send-test", {
+    type: "button",
+    disabled: !endpoint.enabled,
+    title: endpoint.enabled
+      ? "Queue a test delivery of the chosen kind, rendered as this endpoint sends it"
+      : "Enable the endpoint to send it a test",
+    onclick: async () => {
+      send.disabled = true;
+      try {
+        await sendTest(endpoint, kind.value);
+        after?.();
+      } catch (error) {
+        toast(error.message, "error");
+      } finally {
+        send.disabled = false;
+      }
+    },
+  }, "Send test");
+  return h("span.send-test-group", {}, kind, send);
+}
+
+function eventsText(endpoint) {
+  const { events, publishedEvents } = endpoint;
+  if (!events.length) return "builds and tasks";
+  return events.map((e) => (e === "PUBLISHED"
+    ? `published (${publishedEvents.length ? publishedEvents.join(", ") : "every type"})`
+    : e.toLowerCase().replace("_", " "))).join(", ");
+}
+
+function secretText(endpoint) {
+  if (endpoint.secretName) return ["named ", h("code", {}, endpoint.secretName)];
+  if (endpoint.maskedSecretToken) return h("code", {}, endpoint.maskedSecretToken);
+  return h("span.warn", {}, "none — unsigned");
 }
 
 function endpointCard(endpoint, refresh) {
@@ -59,11 +107,13 @@ function endpointCard(endpoint, refresh) {
       h("label.switch", {}, toggle, h("span", { "aria-hidden": "true" }), endpoint.enabled ? "On" : "Off"),
     ),
     h("dl.facts", {},
-      h("div", {}, h("dt", {}, "Events"), h("dd", {}, eventsText(endpoint.events))),
+      h("div", {}, h("dt", {}, "Events"), h("dd", {}, eventsText(endpoint))),
       h("div", {}, h("dt", {}, "Format"), h("dd", {}, endpoint.payloadFormat)),
       h("div", {}, h("dt", {}, "Selection"), h("dd", {}, endpoint.payloadQuery ? "custom" : "Cirrus default")),
-      h("div", {}, h("dt", {}, "Secret"),
-        h("dd", {}, endpoint.maskedSecretToken ? h("code", {}, endpoint.maskedSecretToken) : h("span.warn", {}, "none — unsigned"))),
+      h("div", {}, h("dt", {}, "Style"), h("dd.style", {}, endpoint.signatureStyle)),
+      h("div", {}, h("dt", {}, "Secret"), h("dd", {}, secretText(endpoint))),
+      endpoint.headers.length ? h("div", {}, h("dt", {}, "Headers"),
+        h("dd", {}, endpoint.headers.map((header) => header.name).join(", "))) : null,
       h("div", {}, h("dt", {}, "Last delivery"),
         h("dd.last", {}, last
           ? h("a", { href: `#/deliveries/${last.id}` }, stateBadge(last.state), " ", when(last.timestamp))
@@ -72,19 +122,7 @@ function endpointCard(endpoint, refresh) {
     h("div.actions", {},
       h("a.button", { href: `#/endpoints/${endpoint.id}` }, "Edit"),
       h("a.button.ghost", { href: `#/deliveries/endpoint/${endpoint.id}` }, "Deliveries"),
-      h("button.ghost", {
-        type: "button",
-        disabled: !endpoint.enabled,
-        title: endpoint.enabled ? "Queue a ping delivery" : "Enable the endpoint to ping it",
-        onclick: async () => {
-          try {
-            await sendPing(endpoint);
-            refresh();
-          } catch (error) {
-            toast(error.message, "error");
-          }
-        },
-      }, "Send ping"),
+      sendTestControl(endpoint, refresh),
       h("button.ghost.danger-text", {
         type: "button",
         onclick: async () => {

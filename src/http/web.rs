@@ -51,6 +51,9 @@ const ASSETS: &[Asset] = &[
     asset!("ui.js", "text/javascript; charset=utf-8"),
     asset!("endpoints.js", "text/javascript; charset=utf-8"),
     asset!("editor.js", "text/javascript; charset=utf-8"),
+    asset!("signing.js", "text/javascript; charset=utf-8"),
+    asset!("headers.js", "text/javascript; charset=utf-8"),
+    asset!("secrets.js", "text/javascript; charset=utf-8"),
     asset!("deliveries.js", "text/javascript; charset=utf-8"),
     asset!("builds.js", "text/javascript; charset=utf-8"),
 ];

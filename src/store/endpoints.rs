@@ -102,8 +102,12 @@ pub fn fields_of(row: &webhook_endpoint::Model, vault: &Vault) -> Result<Endpoin
         published_events: published_events(row)?,
         headers: headers(row, vault)?,
         secret_name: row.secret_name.clone(),
+        // A replaced secret whose overlap has ended is dropped: the next write of the endpoint
+        // erases it.
         previous_secret: match (&row.previous_secret, row.previous_secret_until) {
-            (Some(sealed), Some(until)) => Some((vault.open(sealed)?, until)),
+            (Some(sealed), Some(until)) if until > crate::now_ms() => {
+                Some((vault.open(sealed)?, until))
+            }
             _ => None,
         },
     })

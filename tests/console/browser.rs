@@ -233,6 +233,25 @@ impl Browser {
         .await;
     }
 
+    /// Chooses the option with `value` in the select matching `css`, as picking it from the
+    /// list does (an `input` and a `change` event).
+    pub async fn select(&self, css: &str, value: &str) {
+        self.find(css).await;
+        let chosen = self
+            .script(
+                "const el = document.querySelector(arguments[0]);
+                 const value = arguments[1];
+                 if (![...el.options].some((option) => option.value === value)) return false;
+                 el.value = value;
+                 el.dispatchEvent(new Event('input', { bubbles: true }));
+                 el.dispatchEvent(new Event('change', { bubbles: true }));
+                 return true;",
+                json!([css, value]),
+            )
+            .await;
+        assert_eq!(chosen, true, "{css} has no option {value:?}");
+    }
+
     pub async fn set_window(&self, width: u32, height: u32) {
         self.post("/window/rect", json!({ "width": width, "height": height }))
             .await;

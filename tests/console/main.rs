@@ -4,6 +4,7 @@
 //! `HERALD_UPDATE_SCREENSHOT=1` also refreshes the README's `docs/console.png`.
 
 mod browser;
+mod signing;
 #[path = "../api/support/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod support;
