@@ -41,6 +41,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Seals and opens endpoint secrets at rest.
     pub vault: Vault,
+    /// The REST hooks' handles.
+    pub hooks: api::hooks::Hooks,
 }
 
 impl AppState {
@@ -65,6 +67,15 @@ impl AppState {
             ..Limits::API
         };
         let policy = TargetPolicy::from_config(&config);
+        let max_endpoints = api::MaxEndpoints(config.max_endpoints as usize);
+        let hooks = api::hooks::Hooks {
+            pool: db.clone(),
+            writes: writes.clone(),
+            outbox: outbox.clone(),
+            vault: vault.clone(),
+            policy: policy.clone(),
+            max_endpoints,
+        };
         let schema = api::build_schema(
             limits,
             api::Handles {
@@ -75,7 +86,7 @@ impl AppState {
                 vault: vault.clone(),
                 policy: policy.clone(),
                 keys: keys.clone(),
-                max_endpoints: api::MaxEndpoints(config.max_endpoints as usize),
+                max_endpoints,
                 public_url: crate::schema::PublicUrl::new(config.public_url.as_deref()),
             },
         );
@@ -92,6 +103,7 @@ impl AppState {
             keys,
             metrics,
             vault,
+            hooks,
         })
     }
 
@@ -105,6 +117,7 @@ impl AppState {
             schema: self.schema.clone(),
             documents: self.documents.clone(),
             metrics: self.metrics.clone(),
+            hooks: self.hooks.clone(),
         }
     }
 

@@ -39,15 +39,25 @@ pub(super) fn actor(ctx: &Context<'_>) -> Actor {
 /// `tx` and commits, which wakes the worker if the write or the audit event queued a delivery.
 pub(super) async fn commit(
     ctx: &Context<'_>,
-    mut tx: WriteTx,
+    tx: WriteTx,
     org_id: i64,
     repository_id: Option<i64>,
 ) -> Result<()> {
-    let outbox = super::handle::<Outbox>(ctx)?;
     let draft = AuditDraft {
         repository_id,
         ..draft(ctx, org_id)
     };
+    commit_draft(super::handle::<Outbox>(ctx)?, tx, draft).await
+}
+
+/// Ends a write made for a request other than a GraphQL mutation (a REST call): records the
+/// audit event `draft` in `tx` and commits, as [`commit`] does.
+pub(super) async fn commit_draft(
+    outbox: &Outbox,
+    mut tx: WriteTx,
+    draft: AuditDraft,
+) -> Result<()> {
+    let org_id = draft.org_id;
     let users = outbox.users(&*tx, vec![draft.actor_key()]).await?;
     let endpoints = store::endpoints::enabled_of(&*tx, &[org_id]).await?;
     if outbox

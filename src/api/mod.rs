@@ -10,6 +10,7 @@
 mod audit;
 mod ci;
 mod deliveries;
+pub mod hooks;
 mod publish;
 mod secrets;
 mod tokens;

@@ -5,8 +5,11 @@ use async_graphql::{Context, ID, InputObject, Json, Object, SimpleObject};
 
 use super::audit;
 use crate::domain::Permission;
+use crate::events::Outbox;
+use crate::events::audit::AuditDraft;
 use crate::events::published::{Publication, publish};
 use crate::schema::auth::require;
+use crate::store::entities::published_event;
 use crate::store::{self, Writes, parse_id};
 use crate::{Error, Result};
 
@@ -66,16 +69,14 @@ impl PublishMutation {
             subject: input.subject,
             payload: input.payload.0,
         };
-        let payload = publication.check()?;
-        let writes = super::handle::<Writes>(ctx)?;
-        let mut tx = writes.begin().await?;
-        let endpoints = store::endpoints::enabled_of(&*tx, &[viewer.org_id]).await?;
-        let (event, deliveries, due) =
-            publish(&*tx, writes.announcer(), publication, payload, &endpoints).await?;
-        if due {
-            tx.queued_due();
-        }
-        audit::commit(ctx, tx, viewer.org_id, None).await?;
+        let draft = audit::draft(ctx, viewer.org_id);
+        let (event, deliveries) = record(
+            super::handle::<Writes>(ctx)?,
+            super::handle::<Outbox>(ctx)?,
+            publication,
+            draft,
+        )
+        .await?;
         Ok(PublishEventPayload {
             event: PublishedEvent {
                 id: ID(event.uid),
@@ -87,4 +88,26 @@ impl PublishMutation {
             client_mutation_id: input.client_mutation_id,
         })
     }
+}
+
+/// Checks `publication`, records it with its deliveries and the audit event `draft` in one
+/// transaction, and returns the event and how many deliveries were queued: the one path of
+/// `publishEvent` and of the REST hooks' publish.
+pub(super) async fn record(
+    writes: &Writes,
+    outbox: &Outbox,
+    publication: Publication,
+    draft: AuditDraft,
+) -> Result<(published_event::Model, usize)> {
+    let payload = publication.check()?;
+    let org_id = publication.org_id;
+    let mut tx = writes.begin().await?;
+    let endpoints = store::endpoints::enabled_of(&*tx, &[org_id]).await?;
+    let (event, deliveries, due) =
+        publish(&*tx, writes.announcer(), publication, payload, &endpoints).await?;
+    if due {
+        tx.queued_due();
+    }
+    audit::commit_draft(outbox, tx, draft).await?;
+    Ok((event, deliveries))
 }

@@ -3,6 +3,7 @@
 //! timeout (the connection limits are in [`crate::http::serve`]).
 
 mod documents;
+mod hooks;
 pub use documents::Documents;
 pub mod serve;
 pub mod web;
@@ -45,6 +46,8 @@ pub struct Http {
     pub schema: ApiSchema,
     pub documents: Documents,
     pub metrics: Metrics,
+    /// The REST hooks' handles.
+    pub hooks: crate::api::hooks::Hooks,
 }
 
 /// How long a request may take.
@@ -73,6 +76,7 @@ pub fn router(state: Http) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(hooks::router())
         .merge(web::router());
     // GraphiQL's files are served only when GraphiQL is.
     if state.graphiql {
@@ -105,6 +109,7 @@ async fn request_span(request: Request, next: Next) -> Response {
 async fn request_timeout(State(state): State<Http>, request: Request, next: Next) -> Response {
     let limit = state.timeouts.request;
     let graphql = request.uri().path() == "/graphql";
+    let rest = request.uri().path().starts_with("/api/");
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
@@ -114,6 +119,10 @@ async fn request_timeout(State(state): State<Http>, request: Request, next: Next
             );
             if graphql {
                 refusal(StatusCode::SERVICE_UNAVAILABLE, "INTERNAL", &message)
+            } else if rest {
+                let body =
+                    serde_json::json!({ "error": { "code": "UNAVAILABLE", "message": message } });
+                (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
             }

@@ -12,6 +12,7 @@ mod graphiql;
 mod http_limits;
 mod limits;
 mod receivers;
+mod rest;
 mod scale;
 mod security;
 mod slack_format;
