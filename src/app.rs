@@ -76,6 +76,18 @@ impl AppState {
             policy: policy.clone(),
             max_endpoints,
         };
+        let sender = Sender::new(
+            config.delivery_timeout,
+            policy.clone(),
+            Arc::new(SystemLookup),
+        )
+        .context("building the outbound HTTP client")?;
+        let approvals = Arc::new(crate::delivery::approval::Approvals::new(
+            sender.clone(),
+            vault.clone(),
+            db.clone(),
+            writes.clone(),
+        ));
         let schema = api::build_schema(
             limits,
             api::Handles {
@@ -88,11 +100,11 @@ impl AppState {
                 keys: keys.clone(),
                 max_endpoints,
                 public_url: crate::schema::PublicUrl::new(config.public_url.as_deref()),
+                approvals,
             },
         );
         Ok(Self {
-            sender: Sender::new(config.delivery_timeout, policy, Arc::new(SystemLookup))
-                .context("building the outbound HTTP client")?,
+            sender,
             schema,
             documents: Documents::default(),
             outbox,

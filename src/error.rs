@@ -12,6 +12,9 @@ pub enum Error {
     /// The token is valid but its permission is too low.
     #[error("This operation needs {0} permission.")]
     Forbidden(&'static str),
+    /// An approval hook refused the change; the sentence names the hook and its reason.
+    #[error("{0}")]
+    Rejected(String),
     /// The thing does not exist, or belongs to another organization.
     #[error("No {what} {id} exists.")]
     NotFound { what: &'static str, id: String },
@@ -58,7 +61,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
-            Self::Forbidden(_) => "FORBIDDEN",
+            Self::Forbidden(_) | Self::Rejected(_) => "FORBIDDEN",
             Self::NotFound { .. } => "NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",
             Self::Invalid(_) => "BAD_USER_INPUT",
@@ -70,7 +73,7 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         match self {
             Self::Unauthenticated(_) => 401,
-            Self::Forbidden(_) => 403,
+            Self::Forbidden(_) | Self::Rejected(_) => 403,
             Self::NotFound { .. } => 404,
             Self::Conflict(_) => 409,
             Self::Invalid(_) => 400,

@@ -13,6 +13,7 @@ mod m20261216_000001_audit_events;
 mod m20261220_000001_delivery_queue_endpoint_due;
 mod m20261220_000001_token_revocation;
 mod m20261227_000001_receivers;
+mod m20261229_000001_approvals;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             InOneTransaction::boxed(m20261220_000001_delivery_queue_endpoint_due::Migration),
             InOneTransaction::boxed(m20261220_000001_token_revocation::Migration),
             InOneTransaction::boxed(m20261227_000001_receivers::Migration),
+            InOneTransaction::boxed(m20261229_000001_approvals::Migration),
         ]
     }
 }

@@ -10,11 +10,14 @@ use crate::{Result, store};
 /// The audit event of the mutation being resolved, by its organization `org_id`: the
 /// mutation's name and input (secrets removed) and the request's actor.
 pub(super) fn draft(ctx: &Context<'_>, org_id: i64) -> AuditDraft {
-    let actor = actor(ctx);
-    let field = ctx.field();
+    AuditDraft::new(org_id, actor(ctx), ctx.field().name(), input(ctx))
+}
+
+/// The `input` argument of the mutation being resolved, as JSON (null without one).
+pub(super) fn input(ctx: &Context<'_>) -> serde_json::Value {
     // Arguments were resolved before the resolver ran; an error here is impossible, and the
-    // event then records the name alone.
-    let input = field
+    // input is then null.
+    ctx.field()
         .arguments()
         .ok()
         .and_then(|arguments| {
@@ -23,8 +26,7 @@ pub(super) fn draft(ctx: &Context<'_>, org_id: i64) -> AuditDraft {
                 .find(|(name, _)| name.as_str() == "input")
                 .and_then(|(_, value)| value.into_json().ok())
         })
-        .unwrap_or_default();
-    AuditDraft::new(org_id, actor, field.name(), input)
+        .unwrap_or_default()
 }
 
 /// Who performs the request: its token's subject and its address.

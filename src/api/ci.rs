@@ -3,8 +3,11 @@
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 
-use super::audit;
-use crate::domain::{BuildStatus, Notification, NotificationLevel, Permission, TaskStatus, limits};
+use super::{approvals, audit};
+use crate::delivery::approval::Verdict;
+use crate::domain::{
+    ApprovalPoint, BuildStatus, Notification, NotificationLevel, Permission, TaskStatus, limits,
+};
 use crate::events::Writer;
 use crate::events::audit::check_user_name;
 use crate::events::writer::{ChangeRequest, Changed};
@@ -152,9 +155,22 @@ impl CiMutation {
             input.change_message.as_deref(),
             limits::MAX_MESSAGE,
         )?;
+        let repository_id = parse_id("repository", &input.repository_id)?;
+        let verdict = approvals::gate(
+            ctx,
+            viewer.org_id,
+            ApprovalPoint::BuildCreate,
+            repository_id,
+            None,
+        )
+        .await?;
+        let status = match verdict {
+            Verdict::Hold { .. } => BuildStatus::NeedsApproval,
+            _ => BuildStatus::Created,
+        };
         let request = ChangeRequest::CreateBuild {
             org_id: viewer.org_id.into(),
-            repository_id: parse_id("repository", &input.repository_id)?.into(),
+            repository_id: repository_id.into(),
             new: store::ci::NewBuild {
                 branch: input.branch,
                 tag: input.tag,
@@ -171,6 +187,8 @@ impl CiMutation {
                     }
                     None => audit::actor(ctx).username,
                 },
+                status,
+                work_id: verdict.work_id(),
             },
         };
         Ok(BuildPayload {
@@ -212,15 +230,40 @@ impl CiMutation {
         for label in labels {
             limits::text("label", label, false, limits::MAX_NAME)?;
         }
+        let build_id = parse_id("build", &input.build_id)?;
+        let approvals = super::handle::<std::sync::Arc<crate::delivery::approval::Approvals>>(ctx)?;
+        let verdict = if approvals
+            .hooks_at(viewer.org_id, ApprovalPoint::TaskCreate)
+            .await?
+            .is_empty()
+        {
+            Verdict::Approve { work_id: None }
+        } else {
+            let build = store::ci::build(super::pool(ctx)?, viewer.org_id, build_id).await?;
+            approvals::gate(
+                ctx,
+                viewer.org_id,
+                ApprovalPoint::TaskCreate,
+                build.repository_id,
+                Some(&build),
+            )
+            .await?
+        };
+        let status = match verdict {
+            Verdict::Hold { .. } => TaskStatus::Paused,
+            _ => TaskStatus::Created,
+        };
         let request = ChangeRequest::CreateTask {
             org_id: viewer.org_id.into(),
-            build_id: parse_id("build", &input.build_id)?.into(),
+            build_id: build_id.into(),
             new: store::ci::NewTask {
                 name: input.name,
                 name_alias: input.name_alias,
                 labels: input.labels.unwrap_or_default(),
                 instance_type: input.instance_type,
                 local_group_id: input.local_group_id,
+                status,
+                work_id: verdict.work_id(),
             },
         };
         Ok(TaskPayload {
@@ -281,7 +324,10 @@ impl CiMutation {
 }
 
 /// Writes a change of a build through the process's writer of changes.
-async fn changed_build(ctx: &Context<'_>, request: ChangeRequest) -> Result<build::Model> {
+pub(super) async fn changed_build(
+    ctx: &Context<'_>,
+    request: ChangeRequest,
+) -> Result<build::Model> {
     let audit = audit::draft(ctx, request.org_id().get());
     match super::handle::<Writer>(ctx)?.submit(request, audit).await? {
         Changed::Build(build) => Ok(build),

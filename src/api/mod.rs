@@ -7,6 +7,7 @@
 //! queued a delivery), the writer of changes, the outbox, the vault, the target policy, the
 //! token keys and the endpoint cap.
 
+mod approvals;
 mod audit;
 mod ci;
 mod deliveries;
@@ -40,6 +41,7 @@ pub struct MutationRoot(
     tokens::TokenMutation,
     secrets::SecretMutation,
     publish::PublishMutation,
+    approvals::ApprovalMutation,
 );
 
 /// The most webhook endpoints one organization may have (`HERALD_MAX_ENDPOINTS`).
@@ -58,6 +60,7 @@ pub struct Handles {
     pub keys: TokenKeys,
     pub max_endpoints: MaxEndpoints,
     pub public_url: PublicUrl,
+    pub approvals: std::sync::Arc<crate::delivery::approval::Approvals>,
 }
 
 /// The full schema with the given limits, its mutations using `handles`.
@@ -72,6 +75,7 @@ pub fn build_schema(limits: Limits, handles: Handles) -> ApiSchema {
         keys,
         max_endpoints,
         public_url,
+        approvals,
     } = handles;
     builder(limits)
         .data(pool)
@@ -83,6 +87,7 @@ pub fn build_schema(limits: Limits, handles: Handles) -> ApiSchema {
         .data(keys)
         .data(max_endpoints)
         .data(public_url)
+        .data(approvals)
         .finish()
 }
 

@@ -227,6 +227,7 @@ async fn attempt(
     outcomes: &mpsc::Sender<Written>,
     unwritten: &AtomicUsize,
 ) -> Result<()> {
+    let body = std::mem::take(&mut row.body);
     let answer = handles
         .sender
         .send(Outgoing {
@@ -235,7 +236,8 @@ async fn attempt(
             delivery_id: &row.uid,
             event_timestamp: row.created_at,
             signing: &endpoint.signing,
-            body: std::mem::take(&mut row.body),
+            work_id: row.work_id.as_deref(),
+            body,
         })
         .await;
     drop(slot);

@@ -118,6 +118,8 @@ pub struct Outgoing<'a> {
     /// The event's time, ms since the epoch.
     pub event_timestamp: i64,
     pub signing: &'a Signing,
+    /// The work id of the build or task (`X-Herald-Work-Id`), when an approval hook gave one.
+    pub work_id: Option<&'a str>,
     /// Moved into the request as it is: the payload is not copied.
     pub body: String,
 }
@@ -261,6 +263,10 @@ fn build_request(out: Outgoing<'_>) -> reqwest::Request {
     put("x-cirrus-timestamp", Some(out.event_timestamp.into()));
     put("webhook-id", delivery_id.clone());
     put("webhook-timestamp", Some(attempt_seconds.into()));
+    put(
+        "x-herald-work-id",
+        out.work_id.and_then(|id| HeaderValue::from_str(id).ok()),
+    );
     let body = out.body.as_bytes();
     let hook = || HeaderValue::try_from(hook_name(out.event)).ok();
     match signing.style {
@@ -335,6 +341,7 @@ pub fn preview_headers(
         delivery_id: "00000000-0000-7000-8000-000000000000",
         event_timestamp: crate::now_ms(),
         signing: &signing,
+        work_id: None,
         body: body.to_owned(),
     });
     request

@@ -1,6 +1,7 @@
 //! Delivery: the worker and its scheduler, the attempts and the writer of their outcomes, the
 //! outbound client and its SSRF guard, and what each attempt's answer means.
 
+pub mod approval;
 mod attempt;
 pub mod client;
 pub mod guard;

@@ -15,8 +15,8 @@ pub use event::EventAction;
 pub use ids::{BuildId, DeliveryId, EndpointId, OrgId, RepositoryId, TaskId};
 pub use retry::RetrySchedule;
 pub use status::{
-    BuildStatus, DeliveryState, EventKind, NotificationLevel, PayloadFormat, Permission,
-    SignatureStyle, TaskStatus,
+    ApprovalDecision, ApprovalPoint, BuildStatus, DeliveryState, EventKind, NotificationLevel,
+    PayloadFormat, Permission, SignatureStyle, TaskStatus, WhenUnavailable,
 };
 
 /// A note attached to a task, such as "Instances got rescheduled".

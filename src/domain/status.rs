@@ -158,6 +158,38 @@ named_enum!(
 );
 
 named_enum!(
+    /// The moments an approval hook is asked at, before anything is recorded.
+    ApprovalPoint {
+        /// Before `createBuild` records a build.
+        BuildCreate = "BUILD_CREATE",
+        /// Before `createTask` records a task.
+        TaskCreate = "TASK_CREATE",
+    }
+);
+
+named_enum!(
+    /// What an approval hook's silence decides: no valid answer within its timeout (a refused
+    /// connection, a non-2xx status, an answer that is not the expected JSON).
+    WhenUnavailable {
+        /// The change is refused (fail closed).
+        Reject = "REJECT",
+        /// The change is recorded as asked.
+        Approve = "APPROVE",
+        /// A build is recorded `NEEDS_APPROVAL` (a task `PAUSED`) until someone decides.
+        Hold = "HOLD",
+    }
+);
+
+named_enum!(
+    /// What an approval call decided.
+    ApprovalDecision {
+        Approved = "APPROVED",
+        Held = "HELD",
+        Rejected = "REJECTED",
+    }
+);
+
+named_enum!(
     /// Where a delivery stands.
     #[graphql(name = "WebHookDeliveryState")]
     DeliveryState {

@@ -183,10 +183,17 @@ impl Outbox {
                     }
                 }
             }
+            // A task's own work id, else its build's (an approval hook's answer gave them).
+            let work_id = change
+                .task_row
+                .as_ref()
+                .and_then(|task| task.work_id.as_deref())
+                .or_else(|| change.build_row.as_ref()?.work_id.as_deref());
             queued.push(EventDeliveries {
                 org_id: change.org_id,
                 event_id: Some(event_id),
                 chain: change.build_id.get(),
+                work_id,
                 event: change.kind.header_value(),
                 action: change.action,
                 timestamp: change.timestamp,

@@ -120,6 +120,7 @@ pub async fn publish(
                 event: &event.kind,
                 action: EventAction::Published,
                 timestamp: event.timestamp,
+                work_id: None,
                 bodies,
             };
             store::deliveries::queue_events(conn, &[deliveries], announcer).await?

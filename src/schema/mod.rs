@@ -7,6 +7,7 @@
 //! API's mutations (`crate::api`) build on the same `Query`. This module never imports axum:
 //! the HTTP layer and the payload renderer both call [`execute`].
 
+pub mod approvals;
 pub mod auth;
 pub mod ci;
 pub mod deliveries;

@@ -75,6 +75,44 @@ impl OwnerInfo {
         Ok(connection(rows, page, |row| row.id, WebHookDelivery))
     }
 
+    /// Approval hooks, oldest first (ADMIN).
+    async fn approval_hooks(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<super::approvals::ApprovalHook>> {
+        require(ctx, Permission::Admin)?;
+        let rows = store::approvals::list(&db(ctx)?.conn(), self.0.id).await?;
+        Ok(rows
+            .into_iter()
+            .map(super::approvals::ApprovalHook)
+            .collect())
+    }
+
+    /// The approval log: every call of the organization's approval hooks (or of one), newest
+    /// first (ADMIN).
+    #[graphql(complexity = "crate::schema::page_cost(first, child_complexity)")]
+    async fn approval_calls(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        hook_id: Option<ID>,
+    ) -> Result<Connection<String, super::approvals::ApprovalCall>> {
+        require(ctx, Permission::Admin)?;
+        let page = Page::new(first, after)?;
+        let hook_id = hook_id
+            .map(|id| parse_id("approval hook", &id))
+            .transpose()?;
+        let rows = store::approvals::calls(&db(ctx)?.conn(), self.0.id, hook_id, page).await?;
+        rows::charge(ctx, rows.len())?;
+        Ok(connection(
+            rows,
+            page,
+            |row| row.id,
+            super::approvals::ApprovalCall,
+        ))
+    }
+
     /// Named secrets, by name (ADMIN): values are write-only, shown masked.
     async fn webhook_secrets(
         &self,
@@ -247,6 +285,12 @@ impl Build {
         self.0.final_status_timestamp.map(super::iso_8601)
     }
 
+    /// The work id an approval hook's answer gave, repeated as `X-Herald-Work-Id` on every
+    /// delivery of the build; null without one.
+    async fn work_id(&self) -> Option<&str> {
+        self.0.work_id.as_deref()
+    }
+
     /// The build's page in Herald's console, `<HERALD_PUBLIC_URL>/build/<id>`; null without a
     /// public URL.
     async fn web_url(&self, ctx: &Context<'_>) -> Option<String> {
@@ -377,6 +421,17 @@ impl Task {
     /// `finalStatusTimestamp` as ISO 8601; null until the task ends.
     async fn final_status_timestamp_iso(&self) -> Option<String> {
         self.0.final_status_timestamp.map(super::iso_8601)
+    }
+
+    /// The work id an approval hook's answer gave, repeated as `X-Herald-Work-Id` on every
+    /// delivery of the task; its build's when it has none of its own.
+    async fn work_id(&self, ctx: &Context<'_>) -> Result<Option<String>> {
+        if let Some(own) = &self.0.work_id {
+            return Ok(Some(own.clone()));
+        }
+        Ok(rows::build(ctx, self.0.org_id, self.0.build_id)
+            .await?
+            .work_id)
     }
 
     /// The task's page in Herald's console, `<HERALD_PUBLIC_URL>/task/<id>`; null without a

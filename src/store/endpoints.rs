@@ -397,6 +397,9 @@ pub async fn reconcile_sealing(db: &DatabaseConnection, vault: &Vault) -> anyhow
             super::secrets::seal_all(&tx, vault)
                 .await
                 .map_err(|err| anyhow::anyhow!("{err}"))?;
+            super::approvals::seal_all(&tx, vault)
+                .await
+                .map_err(|err| anyhow::anyhow!("{err}"))?;
             super::orgs::seal_jwt_key(&tx, vault).await?;
             let row = setting::ActiveModel {
                 key: Set(CHECK_KEY.into()),

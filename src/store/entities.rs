@@ -82,6 +82,8 @@ pub mod build {
         /// Who initiated the build (a user of its organization), when known.
         pub initializer_id: Option<i64>,
         pub initializer: Option<String>,
+        /// The work id an approval hook's answer gave (`X-Herald-Work-Id`).
+        pub work_id: Option<String>,
     }
     no_relations!();
 }
@@ -154,6 +156,8 @@ pub mod task {
         pub instance_type: String,
         /// A JSON array of `{level, message, link}`.
         pub notifications: String,
+        /// The work id an approval hook's answer gave (`X-Herald-Work-Id`).
+        pub work_id: Option<String>,
     }
     no_relations!();
 }
@@ -206,6 +210,74 @@ pub mod webhook_endpoint {
                 .finish_non_exhaustive()
         }
     }
+}
+
+pub mod approval_hook {
+    use sea_orm::entity::prelude::*;
+
+    /// A service of an organization asked before a build or task is recorded.
+    #[derive(Clone, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "approval_hooks")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub org_id: i64,
+        /// The URL without credentials.
+        pub url: String,
+        /// The URL's `user:password`, sealed when a key is configured.
+        pub credentials: Option<String>,
+        /// The signing secret, sealed when a key is configured.
+        pub secret: Option<String>,
+        pub secret_name: Option<String>,
+        pub signature_style: crate::domain::SignatureStyle,
+        /// A JSON array of approval points.
+        pub points: String,
+        pub timeout_ms: i64,
+        pub when_unavailable: crate::domain::WhenUnavailable,
+        pub enabled: bool,
+        pub created_at: i64,
+        pub updated_at: i64,
+    }
+    no_relations!();
+
+    impl std::fmt::Debug for Model {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ApprovalHook")
+                .field("id", &self.id)
+                .field("org_id", &self.org_id)
+                .finish_non_exhaustive()
+        }
+    }
+}
+
+pub mod approval_call {
+    use sea_orm::entity::prelude::*;
+
+    /// One call of an approval hook: what was asked, what came back, what it decided.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "approval_calls")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        /// The call's public id: its `X-Cirrus-Delivery`.
+        pub uid: String,
+        pub org_id: i64,
+        pub hook_id: i64,
+        pub point: crate::domain::ApprovalPoint,
+        pub timestamp: i64,
+        /// The body sent.
+        pub request: String,
+        pub status: Option<i32>,
+        /// The answer's body (at most 64 KiB).
+        pub response: String,
+        pub duration_ms: i64,
+        pub decision: crate::domain::ApprovalDecision,
+        pub reason: Option<String>,
+        /// Why no valid answer came, in one sentence.
+        pub error: Option<String>,
+        pub work_id: Option<String>,
+    }
+    no_relations!();
 }
 
 pub mod webhook_secret {
@@ -309,6 +381,8 @@ pub mod delivery {
         pub last_duration: Option<i64>,
         pub last_response: Option<String>,
         pub updated_at: i64,
+        /// The work id of the build or task the event is about (`X-Herald-Work-Id`).
+        pub work_id: Option<String>,
     }
     no_relations!();
 }

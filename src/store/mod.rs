@@ -4,6 +4,7 @@
 //! never reach another organization's data. Storage errors are translated here, so callers only
 //! use `?` (a unique violation becomes `Conflict` in the store, not in a resolver).
 
+pub mod approvals;
 pub mod audit;
 pub mod ci;
 pub mod deliveries;

@@ -102,9 +102,14 @@ pub struct NewBuild {
     pub change_timestamp: Option<i64>,
     /// Who initiated the build: the name the CI engine gave, or its token's subject.
     pub initializer: String,
+    /// `CREATED`, or `NEEDS_APPROVAL` when an approval hook held it.
+    pub status: BuildStatus,
+    /// What an approval hook's answer gave.
+    pub work_id: Option<String>,
 }
 
-/// Records a new build of a repository, in status `CREATED`, initiated by the user
+/// Records a new build of a repository, in its first status (`CREATED`, or `NEEDS_APPROVAL`
+/// when an approval hook held it), initiated by the user
 /// `initializer_id` (whose name `new` holds).
 pub async fn create_build(
     conn: &impl ConnectionTrait,
@@ -123,6 +128,8 @@ pub async fn create_build(
         pull_request_draft,
         change_timestamp,
         initializer,
+        status,
+        work_id,
     } = new;
     let row = build::ActiveModel {
         org_id: Set(repo.org_id),
@@ -136,7 +143,8 @@ pub async fn create_build(
         pull_request_draft: Set(pull_request_draft),
         change_timestamp: Set(change_timestamp.unwrap_or(now)),
         created_at: Set(now),
-        status: Set(BuildStatus::Created),
+        status: Set(status),
+        work_id: Set(work_id),
         status_timestamp: Set(now),
         executing_timestamp: Set(None),
         final_status_timestamp: Set(None),

@@ -48,9 +48,13 @@ pub struct NewTask {
     pub labels: Vec<String>,
     pub instance_type: Option<String>,
     pub local_group_id: Option<i64>,
+    /// `CREATED`, or `PAUSED` when an approval hook held it.
+    pub status: TaskStatus,
+    /// What an approval hook's answer gave.
+    pub work_id: Option<String>,
 }
 
-/// A new task of a build that has `build_tasks` tasks, in status `CREATED`, checked and ready
+/// A new task of a build that has `build_tasks` tasks, in its first status, checked and ready
 /// for [`insert_tasks`].
 pub fn new_task_row(
     build: &build::Model,
@@ -64,6 +68,8 @@ pub fn new_task_row(
         labels,
         instance_type,
         local_group_id,
+        status,
+        work_id,
     } = new;
     if name.trim().is_empty() {
         return Err(Error::Invalid("A task needs a name.".into()));
@@ -82,7 +88,8 @@ pub fn new_task_row(
         name: Set(name),
         name_alias: Set(name_alias),
         local_group_id: Set(local_group_id.unwrap_or(0)),
-        status: Set(TaskStatus::Created),
+        status: Set(status),
+        work_id: Set(work_id),
         status_timestamp: Set(now),
         creation_timestamp: Set(now),
         executing_timestamp: Set(None),

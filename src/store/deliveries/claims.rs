@@ -351,6 +351,8 @@ pub struct Leased {
     pub lease_until: Option<i64>,
     /// The event's time: `X-Cirrus-Timestamp`.
     pub created_at: i64,
+    /// The work id of the build or task: `X-Herald-Work-Id`.
+    pub work_id: Option<String>,
 }
 
 /// The claim's lease of the chosen deliveries' queue rows, returning their ids; its parameters
@@ -381,7 +383,7 @@ pub(super) fn leased_sql(backend: DbBackend, leased: &str) -> String {
     };
     format!(
         "SELECT id, uid, endpoint_id, build_id, event, body, round_attempts,
-            CAST(? AS BIGINT) AS lease_until, created_at
+            CAST(? AS BIGINT) AS lease_until, created_at, work_id
         FROM deliveries WHERE {chosen}"
     )
 }

@@ -127,6 +127,8 @@ pub struct EventDeliveries<'a> {
     pub event: &'a str,
     pub action: EventAction,
     pub timestamp: i64,
+    /// The work id of the build or task (`X-Herald-Work-Id`).
+    pub work_id: Option<&'a str>,
     /// Each endpoint and the body it gets.
     pub bodies: Vec<(i64, String)>,
 }
@@ -158,6 +160,7 @@ pub async fn queue_events(
                 event: event.event,
                 action: event.action.as_str(),
                 at: event.timestamp,
+                work_id: event.work_id,
             })
         })
         .collect();
@@ -224,6 +227,7 @@ struct DeliveryRow<'a> {
     action: &'a str,
     /// The event's time: the delivery's creation and first due time.
     at: i64,
+    work_id: Option<&'a str>,
 }
 
 impl sql::Row for DeliveryRow<'_> {}
@@ -236,9 +240,9 @@ pub(super) fn insert_deliveries_sql(backend: DbBackend) -> String {
     format!(
         "INSERT INTO deliveries
             (uid, org_id, endpoint_id, event_id, build_id, event, action, body, state, attempts,
-             round_attempts, next_attempt_at, created_at, updated_at)
+             round_attempts, next_attempt_at, created_at, updated_at, work_id)
         SELECT {uid}, {org}, {endpoint}, {event_id}, {build}, {event}, {action}, {body},
-            'PENDING', 0, 0, {at}, {at}, {at}
+            'PENDING', 0, 0, {at}, {at}, {at}, {work_id}
         FROM {rows}
         RETURNING id, endpoint_id, build_id, next_attempt_at",
         uid = text("uid"),
@@ -250,6 +254,7 @@ pub(super) fn insert_deliveries_sql(backend: DbBackend) -> String {
         event = text("event"),
         action = text("action"),
         at = int("at"),
+        work_id = text("work_id"),
         rows = sql::json_rows(backend, "n"),
     )
 }

@@ -52,6 +52,7 @@ impl NewDelivery {
             last_duration: Set(None),
             last_response: Set(None),
             updated_at: Set(timestamp),
+            work_id: Set(None),
             ..Default::default()
         }
     }
