@@ -1,6 +1,7 @@
 //! Herald's integration tests: the real server over HTTP, a recording receiver, both backends.
 
 mod api;
+mod approvals;
 mod bridge;
 mod cirrus;
 mod cli;

@@ -52,6 +52,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub delay: Duration,
+    /// The body; `received` when none is set.
+    pub body: Option<String>,
 }
 
 impl Reply {
@@ -60,7 +62,22 @@ impl Reply {
             status,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            body: None,
         }
+    }
+
+    /// Answers with this JSON body.
+    pub fn json(mut self, body: serde_json::Value) -> Self {
+        self.headers
+            .push(("content-type", "application/json".into()));
+        self.body = Some(body.to_string());
+        self
+    }
+
+    /// Answers with this body as it is.
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = Some(body.to_owned());
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: &str) -> Self {
@@ -175,7 +192,8 @@ async fn record(
         .unwrap()
         .push(Received { uri, headers, body });
     state.arrived.notify_waiters();
-    let mut response = (StatusCode::from_u16(reply.status).unwrap(), "received").into_response();
+    let body = reply.body.unwrap_or_else(|| "received".into());
+    let mut response = (StatusCode::from_u16(reply.status).unwrap(), body).into_response();
     for (name, value) in reply.headers {
         response.headers_mut().insert(name, value.parse().unwrap());
     }
