@@ -75,6 +75,7 @@ impl AppState {
             vault: vault.clone(),
             policy: policy.clone(),
             max_endpoints,
+            writer: changes.clone(),
         };
         let sender = Sender::new(
             config.delivery_timeout,
@@ -87,6 +88,7 @@ impl AppState {
             vault.clone(),
             db.clone(),
             writes.clone(),
+            config.public_url.clone(),
         ));
         let schema = api::build_schema(
             limits,

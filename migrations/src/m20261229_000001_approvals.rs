@@ -1,6 +1,7 @@
 //! Approval hooks: an organization's services asked before a build or task is recorded, the log
-//! of every call, and the work id a hook's answer gives, kept on the build or task and on each
-//! of their deliveries (`X-Herald-Work-Id`).
+//! of every call (with the hash of the one-time token that lets a hook decide a build it held),
+//! and the work id a hook's answer gives, kept on the build or task and on each of their
+//! deliveries (`X-Herald-Work-Id`).
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
@@ -48,6 +49,9 @@ enum ApprovalCalls {
     Reason,
     Error,
     WorkId,
+    DecideToken,
+    BuildId,
+    DecidedAt,
 }
 
 #[derive(DeriveIden, Clone, Copy)]
@@ -119,6 +123,9 @@ impl MigrationTrait for Migration {
                     .col(text_null(ApprovalCalls::Reason))
                     .col(text_null(ApprovalCalls::Error))
                     .col(string_null(ApprovalCalls::WorkId))
+                    .col(string_null(ApprovalCalls::DecideToken))
+                    .col(big_integer_null(ApprovalCalls::BuildId))
+                    .col(big_integer_null(ApprovalCalls::DecidedAt))
                     .to_owned(),
             )
             .await?;
@@ -129,6 +136,15 @@ impl MigrationTrait for Migration {
                     .table(ApprovalCalls::Table)
                     .col(ApprovalCalls::OrgId)
                     .col(ApprovalCalls::Id)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("approval_calls_by_token")
+                    .table(ApprovalCalls::Table)
+                    .col(ApprovalCalls::DecideToken)
                     .to_owned(),
             )
             .await?;

@@ -31,6 +31,8 @@ pub struct Hooks {
     pub vault: Vault,
     pub policy: TargetPolicy,
     pub max_endpoints: MaxEndpoints,
+    /// Writes the status change a held build's one-time link decides.
+    pub writer: crate::events::Writer,
 }
 
 /// Who calls: the token's viewer, and the actor its audit events name.
@@ -183,6 +185,52 @@ impl Hooks {
         let (_, deliveries) =
             publish::record(&self.writes, &self.outbox, publication, draft).await?;
         Ok(deliveries)
+    }
+
+    /// Decides a build an approval hook held, with the one-time link its call carried: it
+    /// moves to `TRIGGERED` when `approve`, else to `ABORTED`. A token that is unknown, used
+    /// or expired, or whose build no longer waits, finds nothing.
+    pub async fn decide_by_link(
+        &self,
+        token: &str,
+        approve: bool,
+        reason: Option<String>,
+        ip: Option<String>,
+    ) -> Result<crate::store::entities::build::Model> {
+        use crate::domain::BuildStatus;
+        use crate::events::writer::{ChangeRequest, Changed};
+        crate::domain::limits::optional_text("reason", reason.as_deref(), 1_000)?;
+        let hash = crate::delivery::approval::token_hash(token);
+        let missing = || Error::not_found("approval link", "with this token");
+        let tx = self.writes.begin().await?;
+        let call = store::approvals::use_link(&*tx, &hash, crate::now_ms())
+            .await?
+            .ok_or_else(missing)?;
+        let build_id = call.build_id.ok_or_else(missing)?;
+        let build = store::ci::build(&*tx, call.org_id, build_id).await?;
+        if build.status != BuildStatus::NeedsApproval {
+            return Err(Error::Invalid(format!(
+                "Build {build_id} is not waiting for approval; it is {}.",
+                build.status
+            )));
+        }
+        tx.commit().await?;
+        let (status, name) = match approve {
+            true => (BuildStatus::Triggered, "approveBuild"),
+            false => (BuildStatus::Aborted, "rejectBuild"),
+        };
+        let actor = Actor::from_subject(&format!("approval-hook:{}", call.hook_id), ip);
+        let input = json!({ "buildId": build_id.to_string(), "reason": reason, "link": true });
+        let draft = AuditDraft::new(call.org_id, actor, name, input);
+        let request = ChangeRequest::UpdateBuildStatus {
+            org_id: call.org_id.into(),
+            build_id: build_id.into(),
+            status,
+        };
+        match self.writer.submit(request, draft).await? {
+            Changed::Build(build) => Ok(build),
+            Changed::Task(_) => Err(Error::internal("a build's change came back as a task")),
+        }
     }
 
     async fn hook(&self, row: &webhook_endpoint::Model, with_last: bool) -> Result<Hook> {

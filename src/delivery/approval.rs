@@ -37,8 +37,13 @@ const HOOKS_KEPT: Duration = Duration::from_secs(1);
 pub enum Verdict {
     /// Record the change as asked, with the work id an answer gave.
     Approve { work_id: Option<String> },
-    /// Record it waiting for a decision: a build `NEEDS_APPROVAL`, a task `PAUSED`.
-    Hold { work_id: Option<String> },
+    /// Record it waiting for a decision: a build `NEEDS_APPROVAL`, a task `PAUSED`. `calls`
+    /// are the logged calls that held it, whose one-time links decide it once it is recorded
+    /// (see [`Approvals::held`]).
+    Hold {
+        work_id: Option<String>,
+        calls: Vec<i64>,
+    },
     /// Refuse it; the reason in one sentence.
     Reject { reason: String },
 }
@@ -47,7 +52,7 @@ impl Verdict {
     /// The work id an approving or holding answer gave.
     pub fn work_id(&self) -> Option<String> {
         match self {
-            Self::Approve { work_id } | Self::Hold { work_id } => work_id.clone(),
+            Self::Approve { work_id } | Self::Hold { work_id, .. } => work_id.clone(),
             Self::Reject { .. } => None,
         }
     }
@@ -129,17 +134,54 @@ pub struct Question<'a> {
 }
 
 impl Question<'_> {
-    /// The body every hook is sent.
-    pub fn body(&self) -> String {
-        json!({
+    /// The body a hook is sent. A build's question also carries `decide`: a one-time link (its
+    /// `token`, and the `approve` and `reject` URLs to POST to) with which the hook decides the
+    /// build later, should its answer hold it.
+    pub fn body(&self, decide: Option<&Decide>) -> String {
+        let mut body = json!({
             "hook": "pre",
             "point": self.point.as_str(),
             "organization": { "uid": self.org_id.to_string(), "name": self.org_name },
             "actor": { "id": self.actor },
             "request": self.request,
-        })
-        .to_string()
+        });
+        if let Some(decide) = decide {
+            body["decide"] = json!({
+                "token": decide.token,
+                "approve": decide.url("approve"),
+                "reject": decide.url("reject"),
+            });
+        }
+        body.to_string()
     }
+}
+
+/// A held build's one-time link, as a call's request carries it.
+pub struct Decide {
+    pub token: String,
+    /// `HERALD_PUBLIC_URL`, without a trailing `/`; the links are paths without it.
+    pub base: String,
+}
+
+impl Decide {
+    fn new(public_url: Option<&str>) -> Self {
+        let mut bytes = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        Self {
+            token: hex::encode(bytes),
+            base: public_url.unwrap_or_default().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    fn url(&self, action: &str) -> String {
+        format!("{}/api/approvals/{}/{action}", self.base, self.token)
+    }
+}
+
+/// The hash a link's token is kept as.
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 /// An organization's enabled hooks as read at a time.
@@ -154,6 +196,8 @@ pub struct Approvals {
     /// Each organization's enabled hooks, and when they were read.
     hooks: Mutex<HashMap<i64, KeptHooks>>,
     in_flight: Mutex<HashMap<i64, Arc<Semaphore>>>,
+    /// `HERALD_PUBLIC_URL`, the base of held builds' one-time links.
+    public_url: Option<String>,
 }
 
 impl Approvals {
@@ -162,6 +206,7 @@ impl Approvals {
         vault: Vault,
         pool: sea_orm::DatabaseConnection,
         writes: Writes,
+        public_url: Option<String>,
     ) -> Self {
         Self {
             sender,
@@ -170,7 +215,20 @@ impl Approvals {
             writes,
             hooks: Mutex::default(),
             in_flight: Mutex::default(),
+            public_url,
         }
+    }
+
+    /// Ties the calls that held a build to it once it is recorded, so that their one-time
+    /// links decide it.
+    pub async fn held(&self, calls: &[i64], build_id: i64) -> Result<()> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let tx = self.writes.begin().await?;
+        approvals::attach_build(&*tx, calls, build_id).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Forgets what this process knows of an organization's hooks (they just changed).
@@ -229,8 +287,7 @@ impl Approvals {
         if hooks.is_empty() {
             return Ok(Verdict::Approve { work_id: None });
         }
-        let body = question.body();
-        let calls = hooks.iter().map(|hook| self.call(hook, question, &body));
+        let calls = hooks.iter().map(|hook| self.call(hook, question));
         let calls = futures_util::future::join_all(calls).await;
         let logged = self.log(calls).await?;
         Ok(decide(hooks, &logged))
@@ -242,7 +299,7 @@ impl Approvals {
         hook: &approval_hook::Model,
         question: &Question<'_>,
     ) -> Result<approval_call::Model> {
-        let call = self.call(hook, question, &question.body()).await;
+        let call = self.call(hook, question).await;
         self.log(vec![call])
             .await?
             .pop()
@@ -267,13 +324,12 @@ impl Approvals {
 
     /// One call: sent within the hook's timeout (a turn among the organization's calls
     /// included), read, and decided on its own.
-    async fn call(
-        &self,
-        hook: &approval_hook::Model,
-        question: &Question<'_>,
-        body: &str,
-    ) -> NewCall {
+    async fn call(&self, hook: &approval_hook::Model, question: &Question<'_>) -> NewCall {
         let started = Instant::now();
+        let decide = (question.point == ApprovalPoint::BuildCreate)
+            .then(|| Decide::new(self.public_url.as_deref()));
+        let body = question.body(decide.as_ref());
+        let body = body.as_str();
         let uid = uuid::Uuid::now_v7().to_string();
         let timeout = Duration::from_millis(hook.timeout_ms.max(1) as u64);
         let deadline = tokio::time::Instant::now() + timeout;
@@ -291,6 +347,7 @@ impl Approvals {
             reason: None,
             error: None,
             work_id: None,
+            decide_token: decide.as_ref().map(|decide| token_hash(&decide.token)),
         };
         let answered = async {
             let semaphore = self.semaphore(hook.org_id);
@@ -400,11 +457,19 @@ fn decide(hooks: &[approval_hook::Model], calls: &[approval_call::Model]) -> Ver
         };
         return Verdict::Reject { reason };
     }
+    let held: Vec<i64> = calls
+        .iter()
+        .filter(|call| call.decision == ApprovalDecision::Held && call.decide_token.is_some())
+        .map(|call| call.id)
+        .collect();
     if calls
         .iter()
         .any(|call| call.decision == ApprovalDecision::Held)
     {
-        return Verdict::Hold { work_id };
+        return Verdict::Hold {
+            work_id,
+            calls: held,
+        };
     }
     Verdict::Approve { work_id }
 }

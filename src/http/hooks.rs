@@ -101,7 +101,7 @@ pub struct PublishQuery {
 }
 
 /// A REST error response.
-struct Failure(StatusCode, &'static str, String);
+pub(super) struct Failure(StatusCode, &'static str, String);
 
 impl From<Error> for Failure {
     fn from(err: Error) -> Self {
@@ -166,7 +166,7 @@ fn token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// A JSON body, or the error a REST client expects: 413 past the size limit, 400 otherwise.
-fn json_body<T: serde::de::DeserializeOwned>(
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> std::result::Result<T, Failure> {
     let bytes = body.map_err(|rejection| {
@@ -331,9 +331,10 @@ pub fn document() -> String {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Herald REST hooks", description = "Kudu's web hooks API over Herald's endpoints."),
-    paths(subscribe, list, get_one, delete, publish, openapi),
-    components(schemas(Subscription, HookSummary, HookDetail, Published, ErrorBody, ErrorDetail)),
+    info(title = "Herald REST API", description = "Kudu's web hooks API over Herald's endpoints, and held builds' one-time approval links."),
+    paths(subscribe, list, get_one, delete, publish, openapi, super::decisions::approve, super::decisions::reject),
+    components(schemas(Subscription, HookSummary, HookDetail, Published, ErrorBody, ErrorDetail,
+        super::decisions::Decision, super::decisions::Decided)),
     modifiers(&Security)
 )]
 struct ApiDoc;

@@ -2,6 +2,7 @@
 //! `/metrics`; every request within the request timeout, and a GraphQL body within the body
 //! timeout (the connection limits are in [`crate::http::serve`]).
 
+mod decisions;
 mod documents;
 mod hooks;
 pub use documents::Documents;
@@ -77,6 +78,7 @@ pub fn router(state: Http) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(hooks::router())
+        .merge(decisions::router())
         .merge(web::router());
     // GraphiQL's files are served only when GraphiQL is.
     if state.graphiql {

@@ -174,6 +174,8 @@ pub struct NewCall {
     pub reason: Option<String>,
     pub error: Option<String>,
     pub work_id: Option<String>,
+    /// The SHA-256 (hex) of the one-time token the request carried.
+    pub decide_token: Option<String>,
 }
 
 /// Logs calls, in one statement; their rows in the order given.
@@ -198,6 +200,9 @@ pub async fn insert_calls(
         reason: Set(call.reason),
         error: Set(call.error),
         work_id: Set(call.work_id),
+        decide_token: Set(call.decide_token),
+        build_id: Set(None),
+        decided_at: Set(None),
         ..Default::default()
     });
     let mut inserted = approval_call::Entity::insert_many(rows)
@@ -238,4 +243,48 @@ pub async fn seal_all(conn: &impl ConnectionTrait, vault: &Vault) -> Result<()> 
         active.update(conn).await?;
     }
     Ok(())
+}
+
+/// How long a held build's one-time link stays usable.
+pub const LINK_VALID_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Ties the calls that held a build to it, so that their one-time links decide it.
+pub async fn attach_build(conn: &impl ConnectionTrait, call_ids: &[i64], build_id: i64) -> Result<()> {
+    if call_ids.is_empty() {
+        return Ok(());
+    }
+    approval_call::Entity::update_many()
+        .col_expr(approval_call::Column::BuildId, build_id.into())
+        .filter(approval_call::Column::Id.is_in(call_ids.iter().copied()))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Uses the one-time link whose token hashes to `token_hash`: the call that gave it, marked
+/// used, when it held a build, is unused and not older than [`LINK_VALID_MS`]. Any other
+/// token finds nothing.
+pub async fn use_link(
+    conn: &impl ConnectionTrait,
+    token_hash: &str,
+    now: i64,
+) -> Result<Option<approval_call::Model>> {
+    let Some(call) = approval_call::Entity::find()
+        .filter(approval_call::Column::DecideToken.eq(token_hash))
+        .one(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if call.build_id.is_none() || call.decided_at.is_some() || call.timestamp + LINK_VALID_MS < now {
+        return Ok(None);
+    }
+    // Taken by one request only: the update applies while the link is unused.
+    let taken = approval_call::Entity::update_many()
+        .col_expr(approval_call::Column::DecidedAt, now.into())
+        .filter(approval_call::Column::Id.eq(call.id))
+        .filter(approval_call::Column::DecidedAt.is_null())
+        .exec(conn)
+        .await?;
+    Ok((taken.rows_affected == 1).then_some(call))
 }

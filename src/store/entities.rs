@@ -276,6 +276,12 @@ pub mod approval_call {
         /// Why no valid answer came, in one sentence.
         pub error: Option<String>,
         pub work_id: Option<String>,
+        /// The SHA-256 (hex) of the one-time token the request carried to decide a held build.
+        pub decide_token: Option<String>,
+        /// The build the call held, once recorded.
+        pub build_id: Option<i64>,
+        /// When the token was used.
+        pub decided_at: Option<i64>,
     }
     no_relations!();
 }

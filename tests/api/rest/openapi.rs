@@ -18,7 +18,12 @@ pub(super) async fn the_openapi_document_validates_and_names_the_routes_that_exi
     let mut operations = 0;
     for (path, item) in document["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {
-            let url = app.url(&path.replace("{id}", "424242").replace("{type}", "deploy"));
+            let url = app.url(
+                &path
+                    .replace("{id}", "424242")
+                    .replace("{type}", "deploy")
+                    .replace("{token}", "unknown-token"),
+            );
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let response = http.request(method.clone(), url).send().await.unwrap();
             let status = response.status();
@@ -30,7 +35,7 @@ pub(super) async fn the_openapi_document_validates_and_names_the_routes_that_exi
             operations += 1;
         }
     }
-    assert_eq!(operations, 6);
+    assert_eq!(operations, 8);
 
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &text).unwrap();
