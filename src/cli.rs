@@ -19,7 +19,8 @@ use crate::domain::retry::{format_duration, parse_duration};
 use crate::domain::status::is_status_name;
 use crate::schema::TokenKeys;
 use crate::tools::bridge::{BridgeOptions, SlackUrl, SlackUrlParser};
-use crate::tools::listen::ListenOptions;
+use crate::tools::hook::HookTest;
+use crate::tools::listen::{ApprovalAnswer, ListenOptions, parse_reason};
 use crate::tools::receive::{self, Check};
 use crate::{signing, store};
 
@@ -66,7 +67,9 @@ pub enum Command {
         command: TokenCommand,
     },
     /// A local receiver: print each delivery, check its signatures, answer 200 (400 when a
-    /// secret is given and the delivery is not signed with it).
+    /// secret is given and the delivery is not signed with it). With --approve, --reject or
+    /// --hold it also plays an approval hook.
+    #[command(group(ArgGroup::new("approval").args(["approve", "reject", "hold"])))]
     Listen {
         /// The address to listen on (port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -83,6 +86,21 @@ pub enum Command {
         /// How far a webhook-timestamp may be from now; 0s accepts any.
         #[arg(long, default_value = "300s", value_parser = parse_duration)]
         tolerance: Duration,
+        /// Answer approval calls (X-Cirrus-Event: approval) 200 with
+        /// {"approved": true, "work_id": <a new UUID>}.
+        #[arg(long)]
+        approve: bool,
+        /// Answer approval calls 200 with {"approved": false, "reason": REASON}.
+        #[arg(long, value_name = "REASON", value_parser = parse_reason)]
+        reject: Option<String>,
+        /// Answer approval calls 200 with {"hold": true, "work_id": <a new UUID>}.
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Approval hooks.
+    Hook {
+        #[command(subcommand)]
+        command: HookCommand,
     },
     /// Check a body (stdin or --file) against an X-Cirrus-Signature, or against Standard
     /// Webhooks headers: exit 0 valid, 1 invalid.
@@ -160,6 +178,14 @@ pub enum BridgeCommand {
         #[arg(long)]
         use_proxy_env: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HookCommand {
+    /// Send an approval hook a sample call, as Herald would (`"test": true` in its request), and
+    /// print its HTTP status, its answer and the decision: exit 0 approved, 1 rejected, held or
+    /// no valid answer.
+    Test(HookTest),
 }
 
 #[derive(Subcommand, Debug)]
@@ -336,6 +362,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             status,
             json,
             tolerance,
+            approve,
+            reject,
+            hold,
         } => {
             let status = StatusCode::from_u16(status).context("reading --status")?;
             let options = ListenOptions {
@@ -344,7 +373,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 json,
                 tolerance,
             };
-            crate::tools::listen::run(listen, options).await
+            let approval = match (approve, reject, hold) {
+                (true, ..) => Some(ApprovalAnswer::Approve),
+                (_, Some(reason), _) => Some(ApprovalAnswer::Reject { reason }),
+                (.., true) => Some(ApprovalAnswer::Hold),
+                _ => None,
+            };
+            crate::tools::listen::run(listen, options, approval).await
+        }
+        Command::Hook {
+            command: HookCommand::Test(test),
+        } => {
+            if !crate::tools::hook::test(test).await? {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Bench(args) => {
             // Options that cannot run together are bad usage, like those clap refuses itself.

@@ -7,6 +7,7 @@ import { editorView } from "./editor.js";
 import { deliveriesView } from "./deliveries.js";
 import { buildsView } from "./builds.js";
 import { secretsView } from "./secrets.js";
+import { approvalsView } from "./approvals.js";
 
 const main = document.getElementById("main");
 let viewer = null;
@@ -95,12 +96,12 @@ function route() {
   const [section, id, extra] = location.hash.replace(/^#\/?/, "").split("/");
   const fallback = isAdmin() ? "endpoints" : "builds";
   const name = section || fallback;
-  if (!isAdmin() && ["endpoints", "deliveries", "secrets"].includes(name)) {
+  if (!isAdmin() && ["endpoints", "deliveries", "secrets", "approvals"].includes(name)) {
     main.replaceChildren(
       h("section.card.notice", {},
         h("h1", {}, "An ADMIN token is needed here"),
-        h("p", {}, `This token has ${viewer.viewerPermission} permission. Webhook endpoints, secrets and `
-          + "the delivery log are for organization admins; builds are below."),
+        h("p", {}, `This token has ${viewer.viewerPermission} permission. Webhook endpoints, secrets, `
+          + "approval hooks and the delivery log are for organization admins; builds are below."),
         h("a.button", { href: "#/builds" }, "Show builds")),
     );
     return;
@@ -114,6 +115,7 @@ function route() {
     endpoints: () => (id ? editorView(context, id === "new" ? null : id) : endpointsView(context)),
     deliveries: () => deliveriesView(context, { endpointId: id === "endpoint" ? extra : null, openId: id === "endpoint" ? null : id }),
     secrets: () => secretsView(context),
+    approvals: () => approvalsView(context),
     builds: () => buildsView(context),
   };
   const view = views[name];

@@ -194,7 +194,8 @@ impl CiMutation {
         let build = changed_build(ctx, request).await?;
         if let Verdict::Hold { calls, .. } = &verdict {
             // The build is recorded; a failure here leaves it to an admin's decision.
-            let approvals = super::handle::<std::sync::Arc<crate::delivery::approval::Approvals>>(ctx)?;
+            let approvals =
+                super::handle::<std::sync::Arc<crate::delivery::approval::Approvals>>(ctx)?;
             if let Err(err) = approvals.held(calls, build.id).await {
                 tracing::warn!(build = build.id, error = %err, "a held build's one-time links could not be tied to it");
             }

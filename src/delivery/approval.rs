@@ -169,7 +169,10 @@ impl Decide {
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
         Self {
             token: hex::encode(bytes),
-            base: public_url.unwrap_or_default().trim_end_matches('/').to_owned(),
+            base: public_url
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_owned(),
         }
     }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::Http;
-use super::hooks::{ErrorBody, Failure, json_body};
+use super::rest::{ErrorBody, Failure, json_body};
 
 pub fn router() -> Router<Http> {
     Router::new()

@@ -15,21 +15,20 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 use super::Http;
+use super::rest::{ErrorBody, Failure, json_body};
 use crate::api::hooks::{Caller, Hook};
 use crate::events::audit::Actor;
 use crate::{Error, Result};
 
-/// The routes, with the document that describes them.
+/// The routes.
 pub fn router() -> Router<Http> {
     Router::new()
         .route("/api/hooks", get(list).post(subscribe))
         .route("/api/hooks/{id}", get(get_one).delete(delete))
         .route("/api/hooks/publish/{type}", post(publish))
-        .route("/api/openapi.json", get(openapi))
 }
 
 /// A subscription, as Kudu's clients send it.
@@ -78,54 +77,12 @@ pub struct Published {
     deliveries: usize,
 }
 
-/// An error: its code and one sentence.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// `BAD_USER_INPUT`, `UNAUTHENTICATED`, `FORBIDDEN`, `NOT_FOUND`, `CONFLICT`,
-    /// `PAYLOAD_TOO_LARGE` or `INTERNAL`.
-    code: String,
-    message: String,
-}
-
 /// The query of a publication.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PublishQuery {
     /// What the event is about: a hook's deliveries for one subject are sent in order.
     subject: Option<String>,
-}
-
-/// A REST error response.
-pub(super) struct Failure(StatusCode, &'static str, String);
-
-impl From<Error> for Failure {
-    fn from(err: Error) -> Self {
-        let status =
-            StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let code = match err {
-            Error::Unconfirmed | Error::Unavailable => "UNAVAILABLE",
-            ref other => other.code(),
-        };
-        Failure(status, code, err.to_string())
-    }
-}
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        let Failure(status, code, message) = self;
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: code.into(),
-                message,
-            },
-        };
-        (status, Json(body)).into_response()
-    }
 }
 
 /// The caller of a request: its token (Bearer, or Basic's password) verified.
@@ -165,35 +122,6 @@ fn token(headers: &HeaderMap) -> Option<String> {
     None
 }
 
-/// A JSON body, or the error a REST client expects: 413 past the size limit, 400 otherwise.
-pub(super) fn json_body<T: serde::de::DeserializeOwned>(
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> std::result::Result<T, Failure> {
-    let bytes = body.map_err(|rejection| {
-        let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "PAYLOAD_TOO_LARGE"
-        } else {
-            "BAD_USER_INPUT"
-        };
-        Failure(
-            status,
-            code,
-            format!(
-                "The request body could not be read: {}.",
-                rejection.body_text().trim_end_matches('.')
-            ),
-        )
-    })?;
-    serde_json::from_slice(&bytes).map_err(|err| {
-        Failure(
-            StatusCode::BAD_REQUEST,
-            "BAD_USER_INPUT",
-            format!("The request body is not the JSON expected: {err}."),
-        )
-    })
-}
-
 fn hook_id(id: &str) -> Result<i64> {
     id.parse().map_err(|_| Error::not_found("hook", id))
 }
@@ -215,7 +143,7 @@ fn summary(hook: Hook) -> HookSummary {
         (status = 409, description = "The URL is already a hook's address for another event", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = []), ("basic" = [])))]
-async fn subscribe(
+pub(super) async fn subscribe(
     State(state): State<Http>,
     peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
@@ -240,7 +168,7 @@ async fn subscribe(
     responses((status = 200, body = [HookSummary]), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = []), ("basic" = [])))]
-async fn list(
+pub(super) async fn list(
     State(state): State<Http>,
     peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
@@ -255,7 +183,7 @@ async fn list(
     responses((status = 200, body = HookDetail), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = []), ("basic" = [])))]
-async fn get_one(
+pub(super) async fn get_one(
     State(state): State<Http>,
     peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
@@ -280,7 +208,7 @@ async fn get_one(
     responses((status = 200, description = "Deleted"), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = []), ("basic" = [])))]
-async fn delete(
+pub(super) async fn delete(
     State(state): State<Http>,
     peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
@@ -299,7 +227,7 @@ async fn delete(
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = []), ("basic" = [])))]
-async fn publish(
+pub(super) async fn publish(
     State(state): State<Http>,
     peer: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
@@ -316,50 +244,6 @@ async fn publish(
     Ok(Json(Published { deliveries }))
 }
 
-/// This API's OpenAPI 3.1 document.
-#[utoipa::path(get, path = "/api/openapi.json", responses((status = 200, description = "The OpenAPI document")))]
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
-}
-
-/// The OpenAPI document of the REST hooks, as JSON text.
-pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the generated document serializes")
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "Herald REST API", description = "Kudu's web hooks API over Herald's endpoints, and held builds' one-time approval links."),
-    paths(subscribe, list, get_one, delete, publish, openapi, super::decisions::approve, super::decisions::reject),
-    components(schemas(Subscription, HookSummary, HookDetail, Published, ErrorBody, ErrorDetail,
-        super::decisions::Decision, super::decisions::Decided)),
-    modifiers(&Security)
-)]
-struct ApiDoc;
-
-struct Security;
-
-impl Modify for Security {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-        components.add_security_scheme(
-            "basic",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
-        );
-    }
-}
-
 /// A time as Kudu's hooks API shows it: `08/08/2013 13:24PM` (UTC).
 fn kudu_datetime(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -371,14 +255,6 @@ fn kudu_datetime(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_document_places_each_parameter() {
-        let document: serde_json::Value = serde_json::from_str(&document()).unwrap();
-        let parameters = &document["paths"]["/api/hooks/publish/{type}"]["post"]["parameters"];
-        assert_eq!(parameters[0]["in"], "path", "{parameters}");
-        assert_eq!(parameters[1]["in"], "query", "{parameters}");
-    }
 
     #[test]
     fn times_are_shown_as_kudu_shows_them() {

@@ -5,6 +5,8 @@
 mod decisions;
 mod documents;
 mod hooks;
+mod openapi;
+mod rest;
 pub use documents::Documents;
 pub mod serve;
 pub mod web;
@@ -79,6 +81,7 @@ pub fn router(state: Http) -> Router {
         .route("/metrics", get(metrics))
         .merge(hooks::router())
         .merge(decisions::router())
+        .merge(openapi::router())
         .merge(web::router());
     // GraphiQL's files are served only when GraphiQL is.
     if state.graphiql {

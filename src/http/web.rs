@@ -54,6 +54,7 @@ const ASSETS: &[Asset] = &[
     asset!("signing.js", "text/javascript; charset=utf-8"),
     asset!("headers.js", "text/javascript; charset=utf-8"),
     asset!("secrets.js", "text/javascript; charset=utf-8"),
+    asset!("approvals.js", "text/javascript; charset=utf-8"),
     asset!("deliveries.js", "text/javascript; charset=utf-8"),
     asset!("builds.js", "text/javascript; charset=utf-8"),
 ];

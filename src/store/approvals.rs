@@ -249,7 +249,11 @@ pub async fn seal_all(conn: &impl ConnectionTrait, vault: &Vault) -> Result<()> 
 pub const LINK_VALID_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// Ties the calls that held a build to it, so that their one-time links decide it.
-pub async fn attach_build(conn: &impl ConnectionTrait, call_ids: &[i64], build_id: i64) -> Result<()> {
+pub async fn attach_build(
+    conn: &impl ConnectionTrait,
+    call_ids: &[i64],
+    build_id: i64,
+) -> Result<()> {
     if call_ids.is_empty() {
         return Ok(());
     }
@@ -276,7 +280,8 @@ pub async fn use_link(
     else {
         return Ok(None);
     };
-    if call.build_id.is_none() || call.decided_at.is_some() || call.timestamp + LINK_VALID_MS < now {
+    if call.build_id.is_none() || call.decided_at.is_some() || call.timestamp + LINK_VALID_MS < now
+    {
         return Ok(None);
     }
     // Taken by one request only: the update applies while the link is unused.

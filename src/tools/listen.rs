@@ -1,6 +1,8 @@
 //! `herald listen`: a local receiver that prints each delivery readably (or as one JSON object
 //! per line), checks both signature schemes, and answers 2xx, or 400 when a secret is given and
 //! the delivery is not signed with it. `herald demo` prints its deliveries with the same code.
+//! With `--approve`, `--reject REASON` or `--hold` it also plays an approval hook: calls with
+//! `X-Cirrus-Event: approval` get that answer, and one line each says what was asked and decided.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +14,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Serialize;
+use serde_json::{Value as Json, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::approval::{MAX_ANSWER_TEXT, read_answer};
 use crate::slack;
 use crate::tools::receive::{Incoming, Signatures, now_secs};
 
@@ -159,23 +163,215 @@ pub fn receive(options: &ListenOptions, headers: &HeaderMap, body: &[u8]) -> Sta
     answer
 }
 
-/// The receiver's routes: every method and path is a delivery.
-pub fn router(options: ListenOptions) -> Router {
-    Router::new().fallback(handle).with_state(Arc::new(options))
+/// How approval calls (`X-Cirrus-Event: approval`) are answered, when they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApprovalAnswer {
+    /// `{"approved": true, "work_id": <a new UUID>}`.
+    Approve,
+    /// `{"approved": false, "reason": …}`.
+    Reject { reason: String },
+    /// `{"hold": true, "work_id": <a new UUID>}`.
+    Hold,
 }
 
+impl ApprovalAnswer {
+    /// The answer's body; each approval or hold carries a work id of its own.
+    pub fn body(&self) -> Json {
+        let work_id = || uuid::Uuid::new_v4().to_string();
+        match self {
+            Self::Approve => json!({ "approved": true, "work_id": work_id() }),
+            Self::Reject { reason } => json!({ "approved": false, "reason": reason }),
+            Self::Hold => json!({ "hold": true, "work_id": work_id() }),
+        }
+    }
+}
+
+/// A reason an answer may carry: Herald reads at most this many characters.
+pub fn parse_reason(text: &str) -> Result<String, String> {
+    let most = MAX_ANSWER_TEXT;
+    if text.chars().count() > most {
+        Err(format!("a reason is at most {most} characters"))
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+/// What the receiver saw in one approval call and how it answered; `--json` prints it as is.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalSummary {
+    pub event: &'static str,
+    pub delivery: Option<String>,
+    pub point: Option<String>,
+    pub organization: Option<String>,
+    pub organization_uid: Option<String>,
+    pub actor: Option<String>,
+    pub repository: Option<String>,
+    /// `APPROVED`, `HELD` or `REJECTED` as Herald reads the answer; none when refused (400).
+    pub decision: Option<String>,
+    pub work_id: Option<String>,
+    pub reason: Option<String>,
+    pub cirrus_signature: &'static str,
+    pub webhook_signature: &'static str,
+    pub answered: u16,
+    /// The body as received (JSON when it is JSON, else text).
+    pub body: Json,
+    /// The answer's body; null when refused.
+    pub answer: Json,
+}
+
+impl ApprovalSummary {
+    /// One line for a person: the point, who asks for what, and the decision.
+    pub fn text(&self) -> String {
+        let unknown = |value: &Option<String>| value.clone().unwrap_or_else(|| "?".into());
+        let mut line = format!(
+            "approval {}  organization {}",
+            unknown(&self.point),
+            unknown(&self.organization)
+        );
+        if let Some(uid) = &self.organization_uid {
+            line.push_str(&format!(" (uid {uid})"));
+        }
+        line.push_str(&format!("  actor {}", unknown(&self.actor)));
+        if let Some(repository) = &self.repository {
+            line.push_str(&format!("  repository {repository}"));
+        }
+        match &self.decision {
+            Some(decision) => {
+                line.push_str(&format!("  → {decision}"));
+                if let Some(work_id) = &self.work_id {
+                    line.push_str(&format!(" work_id={work_id}"));
+                }
+                if let Some(reason) = &self.reason {
+                    line.push_str(&format!(" reason={reason:?}"));
+                }
+            }
+            None => line.push_str("  → refused: the signature is not valid"),
+        }
+        line.push_str(&format!(
+            "  (X-Cirrus-Signature {}, webhook-signature {}; answered {})",
+            self.cirrus_signature, self.webhook_signature, self.answered
+        ));
+        line
+    }
+
+    /// The summary as printed: one line of text, or one line of JSON.
+    pub fn render(&self, json: bool) -> String {
+        if json {
+            serde_json::to_string(self).unwrap_or_default()
+        } else {
+            self.text()
+        }
+    }
+}
+
+/// Checks an approval call, answers it as `answer` says (400 when a secret is given and the
+/// call is not signed with it) and prints one line on stdout.
+pub fn receive_approval(
+    options: &ListenOptions,
+    answer: &ApprovalAnswer,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (StatusCode, Option<Json>) {
+    let signatures = Signatures::check(
+        headers,
+        body,
+        options.secret.as_deref(),
+        options.tolerance,
+        now_secs(),
+    );
+    let request: Json = serde_json::from_slice(body)
+        .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(body).into_owned()));
+    let text = |value: &Json| slack::text(value);
+    let mut summary = ApprovalSummary {
+        event: "approval",
+        delivery: headers
+            .get("x-cirrus-delivery")
+            .or_else(|| headers.get("webhook-id"))
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+        point: text(&request["point"]),
+        organization: text(&request["organization"]["name"]),
+        organization_uid: text(&request["organization"]["uid"]),
+        actor: text(&request["actor"]["id"]),
+        repository: slack::repository_name(&request["request"]["repository"]),
+        decision: None,
+        work_id: None,
+        reason: None,
+        cirrus_signature: signatures.cirrus.as_str(),
+        webhook_signature: signatures.standard.as_str(),
+        answered: StatusCode::BAD_REQUEST.as_u16(),
+        body: request,
+        answer: Json::Null,
+    };
+    let reply = signatures.accepted().then(|| answer.body());
+    if let Some(reply) = &reply {
+        // What Herald will make of the answer, read as Herald reads it.
+        if let Ok(read) = read_answer(Some(200), &reply.to_string()) {
+            summary.decision = Some(read.decision().as_str().to_owned());
+            summary.work_id = read.work_id;
+            summary.reason = read.reason;
+        }
+        summary.answered = StatusCode::OK.as_u16();
+        summary.answer = reply.clone();
+    }
+    println!("{}", summary.render(options.json));
+    (
+        StatusCode::from_u16(summary.answered).unwrap_or(StatusCode::OK),
+        reply,
+    )
+}
+
+/// The receiver's state: how it checks, and how it answers approval calls if it does.
+struct Answering {
+    options: ListenOptions,
+    approval: Option<ApprovalAnswer>,
+}
+
+/// The receiver's routes: every method and path is a delivery.
+pub fn router(options: ListenOptions) -> Router {
+    router_answering(options, None)
+}
+
+/// The receiver's routes, answering approval calls as `approval` says (as any delivery when
+/// it is none).
+pub fn router_answering(options: ListenOptions, approval: Option<ApprovalAnswer>) -> Router {
+    Router::new()
+        .fallback(handle)
+        .with_state(Arc::new(Answering { options, approval }))
+}
+
+fn is_approval_call(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-cirrus-event")
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"approval"))
+}
+
+const BAD_SIGNATURE: &str = "The signature is not valid for this receiver's secret.\n";
+
 async fn handle(
-    State(options): State<Arc<ListenOptions>>,
+    State(state): State<Arc<Answering>>,
     headers: HeaderMap,
     body: Bytes,
-) -> impl IntoResponse {
-    let status = receive(&options, &headers, &body);
+) -> axum::response::Response {
+    let options = &state.options;
+    if let Some(answer) = state
+        .approval
+        .as_ref()
+        .filter(|_| is_approval_call(&headers))
+    {
+        return match receive_approval(options, answer, &headers, &body) {
+            (status, Some(reply)) => (status, axum::Json(reply)).into_response(),
+            (status, None) => (status, BAD_SIGNATURE).into_response(),
+        };
+    }
+    let status = receive(options, &headers, &body);
     let text = if status == StatusCode::BAD_REQUEST {
-        "The signature is not valid for this receiver's secret.\n"
+        BAD_SIGNATURE
     } else {
         "received\n"
     };
-    (status, text)
+    (status, text).into_response()
 }
 
 /// Serves the receiver on `listener` until `shutdown`.
@@ -184,14 +380,29 @@ pub async fn serve(
     options: ListenOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(options))
+    serve_answering(listener, options, None, shutdown).await
+}
+
+/// Serves the receiver on `listener` until `shutdown`, answering approval calls as `approval`
+/// says.
+pub async fn serve_answering(
+    listener: TcpListener,
+    options: ListenOptions,
+    approval: Option<ApprovalAnswer>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router_answering(options, approval))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("serving the receiver")
 }
 
 /// `herald listen`: prints where it listens (one line on stdout), then every delivery.
-pub async fn run(listen: std::net::SocketAddr, options: ListenOptions) -> anyhow::Result<()> {
+pub async fn run(
+    listen: std::net::SocketAddr,
+    options: ListenOptions,
+    approval: Option<ApprovalAnswer>,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -200,12 +411,18 @@ pub async fn run(listen: std::net::SocketAddr, options: ListenOptions) -> anyhow
         Some(_) => "checking signatures against the given secret",
         None => "without a secret: signatures are shown, not checked",
     };
+    let answering = match &approval {
+        None => String::new(),
+        Some(ApprovalAnswer::Approve) => "; approving approval calls".into(),
+        Some(ApprovalAnswer::Reject { .. }) => "; rejecting approval calls".into(),
+        Some(ApprovalAnswer::Hold) => "; holding approval calls".into(),
+    };
     if options.json {
-        eprintln!("Listening on http://{addr}/ ({checking}).");
+        eprintln!("Listening on http://{addr}/ ({checking}{answering}).");
     } else {
-        println!("Listening on http://{addr}/ ({checking}).");
+        println!("Listening on http://{addr}/ ({checking}{answering}).");
     }
     let shutdown = CancellationToken::new();
     crate::app::cancel_on_signal(shutdown.clone());
-    serve(listener, options, shutdown).await
+    serve_answering(listener, options, approval, shutdown).await
 }

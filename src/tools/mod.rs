@@ -1,5 +1,6 @@
 //! Commands beside the service, built on the library: load benchmarks, the Slack bridge, the
-//! demo, a local receiver, and the receiving side (signature checks, envelopes) they share.
+//! demo, a local receiver, an approval hook tester, and the receiving side (signature checks,
+//! envelopes) they share.
 
 /// `herald bench`: end-to-end throughput, latency and memory beside the machine's ceiling.
 pub mod bench;
@@ -7,6 +8,8 @@ pub mod bench;
 pub mod bridge;
 /// `herald demo`: a temporary Herald playing a build to a local receiver.
 pub mod demo;
+/// `herald hook test`: a sample approval call to a hook, its answer and the decision.
+pub mod hook;
 /// `herald listen`: a local receiver that prints and checks each delivery.
 pub mod listen;
 /// The receiving side: checking both signature schemes and reading FLAT or DATA envelopes.

@@ -3,6 +3,7 @@
 //! are ignored, with the reason, unless `CI` is set: there they fail (see `build.rs`). Screenshots of the main views land in the directory the tests print;
 //! `HERALD_UPDATE_SCREENSHOT=1` also refreshes the README's `docs/console.png`.
 
+mod approvals;
 mod browser;
 mod signing;
 #[path = "../api/support/mod.rs"]

@@ -348,40 +348,75 @@ pub(super) async fn a_hook_decides_the_build_it_held_with_its_one_time_link(app:
     let receiver = Receiver::start().await;
     let world = World::new(&app, "linked").await;
     hook(&app, &world, &hooks.url("/hold"), json!({})).await;
-    world.endpoint(&app, &receiver.url("/hook"), json!({ "events": ["BUILD"] })).await;
+    world
+        .endpoint(&app, &receiver.url("/hook"), json!({ "events": ["BUILD"] }))
+        .await;
     let http = reqwest::Client::new();
     let post = |path: String, body: &'static str| {
-        let request = http.post(app.url(&path)).header("content-type", "application/json").body(body);
+        let request = http
+            .post(app.url(&path))
+            .header("content-type", "application/json")
+            .body(body);
         async move {
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
             let text = response.text().await.unwrap();
-            (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
         }
     };
 
-    let first = create_build(&app, &world).await["data"]["createBuild"]["build"]["id"].as_str().unwrap().to_owned();
+    let first = create_build(&app, &world).await["data"]["createBuild"]["build"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let decide = hooks.wait_for(1).await[0].json()["decide"].clone();
     let token = decide["token"].as_str().unwrap();
     assert_eq!(token.len(), 64);
     assert_eq!(decide["approve"], format!("/api/approvals/{token}/approve"));
     let (status, body) = post(decide["approve"].as_str().unwrap().to_owned(), "").await;
-    assert_eq!((status, body), (200, json!({ "id": first, "status": "TRIGGERED" })));
+    assert_eq!(
+        (status, body),
+        (200, json!({ "id": first, "status": "TRIGGERED" }))
+    );
     let (status, body) = post(decide["reject"].as_str().unwrap().to_owned(), "").await;
     assert_eq!(status, 404, "a link works once: {body}");
     assert_eq!(body["error"]["code"], "NOT_FOUND");
     let (status, _) = post(format!("/api/approvals/{}/approve", "0".repeat(64)), "").await;
     assert_eq!(status, 404);
 
-    let second = create_build(&app, &world).await["data"]["createBuild"]["build"]["id"].as_str().unwrap().to_owned();
+    let second = create_build(&app, &world).await["data"]["createBuild"]["build"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let decide = hooks.wait_for(2).await[1].json()["decide"].clone();
-    let (status, body) = post(decide["reject"].as_str().unwrap().to_owned(), r#"{"reason": "tests must pass first"}"#).await;
-    assert_eq!((status, body), (200, json!({ "id": second, "status": "ABORTED" })));
-    let updates: Vec<Value> = receiver.wait_for(4).await.iter().map(|r| r.json()).filter(|b| b["action"] == "updated").collect();
+    let (status, body) = post(
+        decide["reject"].as_str().unwrap().to_owned(),
+        r#"{"reason": "tests must pass first"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({ "id": second, "status": "ABORTED" }))
+    );
+    let updates: Vec<Value> = receiver
+        .wait_for(4)
+        .await
+        .iter()
+        .map(|r| r.json())
+        .filter(|b| b["action"] == "updated")
+        .collect();
     assert_eq!(updates.len(), 2, "each decision is an event");
     let audit = app
         .ok(&world.admin, "query($org: ID!) { ownerInfo(uid: $org) { auditEvents(first: 20) { edges { node { data actor { username } } } } } }", json!({ "org": world.org }))
         .await
         .to_string();
-    assert!(audit.contains("RejectBuild") && audit.contains("tests must pass first") && audit.contains("approval-hook:"), "{audit}");
+    assert!(
+        audit.contains("RejectBuild")
+            && audit.contains("tests must pass first")
+            && audit.contains("approval-hook:"),
+        "{audit}"
+    );
 }

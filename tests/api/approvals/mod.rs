@@ -7,9 +7,9 @@ mod decisions;
 mod isolation;
 
 use decisions::{
-    a_held_build_waits_for_an_admin, a_hook_decides_the_build_it_held_with_its_one_time_link, a_rejecting_hook_records_nothing,
-    an_approving_hook_gives_its_work_id_to_every_delivery, every_hook_must_approve,
-    no_valid_answer_decides_by_when_unavailable,
+    a_held_build_waits_for_an_admin, a_hook_decides_the_build_it_held_with_its_one_time_link,
+    a_rejecting_hook_records_nothing, an_approving_hook_gives_its_work_id_to_every_delivery,
+    every_hook_must_approve, no_valid_answer_decides_by_when_unavailable,
 };
 
 crate::on_both_backends!(

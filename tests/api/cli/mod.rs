@@ -3,6 +3,7 @@
 //! `herald bench`'s tests are declared here too, so that their names stay `cli::…`; their
 //! bodies are in `bench.rs`.
 
+mod approvals;
 mod bench;
 
 use std::process::{Command, Stdio};
