@@ -7,7 +7,7 @@ use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
 use serde_json::json;
 
 use super::audit;
-use super::webhook_draft::check_secret;
+use super::webhook_draft::given_secret;
 use crate::delivery::approval::{Approvals, Question, Verdict};
 use crate::domain::endpoint::check_secret_name;
 use crate::domain::{
@@ -142,19 +142,7 @@ fn check(ctx: &Context<'_>, draft: Draft, current: Option<&HookFields>) -> Resul
         _ => EndpointUrl::parse(&draft.url)?,
     };
     crate::delivery::guard::check_url(&url, policy)?;
-    let secret = match (draft.secret, current) {
-        (Some(secret), Some(current))
-            if current.secret.as_deref().map(mask_secret).as_deref() == Some(secret.as_str()) =>
-        {
-            current.secret.clone()
-        }
-        (Some(secret), _) if secret.is_empty() => None,
-        (Some(secret), _) => {
-            check_secret("secret token", &secret)?;
-            Some(secret)
-        }
-        (None, _) => None,
-    };
+    let secret = given_secret(draft.secret, current.and_then(|c| c.secret.as_deref()))?;
     let secret_name = draft.secret_name.filter(|name| !name.trim().is_empty());
     if let Some(name) = &secret_name {
         check_secret_name(name)?;
@@ -192,13 +180,6 @@ fn check(ctx: &Context<'_>, draft: Draft, current: Option<&HookFields>) -> Resul
     })
 }
 
-fn owner_of(viewer_org: i64, uid: &ID) -> Result<i64> {
-    match parse_id("organization", uid)? {
-        id if id == viewer_org => Ok(id),
-        _ => Err(Error::not_found("organization", uid.as_str())),
-    }
-}
-
 #[derive(Default)]
 pub struct ApprovalMutation;
 
@@ -211,7 +192,7 @@ impl ApprovalMutation {
         input: CreateApprovalHookInput,
     ) -> Result<ApprovalHookPayload> {
         let viewer = require(ctx, Permission::Admin)?;
-        let org_id = owner_of(viewer.org_id, &input.owner_uid)?;
+        let org_id = super::owner_of(viewer.org_id, &input.owner_uid)?;
         let draft = Draft {
             url: input.url,
             secret: input.secret_token,

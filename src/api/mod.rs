@@ -123,3 +123,12 @@ pub(crate) fn handle<'a, T: std::any::Any + Send + Sync>(
 pub(crate) fn pool<'a>(ctx: &'a async_graphql::Context<'_>) -> Result<&'a DatabaseConnection> {
     handle::<DatabaseConnection>(ctx)
 }
+
+/// The organization a mutation's `ownerUid` names, when it is the token's own; any other is
+/// not found, exactly as one that does not exist.
+pub(crate) fn owner_of(viewer_org: i64, uid: &async_graphql::ID) -> Result<i64> {
+    match crate::store::parse_id("organization", uid)? {
+        id if id == viewer_org => Ok(id),
+        _ => Err(Error::not_found("organization", uid.as_str())),
+    }
+}

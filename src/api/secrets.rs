@@ -72,13 +72,6 @@ pub struct RotateWebHookSecretPayload {
     pub client_mutation_id: Option<String>,
 }
 
-fn owner_of(viewer_org: i64, uid: &ID) -> Result<i64> {
-    match parse_id("organization", uid)? {
-        id if id == viewer_org => Ok(id),
-        _ => Err(Error::not_found("organization", uid.as_str())),
-    }
-}
-
 #[derive(Default)]
 pub struct SecretMutation;
 
@@ -92,7 +85,7 @@ impl SecretMutation {
         input: SetWebHookSecretInput,
     ) -> Result<WebHookSecretPayload> {
         let viewer = require(ctx, Permission::Admin)?;
-        let org_id = owner_of(viewer.org_id, &input.owner_uid)?;
+        let org_id = super::owner_of(viewer.org_id, &input.owner_uid)?;
         check_secret_name(&input.name)?;
         check_named_value("secret value", &input.value)?;
         let vault = super::handle::<Vault>(ctx)?;
@@ -113,7 +106,7 @@ impl SecretMutation {
         input: DeleteWebHookSecretInput,
     ) -> Result<DeleteWebHookSecretPayload> {
         let viewer = require(ctx, Permission::Admin)?;
-        let org_id = owner_of(viewer.org_id, &input.owner_uid)?;
+        let org_id = super::owner_of(viewer.org_id, &input.owner_uid)?;
         let tx = super::handle::<Writes>(ctx)?.begin().await?;
         store::endpoints::lock_organization(&*tx, org_id).await?;
         store::secrets::delete(&*tx, org_id, &input.name).await?;
@@ -171,7 +164,7 @@ impl SecretMutation {
                 })
             }
             (None, Some(owner_uid), Some(name)) => {
-                let org_id = owner_of(viewer.org_id, owner_uid)?;
+                let org_id = super::owner_of(viewer.org_id, owner_uid)?;
                 check_named_value("new value", &input.new_value)?;
                 let tx = super::handle::<Writes>(ctx)?.begin().await?;
                 store::endpoints::lock_organization(&*tx, org_id).await?;

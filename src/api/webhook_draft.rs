@@ -88,19 +88,7 @@ pub(super) async fn check(
         _ => EndpointUrl::parse(&url)?,
     };
     crate::delivery::guard::check_url(&url, checks.policy)?;
-    let secret = match (secret, &stored) {
-        (Some(secret), Some(stored))
-            if stored.secret.as_deref().map(mask_secret).as_deref() == Some(secret.as_str()) =>
-        {
-            stored.secret.clone()
-        }
-        (Some(secret), _) if secret.is_empty() => None,
-        (Some(secret), _) => {
-            check_secret("secret token", &secret)?;
-            Some(secret)
-        }
-        (None, _) => None,
-    };
+    let secret = given_secret(secret, stored.as_ref().and_then(|s| s.secret.as_deref()))?;
     // A secret kept as stored keeps the one a rotation replaced, while its overlap lasts.
     let previous_secret = match &stored {
         Some(stored) if stored.secret.is_some() && stored.secret == secret => {
@@ -192,6 +180,20 @@ pub(super) async fn check(
         secret_name,
         previous_secret,
     })
+}
+
+/// The secret a draft gives, against the one stored (if any): its mask keeps the stored one,
+/// an empty one removes it, and a new one is checked.
+pub(super) fn given_secret(given: Option<String>, stored: Option<&str>) -> Result<Option<String>> {
+    match (given, stored) {
+        (Some(given), Some(stored)) if mask_secret(stored) == given => Ok(Some(stored.to_owned())),
+        (Some(given), _) if given.is_empty() => Ok(None),
+        (Some(given), _) => {
+            check_secret("secret token", &given)?;
+            Ok(Some(given))
+        }
+        (None, _) => Ok(None),
+    }
 }
 
 /// Checks a new secret's value (an endpoint's `secretToken`, a named secret, a rotation's new

@@ -210,13 +210,6 @@ impl Given {
     }
 }
 
-fn owner_of(viewer_org: i64, uid: &ID) -> Result<i64> {
-    match parse_id("organization", uid)? {
-        id if id == viewer_org => Ok(id),
-        _ => Err(Error::not_found("organization", uid.as_str())),
-    }
-}
-
 #[derive(Default)]
 pub struct WebhookMutation;
 
@@ -231,7 +224,7 @@ impl WebhookMutation {
         let viewer = require(ctx, Permission::Admin)?;
         let checks = Checks::of(ctx)?;
         let writes = super::handle::<Writes>(ctx)?;
-        let org_id = owner_of(viewer.org_id, &input.owner_uid)?;
+        let org_id = super::owner_of(viewer.org_id, &input.owner_uid)?;
         let draft = Draft {
             url: input.webhook_url,
             secret: input.secret_token,
@@ -373,7 +366,7 @@ impl WebhookMutation {
         let viewer = require(ctx, Permission::Admin)?;
         let checks = Checks::of(ctx)?;
         let writes = super::handle::<Writes>(ctx)?;
-        let org_id = owner_of(viewer.org_id, &input.owner_uid)?;
+        let org_id = super::owner_of(viewer.org_id, &input.owner_uid)?;
         let existing = store::endpoints::list(checks.pool, org_id).await?;
         let mut checked = Vec::new();
         let mut seen = HashSet::new();
