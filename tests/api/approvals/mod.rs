@@ -22,8 +22,13 @@ crate::on_both_backends!(
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn internal_hook_urls_are_refused() {
-    isolation::internal_hook_urls_are_refused().await;
+async fn internal_hook_urls_are_refused_on_sqlite() {
+    isolation::internal_hook_urls_are_refused(crate::support::Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_hook_urls_are_refused_on_postgres() {
+    isolation::internal_hook_urls_are_refused(crate::support::Backend::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
