@@ -7,12 +7,12 @@ use serde_json::json;
 
 use crate::support::{Backend, Receiver, Reply, TestApp, World, code};
 
-pub(super) async fn internal_hook_urls_are_refused() {
-    let app = TestApp::start_with(Backend::Sqlite, |config| {
-        config.allow_private_targets = false
-    })
-    .await
-    .unwrap();
+pub(super) async fn internal_hook_urls_are_refused(backend: Backend) {
+    let Some(app) =
+        TestApp::start_with(backend, |config| config.allow_private_targets = false).await
+    else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
     let world = World::new(&app, "guarded").await;
     for url in [
         "http://127.0.0.1:9/approve",
