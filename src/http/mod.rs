@@ -36,7 +36,7 @@ use crate::store::Db;
 
 /// The largest GraphQL request body accepted: room for a published payload of the largest
 /// size a delivery carries, with its query.
-const MAX_REQUEST_BYTES: usize = 384 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 384 * 1024;
 
 /// What the routes use.
 #[derive(Clone)]

@@ -58,18 +58,20 @@ pub(super) fn json_body<T: serde::de::DeserializeOwned>(
 ) -> std::result::Result<T, Failure> {
     let bytes = body.map_err(|rejection| {
         let status = rejection.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "PAYLOAD_TOO_LARGE"
-        } else {
-            "BAD_USER_INPUT"
-        };
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return Failure(
+                status,
+                "PAYLOAD_TOO_LARGE",
+                format!(
+                    "The request body is larger than the {} KiB a request may carry.",
+                    super::MAX_REQUEST_BYTES / 1024
+                ),
+            );
+        }
         Failure(
             status,
-            code,
-            format!(
-                "The request body could not be read: {}.",
-                rejection.body_text().trim_end_matches('.')
-            ),
+            "BAD_USER_INPUT",
+            "The request body could not be read in full.".to_owned(),
         )
     })?;
     serde_json::from_slice(&bytes).map_err(|err| {

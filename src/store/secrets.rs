@@ -174,8 +174,12 @@ pub async fn delete(conn: &impl ConnectionTrait, org_id: i64, name: &str) -> Res
     let users = used_by(conn, org_id, name).await?;
     if !users.is_empty() {
         let ids: Vec<String> = users.iter().map(i64::to_string).collect();
+        let (noun, them) = match ids.len() {
+            1 => ("endpoint", "that endpoint"),
+            _ => ("endpoints", "those endpoints"),
+        };
         return Err(Error::Conflict(format!(
-            "The webhook secret {name:?} is used by endpoint {}; change those endpoints first.",
+            "The webhook secret {name:?} is used by {noun} {}; change {them} first.",
             ids.join(", ")
         )));
     }

@@ -121,6 +121,7 @@ fn one_line(body: &str) -> String {
     let text = match serde_json::from_str::<Json>(body) {
         Ok(json) => json.to_string(),
         Err(_) => body
+            .trim_end()
             .chars()
             .map(|c| match c.is_control() {
                 true => c.escape_default().to_string(),
