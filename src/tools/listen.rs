@@ -50,8 +50,11 @@ pub struct Summary {
     pub branch: Option<String>,
     pub task_id: Option<String>,
     pub task_name: Option<String>,
-    /// `valid`, `invalid`, `stale`, `absent` or `unchecked`, per scheme.
+    /// `valid`, `invalid`, `stale`, `absent` or `unchecked`, per scheme: the style's own
+    /// header (`signatureHeader`: `X-Cirrus-Signature`, or another style's) and Standard
+    /// Webhooks'.
     pub cirrus_signature: &'static str,
+    pub signature_header: &'static str,
     pub webhook_signature: &'static str,
     /// The HTTP status the receiver answered.
     pub answered: u16,
@@ -75,6 +78,7 @@ impl Summary {
             task_id: slack::text(&task["id"]),
             task_name: slack::text(&task["name"]),
             cirrus_signature: signatures.cirrus.as_str(),
+            signature_header: signatures.style_header,
             webhook_signature: signatures.standard.as_str(),
             answered,
             bytes,
@@ -124,8 +128,9 @@ impl Summary {
             subject.push(format!("{} bytes", self.bytes));
         }
         format!(
-            "{head}\n  {}\n  X-Cirrus-Signature {}, webhook-signature {}; answered {}",
+            "{head}\n  {}\n  {} {}, webhook-signature {}; answered {}",
             subject.join("  "),
+            self.signature_header,
             self.cirrus_signature,
             self.webhook_signature,
             self.answered
@@ -212,6 +217,7 @@ pub struct ApprovalSummary {
     pub work_id: Option<String>,
     pub reason: Option<String>,
     pub cirrus_signature: &'static str,
+    pub signature_header: &'static str,
     pub webhook_signature: &'static str,
     pub answered: u16,
     /// The body as received (JSON when it is JSON, else text).
@@ -246,11 +252,14 @@ impl ApprovalSummary {
                     line.push_str(&format!(" reason={reason:?}"));
                 }
             }
+            None if self.cirrus_signature == "absent" && self.webhook_signature == "absent" => {
+                line.push_str("  → refused: no signature came, and --secret asks for one")
+            }
             None => line.push_str("  → refused: the signature is not valid"),
         }
         line.push_str(&format!(
-            "  (X-Cirrus-Signature {}, webhook-signature {}; answered {})",
-            self.cirrus_signature, self.webhook_signature, self.answered
+            "  ({} {}, webhook-signature {}; answered {})",
+            self.signature_header, self.cirrus_signature, self.webhook_signature, self.answered
         ));
         line
     }
@@ -299,6 +308,7 @@ pub fn receive_approval(
         work_id: None,
         reason: None,
         cirrus_signature: signatures.cirrus.as_str(),
+        signature_header: signatures.style_header,
         webhook_signature: signatures.standard.as_str(),
         answered: StatusCode::BAD_REQUEST.as_u16(),
         body: request,

@@ -38,11 +38,29 @@ impl Check {
     }
 }
 
+/// The headers that carry a style's own signature (a hex HMAC-SHA256 of the body after a
+/// prefix) or token (the secret itself), as Herald's signature styles send them; the first a
+/// delivery carries is checked.
+const STYLE_HEADERS: [(&str, &str, Option<&str>); 5] = [
+    ("x-cirrus-signature", "X-Cirrus-Signature", Some("")),
+    (
+        "x-hub-signature-256",
+        "X-Hub-Signature-256",
+        Some("sha256="),
+    ),
+    ("x-jobserv-sig", "X-JobServ-Sig", Some("sha256:")),
+    ("x-gitlab-token", "X-Gitlab-Token", None),
+    ("x-codeup-token", "X-Codeup-Token", None),
+];
+
 /// The outcome of both schemes for one delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Signatures {
-    /// `X-Cirrus-Signature`.
+    /// The style's own header: `X-Cirrus-Signature`, or the one another style sends instead
+    /// (see [`Signatures::style_header`]).
     pub cirrus: Check,
+    /// The name of the header `cirrus` checked (`X-Cirrus-Signature` when none came).
+    pub style_header: &'static str,
     /// `webhook-signature` (Standard Webhooks).
     pub standard: Check,
     secret_given: bool,
@@ -59,15 +77,21 @@ impl Signatures {
         now: i64,
     ) -> Self {
         let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
-        let cirrus = match (header("x-cirrus-signature"), secret) {
+        let found = STYLE_HEADERS
+            .iter()
+            .find_map(|(name, shown, prefix)| Some((header(name)?, *shown, *prefix)));
+        let style_header = found.map_or("X-Cirrus-Signature", |(_, shown, _)| shown);
+        let cirrus = match (found, secret) {
             (None, _) => Check::Absent,
             (Some(_), None) => Check::Unchecked,
-            (Some(signature), Some(secret)) => {
-                if signing::verify_cirrus(secret, body, signature) {
-                    Check::Valid
-                } else {
-                    Check::Invalid
-                }
+            (Some((value, _, prefix)), Some(secret)) => {
+                let valid = match prefix {
+                    Some(prefix) => value
+                        .strip_prefix(prefix)
+                        .is_some_and(|hex| signing::verify_cirrus(secret, body, hex)),
+                    None => same_token(value, secret),
+                };
+                if valid { Check::Valid } else { Check::Invalid }
             }
         };
         let standard = match (header("webhook-signature"), secret) {
@@ -85,6 +109,7 @@ impl Signatures {
         };
         Self {
             cirrus,
+            style_header,
             standard,
             secret_given: secret.is_some(),
         }
@@ -102,6 +127,17 @@ impl Signatures {
                 .iter()
                 .any(|check| matches!(check, Check::Invalid | Check::Stale))
     }
+}
+
+/// Whether a token header holds the secret, compared in time that does not depend on where
+/// they differ.
+fn same_token(token: &str, secret: &str) -> bool {
+    token.len() == secret.len()
+        && token
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 /// Checks a Standard Webhooks signature, its timestamp within `tolerance` of `now` (seconds;
@@ -215,6 +251,46 @@ impl Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_styles_signatures_and_tokens_are_checked() {
+        let body = b"{\"build_id\":67}";
+        let hex = signing::cirrus_signature("s3cret", body);
+        let check = |name: &'static str, value: String| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, value.parse().unwrap());
+            Signatures::check(
+                &headers,
+                body,
+                Some("s3cret"),
+                DEFAULT_TOLERANCE,
+                now_secs(),
+            )
+        };
+        let jobserv = check("x-jobserv-sig", format!("sha256:{hex}"));
+        assert_eq!(
+            (jobserv.cirrus, jobserv.style_header),
+            (Check::Valid, "X-JobServ-Sig")
+        );
+        assert_eq!(
+            check("x-jobserv-sig", hex.clone()).cirrus,
+            Check::Invalid,
+            "no prefix"
+        );
+        assert_eq!(
+            check("x-hub-signature-256", format!("sha256={hex}")).cirrus,
+            Check::Valid
+        );
+        assert_eq!(
+            check("x-gitlab-token", "s3cret".into()).cirrus,
+            Check::Valid
+        );
+        assert_eq!(
+            check("x-codeup-token", "s3cre".into()).cirrus,
+            Check::Invalid
+        );
+        assert!(check("x-codeup-token", "s3cret".into()).accepted());
+    }
 
     fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
         let mut map = HeaderMap::new();
