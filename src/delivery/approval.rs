@@ -290,19 +290,20 @@ impl Approvals {
         if hooks.is_empty() {
             return Ok(Verdict::Approve { work_id: None });
         }
-        let calls = hooks.iter().map(|hook| self.call(hook, question));
+        let calls = hooks.iter().map(|hook| self.call(hook, question, true));
         let calls = futures_util::future::join_all(calls).await;
         let logged = self.log(calls).await?;
         Ok(decide(hooks, &logged))
     }
 
-    /// Calls one hook with a sample question and logs the call (`testApprovalHook`).
+    /// Calls one hook with a sample question and logs the call (`testApprovalHook`); the
+    /// sample carries no one-time link, since it holds no build.
     pub async fn test(
         &self,
         hook: &approval_hook::Model,
         question: &Question<'_>,
     ) -> Result<approval_call::Model> {
-        let call = self.call(hook, question).await;
+        let call = self.call(hook, question, false).await;
         self.log(vec![call])
             .await?
             .pop()
@@ -327,9 +328,15 @@ impl Approvals {
 
     /// One call: sent within the hook's timeout (a turn among the organization's calls
     /// included), read, and decided on its own.
-    async fn call(&self, hook: &approval_hook::Model, question: &Question<'_>) -> NewCall {
+    async fn call(
+        &self,
+        hook: &approval_hook::Model,
+        question: &Question<'_>,
+        with_link: bool,
+    ) -> NewCall {
         let started = Instant::now();
-        let decide = (question.point == ApprovalPoint::BuildCreate)
+        // A held build's one-time link; a test call holds no build, so it carries none.
+        let decide = (with_link && question.point == ApprovalPoint::BuildCreate)
             .then(|| Decide::new(self.public_url.as_deref()));
         let body = question.body(decide.as_ref());
         let body = body.as_str();
