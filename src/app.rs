@@ -58,6 +58,9 @@ impl AppState {
             None => Vault::default(),
         };
         store::endpoints::reconcile_sealing(&db, &vault).await?;
+        store::secrets::erase_expired(&db, crate::now_ms())
+            .await
+            .map_err(|err| anyhow::anyhow!("erasing replaced secrets: {err}"))?;
         let keys = TokenKeys::new(&token_secret_with(&db, &vault).await?);
         let metrics = Metrics::default();
         let outbox = Outbox::new(writes.clone(), metrics.clone(), config.public_url.clone());

@@ -143,6 +143,16 @@ fn check(ctx: &Context<'_>, draft: Draft, current: Option<&HookFields>) -> Resul
     };
     crate::delivery::guard::check_url(&url, policy)?;
     let secret = given_secret(draft.secret, current.and_then(|c| c.secret.as_deref()))?;
+    if matches!(
+        draft.signature_style,
+        SignatureStyle::Gitlab | SignatureStyle::Codeup
+    ) && let Some(secret) = &secret
+        && secret.chars().any(|c| !(' '..='~').contains(&c))
+    {
+        return Err(Error::Invalid(
+            "A GITLAB or CODEUP approval hook sends its secret as a header, so the secret must be visible ASCII characters or spaces.".into(),
+        ));
+    }
     let secret_name = draft.secret_name.filter(|name| !name.trim().is_empty());
     if let Some(name) = &secret_name {
         check_secret_name(name)?;
@@ -353,17 +363,12 @@ async fn decide(
 ) -> Result<crate::store::entities::build::Model> {
     let viewer = require(ctx, Permission::Admin)?;
     let id = parse_id("build", build_id)?;
-    let build = store::ci::build(super::pool(ctx)?, viewer.org_id, id).await?;
-    if build.status != BuildStatus::NeedsApproval {
-        return Err(Error::Invalid(format!(
-            "Build {id} is not waiting for approval; it is {}.",
-            build.status
-        )));
-    }
+    // The writer applies it only to a build still waiting: of two decisions at once, one wins.
     let request = ChangeRequest::UpdateBuildStatus {
         org_id: viewer.org_id.into(),
         build_id: id.into(),
         status,
+        only_from: Some(BuildStatus::NeedsApproval),
     };
     super::ci::changed_build(ctx, request).await
 }

@@ -217,6 +217,7 @@ impl CiMutation {
             org_id: viewer.org_id.into(),
             build_id: parse_id("build", &input.build_id)?.into(),
             status: input.status,
+            only_from: None,
         };
         Ok(BuildPayload {
             build: Build(changed_build(ctx, request).await?),

@@ -202,19 +202,11 @@ impl Hooks {
         crate::domain::limits::optional_text("reason", reason.as_deref(), 1_000)?;
         let hash = crate::delivery::approval::token_hash(token);
         let missing = || Error::not_found("approval link", "with this token");
-        let tx = self.writes.begin().await?;
-        let call = store::approvals::use_link(&*tx, &hash, crate::now_ms())
+        // A read first: an unknown token costs no write turn.
+        let call = store::approvals::live_link(&self.pool, &hash, crate::now_ms())
             .await?
             .ok_or_else(missing)?;
         let build_id = call.build_id.ok_or_else(missing)?;
-        let build = store::ci::build(&*tx, call.org_id, build_id).await?;
-        if build.status != BuildStatus::NeedsApproval {
-            return Err(Error::Invalid(format!(
-                "Build {build_id} is not waiting for approval; it is {}.",
-                build.status
-            )));
-        }
-        tx.commit().await?;
         let (status, name) = match approve {
             true => (BuildStatus::Triggered, "approveBuild"),
             false => (BuildStatus::Aborted, "rejectBuild"),
@@ -222,15 +214,24 @@ impl Hooks {
         let actor = Actor::from_subject(&format!("approval-hook:{}", call.hook_id), ip);
         let input = json!({ "buildId": build_id.to_string(), "reason": reason, "link": true });
         let draft = AuditDraft::new(call.org_id, actor, name, input);
+        // The writer applies it only to a build still waiting: of two decisions at once, one
+        // wins. The link is spent once the decision is recorded.
         let request = ChangeRequest::UpdateBuildStatus {
             org_id: call.org_id.into(),
             build_id: build_id.into(),
             status,
+            only_from: Some(BuildStatus::NeedsApproval),
         };
-        match self.writer.submit(request, draft).await? {
-            Changed::Build(build) => Ok(build),
-            Changed::Task(_) => Err(Error::internal("a build's change came back as a task")),
-        }
+        let build = match self.writer.submit(request, draft).await? {
+            Changed::Build(build) => build,
+            Changed::Task(_) => {
+                return Err(Error::internal("a build's change came back as a task"));
+            }
+        };
+        let tx = self.writes.begin().await?;
+        store::approvals::spend_link(&*tx, call.id, crate::now_ms()).await?;
+        tx.commit().await?;
+        Ok(build)
     }
 
     async fn hook(&self, row: &webhook_endpoint::Model, with_last: bool) -> Result<Hook> {

@@ -134,11 +134,13 @@ impl SecretMutation {
                 "The overlap must be between 0 and {MAX_OVERLAP_SECONDS} seconds (30 days)."
             )));
         }
-        let until = crate::now_ms() + overlap * 1000;
+        let now = crate::now_ms();
+        let until = now + overlap * 1000;
         match (&input.endpoint_id, &input.owner_uid, &input.name) {
             (Some(endpoint_id), None, None) => {
                 let id = parse_id("webhook endpoint", endpoint_id)?;
                 let tx = super::handle::<Writes>(ctx)?.begin().await?;
+                store::secrets::erase_expired(&*tx, now).await?;
                 let row = store::endpoints::find_for_update(&tx, viewer.org_id, id).await?;
                 let mut fields = store::endpoints::fields_of(&row, vault)?;
                 if let Some(name) = &fields.secret_name {
@@ -168,6 +170,7 @@ impl SecretMutation {
                 check_named_value("new value", &input.new_value)?;
                 let tx = super::handle::<Writes>(ctx)?.begin().await?;
                 store::endpoints::lock_organization(&*tx, org_id).await?;
+                store::secrets::erase_expired(&*tx, now).await?;
                 let row = store::secrets::find(&*tx, org_id, name)
                     .await?
                     .ok_or_else(|| Error::not_found("webhook secret", name))?;

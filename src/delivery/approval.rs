@@ -349,7 +349,14 @@ impl Approvals {
             hook_id: hook.id,
             point: question.point,
             timestamp: crate::now_ms(),
-            request: body.to_owned(),
+            // The log keeps the request without the link's token: only its hash is kept.
+            request: match &decide {
+                Some(decide) => question.body(Some(&Decide {
+                    token: "********".into(),
+                    base: decide.base.clone(),
+                })),
+                None => body.to_owned(),
+            },
             status: None,
             response: String::new(),
             duration_ms: 0,

@@ -176,8 +176,8 @@ impl Outbox {
                                 body: String::new(),
                                 timestamp: change.timestamp,
                             },
-                            event_id,
-                            build_id: change.build_id,
+                            event_id: Some(event_id),
+                            build_id: Some(change.build_id),
                             reason,
                         });
                     }

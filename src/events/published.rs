@@ -9,10 +9,11 @@ use serde_json::{Value as Json, json};
 
 use sea_orm::ConnectionTrait;
 
+use crate::domain::limits::MAX_BODY;
 use crate::domain::published::{self, MAX_PAYLOAD};
 use crate::domain::{EventAction, PayloadFormat};
 use crate::slack::escape;
-use crate::store::deliveries::{EventDeliveries, NewDelivery};
+use crate::store::deliveries::{EventDeliveries, FailedDelivery, NewDelivery};
 use crate::store::entities::{published_event, webhook_endpoint};
 use crate::store::published::NewPublished;
 use crate::{Error, Result, store};
@@ -94,6 +95,7 @@ pub async fn publish(
     )
     .await?;
     let mut bodies = Vec::new();
+    let mut refused = Vec::new();
     for endpoint in endpoints.iter().filter(|e| e.org_id == org_id) {
         if store::endpoints::subscribes_to_published(endpoint, &event.kind)? {
             let body = body(
@@ -102,9 +104,32 @@ pub async fn publish(
                 event.subject.as_deref(),
                 &event.payload,
             );
+            // A payload at the limit, wrapped in DATA's envelope, is past what a delivery
+            // may carry: recorded as failed, with the reason, as any payload too large.
+            if body.len() > MAX_BODY {
+                refused.push(FailedDelivery {
+                    delivery: NewDelivery {
+                        org_id: org_id.into(),
+                        endpoint_id: endpoint.id.into(),
+                        event: event.kind.clone(),
+                        action: EventAction::Published,
+                        body: String::new(),
+                        timestamp: event.timestamp,
+                    },
+                    event_id: None,
+                    build_id: None,
+                    reason: format!(
+                        "The payload is {} KiB with its envelope, more than the {} KiB a delivery may carry; it was not sent.",
+                        body.len().div_ceil(1024),
+                        MAX_BODY / 1024
+                    ),
+                });
+                continue;
+            }
             bodies.push((endpoint.id, body));
         }
     }
+    store::deliveries::insert_failed(conn, refused).await?;
     let count = bodies.len();
     if count == 0 {
         return Ok((event, 0, false));

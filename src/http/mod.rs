@@ -100,11 +100,16 @@ pub fn router(state: Http) -> Router {
 /// Runs each request in a span of its own, so that what it logs (and what the writer of
 /// changes logs for it) carries its method and path.
 async fn request_span(request: Request, next: Next) -> Response {
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        path = %request.uri().path(),
-    );
+    // A one-time approval link's token is a credential: the path is logged without it.
+    let path = request.uri().path();
+    let path = match path.strip_prefix("/api/approvals/") {
+        Some(rest) => format!(
+            "/api/approvals/***{}",
+            rest.find('/').map_or("", |at| &rest[at..])
+        ),
+        None => path.to_owned(),
+    };
+    let span = tracing::info_span!("request", method = %request.method(), path = %path);
     next.run(request).instrument(span).await
 }
 

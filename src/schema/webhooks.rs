@@ -180,6 +180,13 @@ impl WebHookSecret {
         let ids = store::secrets::used_by(&db(ctx)?.conn(), self.0.org_id, &self.0.name).await?;
         Ok(ids.into_iter().map(|id| ID(id.to_string())).collect())
     }
+
+    /// The ids of the approval hooks that sign with it.
+    async fn used_by_approval_hooks(&self, ctx: &Context<'_>) -> Result<Vec<ID>> {
+        let ids =
+            store::secrets::used_by_hooks(&db(ctx)?.conn(), self.0.org_id, &self.0.name).await?;
+        Ok(ids.into_iter().map(|id| ID(id.to_string())).collect())
+    }
 }
 
 #[derive(Default)]

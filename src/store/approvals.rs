@@ -100,6 +100,7 @@ pub async fn create(
         )));
     }
     if let Some(name) = &fields.secret_name {
+        super::endpoints::lock_organization(conn, org_id).await?;
         super::secrets::require(conn, org_id, name).await?;
     }
     let now = crate::now_ms();
@@ -122,6 +123,7 @@ pub async fn update(
     vault: &Vault,
 ) -> Result<approval_hook::Model> {
     if let Some(name) = &fields.secret_name {
+        super::endpoints::lock_organization(conn, current.org_id).await?;
         super::secrets::require(conn, current.org_id, name).await?;
     }
     let mut row: approval_hook::ActiveModel = current.into();
@@ -265,31 +267,32 @@ pub async fn attach_build(
     Ok(())
 }
 
-/// Uses the one-time link whose token hashes to `token_hash`: the call that gave it, marked
-/// used, when it held a build, is unused and not older than [`LINK_VALID_MS`]. Any other
-/// token finds nothing.
-pub async fn use_link(
+/// The call whose one-time link's token hashes to `token_hash`, when the link is live: it held
+/// a build, was not used, and is not older than [`LINK_VALID_MS`]. Any other token finds
+/// nothing.
+pub async fn live_link(
     conn: &impl ConnectionTrait,
     token_hash: &str,
     now: i64,
 ) -> Result<Option<approval_call::Model>> {
-    let Some(call) = approval_call::Entity::find()
+    let call = approval_call::Entity::find()
         .filter(approval_call::Column::DecideToken.eq(token_hash))
         .one(conn)
-        .await?
-    else {
-        return Ok(None);
-    };
-    if call.build_id.is_none() || call.decided_at.is_some() || call.timestamp + LINK_VALID_MS < now
-    {
-        return Ok(None);
-    }
-    // Taken by one request only: the update applies while the link is unused.
-    let taken = approval_call::Entity::update_many()
+        .await?;
+    Ok(call.filter(|call| {
+        call.build_id.is_some()
+            && call.decided_at.is_none()
+            && call.timestamp + LINK_VALID_MS >= now
+    }))
+}
+
+/// Marks a call's one-time link used.
+pub async fn spend_link(conn: &impl ConnectionTrait, call_id: i64, now: i64) -> Result<()> {
+    approval_call::Entity::update_many()
         .col_expr(approval_call::Column::DecidedAt, now.into())
-        .filter(approval_call::Column::Id.eq(call.id))
+        .filter(approval_call::Column::Id.eq(call_id))
         .filter(approval_call::Column::DecidedAt.is_null())
         .exec(conn)
         .await?;
-    Ok((taken.rows_affected == 1).then_some(call))
+    Ok(())
 }

@@ -179,6 +179,8 @@ pub async fn create(
     let now = crate::now_ms();
     let url = fields.url.clone();
     if let Some(name) = &fields.secret_name {
+        // Under the organization's lock, as a deletion of the secret is.
+        lock_organization(conn, org_id).await?;
         super::secrets::require(conn, org_id, name).await?;
     }
     let mut row = webhook_endpoint::ActiveModel {

@@ -7,7 +7,7 @@ use sea_orm::{
     QueryOrder,
 };
 
-use super::entities::{webhook_endpoint, webhook_secret};
+use super::entities::{approval_hook, webhook_endpoint, webhook_secret};
 use crate::secrets::Vault;
 use crate::{Error, Result};
 
@@ -166,7 +166,24 @@ pub async fn used_by(conn: &impl ConnectionTrait, org_id: i64, name: &str) -> Re
         .collect())
 }
 
-/// Deletes a named secret; refused while an endpoint signs with it.
+/// The ids of the organization's approval hooks that sign with the secret named `name`.
+pub async fn used_by_hooks(
+    conn: &impl ConnectionTrait,
+    org_id: i64,
+    name: &str,
+) -> Result<Vec<i64>> {
+    Ok(approval_hook::Entity::find()
+        .filter(approval_hook::Column::OrgId.eq(org_id))
+        .filter(approval_hook::Column::SecretName.eq(name))
+        .order_by_asc(approval_hook::Column::Id)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|row| row.id)
+        .collect())
+}
+
+/// Deletes a named secret; refused while an endpoint or an approval hook signs with it.
 pub async fn delete(conn: &impl ConnectionTrait, org_id: i64, name: &str) -> Result<()> {
     let Some(row) = find(conn, org_id, name).await? else {
         return Err(Error::not_found("webhook secret", name));
@@ -180,6 +197,14 @@ pub async fn delete(conn: &impl ConnectionTrait, org_id: i64, name: &str) -> Res
         };
         return Err(Error::Conflict(format!(
             "The webhook secret {name:?} is used by {noun} {}; change {them} first.",
+            ids.join(", ")
+        )));
+    }
+    let hooks = used_by_hooks(conn, org_id, name).await?;
+    if !hooks.is_empty() {
+        let ids: Vec<String> = hooks.iter().map(i64::to_string).collect();
+        return Err(Error::Conflict(format!(
+            "The webhook secret {name:?} is used by approval hook {}; change it first.",
             ids.join(", ")
         )));
     }
@@ -202,5 +227,36 @@ pub async fn seal_all(conn: &impl ConnectionTrait, vault: &Vault) -> Result<()> 
             .transpose()?);
         row.update(conn).await?;
     }
+    Ok(())
+}
+
+/// Erases the secrets rotations replaced whose overlap has ended, of endpoints and of named
+/// secrets: a replaced secret is kept no longer than it signs. Run at start and with each
+/// rotation.
+pub async fn erase_expired(conn: &impl ConnectionTrait, now: i64) -> Result<()> {
+    webhook_endpoint::Entity::update_many()
+        .col_expr(
+            webhook_endpoint::Column::PreviousSecret,
+            Option::<String>::None.into(),
+        )
+        .col_expr(
+            webhook_endpoint::Column::PreviousSecretUntil,
+            Option::<i64>::None.into(),
+        )
+        .filter(webhook_endpoint::Column::PreviousSecretUntil.lte(now))
+        .exec(conn)
+        .await?;
+    webhook_secret::Entity::update_many()
+        .col_expr(
+            webhook_secret::Column::PreviousValue,
+            Option::<String>::None.into(),
+        )
+        .col_expr(
+            webhook_secret::Column::PreviousUntil,
+            Option::<i64>::None.into(),
+        )
+        .filter(webhook_secret::Column::PreviousUntil.lte(now))
+        .exec(conn)
+        .await?;
     Ok(())
 }

@@ -157,6 +157,7 @@ pub(super) async fn apply(
             org_id,
             build_id,
             status,
+            only_from,
         } => {
             let (org_id, build_id) = (org_id.get(), build_id.get());
             // Another organization's build is not found before it is taken, so that naming it
@@ -164,6 +165,14 @@ pub(super) async fn apply(
             let before = build_of(&taken.changed_builds, org_id, build_id)?;
             if !taken.build(build_id) {
                 return Ok(Step::Deferred);
+            }
+            if let Some(from) = only_from
+                && before.status != *from
+            {
+                return Err(Error::Invalid(format!(
+                    "Build {build_id} is not waiting for approval; it is {}.",
+                    before.status
+                )));
             }
             match store::ci::set_build_status(tx, before.clone(), *status, now).await? {
                 None => done(Changed::Build(before), None),

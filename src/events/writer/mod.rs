@@ -70,6 +70,9 @@ pub enum ChangeRequest {
         org_id: OrgId,
         build_id: BuildId,
         status: BuildStatus,
+        /// The status the build must have for the change to apply (a decision on a held
+        /// build applies to a build still `NEEDS_APPROVAL`, once); any when `None`.
+        only_from: Option<BuildStatus>,
     },
     CreateTask {
         org_id: OrgId,

@@ -186,6 +186,7 @@ mod tests {
             org_id: org_id.into(),
             build_id: build_id.into(),
             status: BuildStatus::Executing,
+            only_from: None,
         })
     }
 

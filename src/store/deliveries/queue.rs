@@ -190,8 +190,10 @@ pub async fn delete(conn: &impl ConnectionTrait, ids: &[i64]) -> Result<()> {
 pub struct FailedDelivery {
     /// Its body is not kept: nothing of it is ever sent.
     pub delivery: NewDelivery,
-    pub event_id: i64,
-    pub build_id: BuildId,
+    /// The build or task event (none for a published event).
+    pub event_id: Option<i64>,
+    /// The chain it would have been in.
+    pub build_id: Option<BuildId>,
     pub reason: String,
 }
 
@@ -213,8 +215,8 @@ pub async fn insert_failed(conn: &impl ConnectionTrait, failed: Vec<FailedDelive
         reasons.insert(uid.clone(), reason);
         let mut row = delivery.into_row();
         row.uid = Set(uid);
-        row.event_id = Set(Some(event_id));
-        row.build_id = Set(Some(build_id.get()));
+        row.event_id = Set(event_id);
+        row.build_id = Set(build_id.map(BuildId::get));
         row.state = Set(DeliveryState::Failed);
         row.attempts = Set(1);
         row.round_attempts = Set(1);

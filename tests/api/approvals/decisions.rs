@@ -206,7 +206,25 @@ pub(super) async fn a_held_build_waits_for_an_admin(app: TestApp) {
         .as_str()
         .unwrap()
         .to_owned();
-    let rejected = app.ok(&world.admin, reject, json!({ "id": other })).await;
+    // Two decisions at once: exactly one applies.
+    let both = app
+        .gql_at_once(
+            &world.admin,
+            vec![
+                (approve, json!({ "id": other })),
+                (reject, json!({ "id": other })),
+            ],
+        )
+        .await;
+    let applied: Vec<&Value> = both.iter().filter(|r| r["errors"].is_null()).collect();
+    assert_eq!(applied.len(), 1, "{both:#?}");
+    let refused: Vec<&Value> = both.iter().filter(|r| !r["errors"].is_null()).collect();
+    assert_eq!(code(refused[0]), "BAD_USER_INPUT");
+    let third = create_build(&app, &world).await["data"]["createBuild"]["build"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rejected = app.ok(&world.admin, reject, json!({ "id": third })).await;
     assert_eq!(rejected["rejectBuild"]["build"]["status"], "ABORTED");
 }
 
@@ -376,6 +394,14 @@ pub(super) async fn a_hook_decides_the_build_it_held_with_its_one_time_link(app:
     let token = decide["token"].as_str().unwrap();
     assert_eq!(token.len(), 64);
     assert_eq!(decide["approve"], format!("/api/approvals/{token}/approve"));
+    let logged = calls(&app, &world).await[0]["request"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !logged.contains(token),
+        "the log keeps no usable link: {logged}"
+    );
     let (status, body) = post(decide["approve"].as_str().unwrap().to_owned(), "").await;
     assert_eq!(
         (status, body),
@@ -419,4 +445,63 @@ pub(super) async fn a_hook_decides_the_build_it_held_with_its_one_time_link(app:
             && audit.contains("approval-hook:"),
         "{audit}"
     );
+}
+
+pub(super) async fn a_named_secret_signs_a_hook_and_stays_while_it_does(app: TestApp) {
+    let hooks = Receiver::start().await;
+    hooks.default_reply(Reply::status(200).json(json!({ "approved": true })));
+    let world = World::new(&app, "named-hook").await;
+    app.ok(
+        &world.admin,
+        "mutation($org: ID!) { setWebHookSecret(input: {ownerUid: $org, name: \"gate\", value: \"gate-secret-value\"}) { secret { name } } }",
+        json!({ "org": world.org }),
+    )
+    .await;
+    let id = hook(
+        &app,
+        &world,
+        &hooks.url("/gate"),
+        json!({ "secretName": "gate", "signatureStyle": "JOBSERV" }),
+    )
+    .await;
+    create_build(&app, &world).await;
+    let call = hooks.wait_for(1).await[0].clone();
+    let expected = format!(
+        "sha256:{}",
+        herald::signing::cirrus_signature("gate-secret-value", &call.body)
+    );
+    assert_eq!(call.header("x-jobserv-sig"), Some(expected.as_str()));
+    let delete = app
+        .gql(
+            Some(&world.admin),
+            "mutation($org: ID!) { deleteWebHookSecret(input: {ownerUid: $org, name: \"gate\"}) { deletedName } }",
+            json!({ "org": world.org }),
+        )
+        .await;
+    assert_eq!(code(&delete), "CONFLICT", "{delete}");
+    assert!(
+        delete["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("approval hook")
+    );
+    let secrets = app
+        .ok(
+            &world.admin,
+            "query($org: ID!) { ownerInfo(uid: $org) { webhookSecrets { usedByApprovalHooks } } }",
+            json!({ "org": world.org }),
+        )
+        .await;
+    assert_eq!(
+        secrets["ownerInfo"]["webhookSecrets"][0]["usedByApprovalHooks"],
+        json!([id])
+    );
+    let gitlab = app
+        .gql(
+            Some(&world.admin),
+            "mutation($id: ID!, $secret: String!) { updateApprovalHook(input: {id: $id, signatureStyle: GITLAB, secretToken: $secret}) { hook { id } } }",
+            json!({ "id": id, "secret": "clé-secrète" }),
+        )
+        .await;
+    assert_eq!(code(&gitlab), "BAD_USER_INPUT", "{gitlab}");
 }

@@ -8,8 +8,9 @@ mod isolation;
 
 use decisions::{
     a_held_build_waits_for_an_admin, a_hook_decides_the_build_it_held_with_its_one_time_link,
-    a_rejecting_hook_records_nothing, an_approving_hook_gives_its_work_id_to_every_delivery,
-    every_hook_must_approve, no_valid_answer_decides_by_when_unavailable,
+    a_named_secret_signs_a_hook_and_stays_while_it_does, a_rejecting_hook_records_nothing,
+    an_approving_hook_gives_its_work_id_to_every_delivery, every_hook_must_approve,
+    no_valid_answer_decides_by_when_unavailable,
 };
 
 crate::on_both_backends!(
@@ -19,6 +20,7 @@ crate::on_both_backends!(
     a_hook_decides_the_build_it_held_with_its_one_time_link,
     no_valid_answer_decides_by_when_unavailable,
     every_hook_must_approve,
+    a_named_secret_signs_a_hook_and_stays_while_it_does,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

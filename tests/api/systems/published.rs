@@ -157,6 +157,31 @@ pub(super) async fn kudu_post_deployment_reaches_an_unsigned_endpoint(app: TestA
     let data = received.iter().find(|r| r.uri.path() == "/data").unwrap();
     assert_eq!(data.json(), json!({ "action": "published", "data": body }));
 
+    // A payload at the limit fits a RAW body, not DATA's envelope: that delivery is recorded
+    // as failed, with the reason, and nothing is sent to it.
+    let at_limit = json!({ "pad": "x".repeat(256 * 1024 - 10) });
+    assert_eq!(at_limit.to_string().len(), 256 * 1024);
+    let published = publish(&app, &world, "PostDeployment", None, &at_limit).await;
+    assert_eq!(published["deliveries"], 1);
+    let big = receiver.wait_for(3).await[2].clone();
+    assert_eq!(big.uri.path(), "/kudu");
+    let failed = app
+        .ok(
+            &world.admin,
+            "query($org: ID!) { ownerInfo(uid: $org) { webhookDeliveries(first: 5, state: FAILED) { edges { node { event attemptLog { error } } } } } }",
+            json!({ "org": world.org }),
+        )
+        .await;
+    let node = &failed["ownerInfo"]["webhookDeliveries"]["edges"][0]["node"];
+    assert_eq!(node["event"], "PostDeployment");
+    assert!(
+        node["attemptLog"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("with its envelope"),
+        "{failed}"
+    );
+
     // What publishing refuses, with one sentence each, recording nothing.
     for (kind, payload, words) in [
         ("build", json!({}), "reserved"),
@@ -187,6 +212,6 @@ pub(super) async fn kudu_post_deployment_reaches_an_unsigned_endpoint(app: TestA
         .await;
     assert_eq!(code(&read), "FORBIDDEN");
     receiver
-        .expect_no_more_than(2, std::time::Duration::from_millis(300))
+        .expect_no_more_than(3, std::time::Duration::from_millis(300))
         .await;
 }
