@@ -216,7 +216,7 @@ impl ApprovalMutation {
         let fields = check(ctx, draft, None)?;
         let vault = super::handle::<Vault>(ctx)?;
         let tx = super::handle::<Writes>(ctx)?.begin().await?;
-        store::endpoints::lock_organization(&*tx, org_id).await?;
+        store::orgs::lock_organization(&*tx, org_id).await?;
         let hook = store::approvals::create(&*tx, org_id, fields, vault).await?;
         audit::commit(ctx, tx, org_id, None).await?;
         super::handle::<Arc<Approvals>>(ctx)?.forget(org_id);
@@ -236,7 +236,7 @@ impl ApprovalMutation {
         let vault = super::handle::<Vault>(ctx)?;
         let id = parse_id("approval hook", &input.id)?;
         let tx = super::handle::<Writes>(ctx)?.begin().await?;
-        store::endpoints::lock_organization(&*tx, viewer.org_id).await?;
+        store::orgs::lock_organization(&*tx, viewer.org_id).await?;
         let row = store::approvals::find(&*tx, viewer.org_id, id).await?;
         let stored = fields_of(&row, vault)?;
         let names_secret = input

@@ -107,7 +107,7 @@ impl Hooks {
         };
         let fields = check(&checks, draft, None).await?;
         let tx = self.writes.begin().await?;
-        store::endpoints::lock_organization(&*tx, org_id).await?;
+        store::orgs::lock_organization(&*tx, org_id).await?;
         let existing = store::endpoints::list(&*tx, org_id).await?;
         for row in &existing {
             if fields_of(row, &self.vault)?.url.as_stored() != fields.url.as_stored() {

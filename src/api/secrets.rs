@@ -90,7 +90,7 @@ impl SecretMutation {
         check_named_value("secret value", &input.value)?;
         let vault = super::handle::<Vault>(ctx)?;
         let tx = super::handle::<Writes>(ctx)?.begin().await?;
-        store::endpoints::lock_organization(&*tx, org_id).await?;
+        store::orgs::lock_organization(&*tx, org_id).await?;
         let row = store::secrets::set(&*tx, org_id, &input.name, &input.value, vault).await?;
         audit::commit(ctx, tx, org_id, None).await?;
         Ok(WebHookSecretPayload {
@@ -108,7 +108,7 @@ impl SecretMutation {
         let viewer = require(ctx, Permission::Admin)?;
         let org_id = super::owner_of(viewer.org_id, &input.owner_uid)?;
         let tx = super::handle::<Writes>(ctx)?.begin().await?;
-        store::endpoints::lock_organization(&*tx, org_id).await?;
+        store::orgs::lock_organization(&*tx, org_id).await?;
         store::secrets::delete(&*tx, org_id, &input.name).await?;
         audit::commit(ctx, tx, org_id, None).await?;
         Ok(DeleteWebHookSecretPayload {
@@ -169,7 +169,7 @@ impl SecretMutation {
                 let org_id = super::owner_of(viewer.org_id, owner_uid)?;
                 check_named_value("new value", &input.new_value)?;
                 let tx = super::handle::<Writes>(ctx)?.begin().await?;
-                store::endpoints::lock_organization(&*tx, org_id).await?;
+                store::orgs::lock_organization(&*tx, org_id).await?;
                 store::secrets::erase_expired(&*tx, now).await?;
                 let row = store::secrets::find(&*tx, org_id, name)
                     .await?

@@ -243,7 +243,7 @@ impl WebhookMutation {
         let tx = writes.begin().await?;
         // Counted in the write's turn (and, on PostgreSQL, under the organization's lock), so
         // that endpoints created at once cannot pass the bound together.
-        store::endpoints::lock_organization(&*tx, org_id).await?;
+        store::orgs::lock_organization(&*tx, org_id).await?;
         let existing = store::endpoints::list(&*tx, org_id).await?.len();
         check_endpoint_count(*super::handle::<MaxEndpoints>(ctx)?, existing + 1)?;
         let endpoint = store::endpoints::create(&*tx, org_id, fields, checks.vault).await?;

@@ -100,7 +100,7 @@ pub async fn create(
         )));
     }
     if let Some(name) = &fields.secret_name {
-        super::endpoints::lock_organization(conn, org_id).await?;
+        super::orgs::lock_organization(conn, org_id).await?;
         super::secrets::require(conn, org_id, name).await?;
     }
     let now = crate::now_ms();
@@ -123,7 +123,7 @@ pub async fn update(
     vault: &Vault,
 ) -> Result<approval_hook::Model> {
     if let Some(name) = &fields.secret_name {
-        super::endpoints::lock_organization(conn, current.org_id).await?;
+        super::orgs::lock_organization(conn, current.org_id).await?;
         super::secrets::require(conn, current.org_id, name).await?;
     }
     let mut row: approval_hook::ActiveModel = current.into();

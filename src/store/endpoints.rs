@@ -6,7 +6,7 @@ use sea_orm::{
     QuerySelect, SqlErr, Statement, TransactionTrait,
 };
 
-use super::entities::{delivery, delivery_queue, organization, webhook_endpoint};
+use super::entities::{delivery, delivery_queue, webhook_endpoint};
 use crate::domain::headers::Header;
 use crate::domain::{EndpointUrl, EventKind, PayloadFormat, SignatureStyle};
 use crate::secrets::Vault;
@@ -156,19 +156,6 @@ fn conflict(url: &EndpointUrl) -> impl FnOnce(sea_orm::DbErr) -> Error + '_ {
     }
 }
 
-/// On PostgreSQL, locks the organization's row until the transaction ends, so that two
-/// transactions counting its endpoints before adding one take turns. SQLite writes one
-/// transaction at a time.
-pub async fn lock_organization(conn: &impl ConnectionTrait, org_id: i64) -> Result<()> {
-    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
-        organization::Entity::find_by_id(org_id)
-            .lock_exclusive()
-            .one(conn)
-            .await?;
-    }
-    Ok(())
-}
-
 /// Adds an endpoint; its URL must be new to the organization.
 pub async fn create(
     conn: &impl ConnectionTrait,
@@ -180,7 +167,7 @@ pub async fn create(
     let url = fields.url.clone();
     if let Some(name) = &fields.secret_name {
         // Under the organization's lock, as a deletion of the secret is.
-        lock_organization(conn, org_id).await?;
+        super::orgs::lock_organization(conn, org_id).await?;
         super::secrets::require(conn, org_id, name).await?;
     }
     let mut row = webhook_endpoint::ActiveModel {
@@ -205,7 +192,7 @@ pub async fn update(
     let url = fields.url.clone();
     if let Some(name) = &fields.secret_name {
         // Under the organization's lock, as a deletion of the secret is.
-        lock_organization(conn, current.org_id).await?;
+        super::orgs::lock_organization(conn, current.org_id).await?;
         super::secrets::require(conn, current.org_id, name).await?;
     }
     let mut row: webhook_endpoint::ActiveModel = current.into();

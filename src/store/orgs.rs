@@ -166,3 +166,17 @@ fn open_jwt_key(stored: &str, vault: &Vault) -> anyhow::Result<String> {
         )
     })
 }
+
+/// On PostgreSQL, locks the organization's row until the transaction ends, so that two
+/// transactions that check and change what it has (counting its endpoints before adding one, a
+/// named secret's users before deleting it) take turns. SQLite writes one transaction at a
+/// time.
+pub async fn lock_organization(conn: &impl ConnectionTrait, org_id: i64) -> Result<()> {
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        organization::Entity::find_by_id(org_id)
+            .lock_exclusive()
+            .one(conn)
+            .await?;
+    }
+    Ok(())
+}
