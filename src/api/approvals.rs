@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::audit;
 use super::webhook_draft::given_secret;
-use crate::delivery::approval::{Approvals, Question, Verdict};
+use crate::delivery::approval::{Approvals, Question, Verdict, sample_request};
 use crate::domain::endpoint::check_secret_name;
 use crate::domain::{
     ApprovalPoint, BuildStatus, EndpointUrl, Permission, SignatureStyle, WhenUnavailable,
@@ -371,21 +371,6 @@ async fn decide(
         only_from: Some(BuildStatus::NeedsApproval),
     };
     super::ci::changed_build(ctx, request).await
-}
-
-/// What a test call asks about: a made-up build (or task) of a made-up repository.
-fn sample_request(point: ApprovalPoint, owner: &str) -> serde_json::Value {
-    let repository = json!({ "id": "0", "owner": owner, "name": "sample" });
-    match point {
-        ApprovalPoint::BuildCreate => json!({
-            "repositoryId": "0", "branch": "main", "changeIdInRepo": "0000000000000000000000000000000000000000",
-            "changeMessageTitle": "A test of the approval hook", "repository": repository, "test": true,
-        }),
-        ApprovalPoint::TaskCreate => json!({
-            "buildId": "0", "name": "sample", "repository": repository,
-            "build": { "id": "0", "branch": "main" }, "test": true,
-        }),
-    }
 }
 
 /// Asks the organization's approval hooks at `point` about the mutation being resolved,

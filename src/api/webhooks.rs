@@ -29,6 +29,13 @@ pub struct WebHookDeliveryEndpointInput {
     pub insecure_ssl: Option<bool>,
     /// Only events reaching these build or task statuses; empty or absent means every status.
     pub status_filter: Option<Vec<String>>,
+    #[graphql(flatten)]
+    pub receiver: ReceiverInput,
+}
+
+/// An endpoint's settings for receivers of other systems, the same in every endpoint input.
+#[derive(InputObject)]
+pub struct ReceiverInput {
     /// How deliveries are signed; `CIRRUS` when absent.
     pub signature_style: Option<SignatureStyle>,
     /// The organization's named secret that signs (instead of `secretToken`); empty means none.
@@ -87,16 +94,8 @@ pub struct CreateWebHookEndpointInput {
     pub insecure_ssl: Option<bool>,
     /// Only events reaching these build or task statuses; empty means every status.
     pub status_filter: Option<Vec<String>>,
-    /// How deliveries are signed; `CIRRUS` when absent.
-    pub signature_style: Option<SignatureStyle>,
-    /// The organization's named secret that signs (instead of `secretToken`); empty means none.
-    pub secret_name: Option<String>,
-    /// With `PUBLISHED` among `events`, the published types sent (compared case-insensitively);
-    /// empty means every type.
-    pub published_events: Option<Vec<String>>,
-    /// Headers sent with every delivery (at most 20); a value equal to the masked value keeps
-    /// the stored one.
-    pub headers: Option<Vec<WebHookHeaderInput>>,
+    #[graphql(flatten)]
+    pub receiver: ReceiverInput,
     pub client_mutation_id: Option<String>,
 }
 
@@ -116,16 +115,8 @@ pub struct UpdateWebHookEndpointInput {
     pub insecure_ssl: Option<bool>,
     /// Only events reaching these build or task statuses; empty means every status.
     pub status_filter: Option<Vec<String>>,
-    /// How deliveries are signed; `CIRRUS` when absent.
-    pub signature_style: Option<SignatureStyle>,
-    /// The organization's named secret that signs (instead of `secretToken`); empty means none.
-    pub secret_name: Option<String>,
-    /// With `PUBLISHED` among `events`, the published types sent (compared case-insensitively);
-    /// empty means every type.
-    pub published_events: Option<Vec<String>>,
-    /// Headers sent with every delivery (at most 20); a value equal to the masked value keeps
-    /// the stored one.
-    pub headers: Option<Vec<WebHookHeaderInput>>,
+    #[graphql(flatten)]
+    pub receiver: ReceiverInput,
     pub client_mutation_id: Option<String>,
 }
 
@@ -234,10 +225,13 @@ impl WebhookMutation {
             enabled: input.enabled.unwrap_or(true),
             insecure_ssl: input.insecure_ssl.unwrap_or(false),
             status_filter: input.status_filter.unwrap_or_default(),
-            signature_style: input.signature_style.unwrap_or(SignatureStyle::Cirrus),
-            secret_name: input.secret_name,
-            published_events: input.published_events.unwrap_or_default(),
-            headers: headers_of(input.headers),
+            signature_style: input
+                .receiver
+                .signature_style
+                .unwrap_or(SignatureStyle::Cirrus),
+            secret_name: input.receiver.secret_name,
+            published_events: input.receiver.published_events.unwrap_or_default(),
+            headers: headers_of(input.receiver.headers),
         };
         let fields = check(&checks, draft, None).await?;
         let tx = writes.begin().await?;
@@ -271,22 +265,23 @@ impl WebhookMutation {
         let stored = fields_of(&current, checks.vault)?;
         let masked = store::endpoints::masked_url(&current)?;
         let names_secret = input
+            .receiver
             .secret_name
             .as_ref()
             .is_some_and(|n| !n.trim().is_empty());
         let gives_secret = input.secret_token.as_ref().is_some_and(|s| !s.is_empty());
         let given = Given {
             url: input.webhook_url.is_some(),
-            secret: input.secret_token.is_some() || input.secret_name.is_some(),
+            secret: input.secret_token.is_some() || input.receiver.secret_name.is_some(),
             events: input.events.is_some(),
             payload_query: input.payload_query.is_some(),
             payload_format: input.payload_format.is_some(),
             enabled: input.enabled.is_some(),
             insecure_ssl: input.insecure_ssl.is_some(),
             status_filter: input.status_filter.is_some(),
-            signature_style: input.signature_style.is_some(),
-            published_events: input.published_events.is_some(),
-            headers: input.headers.is_some(),
+            signature_style: input.receiver.signature_style.is_some(),
+            published_events: input.receiver.published_events.is_some(),
+            headers: input.receiver.headers.is_some(),
         };
         let stored_headers = stored
             .headers
@@ -304,7 +299,7 @@ impl WebhookMutation {
                 None if names_secret => None,
                 None => stored.secret.as_deref().map(mask_secret),
             },
-            secret_name: match input.secret_name {
+            secret_name: match input.receiver.secret_name {
                 Some(name) => Some(name),
                 None if gives_secret => None,
                 None => stored.secret_name,
@@ -318,9 +313,15 @@ impl WebhookMutation {
             enabled: input.enabled.unwrap_or(stored.enabled),
             insecure_ssl: input.insecure_ssl.unwrap_or(stored.insecure_ssl),
             status_filter: input.status_filter.unwrap_or(stored.status_filter),
-            signature_style: input.signature_style.unwrap_or(stored.signature_style),
-            published_events: input.published_events.unwrap_or(stored.published_events),
-            headers: match input.headers {
+            signature_style: input
+                .receiver
+                .signature_style
+                .unwrap_or(stored.signature_style),
+            published_events: input
+                .receiver
+                .published_events
+                .unwrap_or(stored.published_events),
+            headers: match input.receiver.headers {
                 Some(headers) => headers_of(Some(headers)),
                 None => stored_headers,
             },
@@ -386,10 +387,13 @@ impl WebhookMutation {
                 enabled: item.enabled.unwrap_or(true),
                 insecure_ssl: item.insecure_ssl.unwrap_or(false),
                 status_filter: item.status_filter.unwrap_or_default(),
-                signature_style: item.signature_style.unwrap_or(SignatureStyle::Cirrus),
-                secret_name: item.secret_name,
-                published_events: item.published_events.unwrap_or_default(),
-                headers: headers_of(item.headers),
+                signature_style: item
+                    .receiver
+                    .signature_style
+                    .unwrap_or(SignatureStyle::Cirrus),
+                secret_name: item.receiver.secret_name,
+                published_events: item.receiver.published_events.unwrap_or_default(),
+                headers: headers_of(item.receiver.headers),
             };
             let fields = check(&checks, draft, current).await?;
             if !seen.insert(fields.url.as_stored().to_owned()) {

@@ -187,6 +187,24 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// What a test call asks about (`testApprovalHook`, `herald hook test`): a made-up build, or
+/// task, of a made-up repository of `owner`, marked `"test": true`.
+pub fn sample_request(point: ApprovalPoint, owner: &str) -> Json {
+    let repository = json!({ "id": "0", "owner": owner, "name": "sample" });
+    match point {
+        ApprovalPoint::BuildCreate => json!({
+            "repositoryId": "0", "branch": "main",
+            "changeIdInRepo": "0000000000000000000000000000000000000000",
+            "changeMessageTitle": "A test of the approval hook", "repository": repository,
+            "test": true,
+        }),
+        ApprovalPoint::TaskCreate => json!({
+            "buildId": "0", "name": "sample", "repository": repository,
+            "build": { "id": "0", "branch": "main" }, "test": true,
+        }),
+    }
+}
+
 /// An organization's enabled hooks as read at a time.
 type KeptHooks = (Instant, Arc<Vec<approval_hook::Model>>);
 

@@ -41,8 +41,9 @@ impl HookFields {
             when_unavailable,
             enabled,
         } = self;
-        row.url = Set(url.target().to_string());
-        row.credentials = Set(url.userinfo().map(|info| vault.seal(&info)).transpose()?);
+        let (stored, credentials) = super::urls::to_stored(&url, vault)?;
+        row.url = Set(stored);
+        row.credentials = Set(credentials);
         row.secret = Set(secret.map(|secret| vault.seal(&secret)).transpose()?);
         row.secret_name = Set(secret_name);
         row.signature_style = Set(signature_style);
@@ -57,10 +58,7 @@ impl HookFields {
 
 /// Reads a stored hook back into its fields, secrets opened.
 pub fn fields_of(row: &approval_hook::Model, vault: &Vault) -> Result<HookFields> {
-    let mut url = EndpointUrl::parse(&row.url)?;
-    if let Some(credentials) = &row.credentials {
-        url = url.with_userinfo(&vault.open(credentials)?)?;
-    }
+    let url = super::urls::opened(&row.url, row.credentials.as_deref(), vault)?;
     Ok(HookFields {
         url,
         secret: row.secret.as_deref().map(|s| vault.open(s)).transpose()?,
@@ -80,11 +78,7 @@ pub fn points(row: &approval_hook::Model) -> Result<Vec<ApprovalPoint>> {
 
 /// The hook's URL as it may be shown: credentials as `***:***`.
 pub fn masked_url(row: &approval_hook::Model) -> Result<String> {
-    let url = EndpointUrl::parse(&row.url)?;
-    match &row.credentials {
-        Some(_) => Ok(url.with_userinfo("***:***")?.as_stored().to_owned()),
-        None => Ok(url.masked()),
-    }
+    super::urls::masked(&row.url, row.credentials.is_some())
 }
 
 /// Adds a hook to an organization.

@@ -51,8 +51,9 @@ impl EndpointFields {
             secret_name,
             previous_secret,
         } = self;
-        row.url = Set(url.target().to_string());
-        row.credentials = Set(url.userinfo().map(|info| vault.seal(&info)).transpose()?);
+        let (stored, credentials) = super::urls::to_stored(&url, vault)?;
+        row.url = Set(stored);
+        row.credentials = Set(credentials);
         row.secret = Set(secret.map(|secret| vault.seal(&secret)).transpose()?);
         row.events = Set(serde_json::to_string(&events).map_err(Error::internal)?);
         row.payload_query = Set(payload_query);
@@ -81,10 +82,7 @@ impl EndpointFields {
 
 /// Reads a stored endpoint back into its fields, secrets opened.
 pub fn fields_of(row: &webhook_endpoint::Model, vault: &Vault) -> Result<EndpointFields> {
-    let mut url = EndpointUrl::parse(&row.url)?;
-    if let Some(credentials) = &row.credentials {
-        url = url.with_userinfo(&vault.open(credentials)?)?;
-    }
+    let url = super::urls::opened(&row.url, row.credentials.as_deref(), vault)?;
     Ok(EndpointFields {
         url,
         secret: row
@@ -129,11 +127,7 @@ pub fn headers(row: &webhook_endpoint::Model, vault: &Vault) -> Result<Vec<Heade
 /// The endpoint's URL as it may be shown: credentials, if any, as `***:***` (no secret is
 /// opened to produce it).
 pub fn masked_url(row: &webhook_endpoint::Model) -> Result<String> {
-    let url = EndpointUrl::parse(&row.url)?;
-    match &row.credentials {
-        Some(_) => Ok(url.with_userinfo("***:***")?.as_stored().to_owned()),
-        None => Ok(url.masked()),
-    }
+    super::urls::masked(&row.url, row.credentials.is_some())
 }
 
 /// The statuses an endpoint asked for; empty means every status.

@@ -16,6 +16,7 @@ pub mod published;
 pub mod secrets;
 mod sql;
 pub mod tls;
+pub mod urls;
 mod write;
 
 use std::sync::Arc;

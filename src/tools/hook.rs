@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value as Json, json};
+use serde_json::Value as Json;
 
-use crate::delivery::approval::{Question, read_answer};
+use crate::delivery::approval::{Question, read_answer, sample_request};
 use crate::delivery::client::{Destination, Outgoing, Sender, Signing};
 use crate::delivery::guard::{SystemLookup, TargetPolicy};
 use crate::domain::retry::parse_duration;
@@ -79,24 +79,6 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         timeout if timeout.is_zero() => Err("the timeout must be more than 0s".into()),
         timeout => Ok(timeout),
-    }
-}
-
-/// The request a sample call asks about: a made-up build (or task) of a made-up repository,
-/// marked `"test": true`, as `testApprovalHook` sends.
-pub fn sample_request(point: ApprovalPoint, owner: &str) -> Json {
-    let repository = json!({ "id": "0", "owner": owner, "name": "sample" });
-    match point {
-        ApprovalPoint::BuildCreate => json!({
-            "repositoryId": "0", "branch": "main",
-            "changeIdInRepo": "0000000000000000000000000000000000000000",
-            "changeMessageTitle": "A test of the approval hook", "repository": repository,
-            "test": true,
-        }),
-        ApprovalPoint::TaskCreate => json!({
-            "buildId": "0", "name": "sample", "repository": repository,
-            "build": { "id": "0", "branch": "main" }, "test": true,
-        }),
     }
 }
 
