@@ -14,6 +14,7 @@ mod m20261220_000001_delivery_queue_endpoint_due;
 mod m20261220_000001_token_revocation;
 mod m20261227_000001_receivers;
 mod m20261229_000001_approvals;
+mod m20261231_000001_transitions_and_sequences;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             InOneTransaction::boxed(m20261220_000001_token_revocation::Migration),
             InOneTransaction::boxed(m20261227_000001_receivers::Migration),
             InOneTransaction::boxed(m20261229_000001_approvals::Migration),
+            InOneTransaction::boxed(m20261231_000001_transitions_and_sequences::Migration),
         ]
     }
 }

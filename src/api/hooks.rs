@@ -98,6 +98,7 @@ impl Hooks {
             secret_name: None,
             published_events: published,
             headers: Vec::new(),
+            conditions: Vec::new(),
         };
         let checks = Checks {
             pool: &self.pool,

@@ -10,7 +10,8 @@ use crate::domain::endpoint::check_secret_name;
 use crate::domain::headers::{self, Header};
 use crate::domain::status::is_status_name;
 use crate::domain::{
-    EndpointUrl, EventKind, PayloadFormat, SignatureStyle, limits, mask_secret, published,
+    EndpointUrl, EventKind, PayloadFormat, SignatureStyle, WebHookCondition, limits, mask_secret,
+    published,
 };
 use crate::events::Renderer;
 use crate::secrets::Vault;
@@ -54,6 +55,7 @@ pub(super) struct Draft {
     /// Custom headers; a value equal to the mask of the stored value of the same name keeps
     /// that value.
     pub(super) headers: Vec<Header>,
+    pub(super) conditions: Vec<WebHookCondition>,
 }
 
 /// Checks a draft against the stored endpoint it replaces (if any): the URL parses and may be
@@ -76,6 +78,7 @@ pub(super) async fn check(
         secret_name,
         published_events,
         headers,
+        mut conditions,
     } = draft;
     let stored = current
         .map(|row| fields_of(row, checks.vault))
@@ -179,6 +182,11 @@ pub(super) async fn check(
         headers,
         secret_name,
         previous_secret,
+        conditions: {
+            conditions.sort_by_key(|condition| condition.as_str());
+            conditions.dedup();
+            conditions
+        },
     })
 }
 

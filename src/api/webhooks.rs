@@ -8,7 +8,9 @@ use super::MaxEndpoints;
 use super::audit;
 use super::webhook_draft::{Checks, Draft, check, check_endpoint_count};
 use crate::domain::headers::Header;
-use crate::domain::{EventKind, PayloadFormat, Permission, SignatureStyle, mask_secret};
+use crate::domain::{
+    EventKind, PayloadFormat, Permission, SignatureStyle, WebHookCondition, mask_secret,
+};
 use crate::schema::auth::require;
 use crate::schema::webhooks::{WebHookDeliveryEndpoint, WebHookSettings};
 use crate::store::endpoints::{EndpointFields, fields_of};
@@ -46,6 +48,10 @@ pub struct ReceiverInput {
     /// Headers sent with every delivery (at most 20); a value equal to the masked value keeps
     /// the stored one.
     pub headers: Option<Vec<WebHookHeaderInput>>,
+    /// Build and task events are sent only when the change's transition is one of these
+    /// (`BROKEN`, `FIXED`, …); empty means every event. With a `statusFilter`, both must
+    /// hold.
+    pub conditions: Option<Vec<WebHookCondition>>,
 }
 
 /// A custom header of an endpoint.
@@ -151,6 +157,7 @@ struct Given {
     signature_style: bool,
     published_events: bool,
     headers: bool,
+    conditions: bool,
 }
 
 impl Given {
@@ -174,6 +181,7 @@ impl Given {
             headers,
             secret_name,
             previous_secret,
+            conditions,
         } = checked;
         EndpointFields {
             url: pick(self.url, url, locked.url),
@@ -197,6 +205,7 @@ impl Given {
             enabled: pick(self.enabled, enabled, locked.enabled),
             insecure_ssl: pick(self.insecure_ssl, insecure_ssl, locked.insecure_ssl),
             status_filter: pick(self.status_filter, status_filter, locked.status_filter),
+            conditions: pick(self.conditions, conditions, locked.conditions),
         }
     }
 }
@@ -232,6 +241,7 @@ impl WebhookMutation {
             secret_name: input.receiver.secret_name,
             published_events: input.receiver.published_events.unwrap_or_default(),
             headers: headers_of(input.receiver.headers),
+            conditions: input.receiver.conditions.unwrap_or_default(),
         };
         let fields = check(&checks, draft, None).await?;
         let tx = writes.begin().await?;
@@ -282,6 +292,7 @@ impl WebhookMutation {
             signature_style: input.receiver.signature_style.is_some(),
             published_events: input.receiver.published_events.is_some(),
             headers: input.receiver.headers.is_some(),
+            conditions: input.receiver.conditions.is_some(),
         };
         let stored_headers = stored
             .headers
@@ -325,6 +336,7 @@ impl WebhookMutation {
                 Some(headers) => headers_of(Some(headers)),
                 None => stored_headers,
             },
+            conditions: input.receiver.conditions.unwrap_or(stored.conditions),
         };
         let checked = check(&checks, draft, Some(&current)).await?;
         let tx = writes.begin().await?;
@@ -394,6 +406,7 @@ impl WebhookMutation {
                 secret_name: item.receiver.secret_name,
                 published_events: item.receiver.published_events.unwrap_or_default(),
                 headers: headers_of(item.receiver.headers),
+                conditions: item.receiver.conditions.unwrap_or_default(),
             };
             let fields = check(&checks, draft, current).await?;
             if !seen.insert(fields.url.as_stored().to_owned()) {

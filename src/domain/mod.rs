@@ -1,5 +1,5 @@
 //! Plain types and rules, free of I/O: ids, statuses, event actions, permissions, endpoint URLs,
-//! retry policy, limits.
+//! retry policy, limits, transitions.
 
 pub mod endpoint;
 pub mod event;
@@ -9,6 +9,7 @@ pub mod limits;
 pub mod published;
 pub mod retry;
 pub mod status;
+pub mod transition;
 
 pub use endpoint::{EndpointUrl, mask_secret};
 pub use event::EventAction;
@@ -16,7 +17,7 @@ pub use ids::{BuildId, DeliveryId, EndpointId, OrgId, RepositoryId, TaskId};
 pub use retry::RetrySchedule;
 pub use status::{
     ApprovalDecision, ApprovalPoint, BuildStatus, DeliveryState, EventKind, NotificationLevel,
-    PayloadFormat, Permission, SignatureStyle, TaskStatus, WhenUnavailable,
+    PayloadFormat, Permission, SignatureStyle, TaskStatus, WebHookCondition, WhenUnavailable,
 };
 
 /// A note attached to a task, such as "Instances got rescheduled".

@@ -158,6 +158,22 @@ named_enum!(
 );
 
 named_enum!(
+    /// How a finished build (or task) compares with the one of its repository and branch (and,
+    /// for a task, of its name) that finished before it: the endpoint conditions that choose
+    /// which changes are sent, and `Build.transition`.
+    WebHookCondition {
+        /// It failed (`FAILED` or `ERRORED`) after the previous one passed (`COMPLETED`).
+        Broken = "BROKEN",
+        /// It passed after the previous one failed.
+        Fixed = "FIXED",
+        /// It failed after the previous one failed.
+        StillFailing = "STILL_FAILING",
+        /// It failed, and none finished on its branch before it.
+        FirstFailureOnBranch = "FIRST_FAILURE_ON_BRANCH",
+    }
+);
+
+named_enum!(
     /// The moments an approval hook is asked at, before anything is recorded.
     ApprovalPoint {
         /// Before `createBuild` records a build.

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use crate::Result;
-use crate::domain::{BuildId, EventAction, EventKind, OrgId, RepositoryId, TaskId};
+use crate::domain::{
+    BuildId, EventAction, EventKind, OrgId, RepositoryId, TaskId, WebHookCondition,
+};
 use crate::store::entities::{build, task};
 
 /// A build or task change, as an event.
@@ -80,6 +82,15 @@ impl Change {
         Self {
             build_row: Some(build.clone()),
             ..self
+        }
+    }
+
+    /// How the change's build (build events) or task (task events) compares with the previous
+    /// one of its branch, when the change finished it with a verdict.
+    pub fn transition(&self) -> Option<WebHookCondition> {
+        match self.kind {
+            EventKind::Task => self.task_row.as_ref()?.transition,
+            _ => self.build_row.as_ref()?.transition,
         }
     }
 

@@ -84,8 +84,8 @@ impl Outbox {
 
     /// Writes the events of `changes`, at most one per build, and one delivery per endpoint of
     /// `endpoints` (the enabled endpoints of their organizations) that subscribes to an event's
-    /// kind (and, if it filters on status, to the new
-    /// status), each body rendered inside `tx`. Endpoints sharing a selection and format share
+    /// kind (and, if it filters on status, to the new status; if it names conditions, to the
+    /// change's transition), each body rendered inside `tx`. Endpoints sharing a selection and format share
     /// one rendering of an event. Every step is one statement for all the changes: the events,
     /// the endpoints, the builds and tasks the payloads read, and the deliveries.
     ///
@@ -118,7 +118,9 @@ impl Outbox {
         for change in changes {
             let mut to = Vec::new();
             for endpoint in endpoints.iter().filter(|e| e.org_id == change.org_id.get()) {
-                if store::endpoints::subscribes(endpoint, change.kind, &change.status)? {
+                let transition = change.transition();
+                if store::endpoints::subscribes(endpoint, change.kind, &change.status, transition)?
+                {
                     to.push(endpoint);
                 }
             }

@@ -8,7 +8,8 @@ use super::auth::require;
 use super::{db, deliveries::WebHookDelivery, rows, webhooks::WebHookSettings};
 use crate::Result;
 use crate::domain::{
-    BuildStatus, DeliveryState, Notification, Permission, TaskStatus, seconds_between,
+    BuildStatus, DeliveryState, Notification, Permission, TaskStatus, WebHookCondition,
+    seconds_between,
 };
 use crate::store::entities::{audit_event, build, organization, repository, task};
 use crate::store::{self, Page, parse_id};
@@ -297,6 +298,28 @@ impl Build {
         web_url(ctx, "build", self.0.id)
     }
 
+    /// How the build's final status compares with the build of its repository and branch that
+    /// finished before it (`previousBuild`): `BROKEN`, `FIXED`, `STILL_FAILING` or
+    /// `FIRST_FAILURE_ON_BRANCH`; null while it has not finished, when it passed after a pass
+    /// (or first), and when it was aborted. Endpoints' `conditions` choose events by it.
+    async fn transition(&self) -> Option<WebHookCondition> {
+        self.0.transition
+    }
+
+    /// The build of the same repository and branch that finished (`COMPLETED`, `FAILED` or
+    /// `ERRORED`) last before this one did, in the order their changes were recorded; null
+    /// until this build finishes, and when none did before it.
+    async fn previous_build(&self, ctx: &Context<'_>) -> Result<Option<Build>> {
+        let Some(id) = self.0.previous_build_id else {
+            return Ok(None);
+        };
+        match rows::build(ctx, self.0.org_id, id).await {
+            Ok(row) => Ok(Some(Build(row))),
+            Err(crate::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// From the start of execution (or creation) to the final status, or to now while the build
     /// executes; 0 before it starts. Cirrus CI sends the running time of an executing build.
     async fn duration_in_seconds(&self) -> i64 {
@@ -388,6 +411,13 @@ impl Task {
 
     async fn local_group_id(&self) -> i64 {
         self.0.local_group_id
+    }
+
+    /// How the task's final status compares with the task of the same name that finished last
+    /// before it on its build's branch, as `Build.transition` does for builds; null
+    /// otherwise.
+    async fn transition(&self) -> Option<WebHookCondition> {
+        self.0.transition
     }
 
     async fn status(&self) -> TaskStatus {

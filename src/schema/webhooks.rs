@@ -6,7 +6,9 @@ use async_graphql::{Context, ID, Object, SimpleObject};
 use super::auth::require;
 use super::db;
 use super::deliveries::WebHookDelivery;
-use crate::domain::{EventKind, PayloadFormat, Permission, SignatureStyle, mask_secret};
+use crate::domain::{
+    EventKind, PayloadFormat, Permission, SignatureStyle, WebHookCondition, mask_secret,
+};
 use crate::secrets::Vault;
 use crate::store::entities::{organization, webhook_endpoint};
 use crate::store::{self, Db, parse_id};
@@ -127,6 +129,13 @@ impl WebHookDeliveryEndpoint {
     /// empty means every status. Test deliveries (`ping`) are always sent.
     async fn status_filter(&self) -> Result<Vec<String>> {
         store::endpoints::status_filter(&self.0)
+    }
+
+    /// The transitions (`Build.transition`, `Task.transition`) a build or task event must have
+    /// to be sent; empty means every event. Audit, published and test events are not
+    /// filtered.
+    async fn conditions(&self) -> Result<Vec<WebHookCondition>> {
+        store::endpoints::conditions(&self.0)
     }
 
     /// The newest delivery to this endpoint.

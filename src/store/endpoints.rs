@@ -8,7 +8,7 @@ use sea_orm::{
 
 use super::entities::{delivery, delivery_queue, webhook_endpoint};
 use crate::domain::headers::Header;
-use crate::domain::{EndpointUrl, EventKind, PayloadFormat, SignatureStyle};
+use crate::domain::{EndpointUrl, EventKind, PayloadFormat, SignatureStyle, WebHookCondition};
 use crate::secrets::Vault;
 use crate::{Error, Result};
 
@@ -32,6 +32,8 @@ pub struct EndpointFields {
     pub secret_name: Option<String>,
     /// The secret a rotation replaced, and until when it signs too (ms since the epoch).
     pub previous_secret: Option<(String, i64)>,
+    /// The transitions a build or task event must have to be sent; empty means every event.
+    pub conditions: Vec<WebHookCondition>,
 }
 
 impl EndpointFields {
@@ -50,6 +52,7 @@ impl EndpointFields {
             headers,
             secret_name,
             previous_secret,
+            conditions,
         } = self;
         let (stored, credentials) = super::urls::to_stored(&url, vault)?;
         row.url = Set(stored);
@@ -75,6 +78,7 @@ impl EndpointFields {
         };
         row.previous_secret = Set(previous);
         row.previous_secret_until = Set(until);
+        row.conditions = Set(serde_json::to_string(&conditions).map_err(Error::internal)?);
         row.updated_at = Set(now);
         Ok(())
     }
@@ -108,7 +112,13 @@ pub fn fields_of(row: &webhook_endpoint::Model, vault: &Vault) -> Result<Endpoin
             }
             _ => None,
         },
+        conditions: conditions(row)?,
     })
+}
+
+/// The transitions an endpoint asked for; empty means every event.
+pub fn conditions(row: &webhook_endpoint::Model) -> Result<Vec<WebHookCondition>> {
+    serde_json::from_str(&row.conditions).map_err(Error::internal)
 }
 
 /// The published event types an endpoint asked for; empty means every type.
@@ -273,12 +283,19 @@ pub async fn enabled_of(
 }
 
 /// Whether the endpoint `row` subscribes to events of `kind` and, when it filters on status, to
-/// `status` (the build's or task's status after the change).
-pub fn subscribes(row: &webhook_endpoint::Model, kind: EventKind, status: &str) -> Result<bool> {
+/// `status` (the build's or task's status after the change), and, when it names conditions, to
+/// `transition` (the change's): each filter narrows the others.
+pub fn subscribes(
+    row: &webhook_endpoint::Model,
+    kind: EventKind,
+    status: &str,
+    transition: Option<WebHookCondition>,
+) -> Result<bool> {
     let kinds = event_kinds(row)?;
     let statuses = status_filter(row)?;
     Ok(kind.is_in(&kinds)
-        && (statuses.is_empty() || statuses.iter().any(|wanted| wanted == status)))
+        && (statuses.is_empty() || statuses.iter().any(|wanted| wanted == status))
+        && crate::domain::transition::wanted(&conditions(row)?, transition))
 }
 
 /// Whether the endpoint `row` subscribes to audit events (only an endpoint that names them

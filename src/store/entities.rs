@@ -84,6 +84,11 @@ pub mod build {
         pub initializer: Option<String>,
         /// The work id an approval hook's answer gave (`X-Herald-Work-Id`).
         pub work_id: Option<String>,
+        /// How its last final status compared with the branch's previous build (see
+        /// [`crate::domain::transition`]).
+        pub transition: Option<crate::domain::WebHookCondition>,
+        /// The build of its branch it was compared with when it last finished.
+        pub previous_build_id: Option<i64>,
     }
     no_relations!();
 }
@@ -158,6 +163,10 @@ pub mod task {
         pub notifications: String,
         /// The work id an approval hook's answer gave (`X-Herald-Work-Id`).
         pub work_id: Option<String>,
+        /// How its last final status compared with the previous task of its name on its
+        /// build's branch.
+        pub transition: Option<crate::domain::WebHookCondition>,
+        pub previous_task_id: Option<i64>,
     }
     no_relations!();
 }
@@ -198,6 +207,8 @@ pub mod webhook_endpoint {
         /// The secret a rotation replaced, sealed, and when it stops signing (ms since epoch).
         pub previous_secret: Option<String>,
         pub previous_secret_until: Option<i64>,
+        /// A JSON array of transitions; empty means every change.
+        pub conditions: String,
     }
     no_relations!();
 
@@ -389,6 +400,10 @@ pub mod delivery {
         pub updated_at: i64,
         /// The work id of the build or task the event is about (`X-Herald-Work-Id`).
         pub work_id: Option<String>,
+        /// Its place among its endpoint's deliveries (`X-Herald-Sequence`): gap-free, in the
+        /// order their transactions committed; 0 until its transaction numbers it, and none
+        /// for a delivery never sent.
+        pub sequence: Option<i64>,
     }
     no_relations!();
 }

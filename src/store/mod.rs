@@ -6,6 +6,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod branches;
 pub mod ci;
 pub mod deliveries;
 pub mod endpoints;

@@ -16,6 +16,7 @@ mod receivers;
 mod rest;
 mod scale;
 mod security;
+mod signals;
 mod slack_format;
 mod support;
 mod systems;

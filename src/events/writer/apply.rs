@@ -5,9 +5,11 @@ use std::collections::{HashMap, HashSet};
 use sea_orm::DatabaseTransaction;
 
 use super::{ChangeRequest, Changed};
+use crate::domain::transition::Verdict;
 use crate::events::audit::AuditDraft;
 use crate::events::{Change, Outbox};
 use crate::store::audit::UserKey;
+use crate::store::branches::{BranchKey, Branches, Decided};
 use crate::store::entities::{build, task};
 use crate::{Error, Result, store};
 
@@ -30,6 +32,9 @@ pub(super) struct Taken {
     pub(super) task_statuses: Vec<task::Model>,
     /// The new tasks, each with its build, inserted after the batch's other changes.
     pub(super) new_tasks: Vec<(build::Model, task::ActiveModel)>,
+    /// The branches the batch's changes may finish a build or task on (see
+    /// [`store::branches`]).
+    pub(super) branches: Branches,
 }
 
 impl Taken {
@@ -80,11 +85,35 @@ impl Taken {
                 .map(|build| (build.id, build))
                 .collect()
         };
+        // The branches of the builds and tasks that may finish, locked in this batch.
+        let mut finishing = std::collections::BTreeSet::new();
+        for (request, _) in requests {
+            match request {
+                ChangeRequest::UpdateBuildStatus {
+                    build_id, status, ..
+                } if Verdict::of_build(*status).is_some() => {
+                    finishing.extend(changed_builds.get(&build_id.get()).map(build_branch));
+                }
+                ChangeRequest::UpdateTaskStatus {
+                    task_id, status, ..
+                } if Verdict::of_task(*status).is_some() => {
+                    let task = known_tasks.get(&task_id.get());
+                    let build = task.and_then(|task| known_builds.get(&task.build_id));
+                    finishing.extend(
+                        task.zip(build)
+                            .map(|(task, build)| task_branch(build, task)),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let branches = Branches::read(tx, finishing).await?;
         Ok(Self {
             known_tasks,
             known_builds,
             changed_builds,
             task_counts,
+            branches,
             ..Self::default()
         })
     }
@@ -92,6 +121,23 @@ impl Taken {
     /// Takes `build` for a change; false when an earlier change of the batch has it.
     pub(super) fn build(&mut self, build: i64) -> bool {
         self.builds.insert(build)
+    }
+}
+
+/// The branch whose history a build's transitions follow.
+fn build_branch(build: &build::Model) -> BranchKey {
+    BranchKey {
+        repository_id: build.repository_id,
+        branch: build.branch.clone(),
+        task_name: String::new(),
+    }
+}
+
+/// The branch, and name, whose history a task's transitions follow.
+fn task_branch(build: &build::Model, task: &task::Model) -> BranchKey {
+    BranchKey {
+        task_name: task.name.clone(),
+        ..build_branch(build)
     }
 }
 
@@ -174,7 +220,18 @@ pub(super) async fn apply(
                     before.status
                 )));
             }
-            match store::ci::set_build_status(tx, before.clone(), *status, now).await? {
+            // A build reaching a verdict is decided against its branch; any other change of
+            // status leaves it without a transition.
+            let decided = match Verdict::of_build(*status) {
+                Some(verdict) if before.status != *status => {
+                    let key = build_branch(&before);
+                    taken
+                        .branches
+                        .finish(&key, build_id, status.as_str(), verdict)
+                }
+                _ => Decided::default(),
+            };
+            match store::ci::set_build_status(tx, before.clone(), *status, now, decided).await? {
                 None => done(Changed::Build(before), None),
                 Some(after) => {
                     let change = Change::build_updated(&before, &after)?;
@@ -219,9 +276,21 @@ pub(super) async fn apply(
             }
             match store::ci::next_task_status(&before, *status, notifications.clone(), now)? {
                 None => done(Changed::Task(before), None),
-                Some(after) => {
+                Some(mut after) => {
+                    let build = taken.known_builds.get(&before.build_id);
+                    let decided = match (Verdict::of_task(*status), build) {
+                        (Some(verdict), Some(build)) => {
+                            let key = task_branch(build, &before);
+                            taken
+                                .branches
+                                .finish(&key, task_id, status.as_str(), verdict)
+                        }
+                        _ => Decided::default(),
+                    };
+                    after.transition = decided.transition;
+                    after.previous_task_id = decided.previous_id;
                     let mut change = Change::task_updated(&before, &after)?;
-                    if let Some(build) = taken.known_builds.get(&before.build_id) {
+                    if let Some(build) = build {
                         change = change.with_build(build);
                     }
                     taken.task_statuses.push(after.clone());

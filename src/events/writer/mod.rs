@@ -345,6 +345,7 @@ async fn write(
     store::ci::write_task_statuses(&*tx, &taken.task_statuses)
         .await
         .map_err(Failed::Before)?;
+    taken.branches.write(&*tx).await.map_err(Failed::Before)?;
     let new_rows = taken.new_tasks.iter().map(|(_, row)| row.clone()).collect();
     let mut created: HashMap<i64, task::Model> = store::ci::insert_tasks(&*tx, new_rows)
         .await

@@ -238,6 +238,7 @@ pub async fn set_build_status(
     current: build::Model,
     status: BuildStatus,
     now: i64,
+    decided: crate::store::branches::Decided,
 ) -> Result<Option<build::Model>> {
     if current.status == status {
         return Ok(None);
@@ -245,6 +246,8 @@ pub async fn set_build_status(
     let executing = current.executing_timestamp;
     let mut row: build::ActiveModel = current.into();
     row.status = Set(status);
+    row.transition = Set(decided.transition);
+    row.previous_build_id = Set(decided.previous_id);
     row.status_timestamp = Set(now);
     if status == BuildStatus::Executing && executing.is_none() {
         row.executing_timestamp = Set(Some(now));

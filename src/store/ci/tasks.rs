@@ -221,6 +221,8 @@ pub async fn write_task_statuses(conn: &impl ConnectionTrait, tasks: &[task::Mod
         executing_timestamp: task.executing_timestamp,
         final_status_timestamp: task.final_status_timestamp,
         notifications: &task.notifications,
+        transition: task.transition.map(|t| t.as_str()),
+        previous_task_id: task.previous_task_id,
     }));
     let mut values = vec![rows];
     values.extend(sql::pg_ids(backend, tasks.iter().map(|task| task.id)));
@@ -245,6 +247,8 @@ struct TaskStatusRow<'a> {
     executing_timestamp: Option<i64>,
     final_status_timestamp: Option<i64>,
     notifications: &'a str,
+    transition: Option<&'static str>,
+    previous_task_id: Option<i64>,
 }
 
 impl sql::Row for TaskStatusRow<'_> {}
@@ -254,11 +258,11 @@ impl sql::Row for TaskStatusRow<'_> {}
 fn task_statuses_sql(backend: DbBackend) -> String {
     let (int, text) = sql::fields("t");
     let sql = format!(
-        "WITH v(v_id, v_status, v_at, v_executing, v_final, v_notes) AS (
-            SELECT {}, {}, {}, {}, {}, {} FROM {})
+        "WITH v(v_id, v_status, v_at, v_executing, v_final, v_notes, v_transition, v_previous)
+          AS (SELECT {}, {}, {}, {}, {}, {}, {}, {} FROM {})
         UPDATE tasks SET status = v_status, status_timestamp = v_at,
             executing_timestamp = v_executing, final_status_timestamp = v_final,
-            notifications = v_notes
+            notifications = v_notes, transition = v_transition, previous_task_id = v_previous
         FROM v WHERE id = v_id {}",
         int("id"),
         text("status"),
@@ -266,6 +270,8 @@ fn task_statuses_sql(backend: DbBackend) -> String {
         int("executing_timestamp"),
         int("final_status_timestamp"),
         text("notifications"),
+        text("transition"),
+        int("previous_task_id"),
         sql::json_rows(backend, "t"),
         sql::pg_by_ids(backend, "id"),
     );

@@ -77,6 +77,7 @@ impl Owned {
                 headers: Vec::new(),
                 secret_name: None,
                 previous_secret: None,
+                conditions: Vec::new(),
             };
             store::endpoints::create(&db, org.id, fields, &crate::secrets::Vault::default())
                 .await

@@ -1,0 +1,200 @@
+//! What receivers ask for beyond every status: each branch's last finished build (and task, by
+//! name), which decides a finishing build's or task's transition (`BROKEN`, `FIXED`, …) in the
+//! change's transaction, kept on the build or task with the one it was decided against; the
+//! endpoint's `conditions`; and a gap-free sequence per endpoint (`X-Herald-Sequence`), counted
+//! in `endpoint_sequences` and kept on each delivery.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::*;
+
+pub struct Migration;
+
+impl MigrationName for Migration {
+    fn name(&self) -> &str {
+        "m20261231_000001_transitions_and_sequences"
+    }
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+enum BranchStates {
+    Table,
+    RepositoryId,
+    Branch,
+    TaskName,
+    LastId,
+    LastStatus,
+    PreviousId,
+    PreviousStatus,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+enum EndpointSequences {
+    Table,
+    EndpointId,
+    LastSequence,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+enum Builds {
+    Table,
+    Transition,
+    PreviousBuildId,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+enum Tasks {
+    Table,
+    Transition,
+    PreviousTaskId,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+enum WebhookEndpoints {
+    Table,
+    Conditions,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+enum Deliveries {
+    Table,
+    EndpointId,
+    Sequence,
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(BranchStates::Table)
+                    .col(big_integer(BranchStates::RepositoryId))
+                    .col(string(BranchStates::Branch))
+                    // Empty for the branch's builds, else the tasks of that name.
+                    .col(string(BranchStates::TaskName))
+                    .col(big_integer_null(BranchStates::LastId))
+                    .col(string_null(BranchStates::LastStatus))
+                    // The one before the last, which the last compares with if it finishes
+                    // again (a re-run).
+                    .col(big_integer_null(BranchStates::PreviousId))
+                    .col(string_null(BranchStates::PreviousStatus))
+                    .primary_key(
+                        Index::create()
+                            .col(BranchStates::RepositoryId)
+                            .col(BranchStates::Branch)
+                            .col(BranchStates::TaskName),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(EndpointSequences::Table)
+                    .col(big_integer(EndpointSequences::EndpointId).primary_key())
+                    .col(big_integer(EndpointSequences::LastSequence))
+                    .to_owned(),
+            )
+            .await?;
+        // SQLite alters one column a statement.
+        let columns = [
+            (Builds::Table.into_iden(), string_null(Builds::Transition)),
+            (
+                Builds::Table.into_iden(),
+                big_integer_null(Builds::PreviousBuildId),
+            ),
+            (Tasks::Table.into_iden(), string_null(Tasks::Transition)),
+            (
+                Tasks::Table.into_iden(),
+                big_integer_null(Tasks::PreviousTaskId),
+            ),
+            (
+                WebhookEndpoints::Table.into_iden(),
+                string(WebhookEndpoints::Conditions)
+                    .default("[]")
+                    .to_owned(),
+            ),
+            // Null on deliveries that are never sent and on those queued before sequences;
+            // 0 while the transaction that queued it has not numbered it.
+            (
+                Deliveries::Table.into_iden(),
+                big_integer_null(Deliveries::Sequence),
+            ),
+        ];
+        for (table, mut column) in columns {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(table)
+                        .add_column(&mut column)
+                        .to_owned(),
+                )
+                .await?;
+        }
+        manager
+            .create_index(
+                Index::create()
+                    .name("deliveries_by_sequence")
+                    .table(Deliveries::Table)
+                    .col(Deliveries::EndpointId)
+                    .col(Deliveries::Sequence)
+                    .to_owned(),
+            )
+            .await?;
+        // The deliveries a transaction has queued and not numbered yet: none outside one.
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE INDEX deliveries_unnumbered ON deliveries (id) WHERE sequence = 0",
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("deliveries_unnumbered")
+                    .table(Deliveries::Table)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("deliveries_by_sequence")
+                    .table(Deliveries::Table)
+                    .to_owned(),
+            )
+            .await?;
+        let columns = [
+            (
+                Deliveries::Table.into_iden(),
+                Deliveries::Sequence.into_iden(),
+            ),
+            (
+                WebhookEndpoints::Table.into_iden(),
+                WebhookEndpoints::Conditions.into_iden(),
+            ),
+            (Tasks::Table.into_iden(), Tasks::PreviousTaskId.into_iden()),
+            (Tasks::Table.into_iden(), Tasks::Transition.into_iden()),
+            (
+                Builds::Table.into_iden(),
+                Builds::PreviousBuildId.into_iden(),
+            ),
+            (Builds::Table.into_iden(), Builds::Transition.into_iden()),
+        ];
+        for (table, column) in columns {
+            manager
+                .alter_table(Table::alter().table(table).drop_column(column).to_owned())
+                .await?;
+        }
+        manager
+            .drop_table(Table::drop().table(EndpointSequences::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(BranchStates::Table).to_owned())
+            .await
+    }
+}

@@ -1,0 +1,268 @@
+//! Each branch's last finished build, and last finished task of each name: the stored history
+//! that decides a finishing build's or task's transition (see [`crate::domain::transition`]).
+//!
+//! A batch of changes reads the states of the branches its changes finish builds or tasks on,
+//! at its start, locked until it commits on PostgreSQL: a batch of another process finishing a
+//! build of the same branch waits for it, and then compares with what it recorded. The batch
+//! decides its own changes in their order, so of two builds of a branch finishing in one batch
+//! the second compares with the first, and writes the states back once, before its commit.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
+
+use super::sql;
+use crate::Result;
+use crate::domain::WebHookCondition;
+use crate::domain::transition::{self, Verdict};
+
+/// A branch of a repository, for its builds (`task_name` empty) or for its tasks of one name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[cfg_attr(test, derive(Default))]
+pub struct BranchKey {
+    pub repository_id: i64,
+    pub branch: String,
+    pub task_name: String,
+}
+
+impl sql::Row for BranchKey {}
+
+/// The last two builds (or tasks) of a branch to finish with a verdict: id and status.
+#[derive(Clone, Debug, Default)]
+struct State {
+    last: Option<(i64, String)>,
+    previous: Option<(i64, String)>,
+}
+
+/// How a finished build or task compares with its branch's history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decided {
+    /// The build or task it was compared with.
+    pub previous_id: Option<i64>,
+    pub transition: Option<WebHookCondition>,
+}
+
+/// The states a batch read, and what its changes made of them.
+#[derive(Default)]
+pub struct Branches {
+    states: BTreeMap<BranchKey, State>,
+    changed: BTreeSet<BranchKey>,
+}
+
+impl Branches {
+    /// Reads the states of these branches, locking them (on PostgreSQL) until the transaction
+    /// ends, in one order so that two batches never deadlock. A branch without a state gets an
+    /// empty one first, so that its lock is taken too.
+    pub async fn read(conn: &impl ConnectionTrait, keys: BTreeSet<BranchKey>) -> Result<Self> {
+        if keys.is_empty() {
+            return Ok(Self::default());
+        }
+        let backend = conn.get_database_backend();
+        let rows = || sql::rows(keys.iter());
+        if backend == DbBackend::Postgres {
+            let statement = Statement::from_sql_and_values(backend, create_sql(backend), [rows()]);
+            conn.execute_raw(statement).await?;
+        }
+        #[derive(FromQueryResult)]
+        struct Stored {
+            repository_id: i64,
+            branch: String,
+            task_name: String,
+            last_id: Option<i64>,
+            last_status: Option<String>,
+            previous_id: Option<i64>,
+            previous_status: Option<String>,
+        }
+        let statement = Statement::from_sql_and_values(backend, read_sql(backend), [rows()]);
+        let mut states: BTreeMap<BranchKey, State> = keys
+            .into_iter()
+            .map(|key| (key, State::default()))
+            .collect();
+        for row in Stored::find_by_statement(statement).all(conn).await? {
+            let key = BranchKey {
+                repository_id: row.repository_id,
+                branch: row.branch,
+                task_name: row.task_name,
+            };
+            states.insert(
+                key,
+                State {
+                    last: row.last_id.zip(row.last_status),
+                    previous: row.previous_id.zip(row.previous_status),
+                },
+            );
+        }
+        Ok(Self {
+            states,
+            changed: BTreeSet::new(),
+        })
+    }
+
+    /// Records that build or task `id` of `key`'s branch reached `status`, whose verdict is
+    /// `verdict`, and decides its transition: it compares with the last one to finish before
+    /// it, or, when it is that last one finishing again (a re-run), with the one before that.
+    pub fn finish(&mut self, key: &BranchKey, id: i64, status: &str, verdict: Verdict) -> Decided {
+        let state = self.states.entry(key.clone()).or_default();
+        let compared = match &state.last {
+            Some((last, _)) if *last == id => state.previous.clone(),
+            _ => {
+                state.previous = state.last.take();
+                state.previous.clone()
+            }
+        };
+        state.last = Some((id, status.to_owned()));
+        self.changed.insert(key.clone());
+        let previous = compared
+            .as_ref()
+            .and_then(|(_, status)| Verdict::of_name(status));
+        Decided {
+            previous_id: compared.map(|(id, _)| id),
+            transition: transition::transition(previous, verdict),
+        }
+    }
+
+    /// Writes back the states the batch's changes moved, in one statement.
+    pub async fn write(&self, conn: &impl ConnectionTrait) -> Result<()> {
+        if self.changed.is_empty() {
+            return Ok(());
+        }
+        let rows = self.changed.iter().map(|key| {
+            let state = &self.states[key];
+            StateRow {
+                repository_id: key.repository_id,
+                branch: &key.branch,
+                task_name: &key.task_name,
+                last_id: state.last.as_ref().map(|(id, _)| *id),
+                last_status: state.last.as_ref().map(|(_, status)| status.as_str()),
+                previous_id: state.previous.as_ref().map(|(id, _)| *id),
+                previous_status: state.previous.as_ref().map(|(_, status)| status.as_str()),
+            }
+        });
+        let backend = conn.get_database_backend();
+        let statement =
+            Statement::from_sql_and_values(backend, write_sql(backend), [sql::rows(rows)]);
+        conn.execute_raw(statement).await?;
+        Ok(())
+    }
+}
+
+/// A row of [`write_sql`]: a branch's new state.
+#[derive(serde::Serialize)]
+#[cfg_attr(test, derive(Default))]
+struct StateRow<'a> {
+    repository_id: i64,
+    branch: &'a str,
+    task_name: &'a str,
+    last_id: Option<i64>,
+    last_status: Option<&'a str>,
+    previous_id: Option<i64>,
+    previous_status: Option<&'a str>,
+}
+
+impl sql::Row for StateRow<'_> {}
+
+/// The branches' keys as a table `k`, from one [`BranchKey`] per row.
+fn keys_sql(backend: DbBackend) -> String {
+    let (int, text) = sql::fields("k");
+    format!(
+        "SELECT {} AS repository_id, {} AS branch, {} AS task_name FROM {}",
+        int("repository_id"),
+        text("branch"),
+        text("task_name"),
+        sql::json_rows(backend, "k")
+    )
+}
+
+/// The empty states of branches that have none, created in the order of their keys.
+fn create_sql(backend: DbBackend) -> String {
+    sql::numbered(
+        backend,
+        &format!(
+            "INSERT INTO branch_states (repository_id, branch, task_name)
+            SELECT repository_id, branch, task_name FROM ({}) k
+            WHERE true ORDER BY repository_id, branch, task_name
+            ON CONFLICT (repository_id, branch, task_name) DO NOTHING",
+            keys_sql(backend)
+        ),
+    )
+}
+
+/// The states of the branches, locked in the order of their keys on PostgreSQL.
+fn read_sql(backend: DbBackend) -> String {
+    let lock = match backend {
+        DbBackend::Postgres => "FOR UPDATE OF s",
+        _ => "",
+    };
+    sql::numbered(
+        backend,
+        &format!(
+            "SELECT s.repository_id, s.branch, s.task_name, s.last_id, s.last_status,
+                s.previous_id, s.previous_status
+            FROM branch_states s JOIN ({}) k
+              ON s.repository_id = k.repository_id AND s.branch = k.branch
+                AND s.task_name = k.task_name
+            ORDER BY s.repository_id, s.branch, s.task_name {lock}",
+            keys_sql(backend)
+        ),
+    )
+}
+
+/// Writes branches' states, one [`StateRow`] each.
+fn write_sql(backend: DbBackend) -> String {
+    let (int, text) = sql::fields("r");
+    sql::numbered(
+        backend,
+        &format!(
+            "INSERT INTO branch_states
+                (repository_id, branch, task_name, last_id, last_status, previous_id,
+                 previous_status)
+            SELECT {}, {}, {}, {}, {}, {}, {} FROM {} WHERE true
+            ON CONFLICT (repository_id, branch, task_name) DO UPDATE SET
+                last_id = excluded.last_id, last_status = excluded.last_status,
+                previous_id = excluded.previous_id, previous_status = excluded.previous_status",
+            int("repository_id"),
+            text("branch"),
+            text("task_name"),
+            int("last_id"),
+            text("last_status"),
+            int("previous_id"),
+            text("previous_status"),
+            sql::json_rows(backend, "r")
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_read_every_field_of_their_rows_by_name() {
+        for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
+            sql::assert_reads_fields_of::<BranchKey>(&keys_sql(backend), "k");
+            sql::assert_reads_fields_of::<StateRow>(&write_sql(backend), "r");
+        }
+    }
+
+    #[test]
+    fn a_rerun_of_the_last_build_compares_with_the_one_before_it() {
+        let key = BranchKey {
+            repository_id: 1,
+            branch: "main".into(),
+            task_name: String::new(),
+        };
+        let mut branches = Branches::default();
+        let first = branches.finish(&key, 10, "COMPLETED", Verdict::Pass);
+        assert_eq!(first, Decided::default());
+        let broken = branches.finish(&key, 11, "FAILED", Verdict::Fail);
+        assert_eq!(broken.previous_id, Some(10));
+        assert_eq!(broken.transition, Some(WebHookCondition::Broken));
+        // Build 11 runs again and passes: it compares with build 10, not with itself.
+        let rerun = branches.finish(&key, 11, "COMPLETED", Verdict::Pass);
+        assert_eq!(rerun.previous_id, Some(10));
+        assert_eq!(rerun.transition, None);
+        let next = branches.finish(&key, 12, "ERRORED", Verdict::Fail);
+        assert_eq!(next.previous_id, Some(11));
+        assert_eq!(next.transition, Some(WebHookCondition::Broken));
+    }
+}
