@@ -19,6 +19,7 @@ use crate::domain::retry::{format_duration, parse_duration};
 use crate::domain::status::is_status_name;
 use crate::schema::TokenKeys;
 use crate::tools::bridge::{BridgeOptions, SlackUrl, SlackUrlParser};
+use crate::tools::catch_up::CatchUpOptions;
 use crate::tools::hook::HookTest;
 use crate::tools::listen::{ApprovalAnswer, ListenOptions, parse_reason};
 use crate::tools::receive::{self, Check};
@@ -96,6 +97,25 @@ pub enum Command {
         /// Answer approval calls 200 with {"hold": true, "work_id": <a new UUID>}.
         #[arg(long)]
         hold: bool,
+        /// Herald's URL: fetch the events X-Herald-Sequence says were missed (a number
+        /// skipped) from its webhookEvents query, and print each event once.
+        #[arg(long, value_name = "URL", requires_all = ["token", "endpoint"], value_parser = parse_graphql_url)]
+        catch_up: Option<url::Url>,
+        /// A READ token of the endpoint's organization, for --catch-up.
+        #[arg(
+            long,
+            env = "HERALD_TOKEN",
+            hide_env_values = true,
+            requires = "catch_up"
+        )]
+        token: Option<String>,
+        /// The endpoint whose events --catch-up fetches.
+        #[arg(long, value_name = "ID", requires = "catch_up")]
+        endpoint: Option<String>,
+        /// Keep the sequence number up to which every event was seen in FILE, and at start
+        /// fetch every event after it (without it, --catch-up starts from the first).
+        #[arg(long, value_name = "FILE", requires = "catch_up")]
+        state: Option<std::path::PathBuf>,
     },
     /// Approval hooks.
     Hook {
@@ -365,6 +385,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             approve,
             reject,
             hold,
+            catch_up,
+            token,
+            endpoint,
+            state,
         } => {
             let status = StatusCode::from_u16(status).context("reading --status")?;
             let options = ListenOptions {
@@ -379,7 +403,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 (.., true) => Some(ApprovalAnswer::Hold),
                 _ => None,
             };
-            crate::tools::listen::run(listen, options, approval).await
+            let catch_up =
+                catch_up
+                    .zip(token)
+                    .zip(endpoint)
+                    .map(|((graphql, token), endpoint_id)| CatchUpOptions {
+                        graphql,
+                        token,
+                        endpoint_id,
+                        state,
+                    });
+            crate::tools::listen::run(listen, options, approval, catch_up).await
         }
         Command::Hook {
             command: HookCommand::Test(test),
@@ -490,4 +524,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { listen } => crate::tools::demo::run(listen).await,
     }
+}
+
+/// `--catch-up URL`: Herald's base URL or its `/graphql`; the GraphQL URL.
+fn parse_graphql_url(text: &str) -> Result<url::Url, String> {
+    let mut url = url::Url::parse(text.trim()).map_err(|_| "not a URL".to_owned())?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("not an http or https URL".into());
+    }
+    if !url.path().ends_with("/graphql") {
+        let path = format!("{}/graphql", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+    }
+    Ok(url)
 }

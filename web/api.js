@@ -58,7 +58,7 @@ export async function gql(query, variables = {}) {
 
 export const ENDPOINT_FIELDS = `
   id webhookURL maskedSecretToken secretName secretOverlapEndsTimestamp signatureStyle
-  events publishedEvents payloadQuery payloadFormat enabled insecureSsl
+  events publishedEvents conditions payloadQuery payloadFormat enabled insecureSsl
   headers { name maskedValue }
   lastDelivery { id state timestamp attempts response { status } }`;
 

@@ -8,6 +8,13 @@ import { signingFields } from "./signing.js";
 import { headersEditor } from "./headers.js";
 
 const EVENTS = ["BUILD", "TASK", "AUDIT_EVENT", "PUBLISHED"];
+/** The transition conditions, with what each sends. */
+const CONDITIONS = {
+  BROKEN: "failed after the branch's previous build passed",
+  FIXED: "passed after the previous one failed",
+  STILL_FAILING: "failed after the previous one failed",
+  FIRST_FAILURE_ON_BRANCH: "failed, and none finished on its branch before",
+};
 /** Every payload format, with the shape of the body it sends. */
 const FORMATS = {
   DATA: " {action, old_status?, data}",
@@ -111,6 +118,10 @@ export async function editorView({ viewer, main }, id) {
   const syncPublished = () => { publishedField.hidden = !publishedBox.checked; };
   publishedBox.addEventListener("change", syncPublished);
   syncPublished();
+  const conditions = Object.keys(CONDITIONS).map((condition) => h("input", {
+    type: "checkbox", name: "conditions", value: condition, id: `condition-${condition.toLowerCase().replaceAll("_", "-")}`,
+    checked: endpoint?.conditions.includes(condition) ?? false,
+  }));
   const formats = Object.keys(FORMATS).map((format) => h("input", {
     type: "radio", name: "payloadFormat", value: format, id: `format-${format.toLowerCase()}`,
     checked: (endpoint?.payloadFormat ?? "DATA") === format,
@@ -220,6 +231,7 @@ export async function editorView({ viewer, main }, id) {
     const input = {
       events: chosen,
       publishedEvents: publishedTypes.value.split(",").map((type) => type.trim()).filter(Boolean),
+      conditions: conditions.filter((box) => box.checked).map((box) => box.value),
       payloadFormat: format(),
       enabled: enabled.checked,
       insecureSsl: insecure.checked,
@@ -264,6 +276,10 @@ export async function editorView({ viewer, main }, id) {
       h("p.help", {}, "None checked means build and task events. Audit events (every change made to the organization, as ",
         h("code", {}, "X-Cirrus-Event: audit_event"), ") and published events go only to endpoints that check them."),
       publishedField),
+    h("fieldset#conditions", {}, h("legend", {}, "Only when a branch changes"),
+      h("div.choices", {}, conditions.map((box) => h("label.inline", { title: CONDITIONS[box.value] }, box,
+        h("span", {}, h("b", {}, box.value.toLowerCase().replaceAll("_", " ")), ` ${CONDITIONS[box.value]}`)))),
+      h("p.help", {}, "None checked sends every build and task event. Checked, a build (or task, against the tasks of its name) is sent only when its final status is one of these changes against the one of its repository and branch that finished before it. Audit, published and test events are not filtered.")),
     h("fieldset", {}, h("legend", {}, "Payload format"),
       h("div.choices", {}, formats.map((radio) =>
         h("label.inline", {}, radio, h("span", {}, h("b", {}, radio.value), FORMATS[radio.value]))))),

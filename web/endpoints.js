@@ -68,11 +68,12 @@ export function sendTestControl(endpoint, after) {
 }
 
 function eventsText(endpoint) {
-  const { events, publishedEvents } = endpoint;
-  if (!events.length) return "builds and tasks";
-  return events.map((e) => (e === "PUBLISHED"
+  const { events, publishedEvents, conditions } = endpoint;
+  const kinds = !events.length ? "builds and tasks" : events.map((e) => (e === "PUBLISHED"
     ? `published (${publishedEvents.length ? publishedEvents.join(", ") : "every type"})`
     : e.toLowerCase().replace("_", " "))).join(", ");
+  if (!conditions?.length) return kinds;
+  return `${kinds}; only ${conditions.map((c) => c.toLowerCase().replaceAll("_", " ")).join(", ")}`;
 }
 
 function secretText(endpoint) {

@@ -142,6 +142,8 @@ impl DeliveryMutation {
         store::deliveries::announce(&*tx, writes.announcer()).await?;
         tx.queued_due();
         audit::commit(ctx, tx, viewer.org_id, None).await?;
+        // As committed, with its number in the endpoint's sequence.
+        let row = store::deliveries::find(pool, viewer.org_id, &row.uid).await?;
         Ok(DeliveryPayload {
             delivery: WebHookDelivery(row),
             client_mutation_id: input.client_mutation_id,

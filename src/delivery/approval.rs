@@ -402,6 +402,7 @@ impl Approvals {
                     event_timestamp: call.timestamp,
                     signing: &signing,
                     work_id: None,
+                    sequence: None,
                     body: body.to_owned(),
                 })
                 .await;

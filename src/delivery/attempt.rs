@@ -237,6 +237,7 @@ async fn attempt(
             event_timestamp: row.created_at,
             signing: &endpoint.signing,
             work_id: row.work_id.as_deref(),
+            sequence: row.sequence,
             body,
         })
         .await;

@@ -120,6 +120,8 @@ pub struct Outgoing<'a> {
     pub signing: &'a Signing,
     /// The work id of the build or task (`X-Herald-Work-Id`), when an approval hook gave one.
     pub work_id: Option<&'a str>,
+    /// The delivery's place among its endpoint's (`X-Herald-Sequence`).
+    pub sequence: Option<i64>,
     /// Moved into the request as it is: the payload is not copied.
     pub body: String,
 }
@@ -267,6 +269,7 @@ fn build_request(out: Outgoing<'_>) -> reqwest::Request {
         "x-herald-work-id",
         out.work_id.and_then(|id| HeaderValue::from_str(id).ok()),
     );
+    put("x-herald-sequence", out.sequence.map(HeaderValue::from));
     let body = out.body.as_bytes();
     let hook = || HeaderValue::try_from(hook_name(out.event)).ok();
     match signing.style {
@@ -342,6 +345,7 @@ pub fn preview_headers(
         event_timestamp: crate::now_ms(),
         signing: &signing,
         work_id: None,
+        sequence: Some(1),
         body: body.to_owned(),
     });
     request

@@ -1,13 +1,14 @@
-//! The delivery log (ADMIN): deliveries, their bodies and every attempt.
+//! The delivery log (ADMIN): deliveries, their bodies and every attempt; and each endpoint's
+//! events in the order of their sequence numbers (`webhookEvents`), for receivers catching up.
 
 use async_graphql::{Context, ID, Object, SimpleObject};
 
 use super::auth::require;
 use super::db;
-use crate::Result;
-use crate::domain::{DeliveryState, Permission};
-use crate::store;
+use crate::domain::{DeliveryState, EventKind, Permission};
 use crate::store::entities::{delivery, delivery_attempt};
+use crate::store::{self, parse_id};
+use crate::{Error, Result};
 
 /// One event on its way to one endpoint: the exact body, and every attempt to send it.
 pub struct WebHookDelivery(pub delivery::Model);
@@ -64,6 +65,12 @@ impl WebHookDelivery {
     /// The event's time (ms since the epoch): `X-Cirrus-Timestamp`.
     async fn timestamp(&self) -> i64 {
         self.0.created_at
+    }
+
+    /// Its place among the endpoint's deliveries (`X-Herald-Sequence`, see `webhookEvents`);
+    /// null for a delivery never sent.
+    async fn sequence(&self) -> Option<i64> {
+        self.0.sequence.filter(|sequence| *sequence > 0)
     }
 
     /// When the next attempt is due; null once the delivery is finished.
@@ -135,6 +142,51 @@ impl WebHookDeliveryAttempt {
     }
 }
 
+/// An event as one endpoint got it: its place in the endpoint's sequence and the exact body
+/// sent.
+pub struct WebHookEvent(delivery::Model);
+
+#[Object]
+impl WebHookEvent {
+    /// `X-Herald-Sequence`: 1 for the endpoint's first event, and one more for each later one,
+    /// in the order they were recorded.
+    async fn sequence(&self) -> i64 {
+        self.0.sequence.unwrap_or_default()
+    }
+
+    /// The delivery id: `X-Cirrus-Delivery` and `webhook-id`.
+    async fn delivery_id(&self) -> ID {
+        ID(self.0.uid.clone())
+    }
+
+    /// The `X-Cirrus-Event` value: `build`, `task`, `audit_event`, `ping` or a published type.
+    async fn event(&self) -> &str {
+        &self.0.event
+    }
+
+    async fn action(&self) -> &str {
+        self.0.action.as_str()
+    }
+
+    /// The event's time (ms since the epoch): `X-Cirrus-Timestamp`.
+    async fn timestamp(&self) -> i64 {
+        self.0.created_at
+    }
+
+    /// Where its delivery stands.
+    async fn state(&self) -> DeliveryState {
+        self.0.state
+    }
+
+    /// The exact body every attempt sends, as text.
+    async fn body(&self) -> &str {
+        &self.0.body
+    }
+}
+
+/// How many events `webhookEvents` returns when `first` is not given.
+const EVENTS_PAGE: i32 = 100;
+
 #[derive(Default)]
 pub struct DeliveryQuery;
 
@@ -146,5 +198,41 @@ impl DeliveryQuery {
         Ok(Some(WebHookDelivery(
             store::deliveries::find(&db(ctx)?.conn(), viewer.org_id, &id).await?,
         )))
+    }
+
+    /// The events queued for one of the organization's endpoints after its sequence number
+    /// `afterSequence` (0, the default, from the first), in order, at most `first` (100 by
+    /// default, 500 at most), each with the exact body sent. A receiver that sees a number
+    /// skipped in `X-Herald-Sequence`, or restarts, fetches what it missed here; events removed
+    /// by the delivery log's retention are gone. READ; ADMIN for an endpoint that gets audit
+    /// events.
+    async fn webhook_events(
+        &self,
+        ctx: &Context<'_>,
+        endpoint_id: ID,
+        after_sequence: Option<i64>,
+        first: Option<i32>,
+    ) -> Result<Vec<WebHookEvent>> {
+        let viewer = require(ctx, Permission::Read)?;
+        let after = after_sequence.unwrap_or(0);
+        if after < 0 {
+            return Err(Error::Invalid("afterSequence must be 0 or more.".into()));
+        }
+        let first = first.unwrap_or(EVENTS_PAGE);
+        let max = store::deliveries::MAX_PAGE;
+        if first < 1 || first as u64 > max {
+            return Err(Error::Invalid(format!(
+                "first must be between 1 and {max}."
+            )));
+        }
+        let id = parse_id("webhook endpoint", &endpoint_id)?;
+        let conn = db(ctx)?.conn();
+        let endpoint = store::endpoints::find(&conn, viewer.org_id, id).await?;
+        if EventKind::AuditEvent.is_in(&store::endpoints::event_kinds(&endpoint)?) {
+            require(ctx, Permission::Admin)?;
+        }
+        let rows = store::deliveries::after(&conn, id, after, first as u64).await?;
+        super::rows::charge(ctx, rows.len())?;
+        Ok(rows.into_iter().map(WebHookEvent).collect())
     }
 }

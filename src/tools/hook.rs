@@ -138,6 +138,7 @@ pub async fn test(test: HookTest) -> anyhow::Result<bool> {
             event_timestamp: crate::now_ms(),
             signing: &signing,
             work_id: None,
+            sequence: None,
             body: sample_body(test.point),
         })
         .await;

@@ -3,6 +3,8 @@
 //! the delivery is not signed with it. `herald demo` prints its deliveries with the same code.
 //! With `--approve`, `--reject REASON` or `--hold` it also plays an approval hook: calls with
 //! `X-Cirrus-Event: approval` get that answer, and one line each says what was asked and decided.
+//! With `--catch-up` it fetches the events its endpoint's sequence says it missed (see
+//! [`super::catch_up`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::approval::{MAX_ANSWER_TEXT, read_answer};
 use crate::slack;
+use crate::tools::catch_up::{CatchUp, CatchUpOptions, Show};
 use crate::tools::receive::{Incoming, Signatures, now_secs};
 
 /// How the receiver checks and answers.
@@ -59,6 +62,12 @@ pub struct Summary {
     /// The HTTP status the receiver answered.
     pub answered: u16,
     pub bytes: usize,
+    /// `X-Herald-Sequence`, when the delivery carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<i64>,
+    /// Fetched from Herald's `webhookEvents` (with `--catch-up`) rather than received.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fetched: bool,
 }
 
 impl Summary {
@@ -82,6 +91,8 @@ impl Summary {
             webhook_signature: signatures.standard.as_str(),
             answered,
             bytes,
+            sequence: incoming.sequence,
+            fetched: false,
         }
     }
 
@@ -104,6 +115,12 @@ impl Summary {
             "  delivery {}",
             self.delivery.as_deref().unwrap_or("(no id)")
         ));
+        if let Some(sequence) = self.sequence {
+            head.push_str(&format!("  #{sequence}"));
+        }
+        if self.fetched {
+            head.push_str("  (fetched: missed as a delivery)");
+        }
         let mut subject = Vec::new();
         if let Some(repository) = &self.repository {
             subject.push(format!("repository {repository}"));
@@ -332,23 +349,33 @@ pub fn receive_approval(
     )
 }
 
-/// The receiver's state: how it checks, and how it answers approval calls if it does.
+/// The receiver's state: how it checks, how it answers approval calls if it does, and what it
+/// has seen of its endpoint's sequence if it catches up.
 struct Answering {
     options: ListenOptions,
     approval: Option<ApprovalAnswer>,
+    catch_up: Option<Arc<CatchUp>>,
 }
 
 /// The receiver's routes: every method and path is a delivery.
 pub fn router(options: ListenOptions) -> Router {
-    router_answering(options, None)
+    router_with(options, None, None)
 }
 
 /// The receiver's routes, answering approval calls as `approval` says (as any delivery when
-/// it is none).
-pub fn router_answering(options: ListenOptions, approval: Option<ApprovalAnswer>) -> Router {
+/// it is none), and catching up on missed events when `catch_up` is given.
+fn router_with(
+    options: ListenOptions,
+    approval: Option<ApprovalAnswer>,
+    catch_up: Option<Arc<CatchUp>>,
+) -> Router {
     Router::new()
         .fallback(handle)
-        .with_state(Arc::new(Answering { options, approval }))
+        .with_state(Arc::new(Answering {
+            options,
+            approval,
+            catch_up,
+        }))
 }
 
 fn is_approval_call(headers: &HeaderMap) -> bool {
@@ -375,7 +402,20 @@ async fn handle(
             (status, None) => (status, BAD_SIGNATURE).into_response(),
         };
     }
+    let sequence = Incoming::parse(&headers, &[]).sequence;
+    let catching_up = state.catch_up.as_ref().zip(sequence);
+    if let Some((catch_up, n)) = catching_up
+        && !catch_up.claim(n)
+    {
+        return (StatusCode::OK, "already received\n").into_response();
+    }
     let status = receive(options, &headers, &body);
+    if let Some((catch_up, n)) = catching_up {
+        match status.is_success() {
+            true => catch_up.after_delivery(),
+            false => catch_up.unclaim(n),
+        }
+    }
     let text = if status == StatusCode::BAD_REQUEST {
         BAD_SIGNATURE
     } else {
@@ -390,29 +430,44 @@ pub async fn serve(
     options: ListenOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    serve_answering(listener, options, None, shutdown).await
+    serve_with(listener, options, None, None, shutdown).await
 }
 
 /// Serves the receiver on `listener` until `shutdown`, answering approval calls as `approval`
-/// says.
-pub async fn serve_answering(
+/// says and catching up as `catch_up` says.
+async fn serve_with(
     listener: TcpListener,
     options: ListenOptions,
     approval: Option<ApprovalAnswer>,
+    catch_up: Option<Arc<CatchUp>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router_answering(options, approval))
+    axum::serve(listener, router_with(options, approval, catch_up))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("serving the receiver")
 }
 
-/// `herald listen`: prints where it listens (one line on stdout), then every delivery.
+/// `herald listen`: prints where it listens (one line on stdout), then every delivery; with
+/// `catch_up`, first every event after the one its state file names, and then each event
+/// its endpoint's sequence says it missed.
 pub async fn run(
     listen: std::net::SocketAddr,
     options: ListenOptions,
     approval: Option<ApprovalAnswer>,
+    catch_up: Option<CatchUpOptions>,
 ) -> anyhow::Result<()> {
+    let json = options.json;
+    let show: Show = Box::new(move |headers, body, n| {
+        let incoming = Incoming::parse(headers, body);
+        let mut summary = Summary::of(&incoming, &Signatures::fetched(), 200, body.len());
+        summary.sequence = Some(n);
+        summary.fetched = true;
+        println!("{}", summary.render(json));
+    });
+    let catch_up = catch_up
+        .map(|catch_up| CatchUp::new(catch_up, show))
+        .transpose()?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -434,5 +489,8 @@ pub async fn run(
     }
     let shutdown = CancellationToken::new();
     crate::app::cancel_on_signal(shutdown.clone());
-    serve_answering(listener, options, approval, shutdown).await
+    if let Some(catch_up) = catch_up.clone() {
+        tokio::spawn(async move { catch_up.fetch_missing().await });
+    }
+    serve_with(listener, options, approval, catch_up, shutdown).await
 }

@@ -67,6 +67,16 @@ pub struct Signatures {
 }
 
 impl Signatures {
+    /// An event fetched from Herald's API rather than received: it carries no signature.
+    pub fn fetched() -> Self {
+        Self {
+            cirrus: Check::Absent,
+            style_header: "X-Cirrus-Signature",
+            standard: Check::Absent,
+            secret_given: false,
+        }
+    }
+
     /// Checks the signatures a delivery carries against `secret`; `now` is seconds since the
     /// epoch, and a zero `tolerance` accepts any `webhook-timestamp`.
     pub fn check(
@@ -176,6 +186,8 @@ pub struct Incoming {
     pub old_status: Option<String>,
     /// The body, when it is JSON.
     pub body: Option<Json>,
+    /// `X-Herald-Sequence`.
+    pub sequence: Option<i64>,
 }
 
 impl Incoming {
@@ -195,6 +207,7 @@ impl Incoming {
                 .as_ref()
                 .and_then(|body| slack::text(&body["old_status"])),
             body: json,
+            sequence: header("x-herald-sequence").and_then(|n| n.trim().parse().ok()),
         };
         incoming.event = header("x-cirrus-event").unwrap_or_else(|| {
             if incoming.action.as_deref() == Some("ping") {

@@ -5,6 +5,7 @@
 
 mod approvals;
 mod browser;
+mod conditions;
 mod signing;
 #[path = "../api/support/mod.rs"]
 #[allow(dead_code, unused_imports)]

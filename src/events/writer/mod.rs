@@ -397,6 +397,10 @@ async fn write(
         .record(&tx, changes, &endpoints)
         .await
         .map_err(Failed::Before)?;
+    // Last before the commit: the endpoints' counters stay locked until it.
+    store::deliveries::number(&*tx)
+        .await
+        .map_err(Failed::Before)?;
     outbox
         .commit(tx, events, due || audits_due)
         .await

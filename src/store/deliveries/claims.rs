@@ -353,6 +353,8 @@ pub struct Leased {
     pub created_at: i64,
     /// The work id of the build or task: `X-Herald-Work-Id`.
     pub work_id: Option<String>,
+    /// Its place among its endpoint's deliveries: `X-Herald-Sequence`.
+    pub sequence: Option<i64>,
 }
 
 /// The claim's lease of the chosen deliveries' queue rows, returning their ids; its parameters
@@ -383,7 +385,7 @@ pub(super) fn leased_sql(backend: DbBackend, leased: &str) -> String {
     };
     format!(
         "SELECT id, uid, endpoint_id, build_id, event, body, round_attempts,
-            CAST(? AS BIGINT) AS lease_until, created_at, work_id
+            CAST(? AS BIGINT) AS lease_until, created_at, work_id, sequence
         FROM deliveries WHERE {chosen}"
     )
 }

@@ -240,9 +240,9 @@ pub(super) fn insert_deliveries_sql(backend: DbBackend) -> String {
     format!(
         "INSERT INTO deliveries
             (uid, org_id, endpoint_id, event_id, build_id, event, action, body, state, attempts,
-             round_attempts, next_attempt_at, created_at, updated_at, work_id)
+             round_attempts, next_attempt_at, created_at, updated_at, work_id, sequence)
         SELECT {uid}, {org}, {endpoint}, {event_id}, {build}, {event}, {action}, {body},
-            'PENDING', 0, 0, {at}, {at}, {at}, {work_id}
+            'PENDING', 0, 0, {at}, {at}, {at}, {work_id}, 0
         FROM {rows}
         RETURNING id, endpoint_id, build_id, next_attempt_at",
         uid = text("uid"),

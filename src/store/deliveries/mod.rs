@@ -17,13 +17,14 @@
 //! By concern: `events` records events and queues their deliveries; `queue` holds the other
 //! writes of the queue (pings, failed deliveries, releases, redeliveries, deletions); `claims`
 //! leases due deliveries to the workers; `outcomes` records their attempts; `finders` reads
-//! deliveries and attempts for the API. Callers name everything through this module.
+//! deliveries and attempts for the API; `sequence` numbers each endpoint's deliveries. Callers name everything through this module.
 
 mod claims;
 mod events;
 mod finders;
 mod outcomes;
 mod queue;
+mod sequence;
 #[cfg(test)]
 mod tests;
 
@@ -35,3 +36,4 @@ pub use queue::{
     CHANNEL, FailedDelivery, NewDelivery, announce, delete, give_back, insert_failed, insert_one,
     insert_unchained, queue_depth, redeliver, release_stranded, remove_orphans,
 };
+pub use sequence::{MAX_PAGE, after, forget, number};

@@ -53,6 +53,7 @@ impl NewDelivery {
             last_response: Set(None),
             updated_at: Set(timestamp),
             work_id: Set(None),
+            sequence: Set(Some(super::sequence::UNNUMBERED)),
             ..Default::default()
         }
     }
@@ -218,6 +219,7 @@ pub async fn insert_failed(conn: &impl ConnectionTrait, failed: Vec<FailedDelive
         row.event_id = Set(event_id);
         row.build_id = Set(build_id.map(BuildId::get));
         row.state = Set(DeliveryState::Failed);
+        row.sequence = Set(None);
         row.attempts = Set(1);
         row.round_attempts = Set(1);
         row

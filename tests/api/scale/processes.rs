@@ -273,3 +273,38 @@ pub(super) async fn a_change_that_queues_due_deliveries_notifies_the_workers() {
         "one notification per change with a due delivery"
     );
 }
+
+pub(super) async fn two_apis_and_two_workers_number_two_thousand_events_without_gaps() {
+    let receiver = Receiver::start().await;
+    let Some(cluster) = Cluster::start(2, &receiver).await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let (_second, other) = api_process(&cluster.database, &cluster.client.token).await;
+    // Each API process records 1,000 events of its own builds, from four clients.
+    let (a, b) = tokio::join!(
+        record_events(&cluster.client, &cluster.repository, 50, 19, 4),
+        record_events(&other, &cluster.repository, 50, 19, 4),
+    );
+    assert_eq!(a + b, 2000);
+    let (distinct, total) = settle(&receiver, 2000).await;
+    assert_eq!((distinct, total), (2000, 2000), "every event once");
+    assert_per_build_order(&receiver);
+    // Numbered 1…2,000, each once, and each build's events in their order.
+    let mut numbers = Vec::new();
+    let mut last_of_build: HashMap<String, i64> = HashMap::new();
+    for received in receiver.received() {
+        let n: i64 = received
+            .header("x-herald-sequence")
+            .unwrap()
+            .parse()
+            .unwrap();
+        numbers.push(n);
+        let body = received.json();
+        let build = body["data"]["build"]["id"].as_str().unwrap().to_owned();
+        if let Some(before) = last_of_build.insert(build.clone(), n) {
+            assert!(before < n, "build {build}: {before} then {n}");
+        }
+    }
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=2000).collect::<Vec<i64>>());
+}

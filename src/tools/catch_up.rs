@@ -1,0 +1,276 @@
+//! `herald listen --catch-up`: a receiver that trusts its endpoint's sequence
+//! (`X-Herald-Sequence`) to tell it what it missed, and fetches that from `webhookEvents`.
+//!
+//! Numbers follow the commits of their events, so when a delivery numbered `n` arrives, every
+//! number below it is already recorded: one it has not seen was missed (or is still on its way,
+//! as deliveries of different builds travel side by side), and the feed has it. The listener
+//! prints each event once, whether it came as a delivery or from the feed, and acknowledges a
+//! repeat without printing it again. With `--state FILE` it keeps the number up to which it has
+//! every event, and at start fetches whatever came after it, so that a restart misses nothing.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Value as Json, json};
+
+/// How many events one fetch asks for (the most `webhookEvents` gives).
+const PAGE: i64 = 500;
+
+/// How long a number may stay missing before it is fetched: deliveries of different builds
+/// travel side by side, so a later one often arrives first.
+const GRACE: Duration = Duration::from_millis(500);
+
+const QUERY: &str = "query($endpoint: ID!, $after: Int, $first: Int) { webhookEvents(endpointId: $endpoint, afterSequence: $after, first: $first) { sequence deliveryId event body } }";
+
+/// Where the feed is, and whose. No `Debug`: it holds the token.
+#[derive(Clone)]
+pub struct CatchUpOptions {
+    /// Herald's GraphQL URL.
+    pub graphql: url::Url,
+    /// A READ token of the endpoint's organization.
+    pub token: String,
+    pub endpoint_id: String,
+    /// Where the number up to which every event was seen is kept across restarts.
+    pub state: Option<PathBuf>,
+}
+
+/// Which numbers have been seen: all up to `contiguous`, and these above it.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub contiguous: i64,
+    above: BTreeSet<i64>,
+}
+
+impl Seen {
+    /// Takes `n` as seen; false when it was already.
+    pub fn claim(&mut self, n: i64) -> bool {
+        if n <= self.contiguous || !self.above.insert(n) {
+            return false;
+        }
+        while self.above.remove(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+        }
+        true
+    }
+
+    /// Gives back a number claimed for a delivery that was then refused.
+    pub fn unclaim(&mut self, n: i64) {
+        self.above.remove(&n);
+    }
+
+    /// Whether a number below the highest seen is missing.
+    pub fn has_gap(&self) -> bool {
+        !self.above.is_empty()
+    }
+
+    /// The highest number seen.
+    pub fn highest(&self) -> i64 {
+        self.above.last().copied().unwrap_or(self.contiguous)
+    }
+
+    /// Takes every number up to `n` as seen (the feed no longer has them).
+    pub fn skip_to(&mut self, n: i64) {
+        self.contiguous = self.contiguous.max(n);
+        self.above = self.above.split_off(&(n + 1));
+        while self.above.remove(&(self.contiguous + 1)) {
+            self.contiguous += 1;
+        }
+    }
+}
+
+/// Shows an event fetched from the feed: its headers (`X-Cirrus-Event`, `X-Cirrus-Delivery`),
+/// its body and its number.
+pub type Show = Box<dyn Fn(&HeaderMap, &[u8], i64) + Send + Sync>;
+
+/// The listener's side of catching up: what it has seen, and one fetch at a time.
+pub struct CatchUp {
+    options: CatchUpOptions,
+    seen: Mutex<Seen>,
+    fetching: tokio::sync::Mutex<()>,
+    client: reqwest::Client,
+    show: Show,
+}
+
+impl CatchUp {
+    /// Starts from the state file's number, if there is one; `show` prints each event fetched.
+    pub fn new(options: CatchUpOptions, show: Show) -> anyhow::Result<Arc<Self>> {
+        let contiguous = match &options.state {
+            Some(path) if path.exists() => std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim()
+                .parse()
+                .with_context(|| format!("{} does not hold a sequence number", path.display()))?,
+            _ => 0,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .user_agent(crate::delivery::client::AGENT)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Arc::new(Self {
+            options,
+            seen: Mutex::new(Seen {
+                contiguous,
+                above: BTreeSet::new(),
+            }),
+            fetching: tokio::sync::Mutex::new(()),
+            client,
+            show,
+        }))
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a delivery's number as seen; false for a repeat, which is not printed again.
+    pub fn claim(&self, n: i64) -> bool {
+        self.seen().claim(n)
+    }
+
+    pub fn unclaim(&self, n: i64) {
+        self.seen().unclaim(n)
+    }
+
+    /// After a delivery was taken: keeps the state, and fetches what is missing below it.
+    pub fn after_delivery(self: &Arc<Self>) {
+        self.keep_state();
+        if self.seen().has_gap() {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(GRACE).await;
+                if this.seen().has_gap() {
+                    this.fetch_missing().await;
+                }
+            });
+        }
+    }
+
+    /// Fetches and prints every event after the highest number up to which all were seen,
+    /// until the feed has no more; one fetch at a time. A failed fetch is tried again.
+    pub async fn fetch_missing(&self) {
+        let _one = self.fetching.lock().await;
+        let mut wait = Duration::from_millis(250);
+        loop {
+            let after = self.seen().contiguous;
+            match self.fetch_after(after).await {
+                Ok(got) => {
+                    let mut seen = self.seen();
+                    let advanced = seen.contiguous > after;
+                    if got < PAGE && seen.has_gap() && !advanced {
+                        // The feed has nothing after `after`, yet a higher number came: the
+                        // next one was removed by retention. Go on past what is gone.
+                        let highest = seen.highest();
+                        eprintln!(
+                            "Sequence numbers after {after} up to {highest} are missing from the feed; going on without them."
+                        );
+                        seen.skip_to(highest);
+                    }
+                    let done = got < PAGE && !(advanced && seen.has_gap());
+                    drop(seen);
+                    self.keep_state();
+                    if done {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    eprintln!("Fetching missed events failed ({err:#}); trying again in {wait:?}.");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Fetches one page after `after`, printing each event not seen yet; how many came.
+    async fn fetch_after(&self, after: i64) -> anyhow::Result<i64> {
+        let variables =
+            json!({ "endpoint": self.options.endpoint_id, "after": after, "first": PAGE });
+        let answer = self
+            .client
+            .post(self.options.graphql.clone())
+            .bearer_auth(&self.options.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(json!({ "query": QUERY, "variables": variables }).to_string())
+            .send()
+            .await
+            .map_err(|err| anyhow::anyhow!(err.without_url()))?
+            .text()
+            .await
+            .context("reading the answer")?;
+        let response: Json = serde_json::from_str(&answer).context("the answer is not JSON")?;
+        if let Some(error) = response["errors"][0]["message"].as_str() {
+            anyhow::bail!("Herald answered: {error}");
+        }
+        let events = response["data"]["webhookEvents"]
+            .as_array()
+            .context("the answer has no webhookEvents")?;
+        for event in events {
+            let n = event["sequence"]
+                .as_i64()
+                .context("an event has no sequence")?;
+            if self.claim(n) {
+                let mut headers = HeaderMap::new();
+                for (name, field) in [
+                    ("x-cirrus-event", "event"),
+                    ("x-cirrus-delivery", "deliveryId"),
+                ] {
+                    if let Some(value) = event[field]
+                        .as_str()
+                        .and_then(|v| HeaderValue::from_str(v).ok())
+                    {
+                        headers.insert(HeaderName::from_static(name), value);
+                    }
+                }
+                let body = event["body"].as_str().unwrap_or_default();
+                (self.show)(&headers, body.as_bytes(), n);
+            }
+        }
+        Ok(events.len() as i64)
+    }
+
+    /// Writes the number up to which every event was seen, if there is a state file.
+    fn keep_state(&self) {
+        let Some(path) = &self.options.state else {
+            return;
+        };
+        let contiguous = self.seen().contiguous;
+        let temporary = path.with_extension("tmp");
+        let written = std::fs::write(&temporary, format!("{contiguous}\n"))
+            .and_then(|()| std::fs::rename(&temporary, path));
+        if let Err(err) = written {
+            eprintln!("Keeping the sequence in {} failed: {err}", path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_numbers_advance_over_what_arrives_out_of_order() {
+        let mut seen = Seen::default();
+        assert!(seen.claim(1));
+        assert!(seen.claim(3));
+        assert!(seen.has_gap());
+        assert!(!seen.claim(3), "a repeat");
+        assert_eq!((seen.contiguous, seen.highest()), (1, 3));
+        assert!(seen.claim(2));
+        assert!(!seen.has_gap());
+        assert_eq!(seen.contiguous, 3);
+        assert!(!seen.claim(2), "a repeat below the contiguous range");
+        assert!(seen.claim(7));
+        seen.skip_to(7);
+        assert_eq!((seen.contiguous, seen.has_gap()), (7, false));
+        assert!(seen.claim(9));
+        seen.unclaim(9);
+        assert!(!seen.has_gap());
+    }
+}
