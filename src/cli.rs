@@ -18,7 +18,9 @@ use crate::domain::Permission;
 use crate::domain::retry::{format_duration, parse_duration};
 use crate::domain::status::is_status_name;
 use crate::schema::TokenKeys;
-use crate::tools::bridge::{BridgeOptions, SlackUrl, SlackUrlParser};
+use crate::tools::bridge::{
+    AppOptions, BotToken, BotTokenParser, BridgeOptions, Destination, SlackUrl, SlackUrlParser,
+};
 use crate::tools::hook::HookTest;
 use crate::tools::listen::{ApprovalAnswer, ListenOptions, parse_reason};
 use crate::tools::receive::{self, Check};
@@ -144,7 +146,10 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum BridgeCommand {
-    /// Verify deliveries and post a Slack message for each to an incoming webhook.
+    /// Verify deliveries and show them in Slack: a message per event to an incoming webhook
+    /// (--slack-url), or, as a Slack app (--bot-token, --channel), one message per build edited
+    /// in place, with one reply per task in its thread. Give exactly one of --slack-url and
+    /// --bot-token.
     Slack {
         /// The address to receive deliveries on.
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -154,8 +159,22 @@ pub enum BridgeCommand {
         secret: String,
         /// The Slack incoming-webhook URL (it holds Slack's token: prefer the variable).
         #[arg(long, env = "SLACK_WEBHOOK_URL", hide_env_values = true, value_parser = SlackUrlParser)]
-        slack_url: SlackUrl,
-        /// Forward only events reaching these statuses (comma-separated, e.g. FAILED,ERRORED).
+        slack_url: Option<SlackUrl>,
+        /// A Slack app's bot token, `xoxb-…`, with the chat:write scope (prefer the variable).
+        #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true, value_parser = BotTokenParser)]
+        bot_token: Option<BotToken>,
+        /// The channel the Slack app posts to: its id (C0123…) or #name.
+        #[arg(long, value_parser = parse_channel)]
+        channel: Option<String>,
+        /// Slack's Web API, for the Slack app.
+        #[arg(long, default_value = "https://slack.com/api", value_parser = parse_slack_api)]
+        slack_api: url::Url,
+        /// The pause between two calls of the Slack app (Slack allows about one message a
+        /// second per channel); states that arrive meanwhile are shown together.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        channel_interval: Duration,
+        /// Forward only events reaching these statuses (comma-separated, e.g. FAILED,ERRORED);
+        /// incoming webhook only, since the Slack app shows each build whole.
         #[arg(long, value_delimiter = ',', value_parser = parse_status)]
         only_status: Vec<String>,
         /// Link builds and tasks to `<URL>/build/<id>` and `<URL>/task/<id>`
@@ -165,7 +184,8 @@ pub enum BridgeCommand {
         /// How far a webhook-timestamp may be from now; 0s accepts any.
         #[arg(long, default_value = "300s", value_parser = parse_duration)]
         tolerance: Duration,
-        /// How long to keep retrying a busy Slack before answering 503 so the sender retries.
+        /// How long a delivery may wait for a busy Slack before the bridge answers 503 so the
+        /// sender retries.
         #[arg(long, default_value = "8s", value_parser = parse_duration)]
         max_wait: Duration,
         /// Refuse (400) deliveries without a valid Standard Webhooks signature whose
@@ -261,6 +281,47 @@ fn parse_status(text: &str) -> Result<String, String> {
         Ok(name)
     } else {
         Err(format!("{text:?} is not a build or task status"))
+    }
+}
+
+/// Where `herald bridge slack` shows deliveries: exactly one of an incoming webhook and a Slack
+/// app (which needs a channel); the error is one sentence naming the flags and variables.
+fn bridge_destination(
+    slack_url: Option<SlackUrl>,
+    bot_token: Option<BotToken>,
+    channel: Option<String>,
+    app: impl FnOnce(BotToken, String) -> AppOptions,
+) -> Result<Destination, &'static str> {
+    match (slack_url, bot_token, channel) {
+        (Some(url), None, None) => Ok(Destination::Webhook(url.0)),
+        (None, Some(token), Some(channel)) => Ok(Destination::App(app(token, channel))),
+        (Some(_), Some(_), _) => Err(
+            "give either --slack-url (SLACK_WEBHOOK_URL) for an incoming webhook or --bot-token (SLACK_BOT_TOKEN) for a Slack app, not both",
+        ),
+        (None, None, _) => Err(
+            "give --slack-url (SLACK_WEBHOOK_URL) for an incoming webhook, or --bot-token (SLACK_BOT_TOKEN) with --channel for a Slack app",
+        ),
+        (None, Some(_), None) => {
+            Err("the Slack app needs --channel: the id (C0123…) or #name of the channel to post to")
+        }
+        (Some(_), None, Some(_)) => {
+            Err("--channel is for the Slack app: give --bot-token (SLACK_BOT_TOKEN) with it")
+        }
+    }
+}
+
+fn parse_channel(text: &str) -> Result<String, String> {
+    let channel = text.trim();
+    if channel.is_empty() || channel.chars().any(char::is_whitespace) {
+        return Err("expected a channel id (C0123…) or #name".into());
+    }
+    Ok(channel.to_owned())
+}
+
+fn parse_slack_api(text: &str) -> Result<url::Url, String> {
+    match url::Url::parse(text.trim()) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url),
+        _ => Err("expected an http or https URL such as https://slack.com/api".into()),
     }
 }
 
@@ -461,6 +522,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     listen,
                     secret,
                     slack_url,
+                    bot_token,
+                    channel,
+                    slack_api,
+                    channel_interval,
                     only_status,
                     public_url,
                     tolerance,
@@ -476,9 +541,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .exit();
             }
+            let app = |token, channel| AppOptions {
+                token,
+                channel,
+                api: slack_api,
+                channel_interval,
+            };
+            let destination = bridge_destination(slack_url, bot_token, channel, app)
+                .and_then(|destination| match destination {
+                    Destination::App(_) if !only_status.is_empty() => Err(
+                        "--only-status is for the incoming webhook; the Slack app shows each build whole",
+                    ),
+                    destination => Ok(destination),
+                })
+                .unwrap_or_else(|why| {
+                    clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, format!("{why}\n"))
+                        .exit()
+                });
             let options = BridgeOptions {
                 secret,
-                slack_url: slack_url.0,
+                destination,
                 only_status,
                 public_url,
                 tolerance,

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use herald::signing;
-use herald::tools::bridge::{self, BridgeOptions};
+use herald::tools::bridge::{self, BridgeOptions, Destination};
 use serde_json::json;
 
 use crate::fake_slack::FakeSlack;
@@ -27,7 +27,7 @@ async fn start_bridge_with(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let options = BridgeOptions {
         secret: SECRET.into(),
-        slack_url: slack.url().parse().unwrap(),
+        destination: Destination::Webhook(slack.url().parse().unwrap()),
         only_status: only_status.iter().map(|s| s.to_string()).collect(),
         public_url: Some("https://cirrus-ci.com".into()),
         tolerance: Duration::from_secs(300),
