@@ -12,15 +12,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, AppState, Role};
-use crate::config::{Config, DatabaseConfig, parse_public_url};
+use crate::config::{Config, DatabaseConfig};
 use crate::delivery::Worker;
 use crate::domain::Permission;
 use crate::domain::retry::{format_duration, parse_duration};
-use crate::domain::status::is_status_name;
 use crate::schema::TokenKeys;
-use crate::tools::bridge::{
-    AppOptions, BotToken, BotTokenParser, BridgeOptions, Destination, SlackUrl, SlackUrlParser,
-};
+use crate::tools::bridge::SlackArgs;
 use crate::tools::hook::HookTest;
 use crate::tools::listen::{ApprovalAnswer, ListenOptions, parse_reason};
 use crate::tools::receive::{self, Check};
@@ -150,54 +147,7 @@ pub enum BridgeCommand {
     /// (--slack-url), or, as a Slack app (--bot-token, --channel), one message per build edited
     /// in place, with one reply per task in its thread. Give exactly one of --slack-url and
     /// --bot-token.
-    Slack {
-        /// The address to receive deliveries on.
-        #[arg(long, default_value = "127.0.0.1:9000")]
-        listen: SocketAddr,
-        /// The endpoint's secret; deliveries not signed with it are refused with 400.
-        #[arg(long, env = "HERALD_BRIDGE_SECRET", hide_env_values = true)]
-        secret: String,
-        /// The Slack incoming-webhook URL (it holds Slack's token: prefer the variable).
-        #[arg(long, env = "SLACK_WEBHOOK_URL", hide_env_values = true, value_parser = SlackUrlParser)]
-        slack_url: Option<SlackUrl>,
-        /// A Slack app's bot token, `xoxb-…`, with the chat:write scope (prefer the variable).
-        #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true, value_parser = BotTokenParser)]
-        bot_token: Option<BotToken>,
-        /// The channel the Slack app posts to: its id (C0123…) or #name.
-        #[arg(long, value_parser = parse_channel)]
-        channel: Option<String>,
-        /// Slack's Web API, for the Slack app.
-        #[arg(long, default_value = "https://slack.com/api", value_parser = parse_slack_api)]
-        slack_api: url::Url,
-        /// The pause between two calls of the Slack app (Slack allows about one message a
-        /// second per channel); states that arrive meanwhile are shown together.
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        channel_interval: Duration,
-        /// Forward only events reaching these statuses (comma-separated, e.g. FAILED,ERRORED);
-        /// incoming webhook only, since the Slack app shows each build whole.
-        #[arg(long, value_delimiter = ',', value_parser = parse_status)]
-        only_status: Vec<String>,
-        /// Link builds and tasks to `<URL>/build/<id>` and `<URL>/task/<id>`
-        /// (`https://cirrus-ci.com` for Cirrus CI).
-        #[arg(long, env = "HERALD_PUBLIC_URL", value_parser = parse_public_url)]
-        public_url: Option<String>,
-        /// How far a webhook-timestamp may be from now; 0s accepts any.
-        #[arg(long, default_value = "300s", value_parser = parse_duration)]
-        tolerance: Duration,
-        /// How long a delivery may wait for a busy Slack before the bridge answers 503 so the
-        /// sender retries.
-        #[arg(long, default_value = "8s", value_parser = parse_duration)]
-        max_wait: Duration,
-        /// Refuse (400) deliveries without a valid Standard Webhooks signature whose
-        /// webhook-timestamp is within --tolerance of now, so that a captured delivery cannot be
-        /// replayed later. Cirrus CI sends only X-Cirrus-Signature: leave this off for it.
-        #[arg(long)]
-        require_timestamp: bool,
-        /// Reach Slack through the proxy named by HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and
-        /// NO_PROXY; without this flag they are ignored and the bridge connects directly.
-        #[arg(long)]
-        use_proxy_env: bool,
-    },
+    Slack(Box<SlackArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -273,56 +223,6 @@ async fn revoke(db: &sea_orm::DatabaseConnection, name: &str) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(wait as u64)).await;
     }
     Ok(before)
-}
-
-fn parse_status(text: &str) -> Result<String, String> {
-    let name = text.trim().to_ascii_uppercase();
-    if is_status_name(&name) {
-        Ok(name)
-    } else {
-        Err(format!("{text:?} is not a build or task status"))
-    }
-}
-
-/// Where `herald bridge slack` shows deliveries: exactly one of an incoming webhook and a Slack
-/// app (which needs a channel); the error is one sentence naming the flags and variables.
-fn bridge_destination(
-    slack_url: Option<SlackUrl>,
-    bot_token: Option<BotToken>,
-    channel: Option<String>,
-    app: impl FnOnce(BotToken, String) -> AppOptions,
-) -> Result<Destination, &'static str> {
-    match (slack_url, bot_token, channel) {
-        (Some(url), None, None) => Ok(Destination::Webhook(url.0)),
-        (None, Some(token), Some(channel)) => Ok(Destination::App(app(token, channel))),
-        (Some(_), Some(_), _) => Err(
-            "give either --slack-url (SLACK_WEBHOOK_URL) for an incoming webhook or --bot-token (SLACK_BOT_TOKEN) for a Slack app, not both",
-        ),
-        (None, None, _) => Err(
-            "give --slack-url (SLACK_WEBHOOK_URL) for an incoming webhook, or --bot-token (SLACK_BOT_TOKEN) with --channel for a Slack app",
-        ),
-        (None, Some(_), None) => {
-            Err("the Slack app needs --channel: the id (C0123…) or #name of the channel to post to")
-        }
-        (Some(_), None, Some(_)) => {
-            Err("--channel is for the Slack app: give --bot-token (SLACK_BOT_TOKEN) with it")
-        }
-    }
-}
-
-fn parse_channel(text: &str) -> Result<String, String> {
-    let channel = text.trim();
-    if channel.is_empty() || channel.chars().any(char::is_whitespace) {
-        return Err("expected a channel id (C0123…) or #name".into());
-    }
-    Ok(channel.to_owned())
-}
-
-fn parse_slack_api(text: &str) -> Result<url::Url, String> {
-    match url::Url::parse(text.trim()) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url),
-        _ => Err("expected an http or https URL such as https://slack.com/api".into()),
-    }
 }
 
 fn parse_permission(text: &str) -> Result<Permission, String> {
@@ -517,57 +417,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Bridge {
-            command:
-                BridgeCommand::Slack {
-                    listen,
-                    secret,
-                    slack_url,
-                    bot_token,
-                    channel,
-                    slack_api,
-                    channel_interval,
-                    only_status,
-                    public_url,
-                    tolerance,
-                    max_wait,
-                    require_timestamp,
-                    use_proxy_env,
-                },
+            command: BridgeCommand::Slack(args),
         } => {
-            if require_timestamp && tolerance.is_zero() {
-                clap::Error::raw(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    "--require-timestamp needs a window: give --tolerance more than 0s\n",
-                )
-                .exit();
-            }
-            let app = |token, channel| AppOptions {
-                token,
-                channel,
-                api: slack_api,
-                channel_interval,
-            };
-            let destination = bridge_destination(slack_url, bot_token, channel, app)
-                .and_then(|destination| match destination {
-                    Destination::App(_) if !only_status.is_empty() => Err(
-                        "--only-status is for the incoming webhook; the Slack app shows each build whole",
-                    ),
-                    destination => Ok(destination),
-                })
-                .unwrap_or_else(|why| {
-                    clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, format!("{why}\n"))
-                        .exit()
-                });
-            let options = BridgeOptions {
-                secret,
-                destination,
-                only_status,
-                public_url,
-                tolerance,
-                max_wait,
-                require_timestamp,
-                use_proxy_env,
-            };
+            // Options that cannot go together are bad usage, like those clap refuses itself.
+            let (listen, options) = args.options().unwrap_or_else(|why| {
+                clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, format!("{why}\n"))
+                    .exit()
+            });
             crate::tools::bridge::run(listen, options).await
         }
         Command::Demo { listen } => crate::tools::demo::run(listen).await,

@@ -10,6 +10,7 @@
 //! (durable) retry schedule takes over rather than the bridge holding deliveries in memory.
 
 mod app;
+mod args;
 mod board;
 mod pacer;
 mod slack_api;
@@ -34,6 +35,7 @@ use crate::slack;
 use crate::tools::receive::{Check, Incoming, Signatures, now_secs};
 
 pub use app::BUILDS;
+pub use args::{BotTokenParser, SlackArgs, SlackUrl, SlackUrlParser};
 pub use slack_api::BotToken;
 pub use webhook::{Undelivered, next_wait, post};
 
@@ -85,74 +87,6 @@ pub struct AppOptions {
     /// The pause between two calls to Slack (Slack allows about one message a second per
     /// channel).
     pub channel_interval: Duration,
-}
-
-/// Slack's incoming-webhook URL. Its path is Slack's token, so neither `Debug` nor a parse
-/// error shows it.
-#[derive(Clone)]
-pub struct SlackUrl(pub url::Url);
-
-impl std::fmt::Debug for SlackUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SlackUrl(***)")
-    }
-}
-
-/// Parses `--slack-url` / `SLACK_WEBHOOK_URL`: an http or https URL with a host. The error
-/// says what is wrong without the value.
-#[derive(Clone)]
-pub struct SlackUrlParser;
-
-impl clap::builder::TypedValueParser for SlackUrlParser {
-    type Value = SlackUrl;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<SlackUrl, clap::Error> {
-        let refuse = |why: &str| {
-            clap::Error::raw(
-                clap::error::ErrorKind::ValueValidation,
-                format!(
-                    "SLACK_WEBHOOK_URL (or --slack-url) {why}; its value is not shown, since it holds Slack's token\n"
-                ),
-            )
-            .with_cmd(cmd)
-        };
-        let text = value.to_str().ok_or_else(|| refuse("is not UTF-8"))?;
-        let url = url::Url::parse(text.trim()).map_err(|_| refuse("is not a URL"))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-            return Err(refuse("is not an http or https URL"));
-        }
-        Ok(SlackUrl(url))
-    }
-}
-
-/// Parses `--bot-token` / `SLACK_BOT_TOKEN`; the error says what is wrong without the value.
-#[derive(Clone)]
-pub struct BotTokenParser;
-
-impl clap::builder::TypedValueParser for BotTokenParser {
-    type Value = BotToken;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<BotToken, clap::Error> {
-        let refuse = |why: &str| {
-            clap::Error::raw(
-                clap::error::ErrorKind::ValueValidation,
-                format!("SLACK_BOT_TOKEN (or --bot-token) {why}; its value is not shown\n"),
-            )
-            .with_cmd(cmd)
-        };
-        let text = value.to_str().ok_or_else(|| refuse("is not UTF-8"))?;
-        BotToken::new(text).map_err(refuse)
-    }
 }
 
 /// Recent delivery keys, the oldest forgotten past [`REMEMBERED`].

@@ -10,13 +10,16 @@
 //! when its turn comes, so states that arrived while it waited (paced or rate limited) are never
 //! sent, and the deliveries that brought them are all answered by the one call.
 
+mod entries;
+
 use std::collections::{HashMap, VecDeque};
 
 use serde_json::Value as Json;
 
 use super::slack_api::{Call, Posted};
 use crate::domain::status::{BuildStatus, TaskStatus};
-use crate::slack::{self, Event, TaskCounts};
+use crate::slack::{self, Event};
+use entries::{Build, Slot};
 
 /// How many delivery keys the board remembers to know repeats.
 const REMEMBERED: usize = 16_384;
@@ -96,73 +99,6 @@ pub struct Send {
     pub slot: SlotId,
     pub version: u64,
     pub call: Call,
-}
-
-#[derive(Default)]
-struct Slot {
-    posted: Option<Posted>,
-    /// Bumped by each change the message should show.
-    wanted: u64,
-    /// The latest version Slack shows.
-    shown: u64,
-    /// The latest version Slack refused, and why.
-    refused: Option<(u64, String)>,
-    /// Deliveries waiting for this message.
-    waiting: usize,
-    /// Whether it is in the queue.
-    queued: bool,
-}
-
-impl Slot {
-    fn busy(&self) -> bool {
-        self.queued || self.waiting > 0
-    }
-}
-
-#[derive(Default)]
-struct Task {
-    json: Json,
-    order: Option<Order>,
-    slot: Slot,
-}
-
-#[derive(Default)]
-struct Build {
-    repository: Json,
-    json: Json,
-    order: Option<Order>,
-    top: Slot,
-    tasks: HashMap<String, Task>,
-    /// Task ids in the order they came, so a thread posted anew keeps it.
-    task_ids: Vec<String>,
-}
-
-impl Build {
-    fn counts(&self) -> TaskCounts {
-        let mut counts = TaskCounts::default();
-        for task in self.tasks.values() {
-            counts.add(task.json["status"].as_str());
-        }
-        counts
-    }
-
-    fn slot(&self, task: Option<&str>) -> Option<&Slot> {
-        match task {
-            None => Some(&self.top),
-            Some(id) => self.tasks.get(id).map(|task| &task.slot),
-        }
-    }
-
-    fn slot_mut(&mut self, task: Option<&str>) -> Option<&mut Slot> {
-        match task {
-            None => Some(&mut self.top),
-            Some(id) => self.tasks.get_mut(id).map(|task| &mut task.slot),
-        }
-    }
-
-    fn idle(&self) -> bool {
-        !self.top.busy() && self.tasks.values().all(|task| !task.slot.busy())
-    }
 }
 
 /// The builds of one channel (see the module header).
@@ -522,5 +458,4 @@ impl Board {
 }
 
 #[cfg(test)]
-#[path = "board_tests.rs"]
 mod tests;
