@@ -424,6 +424,30 @@ async fn a_refusal_is_answered_502_with_one_sentence() {
     );
 }
 
+/// A ping (a test delivery) posts one message to the channel, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_posts_one_message() {
+    let slack = FakeSlackApi::start().await;
+    let url = start_app_bridge(
+        &slack,
+        CHANNEL_NAME,
+        Duration::from_millis(20),
+        Duration::from_secs(5),
+    )
+    .await;
+    let ping = json!({ "action": "ping" }).to_string();
+    assert_eq!(send(&url, "ping", "d-ping", 1, &ping).await.0, 200);
+    let (status, text) = send(&url, "ping", "d-ping", 1, &ping).await;
+    assert_eq!((status, text.trim()), (200, "already forwarded"));
+    let top = slack.top_level();
+    assert_eq!(top.len(), 1);
+    assert!(
+        top[0].text.starts_with(":wave: Herald is connected"),
+        "{}",
+        top[0].text
+    );
+}
+
 /// Sends a signed build event to a bridge that is starting, until it answers.
 async fn send_when_up(url: &str) -> (u16, String) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -454,6 +478,7 @@ async fn the_bot_token_never_shows_and_one_destination_is_required() {
     ] {
         let mut args = args;
         args.extend(["--channel", CHANNEL_NAME, "--slack-api", &api]);
+        args.extend(["--channel-interval", "100ms"]);
         let (mut child, url) = spawn_bridge(&args, &env);
         let (status, answer) = send_when_up(&url).await;
         let _ = child.kill();

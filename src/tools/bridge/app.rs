@@ -42,6 +42,7 @@ struct Shared {
     line: tokio::sync::Mutex<()>,
     api: SlackApi,
     channel: String,
+    interval: Duration,
     max_wait: Duration,
     pinged: Recent,
 }
@@ -57,6 +58,16 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What to tell a sender whose delivery is not shown in time: when the calls queued now
+    /// should be made, so that its retry does not come back (and spend an attempt) too early.
+    fn retry_after(&self) -> Duration {
+        let state = self.state();
+        let queue = self
+            .interval
+            .saturating_mul(u32::try_from(state.board.queued()).unwrap_or(u32::MAX));
+        state.pacer.retry_after(Instant::now()).max(queue)
     }
 }
 
@@ -78,6 +89,7 @@ impl App {
             line: tokio::sync::Mutex::new(()),
             api,
             channel: options.channel.clone(),
+            interval: options.channel_interval,
             max_wait,
             pinged: Recent::default(),
         });
@@ -137,7 +149,7 @@ impl App {
             first = false;
             // Slack said it takes nothing before the deadline: hand the retry back now.
             if ready_at > deadline {
-                return Reply::Later(shared.state().pacer.retry_after(Instant::now()));
+                return Reply::Later(shared.retry_after());
             }
             tokio::select! {
                 changed = progress.changed() => {
@@ -147,7 +159,7 @@ impl App {
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     tracing::info!(build = %id.build, task = ?id.task, "Slack did not show the state in time; answering 503");
-                    return Reply::Later(shared.state().pacer.retry_after(Instant::now()));
+                    return Reply::Later(shared.retry_after());
                 }
             }
         }
@@ -160,7 +172,7 @@ impl App {
             return Reply::Done("already forwarded");
         }
         let deadline = Instant::now() + shared.max_wait;
-        let later = || Reply::Later(shared.state().pacer.retry_after(Instant::now()));
+        let later = || Reply::Later(shared.retry_after());
         let Ok(_line) = tokio::time::timeout_at(deadline, shared.line.lock()).await else {
             return later();
         };

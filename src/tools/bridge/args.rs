@@ -81,6 +81,11 @@ impl SlackArgs {
         }
         let destination = match (self.slack_url, self.bot_token, self.channel) {
             (Some(url), None, None) => Destination::Webhook(url.0),
+            (None, Some(_), Some(_)) if self.channel_interval >= self.max_wait => {
+                return Err(
+                    "--channel-interval must be shorter than --max-wait, or every delivery would wait past it",
+                );
+            }
             (None, Some(token), Some(channel)) if self.only_status.is_empty() => {
                 Destination::App(AppOptions {
                     token,
@@ -212,5 +217,93 @@ fn parse_slack_api(text: &str) -> Result<url::Url, String> {
     match url::Url::parse(text.trim()) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url),
         _ => Err("expected an http or https URL such as https://slack.com/api".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: SlackArgs,
+    }
+
+    fn options(args: &[&str]) -> Result<Destination, &'static str> {
+        let mut argv = vec!["bridge", "--secret", "s"];
+        argv.extend(args);
+        let command = Command::try_parse_from(argv).unwrap();
+        command
+            .args
+            .options()
+            .map(|(_, options)| options.destination)
+    }
+
+    #[test]
+    fn exactly_one_destination_and_the_app_needs_a_channel() {
+        let url = "https://hooks.slack.com/services/T0/B0/X";
+        assert!(matches!(
+            options(&["--slack-url", url]),
+            Ok(Destination::Webhook(_))
+        ));
+        let app = options(&["--bot-token", "xoxb-1", "--channel", "#ci"]);
+        let Ok(Destination::App(app)) = app else {
+            panic!("not the app mode");
+        };
+        assert_eq!(app.channel, "#ci");
+        assert_eq!(app.api.as_str(), "https://slack.com/api");
+        assert_eq!(app.channel_interval, Duration::from_secs(1));
+
+        for (args, says) in [
+            (vec![], "give --slack-url"),
+            (
+                vec!["--slack-url", url, "--bot-token", "xoxb-1"],
+                "not both",
+            ),
+            (vec!["--bot-token", "xoxb-1"], "needs --channel"),
+            (
+                vec!["--slack-url", url, "--channel", "#ci"],
+                "give --bot-token",
+            ),
+            (
+                vec![
+                    "--bot-token",
+                    "x",
+                    "--channel",
+                    "C1",
+                    "--only-status",
+                    "FAILED",
+                ],
+                "--only-status is for the incoming webhook",
+            ),
+            (
+                vec![
+                    "--bot-token",
+                    "x",
+                    "--channel",
+                    "C1",
+                    "--channel-interval",
+                    "8s",
+                ],
+                "shorter than --max-wait",
+            ),
+        ] {
+            let refused = options(&args).err().unwrap_or_else(|| panic!("{args:?}"));
+            assert!(refused.contains(says), "{args:?}: {refused}");
+        }
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let argv = ["bridge", "--secret", "S3CRET", "--bot-token", "xoxb-T0KEN"];
+        let command = Command::try_parse_from(argv).unwrap();
+        let shown = format!("{:?}", command.args);
+        assert!(
+            !shown.contains("S3CRET") && !shown.contains("T0KEN"),
+            "{shown}"
+        );
     }
 }

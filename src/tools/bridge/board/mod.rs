@@ -292,6 +292,11 @@ impl Board {
         }
     }
 
+    /// How many messages wait for a call.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Whether a call can be made now.
     pub fn has_work(&self) -> bool {
         self.pick().is_some()
