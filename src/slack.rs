@@ -388,4 +388,59 @@ mod tests {
         assert!(rich.contains("<https://ci.example.com/task/9|&lt;script&gt;>"));
         assert!(rich.contains("\"url\":\"https://ci.example.com/task/9\""));
     }
+
+    #[test]
+    fn a_build_message_sums_up_its_tasks_and_a_reply_keeps_its_own_line() {
+        let mut counts = TaskCounts::default();
+        assert_eq!(counts.sentence(), None);
+        for status in ["COMPLETED", "FAILED", "EXECUTING", "SKIPPED", "ABORTED"] {
+            counts.add(Some(status));
+        }
+        counts.add(None);
+        assert_eq!(
+            counts.sentence().unwrap(),
+            "4/6 tasks finished, 1 failed, 1 aborted"
+        );
+
+        let repository = json!({ "owner": "acme", "name": "app" });
+        let build = json!({ "id": "12", "branch": "main", "status": "EXECUTING" });
+        let task =
+            json!({ "id": "9", "name": "lint", "status": "FAILED", "durationInSeconds": 65 });
+        let event = Event {
+            kind: "task",
+            action: "updated",
+            old_status: Some("EXECUTING"),
+            repository: &repository,
+            build: &build,
+            task: &task,
+        };
+        let message = build_message(&event, None, &counts);
+        assert_eq!(
+            message["text"],
+            ":hourglass_flowing_sand: acme/app: build 12 on main is EXECUTING · 4/6 tasks finished, 1 failed, 1 aborted"
+        );
+        let fields = message["blocks"][1]["fields"].as_array().unwrap();
+        assert_eq!(
+            fields.last().unwrap()["text"],
+            "*Tasks*\n4/6 tasks finished, 1 failed, 1 aborted"
+        );
+
+        let reply = thread_reply(&event, Some("https://ci.example.com"));
+        assert_eq!(
+            reply["text"],
+            ":x: acme/app: task lint (build 12 on main) is FAILED"
+        );
+        let blocks = reply["blocks"].as_array().unwrap();
+        assert_eq!(blocks.len(), 2, "{blocks:#?}");
+        assert!(
+            blocks[0]["text"]["text"]
+                .as_str()
+                .unwrap()
+                .ends_with("is *FAILED* · 1m 05s")
+        );
+        assert_eq!(
+            blocks[1]["elements"][0]["url"],
+            "https://ci.example.com/task/9"
+        );
+    }
 }
