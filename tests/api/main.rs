@@ -4,6 +4,7 @@ mod api;
 mod approvals;
 mod bridge;
 mod bridge_app;
+mod bridge_app_cli;
 mod cirrus;
 mod cli;
 mod delivery;
