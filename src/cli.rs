@@ -12,13 +12,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, AppState, Role};
-use crate::config::{Config, DatabaseConfig, parse_public_url};
+use crate::config::{Config, DatabaseConfig};
 use crate::delivery::Worker;
 use crate::domain::Permission;
 use crate::domain::retry::{format_duration, parse_duration};
-use crate::domain::status::is_status_name;
 use crate::schema::TokenKeys;
-use crate::tools::bridge::{BridgeOptions, SlackUrl, SlackUrlParser};
+use crate::tools::bridge::SlackArgs;
 use crate::tools::catch_up::CatchUpOptions;
 use crate::tools::hook::HookTest;
 use crate::tools::listen::{ApprovalAnswer, ListenOptions, parse_reason};
@@ -164,40 +163,11 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum BridgeCommand {
-    /// Verify deliveries and post a Slack message for each to an incoming webhook.
-    Slack {
-        /// The address to receive deliveries on.
-        #[arg(long, default_value = "127.0.0.1:9000")]
-        listen: SocketAddr,
-        /// The endpoint's secret; deliveries not signed with it are refused with 400.
-        #[arg(long, env = "HERALD_BRIDGE_SECRET", hide_env_values = true)]
-        secret: String,
-        /// The Slack incoming-webhook URL (it holds Slack's token: prefer the variable).
-        #[arg(long, env = "SLACK_WEBHOOK_URL", hide_env_values = true, value_parser = SlackUrlParser)]
-        slack_url: SlackUrl,
-        /// Forward only events reaching these statuses (comma-separated, e.g. FAILED,ERRORED).
-        #[arg(long, value_delimiter = ',', value_parser = parse_status)]
-        only_status: Vec<String>,
-        /// Link builds and tasks to `<URL>/build/<id>` and `<URL>/task/<id>`
-        /// (`https://cirrus-ci.com` for Cirrus CI).
-        #[arg(long, env = "HERALD_PUBLIC_URL", value_parser = parse_public_url)]
-        public_url: Option<String>,
-        /// How far a webhook-timestamp may be from now; 0s accepts any.
-        #[arg(long, default_value = "300s", value_parser = parse_duration)]
-        tolerance: Duration,
-        /// How long to keep retrying a busy Slack before answering 503 so the sender retries.
-        #[arg(long, default_value = "8s", value_parser = parse_duration)]
-        max_wait: Duration,
-        /// Refuse (400) deliveries without a valid Standard Webhooks signature whose
-        /// webhook-timestamp is within --tolerance of now, so that a captured delivery cannot be
-        /// replayed later. Cirrus CI sends only X-Cirrus-Signature: leave this off for it.
-        #[arg(long)]
-        require_timestamp: bool,
-        /// Reach Slack through the proxy named by HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and
-        /// NO_PROXY; without this flag they are ignored and the bridge connects directly.
-        #[arg(long)]
-        use_proxy_env: bool,
-    },
+    /// Verify deliveries and show them in Slack: a message per event to an incoming webhook
+    /// (--slack-url), or, as a Slack app (--bot-token, --channel), one message per build edited
+    /// in place, with one reply per task in its thread. Give exactly one of --slack-url and
+    /// --bot-token.
+    Slack(Box<SlackArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -273,15 +243,6 @@ async fn revoke(db: &sea_orm::DatabaseConnection, name: &str) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(wait as u64)).await;
     }
     Ok(before)
-}
-
-fn parse_status(text: &str) -> Result<String, String> {
-    let name = text.trim().to_ascii_uppercase();
-    if is_status_name(&name) {
-        Ok(name)
-    } else {
-        Err(format!("{text:?} is not a build or task status"))
-    }
 }
 
 fn parse_permission(text: &str) -> Result<Permission, String> {
@@ -490,36 +451,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Bridge {
-            command:
-                BridgeCommand::Slack {
-                    listen,
-                    secret,
-                    slack_url,
-                    only_status,
-                    public_url,
-                    tolerance,
-                    max_wait,
-                    require_timestamp,
-                    use_proxy_env,
-                },
+            command: BridgeCommand::Slack(args),
         } => {
-            if require_timestamp && tolerance.is_zero() {
-                clap::Error::raw(
-                    clap::error::ErrorKind::ArgumentConflict,
-                    "--require-timestamp needs a window: give --tolerance more than 0s\n",
-                )
-                .exit();
-            }
-            let options = BridgeOptions {
-                secret,
-                slack_url: slack_url.0,
-                only_status,
-                public_url,
-                tolerance,
-                max_wait,
-                require_timestamp,
-                use_proxy_env,
-            };
+            // Options that cannot go together are bad usage, like those clap refuses itself.
+            let (listen, options) = args.options().unwrap_or_else(|why| {
+                clap::Error::raw(clap::error::ErrorKind::ArgumentConflict, format!("{why}\n"))
+                    .exit()
+            });
             crate::tools::bridge::run(listen, options).await
         }
         Command::Demo { listen } => crate::tools::demo::run(listen).await,

@@ -216,6 +216,96 @@ pub fn message(event: &Event<'_>, public_url: Option<&str>) -> Json {
     json!({ "text": escape(&plain), "blocks": blocks })
 }
 
+/// How a build's tasks stand, for the message a Slack app keeps up to date: counted from the
+/// statuses of the tasks seen so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskCounts {
+    pub total: usize,
+    /// In a final status: `COMPLETED`, `FAILED`, `ABORTED` or `SKIPPED`.
+    pub finished: usize,
+    pub failed: usize,
+    pub aborted: usize,
+}
+
+impl TaskCounts {
+    /// Counts one more task, in `status`.
+    pub fn add(&mut self, status: Option<&str>) {
+        self.total += 1;
+        match status {
+            Some("FAILED") => self.failed += 1,
+            Some("ABORTED") => self.aborted += 1,
+            _ => {}
+        }
+        if matches!(status, Some("COMPLETED" | "FAILED" | "ABORTED" | "SKIPPED")) {
+            self.finished += 1;
+        }
+    }
+
+    /// `7/10 tasks finished, 1 failed`; `None` before any task.
+    pub fn sentence(&self) -> Option<String> {
+        if self.total == 0 {
+            return None;
+        }
+        let noun = if self.total == 1 { "task" } else { "tasks" };
+        let mut sentence = format!("{}/{} {noun} finished", self.finished, self.total);
+        for (count, word) in [(self.failed, "failed"), (self.aborted, "aborted")] {
+            if count > 0 {
+                sentence.push_str(&format!(", {count} {word}"));
+            }
+        }
+        Some(sentence)
+    }
+}
+
+/// A build's message as a Slack app keeps it, edited in place: the message of the build's
+/// latest state (without "was", which an edited message would make stale), with its tasks'
+/// summary after the text and as a field.
+pub fn build_message(event: &Event<'_>, public_url: Option<&str>, tasks: &TaskCounts) -> Json {
+    let event = Event {
+        kind: "build",
+        action: "updated",
+        old_status: None,
+        task: &Json::Null,
+        ..*event
+    };
+    let mut message = message(&event, public_url);
+    if let Some(summary) = tasks.sentence() {
+        if let Some(Json::String(text)) = message.get_mut("text") {
+            text.push_str(&format!(" · {summary}"));
+        }
+        if let Some(Json::Array(fields)) = message.pointer_mut("/blocks/1/fields") {
+            fields.push(field("Tasks", summary));
+        }
+    }
+    message
+}
+
+/// A task's reply in its build's thread, edited in place: the task's line of its message and
+/// its button, since the build's message above already shows the rest.
+pub fn thread_reply(event: &Event<'_>, public_url: Option<&str>) -> Json {
+    let event = Event {
+        kind: "task",
+        action: "updated",
+        old_status: None,
+        ..*event
+    };
+    let mut message = message(&event, public_url);
+    if let Some(Json::Array(blocks)) = message.get_mut("blocks") {
+        // The first section (the task's line) and the button; the fields and the change are
+        // the build's, shown once above.
+        blocks.retain(|block| block["type"] == "actions" || block.pointer("/text/text").is_some());
+        if let (Some(seconds), Some(Json::String(line))) = (
+            event.task["durationInSeconds"].as_i64(),
+            blocks
+                .first_mut()
+                .and_then(|block| block.pointer_mut("/text/text")),
+        ) {
+            line.push_str(&format!(" · {}", duration(seconds)));
+        }
+    }
+    message
+}
+
 /// The message for a `ping` (a test delivery): it tells the channel the hook works.
 pub fn ping_message() -> Json {
     json!({
@@ -297,5 +387,60 @@ mod tests {
         let rich = message(&event, Some("https://ci.example.com/")).to_string();
         assert!(rich.contains("<https://ci.example.com/task/9|&lt;script&gt;>"));
         assert!(rich.contains("\"url\":\"https://ci.example.com/task/9\""));
+    }
+
+    #[test]
+    fn a_build_message_sums_up_its_tasks_and_a_reply_keeps_its_own_line() {
+        let mut counts = TaskCounts::default();
+        assert_eq!(counts.sentence(), None);
+        for status in ["COMPLETED", "FAILED", "EXECUTING", "SKIPPED", "ABORTED"] {
+            counts.add(Some(status));
+        }
+        counts.add(None);
+        assert_eq!(
+            counts.sentence().unwrap(),
+            "4/6 tasks finished, 1 failed, 1 aborted"
+        );
+
+        let repository = json!({ "owner": "acme", "name": "app" });
+        let build = json!({ "id": "12", "branch": "main", "status": "EXECUTING" });
+        let task =
+            json!({ "id": "9", "name": "lint", "status": "FAILED", "durationInSeconds": 65 });
+        let event = Event {
+            kind: "task",
+            action: "updated",
+            old_status: Some("EXECUTING"),
+            repository: &repository,
+            build: &build,
+            task: &task,
+        };
+        let message = build_message(&event, None, &counts);
+        assert_eq!(
+            message["text"],
+            ":hourglass_flowing_sand: acme/app: build 12 on main is EXECUTING · 4/6 tasks finished, 1 failed, 1 aborted"
+        );
+        let fields = message["blocks"][1]["fields"].as_array().unwrap();
+        assert_eq!(
+            fields.last().unwrap()["text"],
+            "*Tasks*\n4/6 tasks finished, 1 failed, 1 aborted"
+        );
+
+        let reply = thread_reply(&event, Some("https://ci.example.com"));
+        assert_eq!(
+            reply["text"],
+            ":x: acme/app: task lint (build 12 on main) is FAILED"
+        );
+        let blocks = reply["blocks"].as_array().unwrap();
+        assert_eq!(blocks.len(), 2, "{blocks:#?}");
+        assert!(
+            blocks[0]["text"]["text"]
+                .as_str()
+                .unwrap()
+                .ends_with("is *FAILED* · 1m 05s")
+        );
+        assert_eq!(
+            blocks[1]["elements"][0]["url"],
+            "https://ci.example.com/task/9"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use herald::signing;
-use herald::tools::bridge::{self, BridgeOptions};
+use herald::tools::bridge::{self, BridgeOptions, Destination};
 use serde_json::json;
 
 use crate::fake_slack::FakeSlack;
@@ -27,7 +27,7 @@ async fn start_bridge_with(
     let _ = rustls::crypto::ring::default_provider().install_default();
     let options = BridgeOptions {
         secret: SECRET.into(),
-        slack_url: slack.url().parse().unwrap(),
+        destination: Destination::Webhook(slack.url().parse().unwrap()),
         only_status: only_status.iter().map(|s| s.to_string()).collect(),
         public_url: Some("https://cirrus-ci.com".into()),
         tolerance: Duration::from_secs(300),
@@ -246,7 +246,7 @@ async fn a_bridge_that_requires_timestamps_refuses_stale_and_unsigned_deliveries
 }
 
 /// Runs `herald bridge slack` with these arguments and environment; the child and its URL.
-fn spawn_bridge(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
+pub(crate) fn spawn_bridge(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, String) {
     let port = crate::support::free_port();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
     command
@@ -263,6 +263,8 @@ fn spawn_bridge(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, St
         "all_proxy",
         "NO_PROXY",
         "no_proxy",
+        "SLACK_WEBHOOK_URL",
+        "SLACK_BOT_TOKEN",
     ] {
         command.env_remove(name);
     }
@@ -278,7 +280,7 @@ fn spawn_bridge(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, St
 }
 
 /// Sends a failed build to a bridge that is starting, until it answers.
-async fn send_when_up(url: &str, delivery: &str) -> u16 {
+pub(crate) async fn send_when_up(url: &str, delivery: &str) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(response) = failed_build(url, delivery).await {
@@ -358,7 +360,7 @@ fn a_malformed_slack_url_is_refused_without_being_echoed() {
 
 /// The output of a child that should exit at once; killed (and failing the test) if it still
 /// runs after ten seconds.
-fn finish(mut child: std::process::Child) -> std::process::Output {
+pub(crate) fn finish(mut child: std::process::Child) -> std::process::Output {
     let deadline = Instant::now() + Duration::from_secs(10);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {

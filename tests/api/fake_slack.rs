@@ -76,7 +76,7 @@ impl FakeSlack {
 }
 
 /// Slack's checks, as its documentation states them; `None` when the message is fine.
-fn problem(message: &Value) -> Option<&'static str> {
+pub fn problem(message: &Value) -> Option<&'static str> {
     let text = message.get("text").and_then(Value::as_str);
     let blocks = message.get("blocks");
     if text.is_none_or(str::is_empty) && blocks.is_none() {

@@ -3,12 +3,15 @@
 mod api;
 mod approvals;
 mod bridge;
+mod bridge_app;
+mod bridge_app_cli;
 mod cirrus;
 mod cli;
 mod delivery;
 mod edges;
 mod fairness;
 mod fake_slack;
+mod fake_slack_api;
 mod graphiql;
 mod http_limits;
 mod limits;
