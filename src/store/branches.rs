@@ -51,18 +51,13 @@ pub struct Branches {
 
 impl Branches {
     /// Reads the states of these branches, locking them (on PostgreSQL) until the transaction
-    /// ends, in one order so that two batches never deadlock. A branch without a state gets an
-    /// empty one first, so that its lock is taken too.
+    /// ends, in one statement and one order so that two batches never deadlock (see
+    /// [`read_sql`]).
     pub async fn read(conn: &impl ConnectionTrait, keys: BTreeSet<BranchKey>) -> Result<Self> {
         if keys.is_empty() {
             return Ok(Self::default());
         }
         let backend = conn.get_database_backend();
-        let rows = || sql::rows(keys.iter());
-        if backend == DbBackend::Postgres {
-            let statement = Statement::from_sql_and_values(backend, create_sql(backend), [rows()]);
-            conn.execute_raw(statement).await?;
-        }
         #[derive(FromQueryResult)]
         struct Stored {
             repository_id: i64,
@@ -73,7 +68,8 @@ impl Branches {
             previous_id: Option<i64>,
             previous_status: Option<String>,
         }
-        let statement = Statement::from_sql_and_values(backend, read_sql(backend), [rows()]);
+        let statement =
+            Statement::from_sql_and_values(backend, read_sql(backend), [sql::rows(keys.iter())]);
         let mut states: BTreeMap<BranchKey, State> = keys
             .into_iter()
             .map(|key| (key, State::default()))
@@ -173,38 +169,32 @@ fn keys_sql(backend: DbBackend) -> String {
     )
 }
 
-/// The empty states of branches that have none, created in the order of their keys.
-fn create_sql(backend: DbBackend) -> String {
-    sql::numbered(
-        backend,
-        &format!(
+/// The states of the branches. On PostgreSQL each is taken by an upsert that leaves it as it
+/// is: a branch without a state gets an empty one, and one with a state is locked (waiting for
+/// a transaction that holds it, and then reading what that one wrote), all in the order of
+/// their keys. SQLite has one writing transaction at a time: it reads them.
+fn read_sql(backend: DbBackend) -> String {
+    let sql = match backend {
+        DbBackend::Postgres => format!(
             "INSERT INTO branch_states (repository_id, branch, task_name)
             SELECT repository_id, branch, task_name FROM ({}) k
             WHERE true ORDER BY repository_id, branch, task_name
-            ON CONFLICT (repository_id, branch, task_name) DO NOTHING",
+            ON CONFLICT (repository_id, branch, task_name)
+              DO UPDATE SET last_id = branch_states.last_id
+            RETURNING repository_id, branch, task_name, last_id, last_status, previous_id,
+                previous_status",
             keys_sql(backend)
         ),
-    )
-}
-
-/// The states of the branches, locked in the order of their keys on PostgreSQL.
-fn read_sql(backend: DbBackend) -> String {
-    let lock = match backend {
-        DbBackend::Postgres => "FOR UPDATE OF s",
-        _ => "",
-    };
-    sql::numbered(
-        backend,
-        &format!(
+        _ => format!(
             "SELECT s.repository_id, s.branch, s.task_name, s.last_id, s.last_status,
                 s.previous_id, s.previous_status
             FROM branch_states s JOIN ({}) k
               ON s.repository_id = k.repository_id AND s.branch = k.branch
-                AND s.task_name = k.task_name
-            ORDER BY s.repository_id, s.branch, s.task_name {lock}",
+                AND s.task_name = k.task_name",
             keys_sql(backend)
         ),
-    )
+    };
+    sql::numbered(backend, &sql)
 }
 
 /// Writes branches' states, one [`StateRow`] each.

@@ -43,6 +43,11 @@ crate::on_both_backends!(
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_apis_finishing_builds_of_one_branch_chain_their_transitions() {
+    processes::two_apis_finishing_builds_of_one_branch_chain_their_transitions().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_apis_and_two_workers_number_two_thousand_events_without_gaps() {
     processes::two_apis_and_two_workers_number_two_thousand_events_without_gaps().await;
 }

@@ -308,3 +308,84 @@ pub(super) async fn two_apis_and_two_workers_number_two_thousand_events_without_
     numbers.sort_unstable();
     assert_eq!(numbers, (1..=2000).collect::<Vec<i64>>());
 }
+
+pub(super) async fn two_apis_finishing_builds_of_one_branch_chain_their_transitions() {
+    let receiver = Receiver::start().await;
+    let Some(cluster) = Cluster::start(1, &receiver).await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let (_second, other) = api_process(&cluster.database, &cluster.client.token).await;
+    let finish = "mutation($build: ID!, $status: BuildStatus!) { updateBuildStatus(input: {buildId: $build, status: $status}) { build { id } } }";
+    let base = cluster.new_build().await;
+    cluster
+        .client
+        .gql(finish, json!({ "build": base, "status": "COMPLETED" }))
+        .await;
+    let mut builds = Vec::new();
+    for _ in 0..24 {
+        builds.push(cluster.new_build().await);
+    }
+    // Both processes finish builds of the one branch at once, passes and failures mixed.
+    let status_of = |n: usize| {
+        if n.is_multiple_of(3) {
+            "COMPLETED"
+        } else {
+            "FAILED"
+        }
+    };
+    let mut finishing = Vec::new();
+    for (n, build) in builds.iter().enumerate() {
+        let client = if n.is_multiple_of(2) {
+            cluster.client.clone()
+        } else {
+            other.clone()
+        };
+        let variables = json!({ "build": build, "status": status_of(n) });
+        finishing.push(tokio::spawn(
+            async move { client.gql(finish, variables).await },
+        ));
+    }
+    for finished in finishing {
+        finished.await.unwrap();
+    }
+    // Each build compares with exactly one other, and the comparisons form one chain from the
+    // passing build the branch had: no two builds compared with the same one.
+    let mut previous_of: HashMap<String, (String, Value)> = HashMap::new();
+    for build in &builds {
+        let data = cluster
+            .client
+            .gql(
+                "query($id: ID!) { build(id: $id) { status transition previousBuild { id status } } }",
+                json!({ "id": build }),
+            )
+            .await;
+        let read = &data["build"];
+        let previous = &read["previousBuild"];
+        let expected = match (
+            previous["status"].as_str().unwrap(),
+            read["status"].as_str().unwrap(),
+        ) {
+            ("COMPLETED", "FAILED") => json!("BROKEN"),
+            ("FAILED", "FAILED") => json!("STILL_FAILING"),
+            ("FAILED", "COMPLETED") => json!("FIXED"),
+            _ => Value::Null,
+        };
+        assert_eq!(read["transition"], expected, "build {build}: {read}");
+        let previous = previous["id"].as_str().unwrap().to_owned();
+        previous_of.insert(build.clone(), (previous, read["transition"].clone()));
+    }
+    let mut next_of: HashMap<&str, &str> = HashMap::new();
+    for (build, (previous, _)) in &previous_of {
+        assert!(
+            next_of.insert(previous.as_str(), build.as_str()).is_none(),
+            "two builds compared with build {previous}"
+        );
+    }
+    let mut chain = 0;
+    let mut at = base.as_str();
+    while let Some(next) = next_of.get(at) {
+        chain += 1;
+        at = next;
+    }
+    assert_eq!(chain, builds.len(), "one chain holds every build");
+}
