@@ -114,8 +114,7 @@ impl MigrationTrait for Migration {
                     .default("[]")
                     .to_owned(),
             ),
-            // Null on deliveries that are never sent and on those queued before sequences;
-            // 0 while the transaction that queued it has not numbered it.
+            // Null on deliveries that are never sent and on those queued before sequences.
             (
                 Deliveries::Table.into_iden(),
                 big_integer_null(Deliveries::Sequence),
@@ -141,25 +140,10 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        // The deliveries a transaction has queued and not numbered yet: none outside one.
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "CREATE INDEX deliveries_unnumbered ON deliveries (id) WHERE sequence = 0",
-            )
-            .await?;
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_index(
-                Index::drop()
-                    .name("deliveries_unnumbered")
-                    .table(Deliveries::Table)
-                    .to_owned(),
-            )
-            .await?;
         manager
             .drop_index(
                 Index::drop()

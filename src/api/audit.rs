@@ -5,6 +5,7 @@ use async_graphql::Context;
 use crate::events::Outbox;
 use crate::events::audit::{Actor, AuditDraft};
 use crate::store::WriteTx;
+use crate::store::deliveries::Numbers;
 use crate::{Result, store};
 
 /// The audit event of the mutation being resolved, by its organization `org_id`: the
@@ -62,12 +63,14 @@ pub(super) async fn commit_draft(
     let org_id = draft.org_id;
     let users = outbox.users(&*tx, vec![draft.actor_key()]).await?;
     let endpoints = store::endpoints::enabled_of(&*tx, &[org_id]).await?;
+    let mut numbers = Numbers::of(&endpoints);
     if outbox
-        .record_audits(&*tx, vec![draft], &users, &endpoints)
+        .record_audits(&*tx, vec![draft], &users, &endpoints, &mut numbers)
         .await?
     {
         tx.queued_due();
     }
+    numbers.write(&*tx).await?;
     tx.commit().await?;
     outbox.learn_users(users);
     Ok(())

@@ -138,12 +138,13 @@ impl DeliveryMutation {
             body: test.body,
             timestamp: crate::now_ms(),
         };
-        let row = store::deliveries::insert_one(&*tx, new).await?;
+        let enabled = store::endpoints::enabled_of(&*tx, &[viewer.org_id]).await?;
+        let mut numbers = store::deliveries::Numbers::of(&enabled);
+        let row = store::deliveries::insert_one(&*tx, new, &mut numbers).await?;
+        numbers.write(&*tx).await?;
         store::deliveries::announce(&*tx, writes.announcer()).await?;
         tx.queued_due();
         audit::commit(ctx, tx, viewer.org_id, None).await?;
-        // As committed, with its number in the endpoint's sequence.
-        let row = store::deliveries::find(pool, viewer.org_id, &row.uid).await?;
         Ok(DeliveryPayload {
             delivery: WebHookDelivery(row),
             client_mutation_id: input.client_mutation_id,

@@ -17,7 +17,7 @@ use sea_orm::ConnectionTrait;
 use crate::domain::{EventAction, PayloadFormat};
 use crate::slack::escape;
 use crate::store::audit::{NewAuditEvent, UserKey};
-use crate::store::deliveries::NewDelivery;
+use crate::store::deliveries::{NewDelivery, Numbers};
 use crate::store::entities::{audit_event, webhook_endpoint};
 use crate::{Error, Result, store};
 
@@ -275,14 +275,15 @@ impl KnownUsers {
 
 /// Records the audit events of `drafts`, whose actors `users` holds, and queues a delivery of
 /// each to every endpoint of its organization among `endpoints` (the enabled endpoints of their
-/// organizations) that names `AUDIT_EVENT`, announced as `announcer`. Returns whether it queued
-/// any (they are due at once).
+/// organizations) that names `AUDIT_EVENT`, numbered by `numbers` and announced as
+/// `announcer`. Returns whether it queued any (they are due at once).
 pub async fn record(
     conn: &impl ConnectionTrait,
     announcer: &str,
     drafts: Vec<AuditDraft>,
     users: &HashMap<UserKey, i64>,
     endpoints: &[webhook_endpoint::Model],
+    numbers: &mut Numbers,
 ) -> Result<bool> {
     if drafts.is_empty() {
         return Ok(false);
@@ -351,7 +352,7 @@ pub async fn record(
     if deliveries.is_empty() {
         return Ok(false);
     }
-    store::deliveries::insert_unchained(conn, deliveries).await?;
+    store::deliveries::insert_unchained(conn, deliveries, numbers).await?;
     store::deliveries::announce(conn, announcer).await?;
     Ok(true)
 }

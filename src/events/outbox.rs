@@ -12,7 +12,7 @@ use super::{Rendered, Renderer};
 use crate::domain::PayloadFormat;
 use crate::metrics::Metrics;
 use crate::store::audit::UserKey;
-use crate::store::deliveries::{EventDeliveries, FailedDelivery, NewDelivery, NewEvent};
+use crate::store::deliveries::{EventDeliveries, FailedDelivery, NewDelivery, NewEvent, Numbers};
 use crate::store::entities::{build, task, webhook_endpoint};
 use crate::store::{self, Db};
 use crate::{Error, Result};
@@ -68,8 +68,10 @@ impl Outbox {
         drafts: Vec<AuditDraft>,
         users: &HashMap<UserKey, i64>,
         endpoints: &[webhook_endpoint::Model],
+        numbers: &mut Numbers,
     ) -> Result<bool> {
-        super::audit::record(conn, self.writes.announcer(), drafts, users, endpoints).await
+        let announcer = self.writes.announcer();
+        super::audit::record(conn, announcer, drafts, users, endpoints, numbers).await
     }
 
     /// The process's metrics.
@@ -89,12 +91,16 @@ impl Outbox {
     /// one rendering of an event. Every step is one statement for all the changes: the events,
     /// the endpoints, the builds and tasks the payloads read, and the deliveries.
     ///
+    /// Each delivery is numbered in its endpoint's sequence by `numbers`, whose counters are
+    /// taken only once the bodies are rendered.
+    ///
     /// Returns whether a delivery queued is due now (see [`Outbox::commit`]).
     pub async fn record(
         &self,
         tx: &Arc<DatabaseTransaction>,
         changes: Vec<Change>,
         endpoints: &[webhook_endpoint::Model],
+        numbers: &mut Numbers,
     ) -> Result<bool> {
         if changes.is_empty() {
             return Ok(false);
@@ -209,7 +215,8 @@ impl Outbox {
         let builds: Vec<i64> = queued.iter().map(|event| event.chain).collect();
         store::deliveries::insert_failed(conn, refused).await?;
         store::deliveries::lock_chains(conn, &builds).await?;
-        store::deliveries::queue_events(conn, &queued, self.writes.announcer()).await
+        let announcer = self.writes.announcer();
+        store::deliveries::queue_events(conn, &queued, numbers, announcer).await
     }
 
     /// Hands each change with deliveries to render its build row, if it does not hold it, and

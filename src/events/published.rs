@@ -13,7 +13,7 @@ use crate::domain::limits::MAX_BODY;
 use crate::domain::published::{self, MAX_PAYLOAD};
 use crate::domain::{EventAction, PayloadFormat};
 use crate::slack::escape;
-use crate::store::deliveries::{EventDeliveries, FailedDelivery, NewDelivery};
+use crate::store::deliveries::{EventDeliveries, FailedDelivery, NewDelivery, Numbers};
 use crate::store::entities::{published_event, webhook_endpoint};
 use crate::store::published::NewPublished;
 use crate::{Error, Result, store};
@@ -134,6 +134,8 @@ pub async fn publish(
     if count == 0 {
         return Ok((event, 0, false));
     }
+    // `endpoints` are the organization's enabled endpoints.
+    let mut numbers = Numbers::of(endpoints);
     let due = match &event.subject {
         Some(subject) => {
             let chain = published::subject_chain(org_id, subject);
@@ -148,7 +150,7 @@ pub async fn publish(
                 work_id: None,
                 bodies,
             };
-            store::deliveries::queue_events(conn, &[deliveries], announcer).await?
+            store::deliveries::queue_events(conn, &[deliveries], &mut numbers, announcer).await?
         }
         None => {
             let new = bodies
@@ -162,11 +164,12 @@ pub async fn publish(
                     timestamp: event.timestamp,
                 })
                 .collect();
-            store::deliveries::insert_unchained(conn, new).await?;
+            store::deliveries::insert_unchained(conn, new, &mut numbers).await?;
             store::deliveries::announce(conn, announcer).await?;
             true
         }
     };
+    numbers.write(conn).await?;
     Ok((event, count, due))
 }
 

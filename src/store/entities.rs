@@ -401,8 +401,7 @@ pub mod delivery {
         /// The work id of the build or task the event is about (`X-Herald-Work-Id`).
         pub work_id: Option<String>,
         /// Its place among its endpoint's deliveries (`X-Herald-Sequence`): gap-free, in the
-        /// order their transactions committed; 0 until its transaction numbers it, and none
-        /// for a delivery never sent.
+        /// order their transactions committed; none for a delivery never sent.
         pub sequence: Option<i64>,
     }
     no_relations!();

@@ -123,11 +123,10 @@ impl WriteTx {
         self.due = true;
     }
 
-    /// Numbers the deliveries the write queued (see [`super::deliveries::number`]), commits,
-    /// and wakes the worker if a delivery it queued is due (see [`WriteTx::queued_due`]). A
-    /// delivery queued without it waits at most for the worker's poll.
+    /// Commits, and wakes the worker if a delivery it queued is due (see
+    /// [`WriteTx::queued_due`]). A delivery queued without it waits at most for the worker's
+    /// poll.
     pub async fn commit(self) -> Result<()> {
-        super::deliveries::number(&self.tx).await?;
         self.tx.commit().await?;
         if self.due {
             self.wake.notify_one();

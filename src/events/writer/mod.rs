@@ -38,6 +38,7 @@ use tracing::Instrument as _;
 use super::audit::AuditDraft;
 use super::{Change, Outbox};
 use crate::domain::{BuildId, BuildStatus, Notification, OrgId, RepositoryId, TaskId, TaskStatus};
+use crate::store::deliveries::Numbers;
 use crate::store::entities::{build, task};
 use crate::store::{self, ci::NewBuild, ci::NewTask};
 use crate::{Error, Result};
@@ -388,19 +389,19 @@ async fn write(
     let endpoints = store::endpoints::enabled_of(&*tx, &orgs)
         .await
         .map_err(Failed::Before)?;
-    let audits_due = outbox
-        .record_audits(&*tx, audits, &users, &endpoints)
-        .await
-        .map_err(Failed::Before)?;
+    // The events' deliveries first: their payloads are rendered before the endpoints'
+    // counters are taken, which stay locked until the commit.
+    let mut numbers = Numbers::of(&endpoints);
     let events = changes.len() as u64;
     let due = outbox
-        .record(&tx, changes, &endpoints)
+        .record(&tx, changes, &endpoints, &mut numbers)
         .await
         .map_err(Failed::Before)?;
-    // Last before the commit: the endpoints' counters stay locked until it.
-    store::deliveries::number(&*tx)
+    let audits_due = outbox
+        .record_audits(&*tx, audits, &users, &endpoints, &mut numbers)
         .await
         .map_err(Failed::Before)?;
+    numbers.write(&*tx).await.map_err(Failed::Before)?;
     outbox
         .commit(tx, events, due || audits_due)
         .await

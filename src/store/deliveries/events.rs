@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
 
+use super::Numbers;
 use super::queue::CHANNEL;
 use crate::Result;
 use crate::domain::{BuildId, EventAction, OrgId, RepositoryId, TaskId};
@@ -133,7 +134,8 @@ pub struct EventDeliveries<'a> {
     pub bodies: Vec<(i64, String)>,
 }
 
-/// Queues events' deliveries, due at once, each with a new public id. A delivery whose
+/// Queues events' deliveries, due at once, each with a new public id and numbered in its
+/// endpoint's sequence by `numbers`. A delivery whose
 /// (endpoint, build) chain has an unfinished delivery is held behind it: the queue's insert
 /// checks each chain itself, in `delivery_queue_chain`. The statement does not see its own
 /// rows, so it takes at most one event per build.
@@ -145,23 +147,35 @@ pub struct EventDeliveries<'a> {
 pub async fn queue_events(
     conn: &impl ConnectionTrait,
     events: &[EventDeliveries<'_>],
+    numbers: &mut Numbers,
     announcer: &str,
 ) -> Result<bool> {
+    let endpoints: Vec<i64> = events
+        .iter()
+        .flat_map(|event| event.bodies.iter().map(|(endpoint_id, _)| *endpoint_id))
+        .collect();
+    let sequences = numbers.next(conn, &endpoints).await?;
     let rows: Vec<_> = events
         .iter()
         .flat_map(|event| {
-            event.bodies.iter().map(|(endpoint_id, body)| DeliveryRow {
-                uid: uuid::Uuid::now_v7().to_string(),
-                endpoint_id: *endpoint_id,
-                body,
-                org_id: event.org_id.get(),
-                event_id: event.event_id,
-                build_id: event.chain,
-                event: event.event,
-                action: event.action.as_str(),
-                at: event.timestamp,
-                work_id: event.work_id,
-            })
+            event
+                .bodies
+                .iter()
+                .map(move |(endpoint_id, body)| (event, endpoint_id, body))
+        })
+        .zip(sequences)
+        .map(|((event, endpoint_id, body), sequence)| DeliveryRow {
+            sequence,
+            uid: uuid::Uuid::now_v7().to_string(),
+            endpoint_id: *endpoint_id,
+            body,
+            org_id: event.org_id.get(),
+            event_id: event.event_id,
+            build_id: event.chain,
+            event: event.event,
+            action: event.action.as_str(),
+            at: event.timestamp,
+            work_id: event.work_id,
         })
         .collect();
     if rows.is_empty() {
@@ -228,6 +242,8 @@ struct DeliveryRow<'a> {
     /// The event's time: the delivery's creation and first due time.
     at: i64,
     work_id: Option<&'a str>,
+    /// Its place in its endpoint's sequence.
+    sequence: i64,
 }
 
 impl sql::Row for DeliveryRow<'_> {}
@@ -242,7 +258,7 @@ pub(super) fn insert_deliveries_sql(backend: DbBackend) -> String {
             (uid, org_id, endpoint_id, event_id, build_id, event, action, body, state, attempts,
              round_attempts, next_attempt_at, created_at, updated_at, work_id, sequence)
         SELECT {uid}, {org}, {endpoint}, {event_id}, {build}, {event}, {action}, {body},
-            'PENDING', 0, 0, {at}, {at}, {at}, {work_id}, 0
+            'PENDING', 0, 0, {at}, {at}, {at}, {work_id}, {sequence}
         FROM {rows}
         RETURNING id, endpoint_id, build_id, next_attempt_at",
         uid = text("uid"),
@@ -255,6 +271,7 @@ pub(super) fn insert_deliveries_sql(backend: DbBackend) -> String {
         action = text("action"),
         at = int("at"),
         work_id = text("work_id"),
+        sequence = int("sequence"),
         rows = sql::json_rows(backend, "n"),
     )
 }

@@ -8,6 +8,7 @@ use sea_orm::{
     QueryFilter, QuerySelect, Statement,
 };
 
+use super::Numbers;
 use crate::domain::{BuildId, DeliveryState, EndpointId, EventAction, OrgId};
 use crate::store::entities::{delivery, delivery_attempt, delivery_queue};
 use crate::store::sql;
@@ -53,7 +54,7 @@ impl NewDelivery {
             last_response: Set(None),
             updated_at: Set(timestamp),
             work_id: Set(None),
-            sequence: Set(Some(super::sequence::UNNUMBERED)),
+            sequence: Set(None),
             ..Default::default()
         }
     }
@@ -246,23 +247,38 @@ pub async fn insert_failed(conn: &impl ConnectionTrait, failed: Vec<FailedDelive
 
 /// Queues one delivery, due at once, with a new public id. It has no build, so it is in no
 /// chain and nothing holds it.
-pub async fn insert_one(conn: &impl ConnectionTrait, new: NewDelivery) -> Result<delivery::Model> {
-    insert_unchained(conn, vec![new])
+pub async fn insert_one(
+    conn: &impl ConnectionTrait,
+    new: NewDelivery,
+    numbers: &mut Numbers,
+) -> Result<delivery::Model> {
+    insert_unchained(conn, vec![new], numbers)
         .await?
         .pop()
         .ok_or_else(|| Error::internal("a new delivery did not come back from its insert"))
 }
 
-/// Queues deliveries of no build (pings, audit events), due at once, in two statements for
-/// all of them; their rows in the order given.
+/// Queues deliveries of no build (pings, audit events), due at once, each numbered in its
+/// endpoint's sequence, in two statements for all of them; their rows in the order given.
 pub async fn insert_unchained(
     conn: &impl ConnectionTrait,
     new: Vec<NewDelivery>,
+    numbers: &mut Numbers,
 ) -> Result<Vec<delivery::Model>> {
     if new.is_empty() {
         return Ok(Vec::new());
     }
-    let mut rows = delivery::Entity::insert_many(new.into_iter().map(NewDelivery::into_row))
+    let endpoints: Vec<i64> = new
+        .iter()
+        .map(|delivery| delivery.endpoint_id.get())
+        .collect();
+    let sequences = numbers.next(conn, &endpoints).await?;
+    let rows = new.into_iter().zip(sequences).map(|(delivery, sequence)| {
+        let mut row = delivery.into_row();
+        row.sequence = Set(Some(sequence));
+        row
+    });
+    let mut rows = delivery::Entity::insert_many(rows)
         .exec_with_returning(conn)
         .await?;
     rows.sort_by_key(|row| row.id);

@@ -2,17 +2,20 @@
 //! order their transactions commit, with no gap and no repeat, so that a receiver that sees a
 //! number skipped knows it missed a delivery and can fetch it ([`after`]).
 //!
-//! A transaction queues its deliveries unnumbered (sequence 0) and numbers them all as the last
-//! thing before its commit ([`number`]): one statement takes each endpoint's counter in
-//! `endpoint_sequences` and moves it on by the number of deliveries the transaction queued
-//! for it. On PostgreSQL the counter's row stays locked until the commit, so a transaction of
-//! another process numbering deliveries of the same endpoint waits, and then counts from where
-//! this one ended: numbers follow commits. The counters are taken in the order of their
-//! endpoints, all in one statement, so two transactions never deadlock over them; a rolled
-//! back transaction gives its numbers back. SQLite has one writing transaction at a time.
+//! A transaction numbers the deliveries it queues as it inserts them, from the endpoints'
+//! counters in `endpoint_sequences`, which it takes at its first delivery ([`Numbers`]) and
+//! writes back before its commit. On PostgreSQL taking them locks them until the commit, so a
+//! transaction of another process queuing for the same endpoints waits, and then counts from
+//! where this one ended: numbers follow commits. The counters are taken late (once the
+//! payloads are rendered), in the order of their endpoints, all in one statement, and always
+//! those of every enabled endpoint of the organizations concerned: a later take in the same
+//! transaction takes no new lock, so two transactions never deadlock over them. A rolled back
+//! transaction gives its numbers back. SQLite has one writing transaction at a time.
 //!
 //! A delivery never sent (its payload was refused) has no number: a receiver could not tell it
 //! from a missed one, and fetching it would find nothing to take.
+
+use std::collections::BTreeMap;
 
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
@@ -20,147 +23,134 @@ use sea_orm::{
 };
 
 use crate::Result;
-use crate::store::entities::delivery;
+use crate::store::entities::{delivery, webhook_endpoint};
 use crate::store::sql;
 
-/// The sequence of a delivery its transaction has not numbered yet.
-pub(super) const UNNUMBERED: i64 = 0;
-
-/// Numbers the deliveries the current transaction queued (see the module's documentation).
-/// Call it last before the commit: the counters it takes stay locked until then.
-pub async fn number(conn: &impl ConnectionTrait) -> Result<()> {
-    let backend = conn.get_database_backend();
-    if backend == DbBackend::Postgres {
-        conn.execute_raw(Statement::from_string(backend, number_pg_sql()))
-            .await?;
-        return Ok(());
-    }
-    #[derive(FromQueryResult)]
-    struct Pending {
-        id: i64,
-        endpoint_id: i64,
-    }
-    let pending = Pending::find_by_statement(Statement::from_string(
-        backend,
-        "SELECT id, endpoint_id FROM deliveries WHERE sequence = 0 ORDER BY id",
-    ))
-    .all(conn)
-    .await?;
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let mut counts = std::collections::BTreeMap::<i64, i64>::new();
-    for row in &pending {
-        *counts.entry(row.endpoint_id).or_default() += 1;
-    }
-    #[derive(FromQueryResult)]
-    struct Counter {
-        endpoint_id: i64,
-        last_sequence: i64,
-    }
-    let rows = sql::rows(counts.iter().map(|(endpoint_id, n)| CountRow {
-        endpoint_id: *endpoint_id,
-        n: *n,
-    }));
-    let statement = Statement::from_sql_and_values(backend, count_sql(backend), [rows]);
-    // Each endpoint's next number: its new last, less what this transaction took.
-    let mut next: std::collections::HashMap<i64, i64> = Counter::find_by_statement(statement)
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|c| (c.endpoint_id, c.last_sequence - counts[&c.endpoint_id] + 1))
-        .collect();
-    let numbered: Vec<NumberRow> = pending
-        .iter()
-        .map(|row| {
-            let next = next.entry(row.endpoint_id).or_default();
-            let sequence = *next;
-            *next += 1;
-            NumberRow {
-                id: row.id,
-                sequence,
-            }
-        })
-        .collect();
-    let statement =
-        Statement::from_sql_and_values(backend, assign_sql(backend), [sql::rows(numbered)]);
-    conn.execute_raw(statement).await?;
-    Ok(())
+/// The numbers a transaction gives its deliveries: the counters of the endpoints it may queue
+/// for, taken at the first number it gives (see the module's documentation).
+pub struct Numbers {
+    /// The enabled endpoints of the organizations concerned, whose counters are taken.
+    endpoints: Vec<i64>,
+    /// Each endpoint's last number, once taken.
+    last: Option<BTreeMap<i64, i64>>,
+    /// Whether a number was given since the counters were taken.
+    moved: bool,
 }
 
-/// A row of [`count_sql`]: how many deliveries a transaction queued for an endpoint.
+impl Numbers {
+    /// Numbers for deliveries to some of `endpoints`, which must be every enabled endpoint of
+    /// the organizations the transaction queues deliveries for.
+    pub fn of(endpoints: &[webhook_endpoint::Model]) -> Self {
+        let mut endpoints: Vec<i64> = endpoints.iter().map(|endpoint| endpoint.id).collect();
+        endpoints.sort_unstable();
+        endpoints.dedup();
+        Self {
+            endpoints,
+            last: None,
+            moved: false,
+        }
+    }
+
+    /// Takes the counters, if not yet, in one statement: on PostgreSQL an upsert that leaves
+    /// each as it is, creating it if new, else locking it and reading what the transaction that
+    /// held it wrote.
+    async fn take(&mut self, conn: &impl ConnectionTrait) -> Result<&mut BTreeMap<i64, i64>> {
+        if self.last.is_none() {
+            #[derive(FromQueryResult)]
+            struct Counter {
+                endpoint_id: i64,
+                last_sequence: i64,
+            }
+            let backend = conn.get_database_backend();
+            let statement = Statement::from_sql_and_values(
+                backend,
+                take_sql(backend),
+                [sql::ids(backend, &self.endpoints)],
+            );
+            let mut last: BTreeMap<i64, i64> = self.endpoints.iter().map(|id| (*id, 0)).collect();
+            for counter in Counter::find_by_statement(statement).all(conn).await? {
+                last.insert(counter.endpoint_id, counter.last_sequence);
+            }
+            self.last = Some(last);
+        }
+        Ok(self.last.get_or_insert_default())
+    }
+
+    /// The next number of each of these endpoints' deliveries, in their order.
+    pub async fn next(
+        &mut self,
+        conn: &impl ConnectionTrait,
+        endpoints: &[i64],
+    ) -> Result<Vec<i64>> {
+        let last = self.take(conn).await?;
+        let numbers = endpoints
+            .iter()
+            .map(|endpoint| {
+                let last = last.entry(*endpoint).or_default();
+                *last += 1;
+                *last
+            })
+            .collect::<Vec<_>>();
+        self.moved |= !numbers.is_empty();
+        Ok(numbers)
+    }
+
+    /// Writes the counters back, if a number was given; before the commit.
+    pub async fn write(&mut self, conn: &impl ConnectionTrait) -> Result<()> {
+        let Some(last) = self.last.as_ref().filter(|_| self.moved) else {
+            return Ok(());
+        };
+        let rows = sql::rows(last.iter().map(|(endpoint_id, last_sequence)| CounterRow {
+            endpoint_id: *endpoint_id,
+            last_sequence: *last_sequence,
+        }));
+        let backend = conn.get_database_backend();
+        let statement = Statement::from_sql_and_values(backend, write_sql(backend), [rows]);
+        conn.execute_raw(statement).await?;
+        self.moved = false;
+        Ok(())
+    }
+}
+
+/// Takes the counters of the listed endpoints (one parameter); returns those that exist.
+fn take_sql(backend: DbBackend) -> String {
+    let sql = match backend {
+        DbBackend::Postgres => "INSERT INTO endpoint_sequences (endpoint_id, last_sequence)
+            SELECT id, 0 FROM unnest(CAST(? AS BIGINT[])) AS ids(id) WHERE true ORDER BY id
+            ON CONFLICT (endpoint_id)
+              DO UPDATE SET last_sequence = endpoint_sequences.last_sequence
+            RETURNING endpoint_id, last_sequence"
+            .to_owned(),
+        _ => "SELECT endpoint_id, last_sequence FROM endpoint_sequences
+            WHERE endpoint_id IN (SELECT value FROM json_each(?))"
+            .to_owned(),
+    };
+    sql::numbered(backend, &sql)
+}
+
+/// A row of [`write_sql`]: an endpoint's last number.
 #[derive(serde::Serialize)]
 #[cfg_attr(test, derive(Default))]
-struct CountRow {
+struct CounterRow {
     endpoint_id: i64,
-    n: i64,
+    last_sequence: i64,
 }
 
-impl sql::Row for CountRow {}
+impl sql::Row for CounterRow {}
 
-/// Moves each endpoint's counter on by its count, in the order of the endpoints; returns the
-/// new last numbers.
-fn count_sql(backend: DbBackend) -> String {
+fn write_sql(backend: DbBackend) -> String {
     let int = |name| sql::int_field("c", name);
     sql::numbered(
         backend,
         &format!(
             "INSERT INTO endpoint_sequences (endpoint_id, last_sequence)
-            SELECT {}, {} FROM {} WHERE true ORDER BY 1
-            ON CONFLICT (endpoint_id) DO UPDATE
-              SET last_sequence = endpoint_sequences.last_sequence + excluded.last_sequence
-            RETURNING endpoint_id, last_sequence",
+            SELECT {}, {} FROM {} WHERE true
+            ON CONFLICT (endpoint_id) DO UPDATE SET last_sequence = excluded.last_sequence",
             int("endpoint_id"),
-            int("n"),
+            int("last_sequence"),
             sql::json_rows(backend, "c")
         ),
     )
-}
-
-/// A row of [`assign_sql`]: a delivery's number.
-#[derive(serde::Serialize)]
-#[cfg_attr(test, derive(Default))]
-struct NumberRow {
-    id: i64,
-    sequence: i64,
-}
-
-impl sql::Row for NumberRow {}
-
-fn assign_sql(backend: DbBackend) -> String {
-    let int = |name| sql::int_field("a", name);
-    sql::numbered(
-        backend,
-        &format!(
-            "WITH v(v_id, v_sequence) AS (SELECT {}, {} FROM {})
-            UPDATE deliveries SET sequence = v_sequence FROM v WHERE id = v_id",
-            int("id"),
-            int("sequence"),
-            sql::json_rows(backend, "a")
-        ),
-    )
-}
-
-/// [`number`] on PostgreSQL, in one statement: the unnumbered deliveries (only the current
-/// transaction's can be seen: every committed one is numbered), their counts by endpoint, the
-/// counters moved on in the order of the endpoints, and each delivery's number.
-fn number_pg_sql() -> &'static str {
-    "WITH pending AS (
-        SELECT id, endpoint_id,
-            row_number() OVER (PARTITION BY endpoint_id ORDER BY id) AS k
-        FROM deliveries WHERE sequence = 0),
-    counts AS (SELECT endpoint_id, count(*) AS n FROM pending GROUP BY endpoint_id),
-    counted AS (
-        INSERT INTO endpoint_sequences (endpoint_id, last_sequence)
-        SELECT endpoint_id, n FROM counts ORDER BY endpoint_id
-        ON CONFLICT (endpoint_id) DO UPDATE
-          SET last_sequence = endpoint_sequences.last_sequence + excluded.last_sequence
-        RETURNING endpoint_id, last_sequence)
-    UPDATE deliveries SET sequence = counted.last_sequence - counts.n + pending.k
-    FROM pending
-      JOIN counts ON counts.endpoint_id = pending.endpoint_id
-      JOIN counted ON counted.endpoint_id = pending.endpoint_id
-    WHERE deliveries.id = pending.id"
 }
 
 /// At most this many events per [`after`] read.
@@ -176,7 +166,7 @@ pub async fn after(
 ) -> Result<Vec<delivery::Model>> {
     Ok(delivery::Entity::find()
         .filter(delivery::Column::EndpointId.eq(endpoint_id))
-        .filter(delivery::Column::Sequence.gt(sequence.max(UNNUMBERED)))
+        .filter(delivery::Column::Sequence.gt(sequence.max(0)))
         .order_by_asc(delivery::Column::Sequence)
         .limit(first.min(MAX_PAGE))
         .all(conn)
@@ -205,8 +195,7 @@ mod tests {
     #[test]
     fn statements_read_every_field_of_their_rows_by_name() {
         for backend in [DbBackend::Sqlite, DbBackend::Postgres] {
-            sql::assert_reads_fields_of::<CountRow>(&count_sql(backend), "c");
-            sql::assert_reads_fields_of::<NumberRow>(&assign_sql(backend), "a");
+            sql::assert_reads_fields_of::<CounterRow>(&write_sql(backend), "c");
         }
     }
 }
