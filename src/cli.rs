@@ -97,8 +97,9 @@ pub enum Command {
         #[arg(long)]
         hold: bool,
         /// Herald's URL: fetch the events X-Herald-Sequence says were missed (a number
-        /// skipped) from its webhookEvents query, and print each event once.
-        #[arg(long, value_name = "URL", requires_all = ["token", "endpoint"], value_parser = parse_graphql_url)]
+        /// skipped) from its webhookEvents query, and print each event once (needs --secret:
+        /// only signed deliveries count).
+        #[arg(long, value_name = "URL", requires_all = ["token", "endpoint", "secret"], value_parser = parse_graphql_url)]
         catch_up: Option<url::Url>,
         /// A READ token of the endpoint's organization, for --catch-up.
         #[arg(

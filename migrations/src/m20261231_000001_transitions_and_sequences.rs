@@ -23,8 +23,6 @@ enum BranchStates {
     TaskName,
     LastId,
     LastStatus,
-    PreviousId,
-    PreviousStatus,
 }
 
 #[derive(DeriveIden, Clone, Copy)]
@@ -74,10 +72,6 @@ impl MigrationTrait for Migration {
                     .col(string(BranchStates::TaskName))
                     .col(big_integer_null(BranchStates::LastId))
                     .col(string_null(BranchStates::LastStatus))
-                    // The one before the last, which the last compares with if it finishes
-                    // again (a re-run).
-                    .col(big_integer_null(BranchStates::PreviousId))
-                    .col(string_null(BranchStates::PreviousStatus))
                     .primary_key(
                         Index::create()
                             .col(BranchStates::RepositoryId)
@@ -137,9 +131,35 @@ impl MigrationTrait for Migration {
                     .table(Deliveries::Table)
                     .col(Deliveries::EndpointId)
                     .col(Deliveries::Sequence)
+                    .unique()
                     .to_owned(),
             )
             .await?;
+        // Each branch's last finish as its history so far has it, so that the first finishes
+        // after the upgrade compare with the builds and tasks before it.
+        let db = manager.get_connection();
+        db.execute_unprepared(
+            "INSERT INTO branch_states (repository_id, branch, task_name, last_id, last_status)
+            SELECT repository_id, branch, '', id, status FROM (
+                SELECT repository_id, branch, id, status, row_number() OVER (
+                    PARTITION BY repository_id, branch
+                    ORDER BY COALESCE(final_status_timestamp, status_timestamp) DESC, id DESC) AS k
+                FROM builds WHERE status IN ('COMPLETED', 'FAILED', 'ERRORED')) last
+            WHERE k = 1",
+        )
+        .await?;
+        db.execute_unprepared(
+            "INSERT INTO branch_states (repository_id, branch, task_name, last_id, last_status)
+            SELECT repository_id, branch, name, id, status FROM (
+                SELECT t.repository_id, b.branch, t.name, t.id, t.status, row_number() OVER (
+                    PARTITION BY t.repository_id, b.branch, t.name
+                    ORDER BY COALESCE(t.final_status_timestamp, t.status_timestamp) DESC, t.id DESC)
+                  AS k
+                FROM tasks t JOIN builds b ON b.id = t.build_id
+                WHERE t.status IN ('COMPLETED', 'FAILED')) last
+            WHERE k = 1",
+        )
+        .await?;
         Ok(())
     }
 

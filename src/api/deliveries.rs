@@ -139,6 +139,11 @@ impl DeliveryMutation {
             timestamp: crate::now_ms(),
         };
         let enabled = store::endpoints::enabled_of(&*tx, &[viewer.org_id]).await?;
+        if !enabled.iter().any(|row| row.id == endpoint.id) {
+            return Err(Error::Invalid(
+                "The endpoint is disabled; enable it to send a test delivery.".into(),
+            ));
+        }
         let mut numbers = store::deliveries::Numbers::of(&enabled);
         let row = store::deliveries::insert_one(&*tx, new, &mut numbers).await?;
         numbers.write(&*tx).await?;

@@ -187,6 +187,9 @@ impl WebHookEvent {
 /// How many events `webhookEvents` returns when `first` is not given.
 const EVENTS_PAGE: i32 = 100;
 
+/// The most bytes of bodies one `webhookEvents` page holds (it holds at least one event).
+const EVENTS_BYTES: usize = 4 << 20;
+
 #[derive(Default)]
 pub struct DeliveryQuery;
 
@@ -202,10 +205,11 @@ impl DeliveryQuery {
 
     /// The events queued for one of the organization's endpoints after its sequence number
     /// `afterSequence` (0, the default, from the first), in order, at most `first` (100 by
-    /// default, 500 at most), each with the exact body sent. A receiver that sees a number
-    /// skipped in `X-Herald-Sequence`, or restarts, fetches what it missed here; events removed
-    /// by the delivery log's retention are gone. READ; ADMIN for an endpoint that gets audit
-    /// events.
+    /// default, 500 at most) and 4 MiB of bodies (at least one event), each with the exact body
+    /// sent. A receiver that sees a number skipped in `X-Herald-Sequence`, or restarts, fetches
+    /// what it missed here, page after page until one comes back empty; events removed by the
+    /// delivery log's retention are gone. READ; ADMIN for an endpoint that gets audit events
+    /// or a page that holds one.
     async fn webhook_events(
         &self,
         ctx: &Context<'_>,
@@ -228,11 +232,26 @@ impl DeliveryQuery {
         let id = parse_id("webhook endpoint", &endpoint_id)?;
         let conn = db(ctx)?.conn();
         let endpoint = store::endpoints::find(&conn, viewer.org_id, id).await?;
-        if EventKind::AuditEvent.is_in(&store::endpoints::event_kinds(&endpoint)?) {
+        let mut rows = store::deliveries::after(&conn, id, after, first as u64).await?;
+        // Audit events (who changed what) are for admins, whatever the endpoint gets now.
+        if EventKind::AuditEvent.is_in(&store::endpoints::event_kinds(&endpoint)?)
+            || rows.iter().any(|row| row.event == "audit_event")
+        {
             require(ctx, Permission::Admin)?;
         }
-        let rows = store::deliveries::after(&conn, id, after, first as u64).await?;
-        super::rows::charge(ctx, rows.len())?;
+        // At most EVENTS_BYTES of bodies (and always the first event), each KiB counted as a
+        // row read: a page is fetched again from where it ended.
+        let mut bytes = 0;
+        let kept = rows
+            .iter()
+            .take_while(|row| {
+                bytes += row.body.len();
+                bytes <= EVENTS_BYTES
+            })
+            .count();
+        rows.truncate(kept.max(1));
+        let read: usize = rows.iter().map(|row| row.body.len() / 1024).sum();
+        super::rows::charge(ctx, rows.len() + read)?;
         Ok(rows.into_iter().map(WebHookEvent).collect())
     }
 }

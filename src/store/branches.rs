@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, Statement};
 
 use super::sql;
-use crate::Result;
 use crate::domain::WebHookCondition;
 use crate::domain::transition::{self, Verdict};
+use crate::{Error, Result};
 
 /// A branch of a repository, for its builds (`task_name` empty) or for its tasks of one name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -27,25 +27,19 @@ pub struct BranchKey {
 
 impl sql::Row for BranchKey {}
 
-/// The last two builds (or tasks) of a branch to finish with a verdict: id and status.
-#[derive(Clone, Debug, Default)]
-struct State {
-    last: Option<(i64, String)>,
-    previous: Option<(i64, String)>,
-}
-
 /// How a finished build or task compares with its branch's history.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Decided {
-    /// The build or task it was compared with.
+    /// The build or task whose finish it was compared with.
     pub previous_id: Option<i64>,
     pub transition: Option<WebHookCondition>,
 }
 
-/// The states a batch read, and what its changes made of them.
+/// The states a batch read, and what its changes made of them: each branch's last finish with
+/// a verdict, as the build's (or task's) id and status.
 #[derive(Default)]
 pub struct Branches {
-    states: BTreeMap<BranchKey, State>,
+    states: BTreeMap<BranchKey, Option<(i64, String)>>,
     changed: BTreeSet<BranchKey>,
 }
 
@@ -65,28 +59,18 @@ impl Branches {
             task_name: String,
             last_id: Option<i64>,
             last_status: Option<String>,
-            previous_id: Option<i64>,
-            previous_status: Option<String>,
         }
         let statement =
             Statement::from_sql_and_values(backend, read_sql(backend), [sql::rows(keys.iter())]);
-        let mut states: BTreeMap<BranchKey, State> = keys
-            .into_iter()
-            .map(|key| (key, State::default()))
-            .collect();
+        let mut states: BTreeMap<BranchKey, Option<(i64, String)>> =
+            keys.into_iter().map(|key| (key, None)).collect();
         for row in Stored::find_by_statement(statement).all(conn).await? {
             let key = BranchKey {
                 repository_id: row.repository_id,
                 branch: row.branch,
                 task_name: row.task_name,
             };
-            states.insert(
-                key,
-                State {
-                    last: row.last_id.zip(row.last_status),
-                    previous: row.previous_id.zip(row.previous_status),
-                },
-            );
+            states.insert(key, row.last_id.zip(row.last_status));
         }
         Ok(Self {
             states,
@@ -95,26 +79,27 @@ impl Branches {
     }
 
     /// Records that build or task `id` of `key`'s branch reached `status`, whose verdict is
-    /// `verdict`, and decides its transition: it compares with the last one to finish before
-    /// it, or, when it is that last one finishing again (a re-run), with the one before that.
-    pub fn finish(&mut self, key: &BranchKey, id: i64, status: &str, verdict: Verdict) -> Decided {
-        let state = self.states.entry(key.clone()).or_default();
-        let compared = match &state.last {
-            Some((last, _)) if *last == id => state.previous.clone(),
-            _ => {
-                state.previous = state.last.take();
-                state.previous.clone()
-            }
-        };
-        state.last = Some((id, status.to_owned()));
+    /// `verdict`, and decides its transition against the branch's last finish, whichever build
+    /// (or task) it was: a re-run that passes after its own first run failed is `FIXED`.
+    pub fn finish(
+        &mut self,
+        key: &BranchKey,
+        id: i64,
+        status: &str,
+        verdict: Verdict,
+    ) -> Result<Decided> {
+        let state = self.states.get_mut(key).ok_or_else(|| {
+            Error::internal("a build or task finished on a branch its batch did not read")
+        })?;
+        let compared = state.replace((id, status.to_owned()));
         self.changed.insert(key.clone());
         let previous = compared
             .as_ref()
             .and_then(|(_, status)| Verdict::of_name(status));
-        Decided {
+        Ok(Decided {
             previous_id: compared.map(|(id, _)| id),
             transition: transition::transition(previous, verdict),
-        }
+        })
     }
 
     /// Writes back the states the batch's changes moved, in one statement.
@@ -123,15 +108,13 @@ impl Branches {
             return Ok(());
         }
         let rows = self.changed.iter().map(|key| {
-            let state = &self.states[key];
+            let last = self.states.get(key).and_then(Option::as_ref);
             StateRow {
                 repository_id: key.repository_id,
                 branch: &key.branch,
                 task_name: &key.task_name,
-                last_id: state.last.as_ref().map(|(id, _)| *id),
-                last_status: state.last.as_ref().map(|(_, status)| status.as_str()),
-                previous_id: state.previous.as_ref().map(|(id, _)| *id),
-                previous_status: state.previous.as_ref().map(|(_, status)| status.as_str()),
+                last_id: last.map(|(id, _)| *id),
+                last_status: last.map(|(_, status)| status.as_str()),
             }
         });
         let backend = conn.get_database_backend();
@@ -151,8 +134,6 @@ struct StateRow<'a> {
     task_name: &'a str,
     last_id: Option<i64>,
     last_status: Option<&'a str>,
-    previous_id: Option<i64>,
-    previous_status: Option<&'a str>,
 }
 
 impl sql::Row for StateRow<'_> {}
@@ -181,13 +162,11 @@ fn read_sql(backend: DbBackend) -> String {
             WHERE true ORDER BY repository_id, branch, task_name
             ON CONFLICT (repository_id, branch, task_name)
               DO UPDATE SET last_id = branch_states.last_id
-            RETURNING repository_id, branch, task_name, last_id, last_status, previous_id,
-                previous_status",
+            RETURNING repository_id, branch, task_name, last_id, last_status",
             keys_sql(backend)
         ),
         _ => format!(
-            "SELECT s.repository_id, s.branch, s.task_name, s.last_id, s.last_status,
-                s.previous_id, s.previous_status
+            "SELECT s.repository_id, s.branch, s.task_name, s.last_id, s.last_status
             FROM branch_states s JOIN ({}) k
               ON s.repository_id = k.repository_id AND s.branch = k.branch
                 AND s.task_name = k.task_name",
@@ -203,20 +182,15 @@ fn write_sql(backend: DbBackend) -> String {
     sql::numbered(
         backend,
         &format!(
-            "INSERT INTO branch_states
-                (repository_id, branch, task_name, last_id, last_status, previous_id,
-                 previous_status)
-            SELECT {}, {}, {}, {}, {}, {}, {} FROM {} WHERE true
+            "INSERT INTO branch_states (repository_id, branch, task_name, last_id, last_status)
+            SELECT {}, {}, {}, {}, {} FROM {} WHERE true
             ON CONFLICT (repository_id, branch, task_name) DO UPDATE SET
-                last_id = excluded.last_id, last_status = excluded.last_status,
-                previous_id = excluded.previous_id, previous_status = excluded.previous_status",
+                last_id = excluded.last_id, last_status = excluded.last_status",
             int("repository_id"),
             text("branch"),
             text("task_name"),
             int("last_id"),
             text("last_status"),
-            int("previous_id"),
-            text("previous_status"),
             sql::json_rows(backend, "r")
         ),
     )
@@ -235,24 +209,38 @@ mod tests {
     }
 
     #[test]
-    fn a_rerun_of_the_last_build_compares_with_the_one_before_it() {
+    fn a_rerun_compares_with_the_branchs_last_finish_its_own_first_run() {
         let key = BranchKey {
             repository_id: 1,
             branch: "main".into(),
             task_name: String::new(),
         };
         let mut branches = Branches::default();
-        let first = branches.finish(&key, 10, "COMPLETED", Verdict::Pass);
+        branches.states.insert(key.clone(), None);
+        let first = branches
+            .finish(&key, 10, "COMPLETED", Verdict::Pass)
+            .unwrap();
         assert_eq!(first, Decided::default());
-        let broken = branches.finish(&key, 11, "FAILED", Verdict::Fail);
+        let broken = branches.finish(&key, 11, "FAILED", Verdict::Fail).unwrap();
         assert_eq!(broken.previous_id, Some(10));
         assert_eq!(broken.transition, Some(WebHookCondition::Broken));
-        // Build 11 runs again and passes: it compares with build 10, not with itself.
-        let rerun = branches.finish(&key, 11, "COMPLETED", Verdict::Pass);
-        assert_eq!(rerun.previous_id, Some(10));
-        assert_eq!(rerun.transition, None);
-        let next = branches.finish(&key, 12, "ERRORED", Verdict::Fail);
+        // Build 11 runs again and passes: the branch is fixed.
+        let rerun = branches
+            .finish(&key, 11, "COMPLETED", Verdict::Pass)
+            .unwrap();
+        assert_eq!(rerun.previous_id, Some(11));
+        assert_eq!(rerun.transition, Some(WebHookCondition::Fixed));
+        let next = branches.finish(&key, 12, "ERRORED", Verdict::Fail).unwrap();
         assert_eq!(next.previous_id, Some(11));
         assert_eq!(next.transition, Some(WebHookCondition::Broken));
+        let unread = BranchKey {
+            branch: "dev".into(),
+            ..key
+        };
+        assert!(
+            branches
+                .finish(&unread, 13, "FAILED", Verdict::Fail)
+                .is_err()
+        );
     }
 }

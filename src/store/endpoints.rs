@@ -332,7 +332,6 @@ pub async fn delete(conn: &impl ConnectionTrait, endpoint: &webhook_endpoint::Mo
         .map(|row| row.id)
         .collect();
     super::deliveries::delete(conn, &deliveries).await?;
-    super::deliveries::forget(conn, endpoint.id).await?;
     webhook_endpoint::Entity::delete_by_id(endpoint.id)
         .exec(conn)
         .await?;

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use anyhow::Context as _;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value as Json, json};
 
-/// How many events one fetch asks for (the most `webhookEvents` gives).
+/// How many events one page asks for (the most `webhookEvents` gives).
 const PAGE: i64 = 500;
 
 /// How long a number may stay missing before it is fetched: deliveries of different builds
@@ -57,11 +58,6 @@ impl Seen {
         true
     }
 
-    /// Gives back a number claimed for a delivery that was then refused.
-    pub fn unclaim(&mut self, n: i64) {
-        self.above.remove(&n);
-    }
-
     /// Whether a number below the highest seen is missing.
     pub fn has_gap(&self) -> bool {
         !self.above.is_empty()
@@ -93,6 +89,9 @@ pub struct CatchUp {
     fetching: tokio::sync::Mutex<()>,
     client: reqwest::Client,
     show: Show,
+    /// Whether a fetch is waiting out its [`GRACE`].
+    scheduled: AtomicBool,
+    writing: Mutex<()>,
 }
 
 impl CatchUp {
@@ -120,6 +119,8 @@ impl CatchUp {
             fetching: tokio::sync::Mutex::new(()),
             client,
             show,
+            scheduled: AtomicBool::new(false),
+            writing: Mutex::new(()),
         }))
     }
 
@@ -134,17 +135,15 @@ impl CatchUp {
         self.seen().claim(n)
     }
 
-    pub fn unclaim(&self, n: i64) {
-        self.seen().unclaim(n)
-    }
-
-    /// After a delivery was taken: keeps the state, and fetches what is missing below it.
+    /// After a delivery was taken: keeps the state, and fetches what is missing below it once
+    /// it stays missing for [`GRACE`] (one fetch waiting at most).
     pub fn after_delivery(self: &Arc<Self>) {
         self.keep_state();
-        if self.seen().has_gap() {
+        if self.seen().has_gap() && !self.scheduled.swap(true, Ordering::SeqCst) {
             let this = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(GRACE).await;
+                this.scheduled.store(false, Ordering::SeqCst);
                 if this.seen().has_gap() {
                     this.fetch_missing().await;
                 }
@@ -153,43 +152,58 @@ impl CatchUp {
     }
 
     /// Fetches and prints every event after the highest number up to which all were seen,
-    /// until the feed has no more; one fetch at a time. A failed fetch is tried again.
+    /// page after page until the feed has no more; one fetch at a time. An unreachable Herald
+    /// is tried again; a refusal (a wrong token or endpoint) is printed and ends the fetch.
     pub async fn fetch_missing(&self) {
         let _one = self.fetching.lock().await;
         let mut wait = Duration::from_millis(250);
         loop {
             let after = self.seen().contiguous;
-            match self.fetch_after(after).await {
-                Ok(got) => {
-                    let mut seen = self.seen();
-                    let advanced = seen.contiguous > after;
-                    if got < PAGE && seen.has_gap() && !advanced {
-                        // The feed has nothing after `after`, yet a higher number came: the
-                        // next one was removed by retention. Go on past what is gone.
-                        let highest = seen.highest();
-                        eprintln!(
-                            "Sequence numbers after {after} up to {highest} are missing from the feed; going on without them."
-                        );
-                        seen.skip_to(highest);
-                    }
-                    let done = got < PAGE && !(advanced && seen.has_gap());
-                    drop(seen);
-                    self.keep_state();
-                    if done {
-                        return;
-                    }
+            let events = match self.fetch_after(after).await {
+                Ok(Ok(events)) => events,
+                Ok(Err(refused)) => {
+                    eprintln!("Herald refused to list the missed events: {refused}");
+                    return;
                 }
                 Err(err) => {
                     eprintln!("Fetching missed events failed ({err:#}); trying again in {wait:?}.");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            wait = Duration::from_millis(250);
+            let Some(first) = events.first().map(|(n, _)| *n) else {
+                let seen = self.seen();
+                if seen.has_gap() {
+                    eprintln!(
+                        "The feed has no event after {after}, yet number {} arrived: is --endpoint the endpoint that sends here?",
+                        seen.highest()
+                    );
+                }
+                return;
+            };
+            // Numbers are recorded in order, so those below the feed's first are gone (the
+            // delivery log's retention removed them).
+            if first > after + 1 {
+                eprintln!(
+                    "Sequence numbers {} to {} are gone from the feed; going on without them.",
+                    after + 1,
+                    first - 1
+                );
+                self.seen().skip_to(first - 1);
+            }
+            for (n, event) in events {
+                if self.claim(n) {
+                    self.show_fetched(&event, n);
                 }
             }
+            self.keep_state();
         }
     }
 
-    /// Fetches one page after `after`, printing each event not seen yet; how many came.
-    async fn fetch_after(&self, after: i64) -> anyhow::Result<i64> {
+    /// One page of the feed after `after`: each event with its number, or Herald's refusal.
+    async fn fetch_after(&self, after: i64) -> anyhow::Result<Result<Vec<(i64, Json)>, String>> {
         let variables =
             json!({ "endpoint": self.options.endpoint_id, "after": after, "first": PAGE });
         let answer = self
@@ -206,33 +220,37 @@ impl CatchUp {
             .context("reading the answer")?;
         let response: Json = serde_json::from_str(&answer).context("the answer is not JSON")?;
         if let Some(error) = response["errors"][0]["message"].as_str() {
-            anyhow::bail!("Herald answered: {error}");
+            return Ok(Err(error.to_owned()));
         }
         let events = response["data"]["webhookEvents"]
             .as_array()
             .context("the answer has no webhookEvents")?;
+        let mut numbered = Vec::with_capacity(events.len());
         for event in events {
             let n = event["sequence"]
                 .as_i64()
                 .context("an event has no sequence")?;
-            if self.claim(n) {
-                let mut headers = HeaderMap::new();
-                for (name, field) in [
-                    ("x-cirrus-event", "event"),
-                    ("x-cirrus-delivery", "deliveryId"),
-                ] {
-                    if let Some(value) = event[field]
-                        .as_str()
-                        .and_then(|v| HeaderValue::from_str(v).ok())
-                    {
-                        headers.insert(HeaderName::from_static(name), value);
-                    }
-                }
-                let body = event["body"].as_str().unwrap_or_default();
-                (self.show)(&headers, body.as_bytes(), n);
+            numbered.push((n, event.clone()));
+        }
+        Ok(Ok(numbered))
+    }
+
+    /// Prints an event fetched from the feed, as its delivery would print.
+    fn show_fetched(&self, event: &Json, n: i64) {
+        let mut headers = HeaderMap::new();
+        for (name, field) in [
+            ("x-cirrus-event", "event"),
+            ("x-cirrus-delivery", "deliveryId"),
+        ] {
+            if let Some(value) = event[field]
+                .as_str()
+                .and_then(|v| HeaderValue::from_str(v).ok())
+            {
+                headers.insert(HeaderName::from_static(name), value);
             }
         }
-        Ok(events.len() as i64)
+        let body = event["body"].as_str().unwrap_or_default();
+        (self.show)(&headers, body.as_bytes(), n);
     }
 
     /// Writes the number up to which every event was seen, if there is a state file.
@@ -240,6 +258,11 @@ impl CatchUp {
         let Some(path) = &self.options.state else {
             return;
         };
+        // One writer of the file at a time.
+        let _writing = self
+            .writing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let contiguous = self.seen().contiguous;
         let temporary = path.with_extension("tmp");
         let written = std::fs::write(&temporary, format!("{contiguous}\n"))
@@ -270,7 +293,6 @@ mod tests {
         seen.skip_to(7);
         assert_eq!((seen.contiguous, seen.has_gap()), (7, false));
         assert!(seen.claim(9));
-        seen.unclaim(9);
-        assert!(!seen.has_gap());
+        assert!(seen.has_gap());
     }
 }

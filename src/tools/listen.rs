@@ -402,19 +402,28 @@ async fn handle(
             (status, None) => (status, BAD_SIGNATURE).into_response(),
         };
     }
+    // Only a delivery signed with the secret, and answered 2xx, takes its number: a forged
+    // or refused one must not stand for the real one.
     let sequence = Incoming::parse(&headers, &[]).sequence;
-    let catching_up = state.catch_up.as_ref().zip(sequence);
+    let catching_up = state.catch_up.as_ref().zip(sequence).filter(|_| {
+        options.status.is_success()
+            && Signatures::check(
+                &headers,
+                &body,
+                options.secret.as_deref(),
+                options.tolerance,
+                now_secs(),
+            )
+            .accepted()
+    });
     if let Some((catch_up, n)) = catching_up
         && !catch_up.claim(n)
     {
         return (StatusCode::OK, "already received\n").into_response();
     }
     let status = receive(options, &headers, &body);
-    if let Some((catch_up, n)) = catching_up {
-        match status.is_success() {
-            true => catch_up.after_delivery(),
-            false => catch_up.unclaim(n),
-        }
+    if let Some((catch_up, _)) = catching_up {
+        catch_up.after_delivery();
     }
     let text = if status == StatusCode::BAD_REQUEST {
         BAD_SIGNATURE

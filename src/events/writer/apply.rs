@@ -227,7 +227,7 @@ pub(super) async fn apply(
                     let key = build_branch(&before);
                     taken
                         .branches
-                        .finish(&key, build_id, status.as_str(), verdict)
+                        .finish(&key, build_id, status.as_str(), verdict)?
                 }
                 _ => Decided::default(),
             };
@@ -283,7 +283,7 @@ pub(super) async fn apply(
                             let key = task_branch(build, &before);
                             taken
                                 .branches
-                                .finish(&key, task_id, status.as_str(), verdict)
+                                .finish(&key, task_id, status.as_str(), verdict)?
                         }
                         _ => Decided::default(),
                     };

@@ -36,4 +36,4 @@ pub use queue::{
     CHANNEL, FailedDelivery, NewDelivery, announce, delete, give_back, insert_failed, insert_one,
     insert_unchained, queue_depth, redeliver, release_stranded, remove_orphans,
 };
-pub use sequence::{MAX_PAGE, Numbers, after, forget};
+pub use sequence::{MAX_PAGE, Numbers, after};

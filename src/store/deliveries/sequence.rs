@@ -13,7 +13,8 @@
 //! transaction gives its numbers back. SQLite has one writing transaction at a time.
 //!
 //! A delivery never sent (its payload was refused) has no number: a receiver could not tell it
-//! from a missed one, and fetching it would find nothing to take.
+//! from a missed one, and fetching it would find nothing to take. A deleted endpoint's counter
+//! stays (ids are never used again): deleting it would take its lock out of order.
 
 use std::collections::BTreeMap;
 
@@ -22,9 +23,9 @@ use sea_orm::{
     QuerySelect, Statement,
 };
 
-use crate::Result;
 use crate::store::entities::{delivery, webhook_endpoint};
 use crate::store::sql;
+use crate::{Error, Result};
 
 /// The numbers a transaction gives its deliveries: the counters of the endpoints it may queue
 /// for, taken at the first number it gives (see the module's documentation).
@@ -86,11 +87,14 @@ impl Numbers {
         let numbers = endpoints
             .iter()
             .map(|endpoint| {
-                let last = last.entry(*endpoint).or_default();
+                // An endpoint whose counter was not taken would count from a stale value.
+                let last = last.get_mut(endpoint).ok_or_else(|| {
+                    Error::internal("a delivery's endpoint is not among those numbered")
+                })?;
                 *last += 1;
-                *last
+                Ok(*last)
             })
-            .collect::<Vec<_>>();
+            .collect::<Result<Vec<_>>>()?;
         self.moved |= !numbers.is_empty();
         Ok(numbers)
     }
@@ -171,21 +175,6 @@ pub async fn after(
         .limit(first.min(MAX_PAGE))
         .all(conn)
         .await?)
-}
-
-/// Forgets an endpoint's counter, with the endpoint.
-pub async fn forget(conn: &impl ConnectionTrait, endpoint_id: i64) -> Result<()> {
-    let backend = conn.get_database_backend();
-    let statement = Statement::from_sql_and_values(
-        backend,
-        sql::numbered(
-            backend,
-            "DELETE FROM endpoint_sequences WHERE endpoint_id = ?",
-        ),
-        [endpoint_id.into()],
-    );
-    conn.execute_raw(statement).await?;
-    Ok(())
 }
 
 #[cfg(test)]

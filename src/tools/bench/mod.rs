@@ -89,8 +89,9 @@ pub struct BenchArgs {
     /// `noisy-neighbour`: how long A's receiver takes to answer, in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub slow_ms: u64,
-    /// `noisy-neighbour`: concurrent updates A keeps in flight, on the tasks of one build.
-    #[arg(long, default_value_t = 500)]
+    /// `noisy-neighbour`: concurrent updates A keeps in flight, on the tasks of one build (at
+    /// most the 200 tasks a build may have).
+    #[arg(long, default_value_t = crate::domain::limits::MAX_TASKS_PER_BUILD)]
     pub flood: usize,
     /// Requests of the `ceiling` loop.
     #[arg(long, default_value_t = 200_000)]
@@ -147,6 +148,13 @@ impl BenchArgs {
         if self.receiver_url.is_some() && self.scenarios().iter().any(|s| s == "noisy-neighbour") {
             anyhow::bail!(
                 "noisy-neighbour reads arrivals at the bench's own receiver (one of its endpoints answers slowly on purpose): leave out --receiver-url or the noisy-neighbour scenario"
+            );
+        }
+        let most = crate::domain::limits::MAX_TASKS_PER_BUILD;
+        if self.flood > most {
+            anyhow::bail!(
+                "--flood {} is more than the {most} tasks a build may have: give at most {most}",
+                self.flood
             );
         }
         if self.url.is_none() {

@@ -252,3 +252,37 @@ pub(super) async fn concurrent_finishes_on_a_branch_compare_with_each_other(app:
         .expect_no_more_than(3, Duration::from_millis(500))
         .await;
 }
+
+pub(super) async fn a_rerun_that_passes_fixes_the_branch(app: TestApp) {
+    let world = World::new(&app, "rerun").await;
+    let passed = finished(&app, &world, "main", "COMPLETED", "COMPLETED").await;
+    let failed = finished(&app, &world, "main", "FAILED", "FAILED").await;
+    assert_eq!(
+        transition_of(&app, &world, &failed).await,
+        (json!("BROKEN"), json!(passed))
+    );
+    // The failed build runs again: while it runs it has no transition, and passing fixes the
+    // branch, against its own first run.
+    world.build_status(&app, &failed, "EXECUTING").await;
+    assert_eq!(
+        transition_of(&app, &world, &failed).await,
+        (json!(null), json!(null))
+    );
+    world.build_status(&app, &failed, "COMPLETED").await;
+    assert_eq!(
+        transition_of(&app, &world, &failed).await,
+        (json!("FIXED"), json!(failed))
+    );
+    // Aborted builds count for nothing: the next failure still compares with the fixed one.
+    let aborted = build_on(&app, &world, "main").await;
+    world.build_status(&app, &aborted, "ABORTED").await;
+    assert_eq!(
+        transition_of(&app, &world, &aborted).await,
+        (json!(null), json!(null))
+    );
+    let next = finished(&app, &world, "main", "FAILED", "ERRORED").await;
+    assert_eq!(
+        transition_of(&app, &world, &next).await,
+        (json!("BROKEN"), json!(failed))
+    );
+}

@@ -201,8 +201,34 @@ pub(super) async fn webhook_events_refuses_bad_ranges_and_other_organizations(ap
         let error = answer["errors"][0]["message"].as_str().unwrap_or_default();
         assert!(error.contains(message), "{variables}: {answer:#}");
     }
-    let fine = app
+    // The audit events it got stay for admins after it stops getting them.
+    world
+        .endpoint(&app, "https://receiver.example/another", json!({}))
+        .await;
+    app.ok(
+        &world.admin,
+        "mutation($id: ID!) { updateWebHookEndpoint(input: {id: $id, events: [BUILD]}) { endpoint { id } } }",
+        json!({ "id": audited }),
+    )
+    .await;
+    let refused = app
+        .gql(Some(&world.read), EVENTS, json!({ "endpoint": audited }))
+        .await;
+    assert_eq!(
+        refused["errors"][0]["message"], "This operation needs ADMIN permission.",
+        "{refused:#}"
+    );
+    let audit = app
         .ok(&world.admin, EVENTS, json!({ "endpoint": audited }))
         .await;
-    assert!(fine["webhookEvents"].is_array());
+    let events: Vec<&Value> = audit["webhookEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| &event["event"])
+        .collect();
+    assert!(
+        !events.is_empty() && events.iter().all(|e| *e == "audit_event"),
+        "{audit:#}"
+    );
 }
