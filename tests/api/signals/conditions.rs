@@ -286,3 +286,37 @@ pub(super) async fn a_rerun_that_passes_fixes_the_branch(app: TestApp) {
         (json!("BROKEN"), json!(failed))
     );
 }
+
+pub(super) async fn an_upgrade_starts_each_branch_from_its_last_finish(app: TestApp) {
+    use herald_migrations::{Migrator, MigratorTrait};
+    let world = World::new(&app, "upgrade").await;
+    let passed = finished(&app, &world, "main", "COMPLETED", "COMPLETED").await;
+    let failed = finished(&app, &world, "dev", "FAILED", "FAILED").await;
+    // As if the builds were recorded before transitions existed.
+    let db = &app.state.db;
+    Migrator::down(db, Some(1)).await.unwrap();
+    Migrator::up(db, None).await.unwrap();
+
+    let broken = finished(&app, &world, "main", "FAILED", "FAILED").await;
+    assert_eq!(
+        transition_of(&app, &world, &broken).await,
+        (json!("BROKEN"), json!(passed))
+    );
+    let fixed = finished(&app, &world, "dev", "COMPLETED", "COMPLETED").await;
+    assert_eq!(
+        transition_of(&app, &world, &fixed).await,
+        (json!("FIXED"), json!(failed))
+    );
+    // Tasks too: `lint` passed on main before, and fails now.
+    let data = app
+        .ok(
+            &world.read,
+            "query($id: ID!) { build(id: $id) { tasks { name transition } } }",
+            json!({ "id": broken }),
+        )
+        .await;
+    assert_eq!(
+        data["build"]["tasks"],
+        json!([{ "name": "lint", "transition": "BROKEN" }])
+    );
+}

@@ -9,7 +9,8 @@ mod conditions;
 mod sequence;
 
 use conditions::{
-    a_rerun_that_passes_fixes_the_branch, concurrent_finishes_on_a_branch_compare_with_each_other,
+    a_rerun_that_passes_fixes_the_branch, an_upgrade_starts_each_branch_from_its_last_finish,
+    concurrent_finishes_on_a_branch_compare_with_each_other,
     conditions_send_only_the_changes_of_each_branch,
 };
 use sequence::{
@@ -19,6 +20,7 @@ use sequence::{
 
 crate::on_both_backends!(
     a_rerun_that_passes_fixes_the_branch,
+    an_upgrade_starts_each_branch_from_its_last_finish,
     conditions_send_only_the_changes_of_each_branch,
     concurrent_finishes_on_a_branch_compare_with_each_other,
     each_endpoint_numbers_its_deliveries_without_gaps,
