@@ -50,20 +50,25 @@ pub(super) async fn commit(
         repository_id,
         ..draft(ctx, org_id)
     };
-    commit_draft(super::handle::<Outbox>(ctx)?, tx, draft).await
+    commit_draft(super::handle::<Outbox>(ctx)?, tx, draft, None).await
 }
 
 /// Ends a write made for a request other than a GraphQL mutation (a REST call): records the
-/// audit event `draft` in `tx` and commits, as [`commit`] does.
+/// audit event `draft` in `tx` and commits, as [`commit`] does. A write that queued deliveries
+/// hands over the `numbers` it gave them: a transaction takes the endpoints' counters once,
+/// so that it never locks one out of order (its audit event then goes to the endpoints those
+/// numbers cover).
 pub(super) async fn commit_draft(
     outbox: &Outbox,
     mut tx: WriteTx,
     draft: AuditDraft,
+    numbers: Option<Numbers>,
 ) -> Result<()> {
     let org_id = draft.org_id;
     let users = outbox.users(&*tx, vec![draft.actor_key()]).await?;
-    let endpoints = store::endpoints::enabled_of(&*tx, &[org_id]).await?;
-    let mut numbers = Numbers::of(&endpoints);
+    let mut endpoints = store::endpoints::enabled_of(&*tx, &[org_id]).await?;
+    let mut numbers = numbers.unwrap_or_else(|| Numbers::of(&endpoints));
+    endpoints.retain(|endpoint| numbers.covers(endpoint.id));
     if outbox
         .record_audits(&*tx, vec![draft], &users, &endpoints, &mut numbers)
         .await?

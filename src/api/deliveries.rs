@@ -146,10 +146,10 @@ impl DeliveryMutation {
         }
         let mut numbers = store::deliveries::Numbers::of(&enabled);
         let row = store::deliveries::insert_one(&*tx, new, &mut numbers).await?;
-        numbers.write(&*tx).await?;
         store::deliveries::announce(&*tx, writes.announcer()).await?;
         tx.queued_due();
-        audit::commit(ctx, tx, viewer.org_id, None).await?;
+        let draft = audit::draft(ctx, viewer.org_id);
+        audit::commit_draft(outbox, tx, draft, Some(numbers)).await?;
         Ok(DeliveryPayload {
             delivery: WebHookDelivery(row),
             client_mutation_id: input.client_mutation_id,

@@ -125,7 +125,7 @@ impl Hooks {
         check_endpoint_count(self.max_endpoints, existing.len() + 1)?;
         let row = store::endpoints::create(&*tx, org_id, fields, &self.vault).await?;
         let draft = AuditDraft::new(org_id, caller.actor.clone(), "createWebHookEndpoint", input);
-        audit::commit_draft(&self.outbox, tx, draft).await?;
+        audit::commit_draft(&self.outbox, tx, draft, None).await?;
         Ok((self.hook(&row, false).await?, true))
     }
 
@@ -162,7 +162,7 @@ impl Hooks {
             "deleteWebHookEndpoint",
             json!({ "id": id.to_string() }),
         );
-        audit::commit_draft(&self.outbox, tx, draft).await
+        audit::commit_draft(&self.outbox, tx, draft, None).await
     }
 
     /// Publishes `payload` as an event of type `kind` (WRITE); returns how many hooks it was

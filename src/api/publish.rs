@@ -9,6 +9,7 @@ use crate::events::Outbox;
 use crate::events::audit::AuditDraft;
 use crate::events::published::{Publication, publish};
 use crate::schema::auth::require;
+use crate::store::deliveries::Numbers;
 use crate::store::entities::published_event;
 use crate::store::{self, Writes, parse_id};
 use crate::{Error, Result};
@@ -103,11 +104,19 @@ pub(super) async fn record(
     let org_id = publication.org_id;
     let mut tx = writes.begin().await?;
     let endpoints = store::endpoints::enabled_of(&*tx, &[org_id]).await?;
-    let (event, deliveries, due) =
-        publish(&*tx, writes.announcer(), publication, payload, &endpoints).await?;
+    let mut numbers = Numbers::of(&endpoints);
+    let (event, deliveries, due) = publish(
+        &*tx,
+        writes.announcer(),
+        publication,
+        payload,
+        &endpoints,
+        &mut numbers,
+    )
+    .await?;
     if due {
         tx.queued_due();
     }
-    audit::commit_draft(outbox, tx, draft).await?;
+    audit::commit_draft(outbox, tx, draft, Some(numbers)).await?;
     Ok((event, deliveries))
 }

@@ -68,14 +68,16 @@ pub fn body(format: PayloadFormat, kind: &str, subject: Option<&str>, payload: &
 }
 
 /// Records `publication` (checked, its payload `payload`) and queues a delivery to each of
-/// `endpoints` (the organization's enabled ones) that subscribes to its type, announced as
-/// `announcer`. Returns the event, how many deliveries it queued, and whether one is due now.
+/// `endpoints` (the organization's enabled ones) that subscribes to its type, numbered by
+/// `numbers` (written back by the caller) and announced as `announcer`. Returns the event, how
+/// many deliveries it queued, and whether one is due now.
 pub async fn publish(
     conn: &impl ConnectionTrait,
     announcer: &str,
     publication: Publication,
     payload: String,
     endpoints: &[webhook_endpoint::Model],
+    numbers: &mut Numbers,
 ) -> Result<(published_event::Model, usize, bool)> {
     let Publication {
         org_id,
@@ -134,8 +136,6 @@ pub async fn publish(
     if count == 0 {
         return Ok((event, 0, false));
     }
-    // `endpoints` are the organization's enabled endpoints.
-    let mut numbers = Numbers::of(endpoints);
     let due = match &event.subject {
         Some(subject) => {
             let chain = published::subject_chain(org_id, subject);
@@ -150,7 +150,7 @@ pub async fn publish(
                 work_id: None,
                 bodies,
             };
-            store::deliveries::queue_events(conn, &[deliveries], &mut numbers, announcer).await?
+            store::deliveries::queue_events(conn, &[deliveries], numbers, announcer).await?
         }
         None => {
             let new = bodies
@@ -164,12 +164,11 @@ pub async fn publish(
                     timestamp: event.timestamp,
                 })
                 .collect();
-            store::deliveries::insert_unchained(conn, new, &mut numbers).await?;
+            store::deliveries::insert_unchained(conn, new, numbers).await?;
             store::deliveries::announce(conn, announcer).await?;
             true
         }
     };
-    numbers.write(conn).await?;
     Ok((event, count, due))
 }
 

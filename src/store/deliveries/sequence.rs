@@ -6,10 +6,10 @@
 //! counters in `endpoint_sequences`, which it takes at its first delivery ([`Numbers`]) and
 //! writes back before its commit. On PostgreSQL taking them locks them until the commit, so a
 //! transaction of another process queuing for the same endpoints waits, and then counts from
-//! where this one ended: numbers follow commits. The counters are taken late (once the
-//! payloads are rendered), in the order of their endpoints, all in one statement, and always
-//! those of every enabled endpoint of the organizations concerned: a later take in the same
-//! transaction takes no new lock, so two transactions never deadlock over them. A rolled back
+//! where this one ended: numbers follow commits. A transaction takes the counters once, late
+//! (once the payloads are rendered), in the order of their endpoints, all in one statement, and
+//! those of every enabled endpoint of the organizations concerned, which its later deliveries
+//! (a write's audit event) share: two transactions never deadlock over them. A rolled back
 //! transaction gives its numbers back. SQLite has one writing transaction at a time.
 //!
 //! A delivery never sent (its payload was refused) has no number: a receiver could not tell it
@@ -50,6 +50,11 @@ impl Numbers {
             last: None,
             moved: false,
         }
+    }
+
+    /// Whether deliveries to `endpoint` can be numbered.
+    pub fn covers(&self, endpoint: i64) -> bool {
+        self.endpoints.binary_search(&endpoint).is_ok()
     }
 
     /// Takes the counters, if not yet, in one statement: on PostgreSQL an upsert that leaves
