@@ -168,6 +168,14 @@ pub(super) async fn check(
             statuses.push(name);
         }
     }
+    if !conditions.is_empty()
+        && !statuses.is_empty()
+        && !crate::domain::transition::can_meet(&conditions, &statuses)
+    {
+        return Err(Error::Invalid(
+            "The conditions and the status filter exclude each other: no build or task reaching one of those statuses can have one of those transitions.".into(),
+        ));
+    }
     Ok(EndpointFields {
         url,
         secret,

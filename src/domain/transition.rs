@@ -58,6 +58,26 @@ pub fn wanted(conditions: &[WebHookCondition], transition: Option<WebHookConditi
     conditions.is_empty() || transition.is_some_and(|t| conditions.contains(&t))
 }
 
+/// The verdict a change with `transition` has reached: a failure but for `FIXED`.
+pub fn verdict_of(transition: WebHookCondition) -> Verdict {
+    match transition {
+        WebHookCondition::Fixed => Verdict::Pass,
+        WebHookCondition::Broken
+        | WebHookCondition::StillFailing
+        | WebHookCondition::FirstFailureOnBranch => Verdict::Fail,
+    }
+}
+
+/// Whether an endpoint's `conditions` and status filter (both given) can both hold for some
+/// change: a status of the filter has the verdict of one of the conditions.
+pub fn can_meet(conditions: &[WebHookCondition], statuses: &[String]) -> bool {
+    conditions.iter().any(|condition| {
+        statuses
+            .iter()
+            .any(|status| Verdict::of_name(status) == Some(verdict_of(*condition)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +115,15 @@ mod tests {
         assert_eq!(Verdict::of_task(TaskStatus::Skipped), None);
         assert_eq!(Verdict::of_name("ERRORED"), Some(Verdict::Fail));
         assert_eq!(Verdict::of_name("COMPLETED"), Some(Verdict::Pass));
+    }
+
+    #[test]
+    fn conditions_and_a_status_filter_must_meet() {
+        let fixed = [WebHookCondition::Fixed];
+        assert!(!can_meet(&fixed, &["FAILED".into()]));
+        assert!(can_meet(&fixed, &["FAILED".into(), "COMPLETED".into()]));
+        assert!(can_meet(&[WebHookCondition::Broken], &["ERRORED".into()]));
+        assert!(!can_meet(&[WebHookCondition::Broken], &["ABORTED".into()]));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! repeat without printing it again. With `--state FILE` it keeps the number up to which it has
 //! every event, and at start fetches whatever came after it, so that a restart misses nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,6 +78,19 @@ impl Seen {
     }
 }
 
+/// How many numbers' delivery ids are kept to tell a repeat from another endpoint's delivery.
+const REMEMBERED: usize = 10_000;
+
+/// What a delivery's number was to the listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    New,
+    /// The same delivery again (delivery is at least once).
+    Repeat,
+    /// Another delivery had the number: the delivery id it had.
+    Conflict(String),
+}
+
 /// Shows an event fetched from the feed: its headers (`X-Cirrus-Event`, `X-Cirrus-Delivery`),
 /// its body and its number.
 pub type Show = Box<dyn Fn(&HeaderMap, &[u8], i64) + Send + Sync>;
@@ -91,6 +104,8 @@ pub struct CatchUp {
     show: Show,
     /// Whether a fetch is waiting out its [`GRACE`].
     scheduled: AtomicBool,
+    /// The delivery ids of the last numbers taken.
+    ids: Mutex<BTreeMap<i64, String>>,
     writing: Mutex<()>,
 }
 
@@ -120,8 +135,18 @@ impl CatchUp {
             client,
             show,
             scheduled: AtomicBool::new(false),
+            ids: Mutex::default(),
             writing: Mutex::new(()),
         }))
+    }
+
+    /// What it follows, for the listener's first line.
+    pub fn describe(&self) -> String {
+        format!(
+            "catching up on endpoint {} after sequence {}",
+            self.options.endpoint_id,
+            self.seen().contiguous
+        )
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -131,8 +156,24 @@ impl CatchUp {
     }
 
     /// Takes a delivery's number as seen; false for a repeat, which is not printed again.
-    pub fn claim(&self, n: i64) -> bool {
-        self.seen().claim(n)
+    /// Takes number `n`, of delivery `id`, as seen: new, a repeat (not printed again), or a
+    /// conflict when another delivery had that number (the events of another endpoint).
+    pub fn claim(&self, n: i64, id: &str) -> Claim {
+        let mut ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.seen().claim(n) {
+            ids.insert(n, id.to_owned());
+            if ids.len() > REMEMBERED {
+                ids.pop_first();
+            }
+            return Claim::New;
+        }
+        match ids.get(&n) {
+            Some(other) if other != id => Claim::Conflict(other.clone()),
+            _ => Claim::Repeat,
+        }
     }
 
     /// After a delivery was taken: keeps the state, and fetches what is missing below it once
@@ -144,8 +185,10 @@ impl CatchUp {
             tokio::spawn(async move {
                 tokio::time::sleep(GRACE).await;
                 this.scheduled.store(false, Ordering::SeqCst);
-                if this.seen().has_gap() {
-                    this.fetch_missing().await;
+                if this.seen().has_gap()
+                    && let Err(refused) = this.fetch_missing().await
+                {
+                    eprintln!("{refused}");
                 }
             });
         }
@@ -153,8 +196,9 @@ impl CatchUp {
 
     /// Fetches and prints every event after the highest number up to which all were seen,
     /// page after page until the feed has no more; one fetch at a time. An unreachable Herald
-    /// is tried again; a refusal (a wrong token or endpoint) is printed and ends the fetch.
-    pub async fn fetch_missing(&self) {
+    /// is tried again; a refusal (a wrong token or endpoint) ends the fetch with Herald's
+    /// message.
+    pub async fn fetch_missing(&self) -> Result<(), String> {
         let _one = self.fetching.lock().await;
         let mut wait = Duration::from_millis(250);
         loop {
@@ -162,8 +206,9 @@ impl CatchUp {
             let events = match self.fetch_after(after).await {
                 Ok(Ok(events)) => events,
                 Ok(Err(refused)) => {
-                    eprintln!("Herald refused to list the missed events: {refused}");
-                    return;
+                    return Err(format!(
+                        "Herald refused to list the missed events: {refused}"
+                    ));
                 }
                 Err(err) => {
                     eprintln!("Fetching missed events failed ({err:#}); trying again in {wait:?}.");
@@ -181,7 +226,7 @@ impl CatchUp {
                         seen.highest()
                     );
                 }
-                return;
+                return Ok(());
             };
             // Numbers are recorded in order, so those below the feed's first are gone (the
             // delivery log's retention removed them).
@@ -194,7 +239,8 @@ impl CatchUp {
                 self.seen().skip_to(first - 1);
             }
             for (n, event) in events {
-                if self.claim(n) {
+                let id = event["deliveryId"].as_str().unwrap_or_default();
+                if self.claim(n, id) == Claim::New {
                     self.show_fetched(&event, n);
                 }
             }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::delivery::approval::{MAX_ANSWER_TEXT, read_answer};
 use crate::slack;
-use crate::tools::catch_up::{CatchUp, CatchUpOptions, Show};
+use crate::tools::catch_up::{CatchUp, CatchUpOptions, Claim, Show};
 use crate::tools::receive::{Incoming, Signatures, now_secs};
 
 /// How the receiver checks and answers.
@@ -118,9 +118,7 @@ impl Summary {
         if let Some(sequence) = self.sequence {
             head.push_str(&format!("  #{sequence}"));
         }
-        if self.fetched {
-            head.push_str("  (fetched: missed as a delivery)");
-        }
+
         let mut subject = Vec::new();
         if let Some(repository) = &self.repository {
             subject.push(format!("repository {repository}"));
@@ -144,14 +142,14 @@ impl Summary {
         if subject.is_empty() {
             subject.push(format!("{} bytes", self.bytes));
         }
-        format!(
-            "{head}\n  {}\n  {} {}, webhook-signature {}; answered {}",
-            subject.join("  "),
-            self.signature_header,
-            self.cirrus_signature,
-            self.webhook_signature,
-            self.answered
-        )
+        let checks = match self.fetched {
+            true => "fetched from webhookEvents: missed as a delivery".to_owned(),
+            false => format!(
+                "{} {}, webhook-signature {}; answered {}",
+                self.signature_header, self.cirrus_signature, self.webhook_signature, self.answered
+            ),
+        };
+        format!("{head}\n  {}\n  {checks}", subject.join("  "))
     }
 
     /// The summary as printed: readable text, or one line of JSON.
@@ -416,10 +414,19 @@ async fn handle(
             )
             .accepted()
     });
-    if let Some((catch_up, n)) = catching_up
-        && !catch_up.claim(n)
-    {
-        return (StatusCode::OK, "already received\n").into_response();
+    if let Some((catch_up, n)) = catching_up {
+        let id = Incoming::parse(&headers, &[]).delivery.unwrap_or_default();
+        match catch_up.claim(n, &id) {
+            Claim::New => {}
+            Claim::Repeat => return (StatusCode::OK, "already received\n").into_response(),
+            Claim::Conflict(other) => {
+                let why = format!(
+                    "Delivery {id} is numbered {n}, which --endpoint's feed gave to delivery {other}: point only that endpoint at this listener.\n"
+                );
+                eprint!("{why}");
+                return (StatusCode::CONFLICT, why).into_response();
+            }
+        }
     }
     let status = receive(options, &headers, &body);
     if let Some((catch_up, _)) = catching_up {
@@ -469,9 +476,13 @@ pub async fn run(
     let json = options.json;
     let show: Show = Box::new(move |headers, body, n| {
         let incoming = Incoming::parse(headers, body);
-        let mut summary = Summary::of(&incoming, &Signatures::fetched(), 200, body.len());
+        // Nothing was received or answered: the checks say where it came from instead.
+        let mut summary = Summary::of(&incoming, &Signatures::fetched(), 0, body.len());
         summary.sequence = Some(n);
         summary.fetched = true;
+        summary.cirrus_signature = "fetched";
+        summary.webhook_signature = "fetched";
+        summary.signature_header = "webhookEvents";
         println!("{}", summary.render(json));
     });
     let catch_up = catch_up
@@ -485,12 +496,15 @@ pub async fn run(
         Some(_) => "checking signatures against the given secret",
         None => "without a secret: signatures are shown, not checked",
     };
-    let answering = match &approval {
+    let mut answering = match &approval {
         None => String::new(),
         Some(ApprovalAnswer::Approve) => "; approving approval calls".into(),
         Some(ApprovalAnswer::Reject { .. }) => "; rejecting approval calls".into(),
         Some(ApprovalAnswer::Hold) => "; holding approval calls".into(),
     };
+    if let Some(catch_up) = &catch_up {
+        answering.push_str(&format!("; {}", catch_up.describe()));
+    }
     if options.json {
         eprintln!("Listening on http://{addr}/ ({checking}{answering}).");
     } else {
@@ -498,8 +512,13 @@ pub async fn run(
     }
     let shutdown = CancellationToken::new();
     crate::app::cancel_on_signal(shutdown.clone());
-    if let Some(catch_up) = catch_up.clone() {
-        tokio::spawn(async move { catch_up.fetch_missing().await });
+    // What the state file says was missed comes first; a refusal (a wrong token or endpoint)
+    // can only be fixed by the command line.
+    if let Some(catch_up) = &catch_up {
+        catch_up
+            .fetch_missing()
+            .await
+            .map_err(|refused| anyhow::anyhow!(refused))?;
     }
     serve_with(listener, options, approval, catch_up, shutdown).await
 }

@@ -99,13 +99,17 @@ fn read_until(
     }
 }
 
-pub(super) async fn a_killed_listener_catches_up_on_what_it_missed(backend: Backend) {
-    let Some(app) = TestApp::start_with(backend, |config| {
-        // A failed delivery is not tried again within the test: only catching up brings it.
+/// Herald on `backend`, where a failed delivery is not tried again within a test: only
+/// catching up brings it.
+async fn without_retries(backend: Backend) -> Option<TestApp> {
+    TestApp::start_with(backend, |config| {
         config.retry_schedule = RetrySchedule::parse("1h").unwrap();
     })
     .await
-    else {
+}
+
+pub(super) async fn a_killed_listener_catches_up_on_what_it_missed(backend: Backend) {
+    let Some(app) = without_retries(backend).await else {
         return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
     };
     let world = World::new(&app, "catch-up").await;
@@ -181,4 +185,61 @@ pub(super) async fn a_killed_listener_catches_up_on_what_it_missed(backend: Back
     }
     let kept = std::fs::read_to_string(&state).unwrap();
     assert_eq!(kept.trim(), "20");
+}
+
+pub(super) async fn a_listener_following_another_endpoint_refuses_its_deliveries(backend: Backend) {
+    let Some(app) = without_retries(backend).await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let world = World::new(&app, "catch-up-other").await;
+    let port = free_port();
+    // The endpoint the listener is told to follow sends elsewhere; another sends to it.
+    let followed = world
+        .endpoint(
+            &app,
+            "http://127.0.0.1:1/",
+            json!({ "secretToken": SECRET }),
+        )
+        .await;
+    build_with_tasks(&app, &world, 0).await;
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path().join("sequence");
+    let (sender, lines) = mpsc::channel();
+    let _listener = listen(&app, &world, &followed, port, &state, sender);
+    let mut printed = BTreeMap::new();
+    read_until(&lines, &mut printed, 1);
+    assert_eq!(
+        printed[&1],
+        (true, 1),
+        "the followed endpoint's first event, fetched"
+    );
+    let sending = world
+        .endpoint(
+            &app,
+            &format!("http://127.0.0.1:{port}/"),
+            json!({ "secretToken": SECRET }),
+        )
+        .await;
+    build_with_tasks(&app, &world, 0).await;
+    // Its first delivery has number 1 too: refused, not taken for a repeat.
+    let query = "query($org: ID!, $endpoint: ID!) { ownerInfo(uid: $org) { webhookDeliveries(endpointId: $endpoint, first: 5) { edges { node { attemptLog { status } } } } } }";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let data = app
+            .ok(
+                &world.admin,
+                query,
+                json!({ "org": world.org, "endpoint": sending }),
+            )
+            .await;
+        let status =
+            &data["ownerInfo"]["webhookDeliveries"]["edges"][0]["node"]["attemptLog"][0]["status"];
+        if !status.is_null() {
+            assert_eq!(status, 409, "{data:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attempt was made");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(lines.try_recv().is_err(), "nothing more was printed");
 }

@@ -113,6 +113,19 @@ pub(super) async fn conditions_send_only_the_changes_of_each_branch(app: TestApp
             json!({ "events": ["TASK"], "payloadQuery": SELECTION, "conditions": ["BROKEN", "FIXED"] }),
         )
         .await;
+    // Conditions and a status filter that can never hold together are refused.
+    let refused = app
+        .gql(
+            Some(&world.admin),
+            "mutation($input: CreateWebHookEndpointInput!) { createWebHookEndpoint(input: $input) { endpoint { id } } }",
+            json!({ "input": { "ownerUid": world.org, "webhookURL": receiver.url("/never"), "conditions": ["FIXED"], "statusFilter": ["FAILED", "ERRORED"] } }),
+        )
+        .await;
+    assert_eq!(
+        refused["errors"][0]["message"],
+        "The conditions and the status filter exclude each other: no build or task reaching one of those statuses can have one of those transitions.",
+        "{refused:#}"
+    );
     let shown = app
         .ok(
             &world.admin,

@@ -37,3 +37,19 @@ async fn a_killed_listener_catches_up_on_what_it_missed_on_postgres() {
     catch_up::a_killed_listener_catches_up_on_what_it_missed(crate::support::Backend::Postgres)
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_following_another_endpoint_refuses_its_deliveries_on_sqlite() {
+    catch_up::a_listener_following_another_endpoint_refuses_its_deliveries(
+        crate::support::Backend::Sqlite,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_following_another_endpoint_refuses_its_deliveries_on_postgres() {
+    catch_up::a_listener_following_another_endpoint_refuses_its_deliveries(
+        crate::support::Backend::Postgres,
+    )
+    .await;
+}
