@@ -243,3 +243,35 @@ pub(super) async fn a_listener_following_another_endpoint_refuses_its_deliveries
     }
     assert!(lines.try_recv().is_err(), "nothing more was printed");
 }
+
+pub(super) async fn a_feed_refused_at_start_ends_the_listener(backend: Backend) {
+    let Some(app) = without_retries(backend).await else {
+        return eprintln!("skipped: HERALD_TEST_POSTGRES_URL is not set");
+    };
+    let world = World::new(&app, "catch-up-refused").await;
+    let endpoint = world
+        .endpoint(
+            &app,
+            "http://127.0.0.1:1/",
+            json!({ "secretToken": SECRET }),
+        )
+        .await;
+    let (url, port) = (app.url("/"), free_port());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["listen", "--secret", SECRET, "--catch-up", &url])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--endpoint", &endpoint, "--token", "not-a-token"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("Herald refused to list the missed events: The token is malformed."),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-a-token"), "{stderr}");
+}

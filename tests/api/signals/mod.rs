@@ -53,3 +53,8 @@ async fn a_listener_following_another_endpoint_refuses_its_deliveries_on_postgre
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_refused_at_start_ends_the_listener() {
+    catch_up::a_feed_refused_at_start_ends_the_listener(crate::support::Backend::Sqlite).await;
+}
