@@ -125,11 +125,6 @@ impl DeliveryMutation {
         let writes = super::handle::<Writes>(ctx)?;
         let mut tx = writes.begin().await?;
         let endpoint = store::endpoints::find(&*tx, viewer.org_id, id).await?;
-        if !endpoint.enabled {
-            return Err(Error::Invalid(
-                "The endpoint is disabled; enable it to send a test delivery.".into(),
-            ));
-        }
         let new = store::deliveries::NewDelivery {
             org_id: viewer.org_id.into(),
             endpoint_id: id.into(),

@@ -162,22 +162,31 @@ impl Summary {
     }
 }
 
-/// Checks a delivery, decides the answer and prints the summary on stdout.
-pub fn receive(options: &ListenOptions, headers: &HeaderMap, body: &[u8]) -> StatusCode {
-    let signatures = Signatures::check(
+/// A delivery's signatures, checked against the receiver's secret.
+fn check(options: &ListenOptions, headers: &HeaderMap, body: &[u8]) -> Signatures {
+    Signatures::check(
         headers,
         body,
         options.secret.as_deref(),
         options.tolerance,
         now_secs(),
-    );
+    )
+}
+
+/// Decides the answer to a delivery whose signatures are checked, and prints its summary on
+/// stdout.
+fn show(
+    options: &ListenOptions,
+    incoming: &Incoming,
+    signatures: &Signatures,
+    bytes: usize,
+) -> StatusCode {
     let answer = if signatures.accepted() {
         options.status
     } else {
         StatusCode::BAD_REQUEST
     };
-    let incoming = Incoming::parse(headers, body);
-    let summary = Summary::of(&incoming, &signatures, answer.as_u16(), body.len());
+    let summary = Summary::of(incoming, signatures, answer.as_u16(), bytes);
     // One println per delivery, so concurrent deliveries never interleave their lines.
     println!("{}", summary.render(options.json));
     answer
@@ -400,23 +409,18 @@ async fn handle(
             (status, None) => (status, BAD_SIGNATURE).into_response(),
         };
     }
+    let signatures = check(options, &headers, &body);
+    let incoming = Incoming::parse(&headers, &body);
     // Only a delivery signed with the secret, and answered 2xx, takes its number: a forged
     // or refused one must not stand for the real one.
-    let sequence = Incoming::parse(&headers, &[]).sequence;
-    let catching_up = state.catch_up.as_ref().zip(sequence).filter(|_| {
-        options.status.is_success()
-            && Signatures::check(
-                &headers,
-                &body,
-                options.secret.as_deref(),
-                options.tolerance,
-                now_secs(),
-            )
-            .accepted()
-    });
+    let catching_up = state
+        .catch_up
+        .as_ref()
+        .zip(incoming.sequence)
+        .filter(|_| options.status.is_success() && signatures.accepted());
     if let Some((catch_up, n)) = catching_up {
-        let id = Incoming::parse(&headers, &[]).delivery.unwrap_or_default();
-        match catch_up.claim(n, &id) {
+        let id = incoming.delivery.as_deref().unwrap_or_default();
+        match catch_up.claim(n, id) {
             Claim::New => {}
             Claim::Repeat => return (StatusCode::OK, "already received\n").into_response(),
             Claim::Conflict(other) => {
@@ -428,7 +432,7 @@ async fn handle(
             }
         }
     }
-    let status = receive(options, &headers, &body);
+    let status = show(options, &incoming, &signatures, body.len());
     if let Some((catch_up, _)) = catching_up {
         catch_up.after_delivery();
     }
